@@ -1,0 +1,114 @@
+"""Step metrics shared by `fastft train` and the benchmark's classic recipe, so both are measured alike.
+
+Tokens are counted where batches are built (the collator sees every real token, padded or
+padding-free); time and memory are read at each optimizer step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+
+class TokenCounter:
+    """Wraps a data collator and counts the non-padding tokens it hands out."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.tokens = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            self.tokens += int(mask.sum())
+        else:  # padding-free batches have no padding to exclude
+            self.tokens += int(batch["input_ids"].numel())
+        return batch
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float | None
+    lr: float | None
+    grad_norm: float | None
+    tokens: int                 # tokens in this optimizer step
+    seconds: float              # wall time of this optimizer step
+    tokens_per_s: float
+    mem_alloc_gib: float | None  # peak since start, GPU only
+    mem_reserved_gib: float | None
+
+
+def gpu_peak_gib() -> tuple[float | None, float | None]:
+    if not torch.cuda.is_available():
+        return None, None
+    g = 2 ** 30
+    return torch.cuda.max_memory_allocated() / g, torch.cuda.max_memory_reserved() / g
+
+
+class StepMetrics(TrainerCallback):
+    """Records one StepRecord per optimizer step and appends it to `metrics.jsonl`."""
+
+    def __init__(self, counter: TokenCounter, path: Path | None = None, on_record=None):
+        self.counter = counter
+        self.path = path
+        self.on_record = on_record
+        self.records: list[StepRecord] = []
+        self._t = None
+        self._tokens = 0
+        self._pending: StepRecord | None = None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self._t is None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._t = time.perf_counter()
+            self._tokens = self.counter.tokens
+
+    def on_step_end(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        tokens = self.counter.tokens - self._tokens
+        seconds = now - self._t
+        alloc, reserved = gpu_peak_gib()
+        self._pending = StepRecord(state.global_step, None, None, None, tokens, seconds,
+                                   tokens / seconds if seconds > 0 else 0.0, alloc, reserved)
+        self._t, self._tokens = now, self.counter.tokens
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        rec = self._pending
+        if rec is None or logs is None or "loss" not in logs:
+            return
+        rec.loss = float(logs["loss"])
+        rec.lr = float(logs["learning_rate"]) if "learning_rate" in logs else None
+        rec.grad_norm = float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None
+        self._pending = None
+        self.records.append(rec)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(asdict(rec)) + "\n")
+        if self.on_record:
+            self.on_record(rec)
+
+    def summary(self, skip: int = 2) -> dict:
+        """Throughput over steps after the first `skip` (compilation and warm-up excluded)."""
+        recs = self.records[skip:] if len(self.records) > skip else self.records
+        tokens = sum(r.tokens for r in recs)
+        seconds = sum(r.seconds for r in recs)
+        alloc, reserved = gpu_peak_gib()
+        return {
+            "steps": len(self.records),
+            "timed_steps": len(recs),
+            "tokens_per_s": tokens / seconds if seconds else None,
+            "seconds_per_step": seconds / len(recs) if recs else None,
+            "last_loss": self.records[-1].loss if self.records else None,
+            "peak_mem_alloc_gib": alloc,
+            "peak_mem_reserved_gib": reserved,
+        }

@@ -1,0 +1,205 @@
+"""The chat-template guard: the text a model trains on is exactly the text it is served with.
+
+Shared by training, chat and export. For Qwen3 Instruct-2507 (a non-thinking model) it
+- installs the Instruct-2507 template even when the tokenizer ships the hybrid Qwen3 one
+  (the hybrid template writes an empty `<think>\\n\\n</think>\\n\\n` into every trained answer,
+  teaching the model to emit think tags it will never be prompted with);
+- removes empty think blocks a template put there, and applies the `--think` policy to think
+  blocks inside the data: strip (default), keep, or error;
+- sets EOS to `<|im_end|>` (the turn end the server stops on) and a pad token distinct from EOS
+  (padding with EOS masks EOS out of the labels, and the model never learns to stop);
+- checks train/serve parity for every assistant turn: the conversation before it, rendered with
+  `add_generation_prompt=True` (what a server sends), must be an exact prefix of the training text.
+Thinking and hybrid models keep their own template and their think blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .data import DataIssue, Example
+from .tiny import template_text
+
+INSTRUCT_2507 = "instruct-2507"
+THINKING = "thinking"
+HYBRID = "hybrid"
+OTHER = "other"
+THINK_POLICIES = ("strip", "keep", "error")
+
+EOS = "<|im_end|>"
+PAD = "<|endoftext|>"
+EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
+THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+THINK_TAG = re.compile(r"</?think>\s*")
+
+
+def detect_variant(model: str) -> str:
+    """Which Qwen3 flavour a hub id or local folder name is: decides template and think policy."""
+    name = Path(model.rstrip("/")).name.lower()
+    if "qwen3" not in name:
+        return OTHER
+    if "instruct-2507" in name:
+        return INSTRUCT_2507
+    if "thinking" in name:
+        return THINKING
+    return HYBRID
+
+
+class GuardError(ValueError):
+    pass
+
+
+@dataclass
+class Rendered:
+    """One example as it will be trained: the text and the character spans that carry loss."""
+    line: int
+    text: str
+    assistant_spans: list[tuple[int, int]]
+
+
+@dataclass
+class GuardReport:
+    variant: str
+    template_replaced: bool = False
+    eos_set: str | None = None           # the EOS we replaced, if any
+    pad_set: str | None = None           # the pad token we replaced, if any
+    empty_think_removed: int = 0         # examples where a template put an empty think block
+    data_think_stripped: int = 0         # examples whose data held think blocks, stripped
+    data_think_kept: int = 0             # ... kept (policy "keep")
+    issues: list[DataIssue] = field(default_factory=list)   # think errors and parity failures
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one fact per line."""
+        out = [f"model variant: {self.variant}"]
+        if self.template_replaced:
+            out.append("chat template: replaced with Qwen3 Instruct-2507's (tokenizer shipped another)")
+        if self.eos_set:
+            out.append(f"EOS: {self.eos_set!r} -> {EOS!r}")
+        if self.pad_set:
+            out.append(f"pad: {self.pad_set!r} -> {PAD!r} (must differ from EOS)")
+        if self.empty_think_removed:
+            out.append(f"empty think blocks removed from {self.empty_think_removed} examples")
+        if self.data_think_stripped:
+            out.append(f"think blocks stripped from {self.data_think_stripped} examples")
+        if self.data_think_kept:
+            out.append(f"think blocks kept in {self.data_think_kept} examples (--think keep)")
+        return out
+
+
+class ChatGuard:
+    """Fixes a tokenizer's template and special tokens in place, then renders examples through it."""
+
+    def __init__(self, tokenizer, model: str, think: str = "strip", path: str = "<data>"):
+        if think not in THINK_POLICIES:
+            raise GuardError(f"--think must be one of {', '.join(THINK_POLICIES)}, not {think!r}")
+        self.tokenizer = tokenizer
+        self.think = think
+        self.path = path
+        self.variant = detect_variant(model)
+        self.report = GuardReport(variant=self.variant)
+        self._fix_tokenizer()
+
+    @property
+    def non_thinking(self) -> bool:
+        return self.variant == INSTRUCT_2507
+
+    def _fix_tokenizer(self) -> None:
+        tok = self.tokenizer
+        if self.non_thinking:
+            wanted = template_text("qwen3_instruct_2507.jinja")
+            if tok.chat_template != wanted:
+                tok.chat_template = wanted
+                self.report.template_replaced = True
+        elif not tok.chat_template:
+            raise GuardError("the tokenizer has no chat template; fastft trains chat models only")
+        if self.variant != OTHER:
+            if tok.eos_token != EOS:
+                self.report.eos_set = tok.eos_token
+                tok.eos_token = EOS
+            if tok.pad_token is None or tok.pad_token == tok.eos_token:
+                self.report.pad_set = tok.pad_token
+                tok.pad_token = PAD
+        elif tok.pad_token is None or tok.pad_token == tok.eos_token:
+            raise GuardError(f"pad token {tok.pad_token!r} must exist and differ from EOS "
+                             f"{tok.eos_token!r}: set one in the tokenizer")
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def _render(self, messages: list[dict], generation_prompt: bool) -> tuple[str, int]:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt)
+        removed = 0
+        if self.non_thinking:
+            text, removed = EMPTY_THINK.subn("", text)
+        return text, removed
+
+    def prompt(self, messages: list[dict]) -> str:
+        """The text a server sends to generate the next assistant turn."""
+        return self._render(messages, generation_prompt=True)[0]
+
+    def _apply_think_policy(self, example: Example) -> list[dict] | None:
+        if not self.non_thinking:
+            return example.messages
+        messages, hit = [], False
+        for i, m in enumerate(example.messages):
+            content = m["content"]
+            if THINK_TAG.search(content):
+                hit = True
+                if self.think == "error":
+                    self.report.issues.append(DataIssue(
+                        self.path, example.line, f"messages[{i}].content",
+                        "holds a <think> block, which Qwen3 Instruct-2507 never produces "
+                        "(use --think strip or --think keep)"))
+                    return None
+                if self.think == "strip":
+                    content = THINK_TAG.sub("", THINK_BLOCK.sub("", content))
+                    if not content.strip():
+                        self.report.issues.append(DataIssue(
+                            self.path, example.line, f"messages[{i}].content",
+                            "is empty once its think block is stripped"))
+                        return None
+            messages.append({**m, "content": content})
+        if hit:
+            if self.think == "strip":
+                self.report.data_think_stripped += 1
+            else:
+                self.report.data_think_kept += 1
+        return messages
+
+    def render(self, example: Example) -> Rendered | None:
+        """The training text of one example and its assistant spans; None (and an issue) if it fails."""
+        messages = self._apply_think_policy(example)
+        if messages is None:
+            return None
+        text, removed = self._render(messages, generation_prompt=False)
+        self.report.empty_think_removed += bool(removed)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prefix = self.prompt(messages[:i])
+            if not text.startswith(prefix):
+                at = next((k for k, (a, b) in enumerate(zip(prefix, text)) if a != b), len(text))
+                self.report.issues.append(DataIssue(
+                    self.path, example.line, f"messages[{i}]",
+                    f"train/serve mismatch: the serving prompt differs from the training text at "
+                    f"character {at} (served {prefix[at:at + 30]!r}, trained {text[at:at + 30]!r})"))
+                return None
+            start = len(prefix) if not spans else max(len(prefix), spans[-1][1])
+            end = text.find(EOS, start)
+            end = len(text) if end < 0 else end + len(EOS)
+            if text.startswith("\n", end):
+                end += 1
+            spans.append((start, end))
+        if self.non_thinking and self.think != "keep" and THINK_TAG.search(text):
+            self.report.issues.append(DataIssue(
+                self.path, example.line, "<template>", "rendered text still holds a think tag"))
+            return None
+        return Rendered(example.line, text, spans)
+
+    def render_all(self, examples: Iterable[Example]) -> list[Rendered]:
+        """Render every example; problems are collected in `self.report.issues`, not raised."""
+        return [r for r in (self.render(e) for e in examples) if r is not None]
