@@ -7,10 +7,13 @@ chat templates, `convert_hf_to_gguf.py` and the C++ sources of `llama-quantize`.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import building, cache_dir
@@ -56,3 +59,213 @@ def llama_cpp_source() -> Path:
                         members.append(m)
             tar.extractall(tmp, members=members, filter="data")
     return final
+
+
+# -- built tools -------------------------------------------------------------------------------
+#
+# Unsloth's `save_pretrained_gguf` wants one folder (UNSLOTH_LLAMA_CPP_PATH) holding
+# `convert_hf_to_gguf.py` and an executable `llama-quantize` at its top level. We build the tools
+# inside the cached source tree and link them to its top level, so that tree is such a folder.
+# `llama-simple` loads an exported GGUF and generates a few greedy tokens (the post-export check).
+
+QUANTIZE = "llama-quantize"
+RUNNERS = ("llama-simple", "llama-completion")   # either loads a GGUF and generates
+BUILD_TARGETS = (QUANTIZE, "llama-simple")
+CONVERTER = "convert_hf_to_gguf.py"
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",            # nothing here downloads
+    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",   # self-contained binaries: the top-level links work from anywhere
+)
+
+
+@dataclass
+class LlamaCpp:
+    """A usable llama.cpp: `root` is what UNSLOTH_LLAMA_CPP_PATH must point at."""
+    root: Path
+    quantize: Path
+    runner: Path | None     # llama-simple or llama-completion, for the load-and-generate check
+    origin: str             # "UNSLOTH_LLAMA_CPP_PATH", "cache" or "built"
+
+    @property
+    def converter(self) -> Path:
+        return self.root / CONVERTER
+
+
+def _runs(exe: Path) -> bool:
+    """True if `exe` starts (Unsloth's own test: `--help` exits 0 or prints a usage line)."""
+    if not (exe.is_file() and os.access(exe, os.X_OK)):
+        return False
+    try:
+        p = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=30,
+                           errors="replace")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return p.returncode == 0 or "usage" in (p.stdout + p.stderr).lower()
+
+
+def _inspect(root: Path, origin: str) -> LlamaCpp | None:
+    """The tools in `root` (top level, then build/bin), or None when convert or quantize fails."""
+    if not (root / CONVERTER).is_file():
+        return None
+    def find(name: str) -> Path | None:
+        for cand in (root / name, root / "build" / "bin" / name):
+            if _runs(cand):
+                return cand
+        return None
+    quantize = find(QUANTIZE)
+    if quantize is None:
+        return None
+    runner = next((r for r in map(find, RUNNERS) if r is not None), None)
+    return LlamaCpp(root, quantize, runner, origin)
+
+
+def find_llama_cpp() -> LlamaCpp | None:
+    """A working llama.cpp: UNSLOTH_LLAMA_CPP_PATH if it holds one, else fastft's cached build."""
+    env = os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
+    if env:
+        found = _inspect(Path(env).expanduser().resolve(), "UNSLOTH_LLAMA_CPP_PATH")
+        if found is not None:
+            return found
+    cached = cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
+    if cached.is_dir():
+        return _inspect(cached, "cache")
+    return None
+
+
+def missing_build_tools() -> list[str]:
+    """What building llama.cpp needs and this machine lacks, in words a user can act on."""
+    missing = []
+    if not shutil.which("cmake"):
+        missing.append("cmake (e.g. `apt-get install cmake` or `pip install cmake`)")
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c):
+        missing.append("a C++ compiler (e.g. `apt-get install g++` or `build-essential`)")
+    return missing
+
+
+def ensure_llama_cpp(console=None, need_runner: bool = True) -> LlamaCpp:
+    """Find a working llama.cpp or build one from the pinned sdist (about 3 minutes on 2 cores)."""
+    found = find_llama_cpp()
+    if found is not None and (found.runner is not None or not need_runner):
+        return found
+    if found is not None and found.origin == "UNSLOTH_LLAMA_CPP_PATH":
+        # Use the user's converter and quantizer; only the runner for the check comes from us.
+        ours = build_llama_cpp(console)
+        return LlamaCpp(found.root, found.quantize, ours.runner, found.origin)
+    return build_llama_cpp(console)
+
+
+def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> LlamaCpp:
+    """Build `targets` inside the cached llama.cpp source and link them to its top level.
+
+    cmake builds incrementally, so an interrupted build resumes where it stopped; the top-level
+    links, which make the folder usable, appear only after every target built. A lock keeps
+    two fastft processes from building the same tree at once.
+    """
+    import fcntl
+
+    missing = missing_build_tools()
+    if missing:
+        raise LlamaCppError(
+            "llama.cpp is needed for GGUF export and none was found (set UNSLOTH_LLAMA_CPP_PATH "
+            "to a folder with convert_hf_to_gguf.py and llama-quantize), and it cannot be built "
+            "here; missing: " + "; ".join(missing))
+    src = llama_cpp_source()
+    build = src / "build"
+    jobs = str(os.cpu_count() or 1)
+    with open(src / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = _inspect(src, "cache")
+        if done is not None and done.runner is not None:   # another process finished it
+            return done
+        _run_logged(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
+                    "configuring llama.cpp", console)
+        _run_logged(["cmake", "--build", str(build), "-j", jobs, "--target", *targets],
+                    f"building {', '.join(targets)} ({jobs} jobs)", console)
+        for name in targets:
+            exe = build / "bin" / name
+            if not exe.is_file():
+                raise LlamaCppError(f"the llama.cpp build finished but {exe} is missing")
+            link = src / name
+            tmp = src / f".{name}.tmp-{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(exe.relative_to(src))
+            os.replace(tmp, link)
+    built = _inspect(src, "built")
+    if built is None:
+        raise LlamaCppError(f"llama.cpp was built in {build} but {QUANTIZE} does not run")
+    return built
+
+
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+
+
+def _run_logged(cmd: list[str], what: str, console=None) -> None:
+    """Run a build step; show a progress bar fed by cmake's `[ NN%]` lines; on failure raise
+    with the last lines of output, which hold the compiler's error."""
+    from collections import deque
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    tail: deque[str] = deque(maxlen=40)
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                        console=console, transient=False)
+    with progress:
+        task = progress.add_task(what, total=100)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+        try:
+            for line in proc.stdout:
+                tail.append(line.rstrip())
+                m = _PERCENT.match(line)
+                if m:
+                    progress.update(task, completed=int(m.group(1)))
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if rc == 0:
+            progress.update(task, completed=100)
+    if rc != 0:
+        raise LlamaCppError(f"{what} failed (exit {rc}): {' '.join(cmd)}\n" + "\n".join(tail))
+
+
+# -- running a GGUF ----------------------------------------------------------------------------
+
+def llama_generate(gguf_path: str | os.PathLike, prompt: str, n_tokens: int = 16,
+                   llama: LlamaCpp | None = None, timeout: float = 600) -> str:
+    """Greedy continuation of `prompt` (special tokens like <|im_start|> are parsed) by llama.cpp.
+
+    Uses `llama-simple`, which samples greedily, stops at an end-of-generation token and does
+    not print it, and echoes the prompt before the continuation: we cut the echo off.
+    """
+    llama = llama or find_llama_cpp()
+    if llama is None or llama.runner is None:
+        raise LlamaCppError("no llama-simple/llama-completion found; run ensure_llama_cpp() first")
+    if llama.runner.name.startswith("llama-completion"):
+        cmd = [str(llama.runner), "-m", str(gguf_path), "-n", str(n_tokens), "--temp", "0",
+               "-no-cnv", "--no-display-prompt", "--no-warmup", "-p", prompt]
+    else:
+        cmd = [str(llama.runner), "-m", str(gguf_path), "-n", str(n_tokens), "-ngl", "0", prompt]
+    try:
+        p = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise LlamaCppError(f"{llama.runner.name} timed out after {timeout:.0f}s on {gguf_path}") from e
+    err = p.stderr.decode("utf-8", "replace")
+    if p.returncode != 0:
+        raise LlamaCppError(f"{llama.runner.name} could not run {gguf_path} (exit {p.returncode}):\n"
+                            + "\n".join(err.splitlines()[-20:]))
+    out = p.stdout
+    if llama.runner.name.startswith("llama-simple"):
+        echo = prompt.encode()
+        if not out.startswith(echo):
+            raise LlamaCppError(f"unexpected llama-simple output (no prompt echo): {out[:200]!r}")
+        out = out[len(echo):]
+        if out.endswith(b"\n"):   # llama-simple ends its output with one newline
+            out = out[:-1]
+    return out.decode("utf-8", "replace")

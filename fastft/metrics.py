@@ -1,7 +1,7 @@
 """Step metrics shared by `fastft train` and the benchmark's classic recipe, so both are measured alike.
 
-Tokens are counted where batches are built (the collator sees every real token, padded or
-padding-free); time and memory are read at each optimizer step.
+Tokens come from TRL's own `num_tokens` log (the non-padding tokens each step really consumed,
+padded or padding-free); time and memory are read at each optimizer step.
 """
 
 from __future__ import annotations
@@ -13,23 +13,6 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-
-
-class TokenCounter:
-    """Wraps a data collator and counts the non-padding tokens it hands out."""
-
-    def __init__(self, collator):
-        self.collator = collator
-        self.tokens = 0
-
-    def __call__(self, features):
-        batch = self.collator(features)
-        mask = batch.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
-            self.tokens += int(mask.sum())
-        else:  # padding-free batches have no padding to exclude
-            self.tokens += int(batch["input_ids"].numel())
-        return batch
 
 
 @dataclass
@@ -55,13 +38,11 @@ def gpu_peak_gib() -> tuple[float | None, float | None]:
 class StepMetrics(TrainerCallback):
     """Records one StepRecord per optimizer step and appends it to `metrics.jsonl`."""
 
-    def __init__(self, counter: TokenCounter, path: Path | None = None, on_record=None):
-        self.counter = counter
+    def __init__(self, path: Path | None = None):
         self.path = path
-        self.on_record = on_record
         self.records: list[StepRecord] = []
         self._t = None
-        self._tokens = 0
+        self._tokens = 0.0
         self._pending: StepRecord | None = None
 
     def on_step_begin(self, args, state, control, **kw):
@@ -69,23 +50,23 @@ class StepMetrics(TrainerCallback):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self._t = time.perf_counter()
-            self._tokens = self.counter.tokens
 
     def on_step_end(self, args, state, control, **kw):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         now = time.perf_counter()
-        tokens = self.counter.tokens - self._tokens
-        seconds = now - self._t
         alloc, reserved = gpu_peak_gib()
-        self._pending = StepRecord(state.global_step, None, None, None, tokens, seconds,
-                                   tokens / seconds if seconds > 0 else 0.0, alloc, reserved)
-        self._t, self._tokens = now, self.counter.tokens
+        self._pending = StepRecord(state.global_step, None, None, None, 0, now - self._t, 0.0,
+                                   alloc, reserved)
+        self._t = now
 
     def on_log(self, args, state, control, logs=None, **kw):
         rec = self._pending
         if rec is None or logs is None or "loss" not in logs:
             return
+        seen = float(logs.get("num_tokens", self._tokens))
+        rec.tokens, self._tokens = int(seen - self._tokens), seen
+        rec.tokens_per_s = rec.tokens / rec.seconds if rec.seconds > 0 else 0.0
         rec.loss = float(logs["loss"])
         rec.lr = float(logs["learning_rate"]) if "learning_rate" in logs else None
         rec.grad_norm = float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None
@@ -94,8 +75,6 @@ class StepMetrics(TrainerCallback):
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(asdict(rec)) + "\n")
-        if self.on_record:
-            self.on_record(rec)
 
     def summary(self, skip: int = 2) -> dict:
         """Throughput over steps after the first `skip` (compilation and warm-up excluded)."""

@@ -21,7 +21,7 @@ TINY_MODELS = {
     "tiny": ("Qwen3-tiny-Instruct-2507", "qwen3_instruct_2507.jinja"),
     "tiny-hybrid": ("Qwen3-tiny", "qwen3.jinja"),
 }
-TINY_VERSION = 1  # bump when the recipe below changes, so caches rebuild
+TINY_VERSION = 3  # bump when the recipe below changes, so caches rebuild
 
 # Qwen3's added tokens at their real ids. The llama.cpp Qwen2 vocab has only the first three;
 # ids 151646.. are "[PAD…]" placeholders that we rename, so every id matches the real model.
@@ -44,6 +44,9 @@ TINY_CONFIG = dict(
     rope_theta=1_000_000.0, tie_word_embeddings=True, rms_norm_eps=1e-6,
     bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
 )
+
+
+EMBED_STD = 0.1
 
 
 def is_tiny(name: str) -> bool:
@@ -82,7 +85,12 @@ def _base_weights() -> Path:
         _fix_added_tokens(tmp)
         torch.manual_seed(0)
         config = Qwen3Config(**TINY_CONFIG, dtype="bfloat16")
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+        model = Qwen3ForCausalLM(config)
+        # The tied embedding is also the LM head, and LoRA leaves it frozen. At the default
+        # init (std 0.02) the largest logit a 256-wide hidden state can reach is ~5, so the loss
+        # floors near ln(151936) - 5 ≈ 7 and nothing is memorised. std 0.1 lifts that ceiling to ~25.
+        torch.nn.init.normal_(model.model.embed_tokens.weight, std=EMBED_STD)
+        model = model.to(torch.bfloat16)
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "chat_template.jinja").unlink(missing_ok=True)
     return final

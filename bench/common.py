@@ -1,0 +1,107 @@
+"""Helpers shared by the benchmark scripts: paths, logging, versions, offline llama.cpp vocab.
+
+Imports nothing heavy at module level (no torch, no unsloth), so `run.py` starts fast and the
+classic recipe's process never imports Unsloth (which patches transformers on import).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+WORK = BENCH / "work"          # models, data, per-recipe raw results (git-ignored)
+RESULTS = BENCH / "results"
+
+VERSION_PACKAGES = ("torch", "unsloth", "unsloth_zoo", "transformers", "trl", "peft",
+                    "bitsandbytes", "accelerate", "datasets")
+
+_T0 = time.perf_counter()
+
+
+def log(*parts) -> None:
+    """A progress line on stderr, flushed at once, stamped with seconds since start."""
+    print(f"[bench {time.perf_counter() - _T0:7.1f}s]", *parts, file=sys.stderr, flush=True)
+
+
+def die(msg: str, code: int = 1) -> "NoReturn":  # noqa: F821
+    print(f"[bench] ERROR: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in VERSION_PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def gpu_info() -> dict | None:
+    """Name and memory of GPU 0, or None on a CPU-only machine (imports torch)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return {"name": p.name, "mem_gib": round(p.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda, "capability": f"{p.major}.{p.minor}"}
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# -- the Qwen vocabulary, offline --------------------------------------------------------------
+
+def _llama_cpp_tarballs() -> list[Path]:
+    """Trimmed llama.cpp source tarballs (from ../shared/gpu/make_wheelhouse.sh --llamacpp)."""
+    cands = []
+    if env := os.environ.get("FASTFT_BENCH_LLAMA_CPP_TAR"):
+        cands.append(Path(env))
+    cands.append(REPO / ".whl" / "llama.cpp-src.tar.gz")
+    return [c for c in cands if c.is_file()]
+
+
+def ensure_llama_cpp_source() -> None:
+    """Make `fastft.llamacpp.llama_cpp_source()` work without network where we can.
+
+    fastft downloads llama-cpp-python's sdist from PyPI for the real Qwen vocabulary. The GPU host
+    has no network, but every run there carries `.whl/llama.cpp-src.tar.gz` (the same vendored
+    tree, without the sdist's outer folders): unpack that into fastft's cache folder instead.
+    """
+    from fastft.cache import building, cache_dir
+    from fastft.llamacpp import LLAMA_CPP_PYTHON_VERSION
+
+    final = cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
+    if (final / "convert_hf_to_gguf.py").exists() or os.environ.get("FASTFT_LLAMA_CPP_SDIST"):
+        return
+    for tb in _llama_cpp_tarballs():
+        log(f"unpacking {tb} into {final} (offline Qwen vocabulary)")
+        with building(final) as tmp, tarfile.open(tb) as tar:
+            tar.extractall(tmp, filter="data")
+            if not (tmp / "convert_hf_to_gguf.py").exists() or \
+                    not (tmp / "models" / "ggml-vocab-qwen2.gguf").exists():
+                raise RuntimeError(f"{tb}: not a llama.cpp source tarball with the Qwen2 vocab")
+        return
+    # Nothing local: fastft will try PyPI (works on the CPU machines, not on the GPU host).
+
+
+def tiny_model_dir() -> Path:
+    """fastft's built-in tiny Instruct-2507 model (built on first use, with its tokenizer)."""
+    ensure_llama_cpp_source()
+    from fastft.tiny import tiny_model_path
+
+    return tiny_model_path("tiny")

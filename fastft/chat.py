@@ -1,0 +1,29 @@
+"""Ask a trained run a question, through the same guarded chat template it was trained with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load_run_for_inference(run: str | Path, load_in_4bit: bool | None = None):
+    """(model, tokenizer) of a run's base model with its adapter, ready for generation."""
+    from unsloth import FastLanguageModel
+
+    run = Path(run)
+    cfg = json.loads((run / "fastft.json").read_text())["config"]
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(run / "adapter"), max_seq_length=cfg["max_seq_len"],
+        load_in_4bit=cfg["load_in_4bit"] if load_in_4bit is None else load_in_4bit,
+        trust_remote_code=False, local_files_only=True)
+    FastLanguageModel.for_inference(model)
+    return model, tokenizer
+
+
+def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> str:
+    """Greedy reply to `messages`. The adapter folder's tokenizer holds the guarded template."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
+    out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0][ids.shape[1]:], skip_special_tokens=True).strip()

@@ -1,0 +1,113 @@
+"""`fastft data check`: structure, chat-template guard and token statistics of a dataset."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .data import DataError, DataIssue, Dataset, read_dataset
+from .template import ChatGuard, GuardReport
+
+
+@dataclass
+class CheckResult:
+    dataset: Dataset
+    skip_invalid: bool
+    tokenizer_note: str | None = None
+    guard: GuardReport | None = None
+    lengths: list[int] = field(default_factory=list)       # tokens per example, as trained
+    trained: list[int] = field(default_factory=list)       # assistant (loss-carrying) tokens
+    max_seq_len: int = 2048
+
+    @property
+    def issues(self) -> list[DataIssue]:
+        return self.dataset.issues + (self.guard.issues if self.guard else [])
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.dataset.examples) and (self.skip_invalid or not self.issues)
+
+    @property
+    def too_long(self) -> int:
+        return sum(n > self.max_seq_len for n in self.lengths)
+
+
+def load_tokenizer(model: str):
+    """The model's tokenizer; for a Qwen3 model out of reach (offline), the built-in tiny one,
+    which carries the real Qwen3 vocabulary, so the counts are still exact."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_model
+    from .template import OTHER, detect_variant
+    ref = resolve_model(model)
+    try:
+        try:  # the local HF cache first: no network round-trips when the model was seen before
+            tok = AutoTokenizer.from_pretrained(ref.path, local_files_only=True)
+        except (OSError, ValueError):
+            tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
+        return tok, ref.path, None
+    except (OSError, ValueError) as e:
+        if detect_variant(ref.path) == OTHER:
+            raise DataError(model, [DataIssue(model, 0, "--model", f"cannot load its tokenizer: {e}")])
+        from .tiny import tiny_model_path
+        note = (f"{model} is out of reach ({type(e).__name__}); counted with the Qwen3 "
+                f"vocabulary of the built-in tiny model (same tokenizer)")
+        return AutoTokenizer.from_pretrained(tiny_model_path("tiny")), ref.path, note
+
+
+def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip",
+                  skip_invalid: bool = False) -> CheckResult:
+    ds = read_dataset(path)
+    result = CheckResult(ds, skip_invalid, max_seq_len=max_seq_len)
+    if not ds.examples:
+        return result
+    tokenizer, model_path, result.tokenizer_note = load_tokenizer(model)
+    guard = ChatGuard(tokenizer, model_path, think=think, path=str(path))
+    for r in guard.render_all(ds.examples):
+        enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
+        result.lengths.append(len(enc["input_ids"]))
+        result.trained.append(sum(any(s <= a and b <= e for s, e in r.assistant_spans)
+                                  for a, b in enc["offset_mapping"]))
+    result.guard = guard.report
+    return result
+
+
+def print_check(result: CheckResult, console: Console) -> None:
+    ds = result.dataset
+    for issue in result.issues[:200]:
+        console.print(f"[red]✗[/] {escape(str(issue))}", highlight=False)
+    if len(result.issues) > 200:
+        console.print(f"[red]… and {len(result.issues) - 200} more problems[/]")
+    t = Table(title=f"Dataset {ds.path}", show_header=False, title_justify="left")
+    t.add_row("format", ", ".join(f"{k} ({v})" for k, v in ds.formats.most_common()) or "-")
+    t.add_row("examples", f"{len(ds.examples)} valid, {len(ds.issues)} problems in {ds.skipped} records")
+    turns = [len(e.messages) for e in ds.examples]
+    if turns:
+        t.add_row("turns", f"{sum(turns)} messages, {statistics.mean(turns):.1f} per example "
+                           f"(max {max(turns)})")
+    if result.lengths:
+        ls = sorted(result.lengths)
+        p95 = ls[min(len(ls) - 1, int(len(ls) * 0.95))]
+        t.add_row("tokens / example", f"min {ls[0]}, mean {statistics.mean(ls):.0f}, "
+                                      f"median {ls[len(ls) // 2]}, p95 {p95}, max {ls[-1]}")
+        t.add_row("tokens total", f"{sum(ls):,} ({sum(result.trained):,} in assistant turns, trained)")
+        over = result.too_long
+        t.add_row(f"over --max-seq-len {result.max_seq_len}",
+                  f"[yellow]{over}[/] (cut when training)" if over else "0")
+    if result.guard:
+        for line in result.guard.lines():
+            key, _, value = line.partition(": ")
+            t.add_row(key, value)
+    if result.tokenizer_note:
+        t.add_row("note", result.tokenizer_note)
+    console.print(t)
+    if result.issues and result.skip_invalid:
+        console.print(f"[yellow]--skip-invalid: {len(result.issues)} problems; those records would be dropped[/]")
+    elif result.issues:
+        console.print(f"[bold red]{len(result.issues)} problems[/] — fix them or pass --skip-invalid")
+    else:
+        console.print("[bold green]✓ ready to train[/]")

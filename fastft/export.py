@@ -1,0 +1,482 @@
+"""`fastft export`: a trained run -> an ollama-ready folder (GGUF files, Modelfile, README).
+
+What it does, in order:
+
+1. Reads the run (`fastft.json`, `adapter/`) and refuses early: unknown quant, no adapter, an
+   existing output folder without `--force`.
+2. Finds or builds llama.cpp (`fastft.llamacpp.ensure_llama_cpp`) and points Unsloth at it.
+3. Loads the ORIGINAL 16-bit base (`config.model_path`, load_in_4bit=False) with the adapter
+   attached through Unsloth's own adapter loading. Merging into the 16-bit weights, not into
+   dequantised 4-bit ones, is what keeps the merge lossless: W = W_base + (alpha/r)·B·A.
+4. `save_pretrained_merged(save_method="merged_16bit")` for `--merged`, and
+   `save_pretrained_gguf` for the GGUF quants.
+5. Renames each GGUF to llama.cpp's `<name>.<QUANT>.gguf` and sets its `general.name` to NAME
+   (Unsloth writes `<base>.Q4_K_M.gguf` named after the merge folder).
+6. Writes the Modelfile (`fastft.modelfile`), README.md and fastft-export.json (hashes).
+7. Loads every GGUF with llama.cpp and generates a few tokens.
+8. Only then moves the finished folder to its final name, in one rename.
+
+Everything is written inside a hidden scratch folder next to the output (`.tmp-<name>-*`), and
+Unsloth runs with that scratch folder as its working directory (its converter and merge buffers
+write relative paths). A crash or Ctrl-C leaves no file under a final name and an existing
+output folder untouched; `--force` replaces the old folder only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .llamacpp import LlamaCpp, ensure_llama_cpp, llama_generate
+from .modelfile import FAMILIES, NAME_RE, ModelfileError, render_modelfile
+
+# Quant name (what --gguf takes) -> llama.cpp's file-name spelling.
+QUANTS = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q8_0": "Q8_0", "f16": "F16", "bf16": "BF16"}
+DEFAULT_QUANTS = ("q4_k_m",)
+MANIFEST = "fastft-export.json"
+CHECK_PROMPT = [{"role": "user", "content": "Hello! Who are you?"}]
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportOptions:
+    run: str = "runs/latest"
+    gguf: tuple[str, ...] = DEFAULT_QUANTS   # empty: no GGUF (then no Modelfile either)
+    merged: bool = False
+    out: str | None = None                   # default: <exports_dir>/<name>
+    name: str | None = None                  # default: the run folder's name
+    system: str | None = None
+    force: bool = False
+    check: bool = True                       # load each GGUF with llama.cpp, generate a few tokens
+    check_tokens: int = 8
+    exports_dir: str = "exports"
+    verbose: bool = False                    # show Unsloth's own output instead of logging it
+
+
+@dataclass
+class GGUFCheck:
+    file: str
+    prompt: str
+    output: str
+    seconds: float
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    name: str
+    run_dir: Path
+    ggufs: dict[str, Path]                   # quant -> file
+    merged_dir: Path | None
+    modelfile: Path | None
+    readme: Path
+    manifest: Path
+    checks: list[GGUFCheck] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary_lines(self) -> list[str]:
+        """What the CLI prints when the export is done."""
+        lines = [f"exported {self.run_dir.name} -> {self.out_dir}"]
+        for q, p in self.ggufs.items():
+            lines.append(f"  {p.name}  ({p.stat().st_size / 2**20:,.1f} MiB)")
+        if self.merged_dir:
+            lines.append(f"  {self.merged_dir.name}/  (16-bit merged safetensors)")
+        for c in self.checks:
+            lines.append(f"  llama.cpp loaded {c.file} and generated {c.output!r} "
+                         f"({c.seconds:.1f}s)")
+        if self.modelfile:
+            lines += ["next:", f"  cd {self.out_dir}",
+                      f"  ollama create {self.name} -f Modelfile", f"  ollama run {self.name}"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return lines
+
+
+# -- reading a run -------------------------------------------------------------------------------
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    adapter_dir: Path
+    config: dict
+    variant: str
+    meta: dict
+
+
+def read_run(path: str | os.PathLike) -> RunInfo:
+    """The run folder `path` (symlinks such as runs/latest resolved) and what export needs from it."""
+    given = Path(path)
+    run = given.resolve()
+    meta_file = run / "fastft.json"
+    if not meta_file.is_file():
+        hint = " (train one first: fastft train DATA)" if given.name == "latest" else ""
+        raise ExportError(f"{given}: not a fastft run folder, no fastft.json{hint}")
+    meta = json.loads(meta_file.read_text())
+    config = meta.get("config") or {}
+    for key in ("model_path", "max_seq_len"):
+        if key not in config:
+            raise ExportError(f"{meta_file}: config.{key} is missing")
+    adapter = run / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        status = meta.get("status")
+        why = f" (its status is {status!r})" if status and status != "done" else ""
+        raise ExportError(f"{run}: no trained adapter in {adapter}{why}; "
+                          f"export runs after `fastft train` finishes")
+    return RunInfo(run, adapter, config, meta.get("variant") or "other", meta)
+
+
+def default_name(run_dir: Path) -> str:
+    """The run folder's name, made into a valid ollama model name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_dir.name).strip("-._") or "model"
+    return name[:80]
+
+
+def normalise_quants(quants) -> tuple[str, ...]:
+    out = []
+    for q in quants:
+        q = q.lower().strip()
+        if q not in QUANTS:
+            raise ExportError(f"unknown GGUF quant {q!r}; choose from {', '.join(QUANTS)}")
+        if q not in out:
+            out.append(q)
+    return tuple(out)
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def _quiet(log: Path, verbose: bool):
+    """Send Unsloth's prints (banners, progress text) to a log file unless verbose."""
+    if verbose:
+        yield
+        return
+    with open(log, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+        yield
+
+
+def _log_tail(log: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def point_unsloth_at(llama: LlamaCpp) -> None:
+    """Make Unsloth use this llama.cpp and never fetch one (or its converter) from GitHub.
+
+    Unsloth reads UNSLOTH_LLAMA_CPP_PATH when `unsloth_zoo.llama_cpp` is first imported, so if
+    that already happened (a training run earlier in this process) the folder is also set on the
+    imported modules. UNSLOTH_LLAMA_CPP_SCRIPTS_DIR pins the converter script, read per call.
+    """
+    root = str(llama.root)
+    os.environ["UNSLOTH_LLAMA_CPP_PATH"] = root
+    os.environ["UNSLOTH_LLAMA_CPP_SCRIPTS_DIR"] = root
+    zoo = sys.modules.get("unsloth_zoo.llama_cpp")
+    if zoo is not None and getattr(zoo, "LLAMA_CPP_DEFAULT_DIR", root) != root:
+        zoo.LLAMA_CPP_DEFAULT_DIR = root
+        zoo.check_llama_cpp.__defaults__ = (root,)
+        save = sys.modules.get("unsloth.save")
+        if save is not None:
+            save.LLAMA_CPP_DEFAULT_DIR = root
+
+
+# -- the export ----------------------------------------------------------------------------------
+
+def export_run(opts: ExportOptions, console=None) -> ExportResult:
+    """Export one run. Raises ExportError (bad input), LlamaCppError, ModelfileError."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True, quiet=True)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    info = read_run(opts.run)
+    quants = normalise_quants(opts.gguf)
+    if not quants and not opts.merged:
+        raise ExportError("nothing to export: give --gguf QUANT and/or --merged")
+    name = opts.name or default_name(info.run_dir)
+    if not NAME_RE.match(name):
+        raise ExportError(f"invalid --name {name!r}: use letters, digits, '.', '_', '-' "
+                          f"(at most 80, starting with a letter or digit)")
+    final = Path(opts.out) if opts.out else Path(opts.exports_dir) / name
+    final = final.absolute()
+    if final.exists() and not opts.force:
+        raise ExportError(f"{final} already exists; pass --force to replace it")
+    if final.exists() and not final.is_dir():
+        raise ExportError(f"{final} exists and is not a folder")
+
+    # The Modelfile is rendered now, before any slow step, so a --system it cannot hold fails fast.
+    first_gguf = f"{name}.{QUANTS[quants[0]]}.gguf" if quants else None
+    modelfile = None
+    if first_gguf:
+        try:
+            modelfile = render_modelfile(name=name, gguf=first_gguf, variant=info.variant,
+                                         num_ctx=int(info.config["max_seq_len"]),
+                                         system=opts.system, run=info.run_dir.name)
+        except ModelfileError as e:
+            raise ExportError(str(e)) from e
+        if modelfile.template is None:
+            warnings.append(f"no chat TEMPLATE for model variant {info.variant!r}: ollama will "
+                            f"guess one from the GGUF; check its prompts before relying on it")
+        if modelfile.system_mode == "TEMPLATE":
+            warnings.append("--system holds text ollama's SYSTEM line cannot carry (see "
+                            "README.md); it was built into the TEMPLATE instead")
+
+    llama = None
+    if quants:
+        with console.status("finding llama.cpp"):
+            llama = ensure_llama_cpp(console, need_runner=opts.check)
+        point_unsloth_at(llama)
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        stage, work = scratch / "out", scratch / "work"
+        stage.mkdir()
+        work.mkdir()
+        log = work / "unsloth.log"
+        try:
+            with _cwd(work):
+                ggufs, merged, prompt = _write_models(info, quants, opts, name, stage, work,
+                                                      log, console, timings)
+        except (ExportError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise ExportError(f"export failed: {e}\n--- last lines of Unsloth's output ---\n"
+                              f"{_log_tail(log)}") from e
+
+        checks = []
+        if opts.check and ggufs:
+            t = time.perf_counter()
+            for quant, path in ggufs.items():
+                with console.status(f"llama.cpp: loading {path.name} and generating"):
+                    s = time.perf_counter()
+                    out = llama_generate(path, prompt, opts.check_tokens, llama=llama)
+                    checks.append(GGUFCheck(path.name, prompt, out, time.perf_counter() - s))
+            timings["check_s"] = time.perf_counter() - t
+
+        mf_path = None
+        if modelfile is not None:
+            mf_path = stage / "Modelfile"
+            mf_path.write_text(modelfile.text, encoding="utf-8")
+        readme = stage / "README.md"
+        readme.write_text(_readme(name, info, ggufs, merged, modelfile, first_gguf), encoding="utf-8")
+        manifest = stage / MANIFEST
+        files = {}
+        for p in sorted(stage.rglob("*")):
+            if p.is_file():
+                files[str(p.relative_to(stage))] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        manifest.write_text(json.dumps({
+            "fastft_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "name": name,
+            "source_run": str(info.run_dir),
+            "base_model": info.config.get("model"),
+            "variant": info.variant,
+            "quants": list(quants),
+            "merged": merged is not None,
+            "modelfile": {"from": first_gguf, "template": modelfile.template is not None,
+                          "system": modelfile.system_mode,
+                          "parameters": modelfile.parameters} if modelfile else None,
+            "checks": [asdict(c) for c in checks],
+            "files": files,
+        }, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+        _commit(stage, final, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    timings["total_s"] = time.perf_counter() - t0
+    rel = lambda p: final / p.relative_to(stage)   # noqa: E731  (paths after the rename)
+    return ExportResult(
+        out_dir=final, name=name, run_dir=info.run_dir,
+        ggufs={q: rel(p) for q, p in ggufs.items()},
+        merged_dir=final / "merged" if merged else None,
+        modelfile=final / "Modelfile" if modelfile else None,
+        readme=final / "README.md", manifest=final / MANIFEST,
+        checks=checks, warnings=warnings, timings=timings)
+
+
+def _commit(stage: Path, final: Path, scratch: Path) -> None:
+    """Put the finished folder in place. Each rename is atomic; with --force the old folder is
+    first moved into the scratch folder (deleted afterwards), never deleted before."""
+    if final.exists():
+        final.rename(scratch / "previous")
+    stage.rename(final)
+
+
+def _load_for_export(info: RunInfo, work: Path):
+    """(model with adapter, tokenizer): the ORIGINAL 16-bit base plus the adapter, via Unsloth.
+
+    Unsloth's own adapter loading reads the base from adapter_config.json, which after 4-bit
+    training may name the pre-quantised 4-bit checkpoint; a copy of the adapter pointing at
+    `config.model_path` makes it load the 16-bit original instead.
+    """
+    from transformers import AutoTokenizer
+    from unsloth import FastLanguageModel
+
+    adapter = work / "adapter"
+    shutil.copytree(info.adapter_dir, adapter)
+    cfg_file = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_model_name_or_path"] = info.config["model_path"]
+    cfg_file.write_text(json.dumps(cfg, indent=2))
+
+    local = Path(info.config["model_path"]).is_dir()
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(adapter), max_seq_length=int(info.config["max_seq_len"]),
+        load_in_4bit=False, dtype=None, trust_remote_code=False, use_safetensors=True,
+        local_files_only=local)
+    # The run's tokenizer is the one trained with (guarded chat template, EOS, pad).
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+    return model, tokenizer
+
+
+def _write_models(info, quants, opts, name, stage, work, log, console, timings):
+    t = time.perf_counter()
+    with console.status(f"loading {info.config.get('model')} (16-bit) with the run's adapter"), \
+            _quiet(log, opts.verbose):
+        model, tokenizer = _load_for_export(info, work)
+    timings["load_s"] = time.perf_counter() - t
+    # The prompt for the llama.cpp check, rendered with the run's own (guarded) chat template.
+    prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False, add_generation_prompt=True)
+
+    merged = None
+    if opts.merged:
+        t = time.perf_counter()
+        merged = stage / "merged"
+        with console.status("merging the adapter into the 16-bit weights"), _quiet(log, opts.verbose):
+            # safe_serialization=None pins safetensors: with True, Unsloth writes a pickle on
+            # hosts with at most two CPUs.
+            model.save_pretrained_merged(str(merged), tokenizer, save_method="merged_16bit",
+                                         safe_serialization=None)
+        timings["merge_s"] = time.perf_counter() - t
+
+    ggufs: dict[str, Path] = {}
+    if quants:
+        t = time.perf_counter()
+        with console.status(f"converting to GGUF ({', '.join(quants)})"), _quiet(log, opts.verbose):
+            res = model.save_pretrained_gguf(str(work / "gguf-merge"), tokenizer,
+                                             quantization_method=list(quants),
+                                             safe_serialization=None)
+        timings["gguf_s"] = time.perf_counter() - t
+        produced = [Path(p) for p in (res or {}).get("gguf_files", [])]
+        t = time.perf_counter()
+        for quant in quants:
+            suffix = f".{QUANTS[quant]}.gguf"
+            src = next((p for p in produced if p.name.upper().endswith(suffix.upper())), None)
+            if src is None or not src.is_file():
+                raise ExportError(f"Unsloth produced no {QUANTS[quant]} GGUF "
+                                  f"(got: {', '.join(p.name for p in produced) or 'nothing'})")
+            dst = stage / f"{name}{suffix}"
+            with console.status(f"writing {dst.name}"):
+                rewrite_gguf_name(src, dst, name)
+            src.unlink()
+            ggufs[quant] = dst
+        timings["rename_s"] = time.perf_counter() - t
+    del model
+    return ggufs, merged, prompt
+
+
+def rewrite_gguf_name(src: Path, dst: Path, name: str) -> None:
+    """Copy a GGUF with `general.name` set to `name` (every other key and tensor unchanged)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(str(dst), arch=arch, endianess=reader.endianess)
+    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
+    if alignment is not None:
+        writer.data_alignment = alignment.contents()
+    seen_name = False
+    for f in reader.fields.values():
+        # The writer emits the architecture and the GGUF.* header fields itself.
+        if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        value = f.contents()
+        if f.name == gguf.Keys.General.NAME:
+            value, seen_name = name, True
+        writer.add_key_value(f.name, value, vtype, sub_type=sub)
+    if not seen_name:
+        writer.add_key_value(gguf.Keys.General.NAME, name, gguf.GGUFValueType.STRING)
+    for t in reader.tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in reader.tensors:
+        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+    writer.close()
+
+
+def gguf_metadata(path: str | os.PathLike, key: str):
+    """One metadata value of a GGUF file (None when absent)."""
+    import gguf
+
+    f = gguf.GGUFReader(str(path)).get_field(key)
+    return f.contents() if f is not None else None
+
+
+def _readme(name, info: RunInfo, ggufs, merged, modelfile, first_gguf) -> str:
+    family = FAMILIES.get(info.variant, FAMILIES["other"])
+    lines = [f"# {name}", "",
+             f"Fine-tuned from `{info.config.get('model')}` ({family.label}) by fastft "
+             f"{__version__}, run `{info.run_dir.name}`.", ""]
+    if modelfile is not None:
+        lines += ["## Run it with ollama", "", "From this folder:", "", "```sh",
+                  f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", "",
+                  f"The Modelfile serves `{first_gguf}`; to serve another quantisation, "
+                  "change its `FROM` line.", ""]
+        if modelfile.template is not None:
+            lines += ["Its `TEMPLATE` renders exactly the prompt the model was trained on "
+                      "(the run's chat template, with the generation prompt).", ""]
+        if modelfile.system_mode == "TEMPLATE":
+            lines += ["The system prompt given to `fastft export --system` cannot be written as "
+                      "a `SYSTEM` line (ollama's Modelfile syntax has no escapes), so it is built "
+                      "into the `TEMPLATE`: it applies whenever a request brings no system "
+                      "message of its own, as `SYSTEM` would.", ""]
+    if ggufs:
+        lines += ["## Files", "", "| file | quantisation |", "|---|---|"]
+        lines += [f"| `{p.name}` | {QUANTS[q]} |" for q, p in ggufs.items()]
+        lines += ["", "Any llama.cpp tool loads them, e.g. "
+                  f"`llama-cli -m {next(iter(ggufs.values())).name}`.", ""]
+    if merged is not None:
+        lines += ["`merged/` holds the 16-bit merged model (safetensors) for transformers, "
+                  "vLLM and other tools.", ""]
+    lines += [f"`{MANIFEST}` records the source run and the SHA-256 of every file.", ""]
+    return "\n".join(lines)

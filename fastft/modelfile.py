@@ -1,0 +1,458 @@
+"""The ollama Modelfile of an export: its Go chat templates, sampling defaults and quoting.
+
+Three facts about ollama decide what is written here:
+
+* A Modelfile `TEMPLATE` is a Go `text/template`. When it mentions `.Messages`, ollama executes
+  it once with `{System, Messages, Tools, Response: "", Think, IsThinkSet}`, where `Messages`
+  has consecutive same-role messages merged by "\\n\\n" (system messages stay in the list).
+  Each template below renders the same prompt, byte for byte, as the Hugging Face chat template
+  the model was trained with, called with `add_generation_prompt=True`
+  (`tests/test_modelfile.py` checks this with Go's own text/template).
+* ollama's Modelfile parser has no escape sequences. A triple-quoted value is taken verbatim;
+  it ends at the first line break where the text read so far, right-trimmed, ends in three
+  double quotes; characters Go's `strconv.IsPrint` rejects (other than tab and line breaks)
+  are silently dropped.
+  `parse_modelfile` below re-implements that state machine, and every value we write is
+  checked by parsing it back.
+* When a system prompt cannot survive that parser (a line ending in three double quotes, a
+  zero-width joiner, ...), it is not written as `SYSTEM` but built into the TEMPLATE as a Go string
+  literal, which has escapes; it still applies only when a request brings no system message,
+  exactly like `SYSTEM`.
+
+The Modelfile's layout is `Modelfile.template` at the repo root (the canonical, reviewed copy).
+The package carries an identical copy, `MODELFILE_TEMPLATE` below, so an installed fastft
+needs no data files; tests/test_modelfile.py fails if the two ever differ.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import unicodedata
+from dataclasses import dataclass, field
+
+from .template import HYBRID, INSTRUCT_2507, OTHER, THINKING
+
+EOS = "<|im_end|>"
+
+
+class ModelfileError(ValueError):
+    pass
+
+
+# -- the Modelfile layout ------------------------------------------------------------------------
+
+# Keep byte-identical to Modelfile.template at the repo root (tests/test_modelfile.py checks).
+# `$name`-style fields are filled by `render_modelfile`; a line holding only a field whose value
+# is empty is dropped.
+MODELFILE_TEMPLATE = """\
+# ollama Modelfile for ${name}, written by `fastft export` from run ${run}.
+# Create and run the model from this folder:
+#   ollama create ${name} -f Modelfile
+#   ollama run ${name}
+FROM ./${gguf}
+${template}
+${parameters}
+${system}
+"""
+
+
+
+def modelfile_template() -> str:
+    """The layout. Always the packaged copy, so a checkout and an install write the same file."""
+    return MODELFILE_TEMPLATE
+
+
+# -- Go chat templates ---------------------------------------------------------------------------
+#
+# One template family for Qwen3 (ChatML). Reading aid: `{{-` / `-}}` eat the whitespace next to
+# them, every other newline is output. Tool messages open a `<|im_start|>user` block when the
+# previous message was not a tool message and close it when the next one is not; Go templates
+# cannot look ahead, so the close is emitted when the next non-tool message starts (or at the end).
+
+_QWEN3_TOOLS = """\
+{{- if .Tools }}<|im_start|>system
+@SYSTEM_IN_TOOLS@# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{{- range .Tools }}
+{{ json . }}
+{{- end }}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{{ end }}"""
+
+_SYSTEM_IN_TOOLS = ('{{ range $i, $m := .Messages }}{{ if and (eq $i 0) (eq $m.Role "system") }}'
+                    '{{ $m.Content }}\n\n{{ end }}{{ end }}')
+_SYSTEM_IN_TOOLS_DEFAULT = ('{{ range $i, $m := .Messages }}{{ if eq $i 0 }}{{ if eq $m.Role "system" }}'
+                            '{{ $m.Content }}{{ else }}{{ @LITERAL@ }}{{ end }}\n\n{{ end }}{{ end }}')
+# Without tools, a default system prompt opens the conversation when it has none of its own.
+_DEFAULT_SYSTEM_TURN = """\
+{{- if and (eq $i 0) (ne $m.Role "system") (not $.Tools) }}<|im_start|>system
+{{ @LITERAL@ }}<|im_end|>
+{{ end }}"""
+
+_QWEN3_MESSAGES = """
+@LAST_QUERY@{{- $prev := "" }}
+{{- range $i, $m := .Messages }}
+@DEFAULT_SYSTEM_TURN@
+{{- if and (eq $prev "tool") (ne $m.Role "tool") }}<|im_end|>
+{{ end }}
+{{- if eq $m.Role "user" }}<|im_start|>user
+{{ $m.Content }}<|im_end|>
+{{ else if eq $m.Role "system" }}
+{{- if or (ne $i 0) (not $.Tools) }}<|im_start|>system
+{{ $m.Content }}<|im_end|>
+{{ end }}
+{{- else if eq $m.Role "assistant" }}<|im_start|>assistant
+@ASSISTANT_THINKING@{{ $m.Content }}
+{{- range $j, $c := $m.ToolCalls }}
+{{- if or $j $m.Content }}
+{{ end }}<tool_call>
+{"name": "{{ $c.Function.Name }}", "arguments": {{ json $c.Function.Arguments }}}
+</tool_call>
+{{- end }}<|im_end|>
+{{ else if eq $m.Role "tool" }}
+{{- if ne $prev "tool" }}<|im_start|>user{{ end }}
+<tool_response>
+{{ $m.Content }}
+</tool_response>
+{{- end }}
+{{- $prev = $m.Role }}
+{{- end }}
+{{- if eq $prev "tool" }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+
+# Hybrid and Thinking Qwen3 show reasoning only for assistant turns after the last user query
+# (tool-calling loops), and always for a final assistant turn.
+_ASSISTANT_THINKING = ('{{ if and (gt $i $lq) (or $m.Thinking (eq (len (slice $.Messages $i)) 1)) }}'
+                       '<think>\n{{ $m.Thinking }}\n</think>\n\n{{ end }}')
+
+_LAST_QUERY = ('{{- $lq := len .Messages }}\n'
+               '{{- range $i, $m := .Messages }}{{ if eq $m.Role "user" }}{{ $lq = $i }}{{ end }}{{ end }}\n')
+
+_GENERATION = {
+    INSTRUCT_2507: "",
+    # Hybrid Qwen3 thinks unless told not to: `think: false` is its `enable_thinking=False`.
+    HYBRID: "{{ if and $.IsThinkSet (not $.Think) }}<think>\n\n</think>\n\n{{ end }}",
+    # Thinking-2507's template opens the think block itself.
+    THINKING: "<think>\n",
+}
+
+
+def go_literal(text: str) -> str:
+    """`text` as a Go interpreted string literal (usable inside a template action).
+
+    Everything the Modelfile parser would choke on or drop is escaped, so the literal holds
+    nothing but printable ASCII-or-printable-Unicode characters and no line breaks.
+    """
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif go_isprint(ch):
+            out.append(ch)
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def go_template(variant: str, default_system: str | None = None) -> str | None:
+    """The Go TEMPLATE for a model variant (None when fastft has none: let ollama pick).
+
+    `default_system` builds a system prompt into the template (see the module docstring).
+    """
+    if variant not in _GENERATION:
+        return None
+    if default_system is None:
+        tools = _QWEN3_TOOLS.replace("@SYSTEM_IN_TOOLS@", _SYSTEM_IN_TOOLS)
+        turn = ""
+    else:
+        lit = go_literal(default_system)
+        tools = _QWEN3_TOOLS.replace("@SYSTEM_IN_TOOLS@",
+                                     _SYSTEM_IN_TOOLS_DEFAULT.replace("@LITERAL@", lit))
+        turn = _DEFAULT_SYSTEM_TURN.replace("@LITERAL@", lit)
+    thinks = variant != INSTRUCT_2507
+    messages = (_QWEN3_MESSAGES
+                .replace("@LAST_QUERY@", _LAST_QUERY if thinks else "")
+                .replace("@DEFAULT_SYSTEM_TURN@\n", turn)
+                .replace("@ASSISTANT_THINKING@", _ASSISTANT_THINKING if thinks else ""))
+    return tools + messages + _GENERATION[variant]
+
+
+# -- per-family settings -------------------------------------------------------------------------
+
+@dataclass
+class Family:
+    label: str
+    reference_jinja: str | None          # fastft/templates file the Go template is verified against
+    sampling: dict[str, float | int] = field(default_factory=dict)
+
+
+# Qwen's published sampling advice for each model; repeat_penalty 1 because ollama's default
+# (1.1) is a penalty Qwen does not recommend.
+FAMILIES = {
+    INSTRUCT_2507: Family("Qwen3 Instruct-2507", "qwen3_instruct_2507.jinja",
+                          dict(temperature=0.7, top_p=0.8, top_k=20, min_p=0, repeat_penalty=1)),
+    HYBRID: Family("Qwen3 (hybrid thinking)", "qwen3.jinja",
+                   dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0, repeat_penalty=1)),
+    THINKING: Family("Qwen3 Thinking-2507", None,
+                     dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0, repeat_penalty=1)),
+    OTHER: Family("unknown family", None, {}),
+}
+
+
+# -- ollama's Modelfile parser, re-implemented -----------------------------------------------------
+
+COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
+            "parameter", "message", "requires")
+_NIL, _NAME, _VALUE, _PARAMETER, _MESSAGE, _COMMENT = range(6)
+
+
+def go_isprint(ch: str) -> bool:
+    """Go's strconv.IsPrint: letters, marks, numbers, punctuation, symbols and ASCII space."""
+    return ch == " " or unicodedata.category(ch)[0] in "LMNPS"
+
+
+def _unquote(s: str) -> tuple[str, bool]:
+    if s[:3] == '"""':
+        return (s[3:-3], True) if len(s) >= 6 and s[-3:] == '"""' else ("", False)
+    if s[:1] == '"':
+        return (s[1:-1], True) if len(s) >= 2 and s[-1:] == '"' else ("", False)
+    return s, True
+
+
+def parse_modelfile(text: str) -> list[tuple[str, str]]:
+    """(command, value) pairs exactly as ollama's parser reads them; raises ModelfileError.
+
+    Commands come back lower-cased ("model" for FROM); a PARAMETER comes back as its own name
+    (e.g. ("stop", "<|im_end|>")); a MESSAGE as ("message", "role: content").
+    """
+    commands: list[tuple[str, str]] = []
+    state, buf, name, role, line = _NIL, [], "", "", 1
+    space, newline = " \t", "\r\n"
+    text = text.removeprefix("\ufeff")
+
+    def fail(msg):
+        raise ModelfileError(f"Modelfile line {line}: {msg}")
+
+    for ch in text:
+        if ch in newline:
+            line += 1
+        # the state machine: where this rune takes us, and whether it is kept
+        keep = ch
+        if state == _NIL:
+            nxt, keep = (_COMMENT, "") if ch == "#" else (_NIL, "") if ch in space + newline else (_NAME, ch)
+        elif state == _NAME:
+            if ch.isascii() and ch.isalpha():
+                nxt = _NAME
+            elif ch in space:
+                nxt, keep = _VALUE, ""
+            else:
+                fail("invalid command")
+        elif state == _VALUE:
+            nxt = _NIL if ch in newline + space else _VALUE
+        elif state == _PARAMETER:
+            if ch.isascii() and (ch.isalnum() or ch == "_"):
+                nxt = _PARAMETER
+            elif ch in space:
+                nxt, keep = _VALUE, ""
+            else:
+                fail("unexpected end of parameter name")
+        elif state == _MESSAGE:
+            if ch.isascii() and ch.isalpha():
+                nxt = _MESSAGE
+            elif ch in space:
+                nxt, keep = _VALUE, ""
+            else:
+                fail("unexpected end of message role")
+        else:  # comment
+            nxt, keep = (_NIL, "") if ch in newline else (_COMMENT, "")
+
+        if nxt != state:
+            word = "".join(buf)
+            if state == _NAME:
+                if word.lower() not in COMMANDS:
+                    fail(f"invalid command {word!r}")
+                low = word.lower()
+                if low == "from":
+                    name = "model"
+                elif low == "parameter":
+                    nxt = _PARAMETER
+                elif low == "message":
+                    nxt, name = _MESSAGE, "message"
+                else:
+                    name = low
+            elif state == _PARAMETER:
+                name = word
+            elif state == _MESSAGE:
+                if word not in ("system", "user", "assistant"):
+                    fail("message role must be system, user or assistant")
+                role = word
+            elif state == _VALUE:
+                value, ok = _unquote(word.strip(" \t\r\n"))
+                if not ok or ch in space:
+                    buf.append(ch)       # still inside a quoted value (or a space): keep going
+                    continue
+                if role:
+                    value, role = f"{role}: {value}", ""
+                commands.append((name, value))
+            buf, state = [], nxt
+        if keep and go_isprint(keep):
+            buf.append(keep)
+
+    if state == _VALUE:
+        value, ok = _unquote("".join(buf).strip(" \t\r\n"))
+        if not ok:
+            raise ModelfileError("Modelfile ends inside a quoted value")
+        commands.append((name, f"{role}: {value}" if role else value))
+    elif state not in (_NIL, _COMMENT):
+        raise ModelfileError("Modelfile ends inside a command")
+    if not any(c == "model" for c, _ in commands):
+        raise ModelfileError("Modelfile has no FROM line")
+    return commands
+
+
+def quote(value: str) -> str:
+    """`value` as a triple-quoted Modelfile value that parses back to exactly `value`.
+
+    Raises ModelfileError when ollama's parser cannot hold it (see `representable`).
+    """
+    problem = unrepresentable(value)
+    if problem:
+        raise ModelfileError(problem)
+    return f'"""{value}"""'
+
+
+def unrepresentable(value: str) -> str | None:
+    """Why ollama's parser would not read `value` in triple quotes back as itself; None if it would."""
+    bad = sorted({c for c in value if not (go_isprint(c) or c in "\t\r\n")})
+    if bad:
+        names = ", ".join(f"U+{ord(c):04X}" for c in bad[:5])
+        return f"it holds characters ollama's Modelfile parser drops ({names})"
+    for m in re.finditer(r"[\r\n]", value):
+        # The parser tries to close the value at every line break.
+        read = ('"""' + value[:m.start()]).rstrip(" \t\r\n")
+        if len(read) >= 6 and read.endswith('"""'):
+            line = value.count("\n", 0, m.start()) + 1
+            return f'its line {line} ends in """, which would end the value early'
+    try:   # belt and braces: the parser is the definition
+        ok = parse_modelfile(f'FROM x\nSYSTEM """{value}"""\n')[-1] == ("system", value)
+    except ModelfileError:
+        ok = False
+    return None if ok else "it does not survive ollama's Modelfile parser"
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+@dataclass
+class Modelfile:
+    text: str
+    template: str | None       # the Go TEMPLATE written (None: ollama picks from the GGUF)
+    system_mode: str | None    # "SYSTEM", "TEMPLATE" (built into the template) or None
+    parameters: dict[str, object]
+
+
+def _format_number(v) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def render_modelfile(*, name: str, gguf: str, variant: str, num_ctx: int,
+                     system: str | None = None, run: str = "", layout: str | None = None) -> Modelfile:
+    """The Modelfile text for one export; checked by parsing it back before it is returned."""
+    if not NAME_RE.match(name):
+        raise ModelfileError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-'")
+    family = FAMILIES.get(variant, FAMILIES[OTHER])
+    system_mode = None
+    default_system = None
+    if system is not None and system != "":
+        if unrepresentable(system) is None:
+            system_mode = "SYSTEM"
+        elif go_template(variant) is not None:
+            system_mode, default_system = "TEMPLATE", system
+        else:
+            raise ModelfileError(f"--system cannot be written to this Modelfile: {unrepresentable(system)}")
+    template = go_template(variant, default_system)
+
+    params: dict[str, object] = {"stop": EOS, **family.sampling, "num_ctx": int(num_ctx)}
+    lines = []
+    for key, val in params.items():
+        lines.append(f'PARAMETER {key} "{val}"' if isinstance(val, str) else
+                     f"PARAMETER {key} {_format_number(val)}")
+    fields = {
+        "name": name,
+        "run": run.replace("\n", " ").replace("\r", " "),
+        "gguf": gguf,
+        "template": f"TEMPLATE {quote(template)}" if template is not None else "",
+        "parameters": "\n".join(lines),
+        "system": f"SYSTEM {quote(system)}" if system_mode == "SYSTEM" else "",
+    }
+    layout = layout if layout is not None else modelfile_template()
+    kept = [ln for ln in layout.splitlines(keepends=True)
+            if not (re.fullmatch(r"\s*\$\{?(\w+)\}?\s*", ln) and
+                    fields.get(re.fullmatch(r"\s*\$\{?(\w+)\}?\s*", ln).group(1)) == "")]
+    text = string.Template("".join(kept)).substitute(fields)
+
+    # What ollama will read back must be what we meant.
+    parsed = parse_modelfile(text)
+    got = {k: v for k, v in parsed if k in ("model", "template", "system")}
+    want = {"model": f"./{gguf}"}
+    if template is not None:
+        want["template"] = template
+    if system_mode == "SYSTEM":
+        want["system"] = system
+    if got != want:
+        raise ModelfileError(f"the rendered Modelfile does not parse back as written: {got!r}")
+    return Modelfile(text, template, system_mode, params)
+
+
+def template_from_modelfile(text: str) -> str | None:
+    """The TEMPLATE value exactly as ollama's parser extracts it."""
+    values = [v for k, v in parse_modelfile(text) if k == "template"]
+    return values[-1] if values else None
+
+
+def system_from_modelfile(text: str) -> str | None:
+    values = [v for k, v in parse_modelfile(text) if k == "system"]
+    return values[-1] if values else None
+
+
+def ollama_data(messages: list[dict], tools: list | None = None, think: bool | None = None) -> dict:
+    """The data ollama executes a `.Messages` template with (template.go): System is every
+    system message joined by blank lines; consecutive same-role messages are merged."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    merged: list[dict] = []
+    for m in messages:
+        if merged and merged[-1]["role"] == m["role"]:
+            merged[-1] = {**merged[-1], "content": merged[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            merged.append(dict(m))
+    return {"System": system, "Messages": merged, "Tools": tools or [], "Response": "",
+            "Think": bool(think), "IsThinkSet": think is not None}
+
+
+def dumps_ollama_request(template: str, messages: list[dict], tools=None, think=None) -> str:
+    """JSON for tests/gotemplate: the template and the data ollama would execute it with."""
+    return json.dumps({"template": template, "data": ollama_data(messages, tools, think)})

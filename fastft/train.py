@@ -1,0 +1,382 @@
+"""`fastft train`: QLoRA SFT through Unsloth and TRL, into a self-describing run folder.
+
+The stages, in order: read and validate the data, load the model, apply the chat-template
+guard, tokenise with an assistant-only label mask, attach LoRA, train, save the adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from .data import DataError, Dataset, Example, load_conversations
+from .models import DEFAULT_MODEL, load_model, resolve_model
+from .template import ChatGuard, GuardError, Rendered
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run; written to fastft.json so a run can be reproduced or resumed."""
+    data: str
+    model: str = DEFAULT_MODEL
+    name: str | None = None
+    runs_dir: str = "runs"
+    load_in_4bit: bool = True
+    max_seq_len: int = 2048
+    # LoRA: the field's defaults (r=16, alpha=2r, no dropout, every linear projection).
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    rslora: bool = False
+    dora: bool = False
+    # Optimisation.
+    lr: float = 2e-4
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 2          # micro-batch per step; batch_size x grad_accum is the effective batch
+    grad_accum: int = 4
+    auto_batch: bool = True      # on a GPU, raise the micro-batch (same effective batch) while it fits
+    vram_budget: float | None = None  # GiB; caps what auto-batch may use
+    optim: str = "adamw_8bit"
+    weight_decay: float = 0.0
+    seed: int = 42
+    train_on_all: bool = False   # loss on prompts too, not only on assistant turns
+    think: str = "strip"
+    packing: bool = False
+    # Evaluation and checkpoints.
+    eval_split: float = 0.0
+    eval_file: str | None = None
+    save_steps: int | None = None  # default: a checkpoint each epoch
+    skip_invalid: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "target_modules" in d:
+            d["target_modules"] = tuple(d["target_modules"])
+        return cls(**d)
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+
+@dataclass
+class TokenizedExample:
+    line: int
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    truncated: int
+    dropped: int                # no trainable token left after truncation
+    sha256: str
+    examples: int
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    adapter_dir: Path
+    summary: dict = field(default_factory=dict)
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+# -- data preparation (pure functions, tested directly) ----------------------------------------
+
+def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bool = False
+                      ) -> tuple[TokenizedExample, bool]:
+    """Token ids and labels; a token carries loss only if it lies inside an assistant span."""
+    enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = []
+    for tid, (a, b) in zip(ids, enc["offset_mapping"]):
+        inside = any(s <= a and b <= e for s, e in r.assistant_spans)
+        labels.append(tid if (train_on_all or inside) else -100)
+    truncated = len(ids) > max_seq_len
+    return TokenizedExample(r.line, ids[:max_seq_len], labels[:max_seq_len]), truncated
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer) -> PreparedData:
+    """Load, guard and tokenise the training (and eval) data. Raises DataError/GuardError."""
+    train_ds = load_conversations(cfg.data, skip_invalid=cfg.skip_invalid)
+    examples = train_ds.examples
+    eval_examples: list[Example] = []
+    if cfg.eval_file:
+        eval_examples = load_conversations(cfg.eval_file, skip_invalid=cfg.skip_invalid).examples
+    elif cfg.eval_split > 0:
+        shuffled = examples[:]
+        random.Random(cfg.seed).shuffle(shuffled)
+        n_eval = max(1, round(len(shuffled) * cfg.eval_split))
+        if n_eval >= len(shuffled):
+            raise TrainError(f"--eval-split {cfg.eval_split} leaves no training examples")
+        eval_examples, examples = shuffled[:n_eval], shuffled[n_eval:]
+
+    def tokenise(exs: list[Example], path: str) -> tuple[list[TokenizedExample], int, int]:
+        guard.path = path
+        before = len(guard.report.issues)
+        rendered = guard.render_all(exs)
+        if len(guard.report.issues) > before and not cfg.skip_invalid:
+            raise GuardError("\n".join(str(i) for i in guard.report.issues[before:]))
+        out, truncated, dropped = [], 0, 0
+        for r in rendered:
+            tok, was_cut = tokenize_rendered(r, tokenizer, cfg.max_seq_len, cfg.train_on_all)
+            truncated += was_cut
+            if all(l == -100 for l in tok.labels):
+                dropped += 1
+                continue
+            out.append(tok)
+        return out, truncated, dropped
+
+    train, t1, d1 = tokenise(examples, cfg.data)
+    evals, t2, d2 = tokenise(eval_examples, cfg.eval_file or cfg.data)
+    if not train:
+        raise TrainError(f"{cfg.data}: no example has a trainable token within --max-seq-len "
+                         f"{cfg.max_seq_len}")
+    return PreparedData(train, evals, t1 + t2, d1 + d2, file_sha256(cfg.data), len(train_ds.examples))
+
+
+# -- run folder --------------------------------------------------------------------------------
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    name = cfg.name or f"{Path(cfg.data).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run = Path(cfg.runs_dir) / name
+    if run.exists() and any(run.iterdir()):
+        raise TrainError(f"run folder {run} already exists; pick another --name or --resume it")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def point_latest(run: Path) -> None:
+    """`runs/latest` -> the newest run, swapped atomically (symlink to a temp name, then rename)."""
+    latest = run.parent / "latest"
+    tmp = run.parent / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run.name)
+    os.replace(tmp, latest)
+
+
+def resolve_run(path: str | os.PathLike) -> Path:
+    run = Path(path)
+    if not (run / "fastft.json").exists():
+        raise TrainError(f"{run}: not a fastft run folder (no fastft.json)")
+    return run.resolve()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def last_checkpoint(run: Path) -> Path | None:
+    cks = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return cks[-1] if cks else None
+
+
+def environment() -> tuple[dict, dict]:
+    import importlib.metadata as md
+
+    import torch
+    versions = {}
+    for pkg in ("fastft", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft",
+                "datasets", "bitsandbytes", "accelerate"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    hw = {"platform": platform.platform(), "python": platform.python_version(),
+          "cpus": os.cpu_count(), "gpu": None}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        hw.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1),
+                  gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
+    return versions, hw
+
+
+# -- training ----------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
+    """Run one training job. `ui` (fastft.ui.TrainUI or None) receives progress and reports."""
+    import torch
+
+    from .ui import NullUI
+    ui = ui or NullUI()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    if resume:
+        run = resolve_run(resume)
+        saved = json.loads((run / "fastft.json").read_text())
+        cfg = TrainConfig.from_dict(saved["config"] | {"runs_dir": str(run.parent), "name": run.name})
+        checkpoint = last_checkpoint(run)
+        if checkpoint is None:
+            raise TrainError(f"{run}: no checkpoint to resume from")
+    else:
+        # Validate data before the (slow) model load so bad input fails in a second.
+        load_conversations(cfg.data, skip_invalid=cfg.skip_invalid)
+        run, checkpoint = new_run_dir(cfg), None
+
+    ref = resolve_model(cfg.model)
+    ui.status(f"loading {cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
+    model, tokenizer = load_model(ref, cfg.max_seq_len, cfg.load_in_4bit)
+    timings["load_s"] = time.perf_counter() - t0
+
+    guard = ChatGuard(tokenizer, ref.path, think=cfg.think, path=cfg.data)
+    data = prepare_data(cfg, guard, tokenizer)
+    ui.guard_report(guard.report, data)
+    # Generation must stop where training taught the model to stop.
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    from unsloth import FastLanguageModel
+    model = FastLanguageModel.get_peft_model(
+        model, r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules), bias="none",
+        use_gradient_checkpointing="unsloth", random_state=cfg.seed,
+        use_rslora=cfg.rslora, use_dora=cfg.dora,
+    )
+
+    batch_size, grad_accum = cfg.batch_size, cfg.grad_accum
+    if cfg.auto_batch and torch.cuda.is_available() and checkpoint is None:
+        from .autobatch import choose_micro_batch
+        choice = choose_micro_batch(model, tokenizer, data.train, cfg, ui=ui)
+        batch_size, grad_accum = choice.batch_size, choice.grad_accum
+        ui.status(choice.describe())
+
+    trainer, metrics = _make_trainer(cfg, model, tokenizer, data, run, batch_size, grad_accum, ui)
+    meta = {
+        "config": asdict(cfg) | {"model_path": ref.path, "batch_size": batch_size,
+                                 "grad_accum": grad_accum},
+        "variant": guard.variant,
+        "guard": asdict(guard.report) | {"issues": [str(i) for i in guard.report.issues]},
+        "data": {"path": str(cfg.data), "sha256": data.sha256, "examples": data.examples,
+                 "train": len(data.train), "eval": len(data.eval), "truncated": data.truncated,
+                 "dropped": data.dropped,
+                 "train_tokens": sum(len(e.input_ids) for e in data.train),
+                 "trained_tokens": sum(sum(l != -100 for l in e.labels) for e in data.train)},
+    }
+    versions, hw = environment()
+    meta.update(versions=versions, hardware=hw, status="training")
+    write_json_atomic(run / "fastft.json", meta)
+    if not resume:
+        point_latest(run)
+
+    t1 = time.perf_counter()
+    with ui.training(metrics) as progress:
+        trainer.add_callback(progress)
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    timings["train_s"] = time.perf_counter() - t1
+
+    adapter = run / "adapter"
+    _save_adapter(model, tokenizer, adapter)
+    steps = trainer.state.global_step
+    final = metrics.summary() | {"global_step": steps, "train_loss": out.training_loss}
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    if evals:
+        final.update(eval_loss=evals[-1], best_eval_loss=min(evals),
+                     best_checkpoint=trainer.state.best_model_checkpoint)
+    timings["total_s"] = time.perf_counter() - t0
+    meta.update(status="done", timings=timings, final=final)
+    write_json_atomic(run / "fastft.json", meta)
+    return RunResult(run, adapter, meta)
+
+
+def _make_trainer(cfg, model, tokenizer, data: PreparedData, run: Path, batch_size, grad_accum, ui):
+    import torch
+    from datasets import Dataset as HFDataset
+    from trl import SFTConfig, SFTTrainer
+
+    from transformers.trainer_callback import PrinterCallback
+
+    from .metrics import StepMetrics
+
+    def to_hf(rows: list[TokenizedExample]):
+        return HFDataset.from_dict({"input_ids": [r.input_ids for r in rows],
+                                    "labels": [r.labels for r in rows]})
+
+    on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    has_eval = bool(data.eval)
+    save = dict(save_strategy="epoch") if cfg.save_steps is None else dict(
+        save_strategy="steps", save_steps=cfg.save_steps)
+    args = SFTConfig(
+        output_dir=str(run / "checkpoints"),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,   # transformers 5: a float < 1 is a ratio of total steps
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        # bitsandbytes' 8-bit AdamW needs CUDA; CPU runs (CI, demo) use plain AdamW.
+        optim=cfg.optim if on_gpu else "adamw_torch",
+        weight_decay=cfg.weight_decay,
+        bf16=bf16,
+        fp16=on_gpu and not bf16,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        eval_strategy=("epoch" if cfg.save_steps is None else "steps") if has_eval else "no",
+        eval_steps=cfg.save_steps if has_eval and cfg.save_steps else None,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        save_total_limit=2,       # with eval: the best and the last; without: the last two
+        **save,
+        max_length=cfg.max_seq_len,
+        packing=cfg.packing,
+        dataset_num_proc=1,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=args,
+                         train_dataset=to_hf(data.train),
+                         eval_dataset=to_hf(data.eval) if has_eval else None)
+    trainer.remove_callback(PrinterCallback)  # rich progress replaces its raw log dicts
+    metrics = StepMetrics(run / "metrics.jsonl")
+    trainer.add_callback(metrics)
+    return trainer, metrics
+
+
+def _save_adapter(model, tokenizer, adapter: Path) -> None:
+    """Adapter + tokenizer (with the guarded chat template), swapped in atomically."""
+    from .cache import building
+    import shutil
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    with building(adapter) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)

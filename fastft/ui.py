@@ -1,0 +1,76 @@
+"""Rich console output for the stages; `NullUI` keeps library calls (and tests) silent."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from transformers import TrainerCallback
+
+
+class NullUI:
+    def status(self, text: str) -> None:
+        pass
+
+    def guard_report(self, report, data) -> None:
+        pass
+
+    @contextmanager
+    def training(self, metrics):
+        yield TrainerCallback()
+
+
+class _ProgressCallback(TrainerCallback):
+    def __init__(self, progress: Progress, metrics):
+        self.progress, self.metrics, self.task = progress, metrics, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.task = self.progress.add_task("training", total=state.max_steps,
+                                           completed=state.global_step, info="")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.task is None or not logs:
+            return
+        info = []
+        if "loss" in logs and self.metrics.records:
+            r = self.metrics.records[-1]
+            info.append(f"loss {r.loss:.4f}  {r.tokens_per_s:,.0f} tok/s")
+            if r.mem_alloc_gib is not None:
+                info.append(f"{r.mem_alloc_gib:.1f} GiB")
+        if "eval_loss" in logs:
+            info.append(f"eval {logs['eval_loss']:.4f}")
+        self.progress.update(self.task, completed=state.global_step,
+                             info="  ".join(info) or self.progress.tasks[self.task].fields["info"])
+
+
+class TrainUI(NullUI):
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+
+    def status(self, text: str) -> None:
+        self.console.print(f"[bold cyan]•[/] {text}")
+
+    def guard_report(self, report, data) -> None:
+        t = Table(title="Chat-template guard and data", show_header=False, title_justify="left")
+        for line in report.lines():
+            key, _, value = line.partition(": ")
+            t.add_row(key, value)
+        t.add_row("examples", f"{data.examples} ({len(data.train)} train, {len(data.eval)} eval)")
+        if data.truncated:
+            t.add_row("truncated", f"[yellow]{data.truncated} examples cut at max_seq_len[/]")
+        if data.dropped:
+            t.add_row("dropped", f"[yellow]{data.dropped} with no assistant token left[/]")
+        if report.issues:
+            t.add_row("skipped", f"[yellow]{len(report.issues)} examples failed the guard[/]")
+        self.console.print(t)
+
+    @contextmanager
+    def training(self, metrics):
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total} steps"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[info]}"), console=self.console)
+        with progress:
+            yield _ProgressCallback(progress, metrics)

@@ -1,0 +1,3 @@
+module fastft/gotemplate
+
+go 1.19
