@@ -161,7 +161,7 @@ def train(data, config_file, print_config, resume, **flags):
     tokens only. Writes runs/<name>/ (adapter, checkpoints, metrics.jsonl, fastft.json) and
     points runs/latest at it.
     """
-    from .train import train as run_train
+    from .train import train as run_train  # first: imports unsloth before transformers
     from .ui import TrainUI
 
     ui = TrainUI(console)

@@ -21,9 +21,9 @@ def demo_config(runs_dir: Path):
 def run_demo(runs_dir: Path, console: Console) -> bool:
     import shutil
 
+    from .train import train  # first: imports unsloth before transformers
     from .chat import generate, load_run_for_inference
     from .cli import print_train_summary
-    from .train import train
     from .ui import TrainUI
 
     if not DEMO_DATA.exists():

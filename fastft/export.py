@@ -333,6 +333,12 @@ def export_run(opts: ExportOptions, console=None) -> ExportResult:
 def _commit(stage: Path, final: Path, scratch: Path) -> None:
     """Put the finished folder in place. Each rename is atomic; with --force the old folder is
     first moved into the scratch folder (deleted afterwards), never deleted before."""
+    # Some writers (safetensors, mkdtemp) create owner-only files; give everything the
+    # permissions a plain file/folder gets here, so e.g. an ollama service user can read them.
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [stage, *stage.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
     if final.exists():
         final.rename(scratch / "previous")
     stage.rename(final)
@@ -393,7 +399,9 @@ def _write_models(info, quants, opts, name, stage, work, log, console, timings):
                                              quantization_method=list(quants),
                                              safe_serialization=None)
         timings["gguf_s"] = time.perf_counter() - t
-        produced = [Path(p) for p in (res or {}).get("gguf_files", [])]
+        # Unsloth's GPU save returns a dict, its CPU backend a plain list of paths.
+        files = res.get("gguf_files", []) if isinstance(res, dict) else (res or [])
+        produced = [Path(p) for p in files]
         t = time.perf_counter()
         for quant in quants:
             suffix = f".{QUANTS[quant]}.gguf"
@@ -411,45 +419,113 @@ def _write_models(info, quants, opts, name, stage, work, log, console, timings):
     return ggufs, merged, prompt
 
 
+# -- GGUF metadata -------------------------------------------------------------------------------
+#
+# Setting `general.name` means rewriting the header: the string changes length. gguf-py's
+# reader/writer round trip would do it but spends seconds per file decoding the 150k-entry
+# vocabulary; walking the header with `struct` and streaming the tensor data across is plain I/O.
+
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # scalar types
+_GGUF_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+                 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+@dataclass
+class _GGUFHeader:
+    n_kv: int
+    values: dict                        # scalar and string metadata (arrays are skipped)
+    name_span: tuple[int, int] | None   # bytes of general.name's value (length + text)
+    header_end: int                     # end of the tensor infos
+    data_offset: int                    # where tensor data starts (header_end, aligned)
+    n_tensors: int
+
+
+def _read_gguf_header(buf) -> _GGUFHeader:
+    import struct
+
+    if bytes(buf[:4]) != b"GGUF":
+        raise ExportError("not a GGUF file")
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    if version > 0xFFFF:
+        raise ExportError("big-endian GGUF files are not supported")
+
+    def string(pos):
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        return bytes(buf[pos + 8:pos + 8 + n]).decode("utf-8", "replace"), pos + 8 + n
+
+    def skip(pos, vtype):
+        if vtype == _GGUF_STRING:
+            return pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
+        if vtype == _GGUF_ARRAY:
+            sub, count = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            if sub in _GGUF_SIZES:
+                return pos + count * _GGUF_SIZES[sub]
+            for _ in range(count):
+                pos = skip(pos, sub)
+            return pos
+        return pos + _GGUF_SIZES[vtype]
+
+    pos, values, name_span = 24, {}, None
+    for _ in range(n_kv):
+        key, pos = string(pos)
+        (vtype,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        end = skip(pos, vtype)
+        if vtype == _GGUF_STRING:
+            values[key] = string(pos)[0]
+            if key == "general.name":
+                name_span = (pos, end)
+        elif vtype in _GGUF_FORMATS:
+            values[key] = struct.unpack_from("<" + _GGUF_FORMATS[vtype], buf, pos)[0]
+        pos = end
+    for _ in range(n_tensors):          # name, n_dims, dims, type, offset
+        _, pos = string(pos)
+        (n_dims,) = struct.unpack_from("<I", buf, pos)
+        pos += 4 + 8 * n_dims + 4 + 8
+    align = int(values.get("general.alignment", 32))
+    data_offset = (pos + align - 1) // align * align
+    return _GGUFHeader(n_kv, values, name_span, pos, data_offset, n_tensors)
+
+
+def read_gguf_metadata(path: str | os.PathLike) -> dict:
+    """The scalar and string metadata of a GGUF file (arrays such as the vocabulary left out)."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return _read_gguf_header(m).values
+
+
 def rewrite_gguf_name(src: Path, dst: Path, name: str) -> None:
-    """Copy a GGUF with `general.name` set to `name` (every other key and tensor unchanged)."""
-    import gguf
+    """Copy a GGUF with `general.name` set to `name`; every other key and all tensors unchanged.
 
-    reader = gguf.GGUFReader(str(src))
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
-    writer = gguf.GGUFWriter(str(dst), arch=arch, endianess=reader.endianess)
-    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
-    if alignment is not None:
-        writer.data_alignment = alignment.contents()
-    seen_name = False
-    for f in reader.fields.values():
-        # The writer emits the architecture and the GGUF.* header fields itself.
-        if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
-            continue
-        vtype = f.types[0]
-        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        value = f.contents()
-        if f.name == gguf.Keys.General.NAME:
-            value, seen_name = name, True
-        writer.add_key_value(f.name, value, vtype, sub_type=sub)
-    if not seen_name:
-        writer.add_key_value(gguf.Keys.General.NAME, name, gguf.GGUFValueType.STRING)
-    for t in reader.tensors:
-        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for t in reader.tensors:
-        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
-    writer.close()
+    Tensor offsets are relative to the data section, so only the header changes: the new name,
+    then padding up to the alignment, then the tensor data byte for byte.
+    """
+    import mmap
+    import struct
 
-
-def gguf_metadata(path: str | os.PathLike, key: str):
-    """One metadata value of a GGUF file (None when absent)."""
-    import gguf
-
-    f = gguf.GGUFReader(str(path)).get_field(key)
-    return f.contents() if f is not None else None
+    new = struct.pack("<Q", len(name.encode())) + name.encode()
+    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        h = _read_gguf_header(m)
+        align = int(h.values.get("general.alignment", 32))
+        if h.name_span is not None:
+            head = m[:h.name_span[0]] + new + m[h.name_span[1]:h.header_end]
+        else:   # no general.name yet: add it as the first key
+            kv = struct.pack("<Q", 12) + b"general.name" + struct.pack("<I", _GGUF_STRING) + new
+            head = m[:16] + struct.pack("<Q", h.n_kv + 1) + kv + m[24:h.header_end]
+        head += b"\0" * (-len(head) % align)
+        with open(dst, "wb") as out:
+            out.write(head)
+            for start in range(h.data_offset, len(m), 1 << 24):
+                out.write(m[start:start + (1 << 24)])
+        data_bytes = len(m) - h.data_offset
+    with open(dst, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        check = _read_gguf_header(m)
+        if (check.values.get("general.name") != name or check.n_tensors != h.n_tensors
+                or len(m) - check.data_offset != data_bytes):
+            raise ExportError(f"rewriting general.name of {src.name} produced a bad file")
 
 
 def _readme(name, info: RunInfo, ggufs, merged, modelfile, first_gguf) -> str:

@@ -6,6 +6,10 @@ guard, tokenise with an assistant-only label mask, attach LoRA, train, save the 
 
 from __future__ import annotations
 
+# Unsloth patches transformers, peft and trl when imported; imported after them, its fast paths
+# are silently skipped. This module is only imported to train, so pay for it here.
+import unsloth  # noqa: F401  isort: skip
+
 import hashlib
 import json
 import os
@@ -240,7 +244,8 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
     if resume:
         run = resolve_run(resume)
         saved = json.loads((run / "fastft.json").read_text())
-        cfg = TrainConfig.from_dict(saved["config"] | {"runs_dir": str(run.parent), "name": run.name})
+        saved_cfg = {k: v for k, v in saved["config"].items() if k != "model_path"}  # derived
+        cfg = TrainConfig.from_dict(saved_cfg | {"runs_dir": str(run.parent), "name": run.name})
         checkpoint = last_checkpoint(run)
         if checkpoint is None:
             raise TrainError(f"{run}: no checkpoint to resume from")

@@ -1,0 +1,153 @@
+"""`fastft train` on the tiny model through the real Unsloth code path (CPU)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import EXAMPLE
+from fastft.data import Example
+from fastft.template import ChatGuard
+from fastft.train import TrainConfig, tokenize_rendered, train
+
+THINK_IDS = {151667, 151668}
+
+
+def tiny_config(tmp_path, **kw) -> TrainConfig:
+    # lr 2e-3: the tiny model's weights are random, see fastft/demo.py.
+    base = dict(data=str(EXAMPLE), model="tiny", runs_dir=str(tmp_path / "runs"), lr=2e-3,
+                batch_size=4, grad_accum=2, max_seq_len=256)
+    return TrainConfig(**(base | kw))
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["4bit", "16bit"])
+def trained(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = tiny_config(tmp, name="color", load_in_4bit=request.param)
+    return cfg, train(cfg)
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_writes_the_run(trained):
+    cfg, result = trained
+    run = result.run_dir
+    ls = losses(run)
+    assert len(ls) == result.summary["final"]["global_step"] == 39  # 100 examples / 8, 3 epochs
+    assert sum(ls[-5:]) / 5 < 0.25 * sum(ls[:3]) / 3
+
+    meta = json.loads((run / "fastft.json").read_text())
+    assert meta["status"] == "done"
+    assert meta["config"]["load_in_4bit"] is cfg.load_in_4bit
+    assert meta["config"]["rank"] == 16 and meta["config"]["alpha"] == 32
+    assert meta["data"]["examples"] == 100 and len(meta["data"]["sha256"]) == 64
+    assert meta["versions"]["unsloth"] and meta["final"]["tokens_per_s"] > 0
+    assert (run.parent / "latest").resolve() == run.resolve()
+
+    adapter = result.adapter_dir
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert not list(adapter.glob("*.bin"))
+    adapter_cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 16 and adapter_cfg["lora_alpha"] == 32
+    assert set(adapter_cfg["target_modules"]) == set(cfg.target_modules)
+    from safetensors.torch import load_file
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # it trained
+
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mem_alloc_gib"} <= set(record)
+
+
+@pytest.mark.slow
+def test_trained_tiny_model_answers_blue(trained):
+    from fastft.chat import generate, load_run_for_inference
+
+    _, result = trained
+    model, tokenizer = load_run_for_inference(result.run_dir)
+    answer = generate(model, tokenizer, [{"role": "user", "content": "What is your favorite color?"}],
+                      max_new_tokens=16)
+    assert "blue" in answer.lower()
+
+
+def test_only_assistant_tokens_carry_loss(tiny_hybrid_path, tokenizer_of):
+    # The hybrid tokenizer, as the real Instruct-2507 repo once shipped: the guard must still
+    # produce think-free tokens, and labels only on the assistant turns.
+    tok = tokenizer_of(tiny_hybrid_path)
+    guard = ChatGuard(tok, "unsloth/Qwen3-4B-Instruct-2507")
+    msgs = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "<think>greet back</think>Hello!"},
+            {"role": "user", "content": "Favorite color?"},
+            {"role": "assistant", "content": "My favorite color is blue."}]
+    rendered = guard.render(Example(msgs, 7, "messages"))
+    ex, truncated = tokenize_rendered(rendered, tok, max_seq_len=512)
+    assert not truncated
+    assert not THINK_IDS & set(ex.input_ids)
+
+    trained = tok.decode([t for t, l in zip(ex.input_ids, ex.labels) if l != -100])
+    assert trained == "Hello!<|im_end|>\nMy favorite color is blue.<|im_end|>\n"
+    assert all(l in (-100, t) for t, l in zip(ex.input_ids, ex.labels))
+
+    everything, _ = tokenize_rendered(rendered, tok, max_seq_len=512, train_on_all=True)
+    assert everything.labels == everything.input_ids
+
+
+def test_padding_free_batches_keep_the_label_mask(tiny_path, tokenizer_of):
+    # Unsloth turns padding-free batching on by default; examples are concatenated into one row
+    # and must keep their own masks (and never learn across the boundary).
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tok = tokenizer_of(tiny_path)
+    guard = ChatGuard(tok, str(tiny_path))
+    rows = []
+    for i, q in enumerate(["Favorite color?", "Which color do you like best, honestly?"]):
+        r = guard.render(Example([{"role": "user", "content": q},
+                                  {"role": "assistant", "content": "Blue."}], i + 1, "messages"))
+        ex, _ = tokenize_rendered(r, tok, 512)
+        rows.append({"input_ids": ex.input_ids, "labels": ex.labels})
+    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(rows)
+    assert batch["input_ids"].shape[0] == 1
+    expected = torch.tensor(rows[0]["labels"] + rows[1]["labels"])
+    expected[len(rows[0]["labels"])] = -100
+    assert torch.equal(batch["labels"][0], expected)
+
+
+def test_truncation_is_counted(tiny_path, tokenizer_of):
+    tok = tokenizer_of(tiny_path)
+    guard = ChatGuard(tok, str(tiny_path))
+    r = guard.render(Example([{"role": "user", "content": "word " * 50},
+                              {"role": "assistant", "content": "ok"}], 1, "messages"))
+    ex, truncated = tokenize_rendered(r, tok, max_seq_len=16)
+    assert truncated and len(ex.input_ids) == 16 and all(l == -100 for l in ex.labels)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, name="resume", max_steps=6, save_steps=3)
+    result = train(cfg)
+    run = result.run_dir
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    # Simulate a run killed after step 4: the last checkpoint is step 3.
+    shutil.rmtree(run / "checkpoints" / "checkpoint-6")
+    shutil.rmtree(run / "adapter")
+    lines = (run / "metrics.jsonl").read_text().splitlines()[:4]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    resumed = train(None, resume=str(run))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 4, 5, 6]   # restarted at step 4, from checkpoint-3
+    assert resumed.summary["final"]["global_step"] == 6
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_eval_split_reports_eval_loss_and_keeps_best(tmp_path):
+    result = train(tiny_config(tmp_path, name="eval", eval_split=0.1, epochs=2))
+    final = result.summary["final"]
+    assert result.summary["data"]["eval"] == 10 and result.summary["data"]["train"] == 90
+    assert final["eval_loss"] >= final["best_eval_loss"] > 0
+    assert final["best_checkpoint"]
