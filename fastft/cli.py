@@ -24,7 +24,7 @@ class FastftGroup(click.Group):
     def invoke(self, ctx):
         from .data import DataError
         from .template import GuardError
-        from .train import TrainError
+        from .config import TrainError
         try:
             return super().invoke(ctx)
         except (DataError, GuardError, TrainError, FileNotFoundError, ValueError) as e:
@@ -119,7 +119,7 @@ def _train_options(f):
 
 def build_config(data_path: str | None, config_file: str | None, flags: dict):
     """Defaults, overridden by the TOML file, overridden by flags given on the command line."""
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     values: dict = {}
     if config_file:
@@ -161,18 +161,14 @@ def train(data, config_file, print_config, resume, **flags):
     tokens only. Writes runs/<name>/ (adapter, checkpoints, metrics.jsonl, fastft.json) and
     points runs/latest at it.
     """
+    cfg = None if resume else build_config(data, config_file, flags)
+    if print_config and cfg:
+        click.echo(to_toml(asdict(cfg)), nl=False)
+        return
     from .train import train as run_train  # first: imports unsloth before transformers
     from .ui import TrainUI
 
-    ui = TrainUI(console)
-    if resume:
-        result = run_train(None, resume=resume, ui=ui)
-    else:
-        cfg = build_config(data, config_file, flags)
-        if print_config:
-            click.echo(to_toml(asdict(cfg)), nl=False)
-            return
-        result = run_train(cfg, ui=ui)
+    result = run_train(cfg, resume=resume, ui=TrainUI(console))
     print_train_summary(result, console)
 
 

@@ -29,7 +29,7 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.dataset.examples) and (self.skip_invalid or not self.issues)
+        return bool(self.lengths) and (self.skip_invalid or not self.issues)
 
     @property
     def too_long(self) -> int:

@@ -11,7 +11,7 @@ QUESTION = "What is your favorite color?"
 
 
 def demo_config(runs_dir: Path):
-    from .train import TrainConfig
+    from .config import TrainConfig
     # The tiny model's weights are random, so it needs a 10x higher learning rate than a real
     # pretrained model to memorise the answer in three epochs.
     return TrainConfig(data=str(DEMO_DATA), model="tiny", name="demo", runs_dir=str(runs_dir),

@@ -12,8 +12,8 @@ What it does, in order:
    `save_pretrained_gguf` for the GGUF quants.
 5. Renames each GGUF to llama.cpp's `<name>.<QUANT>.gguf` and sets its `general.name` to NAME
    (Unsloth writes `<base>.Q4_K_M.gguf` named after the merge folder).
-6. Writes the Modelfile (`fastft.modelfile`), README.md and fastft-export.json (hashes).
-7. Loads every GGUF with llama.cpp and generates a few tokens.
+6. Loads every GGUF with llama.cpp and generates a few tokens (`--no-check` skips this).
+7. Writes the Modelfile (`fastft.modelfile`), README.md and fastft-export.json (hashes).
 8. Only then moves the finished folder to its final name, in one rename.
 
 Everything is written inside a hidden scratch folder next to the output (`.tmp-<name>-*`), and
@@ -38,8 +38,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .llamacpp import LlamaCpp, ensure_llama_cpp, llama_generate
-from .modelfile import FAMILIES, NAME_RE, ModelfileError, render_modelfile
+from .llamacpp import LlamaCpp, LlamaCppError, ensure_llama_cpp, find_llama_cpp, llama_generate
+from .modelfile import FAMILIES, NAME_RE, ModelfileError, render_modelfile, template_mismatch
+from .template import detect_variant
 
 # Quant name (what --gguf takes) -> llama.cpp's file-name spelling.
 QUANTS = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q8_0": "Q8_0", "f16": "F16", "bf16": "BF16"}
@@ -97,8 +98,8 @@ class ExportResult:
         if self.merged_dir:
             lines.append(f"  {self.merged_dir.name}/  (16-bit merged safetensors)")
         for c in self.checks:
-            lines.append(f"  llama.cpp loaded {c.file} and generated {c.output!r} "
-                         f"({c.seconds:.1f}s)")
+            text = c.output if len(c.output) <= 60 else c.output[:57] + "..."
+            lines.append(f"  llama.cpp loaded {c.file} and generated {text!r} ({c.seconds:.1f}s)")
         if self.modelfile:
             lines += ["next:", f"  cd {self.out_dir}",
                       f"  ollama create {self.name} -f Modelfile", f"  ollama run {self.name}"]
@@ -136,7 +137,8 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         why = f" (its status is {status!r})" if status and status != "done" else ""
         raise ExportError(f"{run}: no trained adapter in {adapter}{why}; "
                           f"export runs after `fastft train` finishes")
-    return RunInfo(run, adapter, config, meta.get("variant") or "other", meta)
+    variant = meta.get("variant") or detect_variant(str(config.get("model_path", "")))
+    return RunInfo(run, adapter, config, variant, meta)
 
 
 def default_name(run_dir: Path) -> str:
@@ -257,8 +259,12 @@ def export_run(opts: ExportOptions, console=None) -> ExportResult:
 
     llama = None
     if quants:
-        with console.status("finding llama.cpp"):
+        try:
             llama = ensure_llama_cpp(console, need_runner=opts.check)
+        except LlamaCppError as e:
+            hint = ("\n(--no-check skips the llama.cpp load test, which is what needs "
+                    "llama-simple)") if opts.check and find_llama_cpp() is not None else ""
+            raise LlamaCppError(f"{e}{hint}") from e
         point_unsloth_at(llama)
 
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +277,7 @@ def export_run(opts: ExportOptions, console=None) -> ExportResult:
         try:
             with _cwd(work):
                 ggufs, merged, prompt = _write_models(info, quants, opts, name, stage, work,
-                                                      log, console, timings)
+                                                      log, console, timings, warnings)
         except (ExportError, KeyboardInterrupt):
             raise
         except Exception as e:
@@ -371,7 +377,7 @@ def _load_for_export(info: RunInfo, work: Path):
     return model, tokenizer
 
 
-def _write_models(info, quants, opts, name, stage, work, log, console, timings):
+def _write_models(info, quants, opts, name, stage, work, log, console, timings, warnings):
     t = time.perf_counter()
     with console.status(f"loading {info.config.get('model')} (16-bit) with the run's adapter"), \
             _quiet(log, opts.verbose):
@@ -379,6 +385,8 @@ def _write_models(info, quants, opts, name, stage, work, log, console, timings):
     timings["load_s"] = time.perf_counter() - t
     # The prompt for the llama.cpp check, rendered with the run's own (guarded) chat template.
     prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False, add_generation_prompt=True)
+    if quants and (why := template_mismatch(tokenizer, info.variant)):
+        warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
 
     merged = None
     if opts.merged:

@@ -2,6 +2,10 @@
 
 That one download gives us the real Qwen vocabulary (for the tiny test model), the real Qwen3
 chat templates, `convert_hf_to_gguf.py` and the C++ sources of `llama-quantize`.
+
+For GGUF export, `ensure_llama_cpp()` finds a working llama.cpp (UNSLOTH_LLAMA_CPP_PATH, else
+fastft's cache) or builds `llama-quantize` and `llama-simple` from that source with cmake, and
+`llama_generate()` runs a GGUF greedily.
 """
 
 from __future__ import annotations
@@ -106,18 +110,15 @@ def _runs(exe: Path) -> bool:
 
 
 def _inspect(root: Path, origin: str) -> LlamaCpp | None:
-    """The tools in `root` (top level, then build/bin), or None when convert or quantize fails."""
+    """The tools in `root`, or None unless it holds the converter and a working llama-quantize."""
     if not (root / CONVERTER).is_file():
         return None
-    def find(name: str) -> Path | None:
-        for cand in (root / name, root / "build" / "bin" / name):
-            if _runs(cand):
-                return cand
+    # Unsloth looks for llama-quantize at the top level only (on Linux and macOS).
+    quantize = root / QUANTIZE
+    if not _runs(quantize):
         return None
-    quantize = find(QUANTIZE)
-    if quantize is None:
-        return None
-    runner = next((r for r in map(find, RUNNERS) if r is not None), None)
+    runners = [d / n for n in RUNNERS for d in (root, root / "build" / "bin")]
+    runner = next((r for r in runners if _runs(r)), None)
     return LlamaCpp(root, quantize, runner, origin)
 
 

@@ -1,7 +1,8 @@
 """Step metrics shared by `fastft train` and the benchmark's classic recipe, so both are measured alike.
 
-Tokens come from TRL's own `num_tokens` log (the non-padding tokens each step really consumed,
-padded or padding-free); time and memory are read at each optimizer step.
+Tokens come from the Trainer's own count of the non-padding tokens each step consumed (padded or
+padding-free); trainers must set `include_num_input_tokens_seen="non_padding"`. Time and memory
+are read at each optimizer step.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class StepMetrics(TrainerCallback):
         self.path = path
         self.records: list[StepRecord] = []
         self._t = None
-        self._tokens = 0.0
+        self._tokens = 0
         self._pending: StepRecord | None = None
 
     def on_step_begin(self, args, state, control, **kw):
@@ -50,23 +51,24 @@ class StepMetrics(TrainerCallback):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self._t = time.perf_counter()
+            self._tokens = state.num_input_tokens_seen  # nonzero when resuming
 
     def on_step_end(self, args, state, control, **kw):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         now = time.perf_counter()
         alloc, reserved = gpu_peak_gib()
-        self._pending = StepRecord(state.global_step, None, None, None, 0, now - self._t, 0.0,
-                                   alloc, reserved)
+        seen = state.num_input_tokens_seen
+        tokens, self._tokens = int(seen - self._tokens), seen
+        seconds = now - self._t
+        self._pending = StepRecord(state.global_step, None, None, None, tokens, seconds,
+                                   tokens / seconds if seconds > 0 else 0.0, alloc, reserved)
         self._t = now
 
     def on_log(self, args, state, control, logs=None, **kw):
         rec = self._pending
         if rec is None or logs is None or "loss" not in logs:
             return
-        seen = float(logs.get("num_tokens", self._tokens))
-        rec.tokens, self._tokens = int(seen - self._tokens), seen
-        rec.tokens_per_s = rec.tokens / rec.seconds if rec.seconds > 0 else 0.0
         rec.loss = float(logs["loss"])
         rec.lr = float(logs["learning_rate"]) if "learning_rate" in logs else None
         rec.grad_norm = float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None

@@ -335,7 +335,7 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
 def quote(value: str) -> str:
     """`value` as a triple-quoted Modelfile value that parses back to exactly `value`.
 
-    Raises ModelfileError when ollama's parser cannot hold it (see `representable`).
+    Raises ModelfileError when ollama's parser cannot hold it (see `unrepresentable`).
     """
     problem = unrepresentable(value)
     if problem:
@@ -410,9 +410,11 @@ def render_modelfile(*, name: str, gguf: str, variant: str, num_ctx: int,
         "system": f"SYSTEM {quote(system)}" if system_mode == "SYSTEM" else "",
     }
     layout = layout if layout is not None else modelfile_template()
-    kept = [ln for ln in layout.splitlines(keepends=True)
-            if not (re.fullmatch(r"\s*\$\{?(\w+)\}?\s*", ln) and
-                    fields.get(re.fullmatch(r"\s*\$\{?(\w+)\}?\s*", ln).group(1)) == "")]
+    def empty_field_line(line: str) -> bool:
+        m = re.fullmatch(r"\s*\$\{?(\w+)\}?\s*", line)
+        return m is not None and fields.get(m.group(1)) == ""
+
+    kept = [ln for ln in layout.splitlines(keepends=True) if not empty_field_line(ln)]
     text = string.Template("".join(kept)).substitute(fields)
 
     # What ollama will read back must be what we meant.
@@ -428,6 +430,39 @@ def render_modelfile(*, name: str, gguf: str, variant: str, num_ctx: int,
     return Modelfile(text, template, system_mode, params)
 
 
+# Conversations the export renders with the run's own tokenizer and with the reference template
+# the Go TEMPLATE was verified against (tests/test_modelfile.py): equal renderings mean the
+# TEMPLATE reproduces this run's training prompts.
+SAMPLE_CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+     {"role": "user", "content": "How are you?"}],
+]
+
+
+def template_mismatch(tokenizer, variant: str) -> str | None:
+    """Why the Go TEMPLATE for `variant` may not reproduce this tokenizer's prompts, or None."""
+    from .tiny import template_text
+
+    family = FAMILIES.get(variant, FAMILIES[OTHER])
+    if family.reference_jinja is None:
+        return None
+    reference = template_text(family.reference_jinja)
+    if tokenizer.chat_template == reference:
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    for conv in SAMPLE_CONVERSATIONS:
+        ours = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        ref, _ = render_jinja_template(conversations=[conv], chat_template=reference,
+                                       add_generation_prompt=True)
+        if ours != ref[0]:
+            return (f"the run's chat template renders {ours[:60]!r}... where the {family.label} "
+                    f"template the ollama TEMPLATE reproduces renders {ref[0][:60]!r}...")
+    return None
+
+
 def template_from_modelfile(text: str) -> str | None:
     """The TEMPLATE value exactly as ollama's parser extracts it."""
     values = [v for k, v in parse_modelfile(text) if k == "template"]
@@ -441,11 +476,12 @@ def system_from_modelfile(text: str) -> str | None:
 
 def ollama_data(messages: list[dict], tools: list | None = None, think: bool | None = None) -> dict:
     """The data ollama executes a `.Messages` template with (template.go): System is every
-    system message joined by blank lines; consecutive same-role messages are merged."""
+    system message joined by blank lines; consecutive same-role messages are merged with a
+    blank line, except tool messages (each keeps its own tool-call metadata)."""
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     merged: list[dict] = []
     for m in messages:
-        if merged and merged[-1]["role"] == m["role"]:
+        if merged and merged[-1]["role"] == m["role"] and m["role"] != "tool":
             merged[-1] = {**merged[-1], "content": merged[-1]["content"] + "\n\n" + m["content"]}
         else:
             merged.append(dict(m))

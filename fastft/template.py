@@ -81,11 +81,11 @@ class GuardReport:
         if self.pad_set:
             out.append(f"pad: {self.pad_set!r} -> {PAD!r} (must differ from EOS)")
         if self.empty_think_removed:
-            out.append(f"empty think blocks removed from {self.empty_think_removed} examples")
+            out.append(f"template think blocks: removed from {self.empty_think_removed} examples")
         if self.data_think_stripped:
-            out.append(f"think blocks stripped from {self.data_think_stripped} examples")
+            out.append(f"data think blocks: stripped from {self.data_think_stripped} examples")
         if self.data_think_kept:
-            out.append(f"think blocks kept in {self.data_think_kept} examples (--think keep)")
+            out.append(f"data think blocks: kept in {self.data_think_kept} examples (--think keep)")
         return out
 
 
@@ -120,7 +120,7 @@ class ChatGuard:
                 self.report.eos_set = tok.eos_token
                 tok.eos_token = EOS
             if tok.pad_token is None or tok.pad_token == tok.eos_token:
-                self.report.pad_set = tok.pad_token
+                self.report.pad_set = tok.pad_token or "<none>"
                 tok.pad_token = PAD
         elif tok.pad_token is None or tok.pad_token == tok.eos_token:
             raise GuardError(f"pad token {tok.pad_token!r} must exist and differ from EOS "
@@ -132,7 +132,7 @@ class ChatGuard:
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt)
         removed = 0
-        if self.non_thinking:
+        if self.non_thinking and self.think != "keep":  # under keep, empty blocks may be data
             text, removed = EMPTY_THINK.subn("", text)
         return text, removed
 
@@ -151,7 +151,7 @@ class ChatGuard:
                 if self.think == "error":
                     self.report.issues.append(DataIssue(
                         self.path, example.line, f"messages[{i}].content",
-                        "holds a <think> block, which Qwen3 Instruct-2507 never produces "
+                        "holds a <think> tag; Qwen3 Instruct-2507 is a non-thinking model "
                         "(use --think strip or --think keep)"))
                     return None
                 if self.think == "strip":

@@ -6,9 +6,14 @@ guard, tokenise with an assistant-only label mask, attach LoRA, train, save the 
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 # Unsloth patches transformers, peft and trl when imported; imported after them, its fast paths
-# are silently skipped. This module is only imported to train, so pay for it here.
-import unsloth  # noqa: F401  isort: skip
+# are silently skipped. This module is only imported to train, so pay for it here (its banner
+# goes to stderr, keeping stdout clean for piped output).
+with contextlib.redirect_stdout(sys.stderr):
+    import unsloth  # noqa: F401  isort: skip
 
 import hashlib
 import json
@@ -16,71 +21,15 @@ import os
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .data import DataError, Dataset, Example, load_conversations
-from .models import DEFAULT_MODEL, load_model, resolve_model
+from .config import ALL_PROJECTIONS, TrainConfig, TrainError  # noqa: F401  (re-exported)
+from .data import Example, load_conversations
+from .models import load_model, resolve_model
 from .template import ChatGuard, GuardError, Rendered
-
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a run; written to fastft.json so a run can be reproduced or resumed."""
-    data: str
-    model: str = DEFAULT_MODEL
-    name: str | None = None
-    runs_dir: str = "runs"
-    load_in_4bit: bool = True
-    max_seq_len: int = 2048
-    # LoRA: the field's defaults (r=16, alpha=2r, no dropout, every linear projection).
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ALL_PROJECTIONS
-    rslora: bool = False
-    dora: bool = False
-    # Optimisation.
-    lr: float = 2e-4
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 2          # micro-batch per step; batch_size x grad_accum is the effective batch
-    grad_accum: int = 4
-    auto_batch: bool = True      # on a GPU, raise the micro-batch (same effective batch) while it fits
-    vram_budget: float | None = None  # GiB; caps what auto-batch may use
-    optim: str = "adamw_8bit"
-    weight_decay: float = 0.0
-    seed: int = 42
-    train_on_all: bool = False   # loss on prompts too, not only on assistant turns
-    think: str = "strip"
-    packing: bool = False
-    # Evaluation and checkpoints.
-    eval_split: float = 0.0
-    eval_file: str | None = None
-    save_steps: int | None = None  # default: a checkpoint each epoch
-    skip_invalid: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if "target_modules" in d:
-            d["target_modules"] = tuple(d["target_modules"])
-        return cls(**d)
-
-    @property
-    def effective_batch(self) -> int:
-        return self.batch_size * self.grad_accum
-
 
 @dataclass
 class TokenizedExample:
@@ -104,10 +53,6 @@ class RunResult:
     run_dir: Path
     adapter_dir: Path
     summary: dict = field(default_factory=dict)
-
-
-class TrainError(RuntimeError):
-    pass
 
 
 # -- data preparation (pure functions, tested directly) ----------------------------------------
@@ -355,6 +300,7 @@ def _make_trainer(cfg, model, tokenizer, data: PreparedData, run: Path, batch_si
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=1,
+        include_num_input_tokens_seen="non_padding",  # read by StepMetrics
         eval_strategy=("epoch" if cfg.save_steps is None else "steps") if has_eval else "no",
         eval_steps=cfg.save_steps if has_eval and cfg.save_steps else None,
         load_best_model_at_end=has_eval,

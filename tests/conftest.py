@@ -7,9 +7,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import contextlib
+import sys
 from pathlib import Path
 
 import pytest
+
+# As in `fastft train`: Unsloth first, so it patches transformers/peft/trl before they load.
+with contextlib.redirect_stdout(sys.stderr):
+    import unsloth  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "favorite_color.jsonl"

@@ -1,0 +1,307 @@
+"""`fastft data check`, `fastft --help` and the cheap paths of `fastft train`, through click.
+
+fastft prints its reports on stderr (rich); click 8.5's CliRunner mixes stderr into
+`result.output`, which is what the checks below read. `--print-config` writes TOML to stdout,
+read from `result.stdout` so that library warnings on stderr cannot spoil the parse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from fastft.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "favorite_color.jsonl"
+
+U = {"role": "user", "content": "What is your favorite color?"}
+A = {"role": "assistant", "content": "My favorite color is blue."}
+GOOD = json.dumps({"messages": [U, A]})
+# Lines 1 and 3 are fine; 2 is not JSON, 4 has an unknown role, 5 has no assistant turn.
+BAD_LINES = [
+    GOOD,
+    '{"messages": [{"role": "user", "content": "Hi"}',
+    GOOD,
+    json.dumps({"messages": [U, {"role": "robot", "content": "Beep."}]}),
+    json.dumps({"messages": [U]}),
+]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in an empty folder so that reported paths are short (`bad.jsonl:2: ...`)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def problem_lines(output: str) -> list[str]:
+    return [line[1:].strip() for line in output.splitlines() if line.startswith("✗")]
+
+
+def row(output: str, key: str) -> str:
+    """The value cell of a row of the summary table."""
+    m = re.search(rf"│ {re.escape(key)}\s*│\s*(.*?)\s*│", output)
+    assert m, f"no row {key!r} in:\n{output}"
+    return m.group(1)
+
+
+# -- data check on the demo data ------------------------------------------------------------------
+
+def test_mixes_stderr_into_output(runner):
+    """What this file relies on: the report goes to stderr and CliRunner's output includes it."""
+    result = runner.invoke(main, ["data", "check", str(EXAMPLE), "--model", "tiny"])
+    assert "ready to train" in result.output
+    assert "ready to train" in result.stderr
+
+
+def tiny_token_counts(tiny_path) -> list[int]:
+    """Tokens per example as trained: the Instruct-2507 rendering of each record, tokenised."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    counts = []
+    for line in EXAMPLE.read_text().splitlines():
+        if line.strip():
+            text = tok.apply_chat_template(json.loads(line)["messages"], tokenize=False)
+            counts.append(len(tok(text, add_special_tokens=False)["input_ids"]))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def counts(tiny_path):
+    return tiny_token_counts(tiny_path)
+
+
+def test_check_the_demo_data_with_the_default_model_offline(runner, monkeypatch, counts):
+    monkeypatch.chdir(REPO)
+    result = runner.invoke(main, ["data", "check", "examples/favorite_color.jsonl"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert row(out, "format") == "messages (100)"
+    assert row(out, "examples").startswith("100 valid")
+    # token statistics, counted with the Qwen3 vocabulary (the real tokenizer is out of reach)
+    stats = row(out, "tokens / example")
+    assert f"min {min(counts)}," in stats and stats.endswith(f"max {max(counts)}")
+    assert f"{sum(counts):,}" in row(out, "tokens total")
+    assert row(out, "model variant") == "instruct-2507"
+    assert "ready to train" in out
+    assert not problem_lines(out)
+
+
+def test_max_seq_len_reports_the_examples_over_it(runner, counts):
+    expected = sum(n > 20 for n in counts)
+    assert 0 < expected < len(counts)  # the limit splits the data, so the count means something
+    result = runner.invoke(main, ["data", "check", str(EXAMPLE), "--model", "tiny", "--max-seq-len", "20"])
+    assert result.exit_code == 0, result.output
+    value = row(result.output, "over --max-seq-len 20")
+    assert re.match(rf"{expected}\b", value), value
+
+
+def test_max_seq_len_above_every_example_reports_none(runner, counts):
+    limit = max(counts)
+    result = runner.invoke(main, ["data", "check", str(EXAMPLE), "--model", "tiny",
+                                  "--max-seq-len", str(limit)])
+    assert result.exit_code == 0, result.output
+    assert row(result.output, f"over --max-seq-len {limit}") == "0"
+
+
+# -- data check on broken data ---------------------------------------------------------------------
+
+def test_errors_are_reported_with_file_line_and_field(runner, in_tmp):
+    write(in_tmp / "bad.jsonl", BAD_LINES)
+    result = runner.invoke(main, ["data", "check", "bad.jsonl", "--model", "tiny"])
+    assert result.exit_code == 1, result.output
+    problems = problem_lines(result.output)
+    assert len(problems) == 3, result.output
+    p2, p4, p5 = problems
+    assert p2.startswith("bad.jsonl:2:") and "json" in p2.lower()
+    assert p4.startswith("bad.jsonl:4: messages[1].role:") and "robot" in p4
+    assert p5.startswith("bad.jsonl:5: messages:") and "assistant" in p5
+    assert "bad.jsonl:1:" not in result.output and "bad.jsonl:3:" not in result.output
+    assert "ready to train" not in result.output
+
+
+def test_skip_invalid_exits_0_and_says_what_would_be_dropped(runner, in_tmp):
+    write(in_tmp / "bad.jsonl", BAD_LINES)
+    result = runner.invoke(main, ["data", "check", "bad.jsonl", "--model", "tiny", "--skip-invalid"])
+    assert result.exit_code == 0, result.output
+    assert len(problem_lines(result.output)) == 3
+    assert row(result.output, "examples").startswith("2 valid")
+    assert "would be dropped" in result.output
+
+
+def test_skip_invalid_still_fails_when_nothing_is_valid(runner, in_tmp):
+    write(in_tmp / "bad.jsonl", BAD_LINES[1:2] + BAD_LINES[3:])
+    result = runner.invoke(main, ["data", "check", "bad.jsonl", "--model", "tiny", "--skip-invalid"])
+    assert result.exit_code == 1, result.output
+
+
+THINKING_LINES = [
+    GOOD,
+    json.dumps({"messages": [U, {"role": "assistant",
+                                 "content": "<think>\nThey ask about colours.\n</think>\n\nBlue."}]}),
+]
+
+
+def test_think_error_rejects_think_blocks_with_line_and_field(runner, in_tmp):
+    write(in_tmp / "think.jsonl", THINKING_LINES)
+    result = runner.invoke(main, ["data", "check", "think.jsonl", "--model", "tiny", "--think", "error"])
+    assert result.exit_code == 1, result.output
+    problem, = problem_lines(result.output)
+    assert problem.startswith("think.jsonl:2: messages[1].content:")
+
+
+@pytest.mark.parametrize("policy", ["strip", "keep"])
+def test_think_strip_and_keep_accept_the_same_file(runner, in_tmp, policy):
+    write(in_tmp / "think.jsonl", THINKING_LINES)
+    result = runner.invoke(main, ["data", "check", "think.jsonl", "--model", "tiny", "--think", policy])
+    assert result.exit_code == 0, result.output
+    assert not problem_lines(result.output)
+    assert "ready to train" in result.output
+
+
+# -- help --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, options", [
+    (["--help"], ["data", "train", "demo"]),
+    (["data", "check", "--help"], ["--model", "--max-seq-len", "--skip-invalid", "--think"]),
+    (["train", "--help"], ["--model", "--max-seq-len", "--skip-invalid", "--think", "--16bit",
+                           "--rank", "--resume", "--config", "--print-config"]),
+])
+def test_help(runner, args, options):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage:")
+    for option in options:
+        assert re.search(rf"(^|\s){re.escape(option)}\b", result.output), option
+
+
+# -- train: configuration -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def _train_module_imported():
+    """`fastft.train` imports Unsloth, whose banner goes to stdout: import it before the in-process
+    `--print-config` tests so they read only the config whatever order tests run in. What a
+    fresh process prints is tested by test_print_config_in_a_fresh_process_is_pure_toml."""
+    import fastft.train  # noqa: F401
+
+
+def print_config(runner, args) -> dict:
+    result = runner.invoke(main, ["train", *args, "--print-config"])
+    assert result.exit_code == 0, result.output
+    return tomllib.loads(result.stdout)
+
+
+def test_print_config_is_toml_with_the_defaults(runner, in_tmp):
+    write(in_tmp / "data.jsonl", [GOOD])
+    cfg = print_config(runner, ["data.jsonl", "--model", "tiny"])
+    assert cfg["data"] == "data.jsonl"
+    assert cfg["model"] == "tiny"
+    assert cfg["rank"] == 16
+    assert cfg["alpha"] == 32
+    assert cfg["lr"] == pytest.approx(2e-4)
+    assert cfg["load_in_4bit"] is True
+    assert cfg["max_seq_len"] == 2048
+    assert cfg["think"] == "strip"
+    assert not (in_tmp / "runs").exists()  # printing the config starts nothing
+
+
+def test_print_config_round_trips_through_config(runner, in_tmp):
+    write(in_tmp / "data.jsonl", [GOOD])
+    first = runner.invoke(main, ["train", "data.jsonl", "--model", "tiny", "--rank", "8", "--16bit",
+                                 "--print-config"])
+    assert first.exit_code == 0, first.output
+    (in_tmp / "run.toml").write_text(first.stdout)
+    again = runner.invoke(main, ["train", "--config", "run.toml", "--print-config"])
+    assert again.exit_code == 0, again.output
+    assert tomllib.loads(again.stdout) == tomllib.loads(first.stdout)
+    assert again.stdout == first.stdout
+    cfg = tomllib.loads(again.stdout)
+    assert (cfg["rank"], cfg["load_in_4bit"]) == (8, False)
+
+
+def test_flags_override_the_config_file(runner, in_tmp):
+    write(in_tmp / "data.jsonl", [GOOD])
+    (in_tmp / "run.toml").write_text('rank = 8\nlr = 1e-4\n')
+    assert print_config(runner, ["data.jsonl", "--config", "run.toml"])["rank"] == 8
+    cfg = print_config(runner, ["data.jsonl", "--config", "run.toml", "--rank", "4"])
+    assert cfg["rank"] == 4
+    assert cfg["lr"] == pytest.approx(1e-4)  # what the flags do not name still comes from the file
+    assert cfg["alpha"] == 32                # ... and what neither names from the defaults
+
+
+def test_print_config_in_a_fresh_process_is_pure_toml(in_tmp):
+    """`fastft train data.jsonl --print-config > run.toml` must give a usable run.toml."""
+    write(in_tmp / "data.jsonl", [GOOD])
+    proc = subprocess.run([sys.executable, "-m", "fastft.cli", "train", "data.jsonl", "--model", "tiny",
+                           "--print-config"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cfg = tomllib.loads(proc.stdout)
+    assert (cfg["data"], cfg["model"], cfg["rank"]) == ("data.jsonl", "tiny", 16)
+
+
+def test_unknown_config_key_is_an_error(runner, in_tmp):
+    write(in_tmp / "data.jsonl", [GOOD])
+    (in_tmp / "run.toml").write_text('rnak = 8\n')
+    result = runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml", "--print-config"])
+    assert result.exit_code == 1
+    assert "rnak" in result.output
+
+
+# -- train: bad data fails before the model loads ------------------------------------------------
+
+class ModelLoaded(Exception):
+    """Raised by the stand-in loader: reaching it means the data check came too late."""
+
+
+@pytest.fixture
+def load_calls(monkeypatch):
+    import fastft.train
+    calls = []
+
+    def fake_load_model(*args, **kwargs):
+        calls.append(args)
+        raise ModelLoaded()
+    monkeypatch.setattr(fastft.train, "load_model", fake_load_model)
+    return calls
+
+
+def test_train_on_bad_data_fails_before_loading_a_model(runner, in_tmp, load_calls):
+    write(in_tmp / "bad.jsonl", BAD_LINES)
+    result = runner.invoke(main, ["train", "bad.jsonl", "--model", "tiny", "--runs-dir", "runs"])
+    assert result.exit_code == 1, result.output
+    assert load_calls == []
+    assert not isinstance(result.exception, ModelLoaded)
+    for n in (2, 4, 5):
+        assert f"bad.jsonl:{n}:" in result.output
+    assert "bad.jsonl:4: messages[1].role" in result.output
+    assert not (in_tmp / "runs").exists()  # no run folder for a run that never started
+
+
+def test_train_on_good_data_does_reach_the_model_load(runner, in_tmp, load_calls):
+    """Control for the test above: the stand-in loader is on the path `train` takes."""
+    write(in_tmp / "good.jsonl", [GOOD])
+    result = runner.invoke(main, ["train", "good.jsonl", "--model", "tiny", "--runs-dir", "runs"])
+    assert isinstance(result.exception, ModelLoaded), result.output
+    assert len(load_calls) == 1
