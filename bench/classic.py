@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import sys
 import tempfile
@@ -95,15 +94,9 @@ class _TorchLogProbs:
 
 
 def _step_metrics(trainer, path: Path):
-    """fastft's StepMetrics, whichever of its two constructors this checkout has."""
-    from fastft import metrics as fm
-
-    params = inspect.signature(fm.StepMetrics.__init__).parameters
-    if "counter" in params and hasattr(fm, "TokenCounter"):  # older API: count at the collator
-        counter = fm.TokenCounter(trainer.data_collator)
-        trainer.data_collator = counter
-        return fm.StepMetrics(counter, path)
-    return fm.StepMetrics(path)  # tokens from TRL's `num_tokens` log
+    """fastft's own StepMetrics, so both recipes are measured by the same code."""
+    from fastft.metrics import StepMetrics
+    return StepMetrics(path)
 
 
 def run(a) -> dict:
@@ -168,6 +161,7 @@ def run(a) -> dict:
             seed=a.seed,
             gradient_checkpointing=True,
             logging_steps=1,
+            include_num_input_tokens_seen="non_padding",  # read by fastft.metrics.StepMetrics
             save_strategy="no",
             eval_strategy="no",
             report_to="none",

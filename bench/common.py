@@ -30,11 +30,6 @@ def log(*parts) -> None:
     print(f"[bench {time.perf_counter() - _T0:7.1f}s]", *parts, file=sys.stderr, flush=True)
 
 
-def die(msg: str, code: int = 1) -> "NoReturn":  # noqa: F821
-    print(f"[bench] ERROR: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
-
-
 def versions() -> dict:
     out = {"python": sys.version.split()[0]}
     for pkg in VERSION_PACKAGES:

@@ -1,0 +1,661 @@
+"""One benchmark: the classic QLoRA recipe vs `fastft train`, same model, data and GPU.
+
+    python bench/run.py --shape 4b --steps 20 --out bench/results/
+
+Builds the model (bench/make_model.py) and data (bench/make_data.py) if missing, then runs each
+recipe in its own subprocess, one after another on the same GPU:
+
+  classic       bench/classic.py at micro-batch 2 x accumulation 4
+  fastft2x4     fastft train --batch-size 2 --grad-accum 4 --no-auto-batch  (memory, loss)
+  fastft        fastft train with auto micro-batch, effective batch 8       (throughput)
+  fastft@<G>GB  the same under --vram-budget G, for each G in --vram-budget (default 12,8)
+
+and writes to --out: <date>-<gpu>.json (every number, per-step records, versions), <date>-<gpu>.png
+(tokens/s and peak memory side by side) and <date>-<gpu>.log (all subprocess output). The same
+table is printed at the end. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BENCH, REPO, WORK, log, versions, write_json  # noqa: E402
+
+EFFECTIVE_BATCH = 8
+TARGETS = {
+    "speedup": 5.0,        # fastft default tokens/s >= 5x classic
+    "mem_ratio_2x4": 0.75,  # fastft 2x4 peak allocated <= 0.75x classic
+    "loss_rel_diff": 0.01,  # |loss at the last common step| within 1% of classic
+    "budget12_micro_batch": 2,  # under a 12 GB budget, chosen micro-batch > 2
+}
+# Flags fastft's train CLI must have; the others are passed only when its --help lists them.
+REQUIRED_FLAGS = ("--model", "--max-steps", "--name", "--runs-dir")
+
+
+# -- subprocesses ------------------------------------------------------------------------------
+
+class Logfile:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.lock = threading.Lock()
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def write(self, text: str) -> None:
+        if self.path:
+            with self.lock, open(self.path, "a") as f:
+                f.write(text)
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    # Offline host: never wait on the hub, never send statistics.
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+              "UNSLOTH_DISABLE_STATISTICS"):
+        env.setdefault(k, "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("COLUMNS", "120")
+    return env
+
+
+_ACTIVE: set[subprocess.Popen] = set()
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGKILL it if run.py dies, so no orphan keeps the GPU busy."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _on_signal(signum, frame):
+    """SIGTERM/SIGINT/SIGHUP: stop the running recipe, then unwind (results are still written)."""
+    for proc in list(_ACTIVE):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    raise SystemExit(128 + signum)
+
+
+def run_cmd(tag: str, cmd: list[str], logfile: Logfile, timeout: float | None,
+            watch: Path | None = None, echo: bool = True) -> tuple[int, list[str], float]:
+    """Run `cmd`, streaming its output (prefixed) to stderr and the log; returns (rc, tail, seconds).
+
+    rc is -9 when the timeout killed it. `watch`: a metrics.jsonl to echo step lines from.
+    """
+    log(f"[{tag}] $ {' '.join(cmd)}")
+    logfile.write(f"\n===== [{tag}] {' '.join(cmd)}\n")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True, preexec_fn=_die_with_parent)
+    _ACTIVE.add(proc)
+    tail: list[str] = []
+
+    def pump():
+        for line in proc.stdout:
+            logfile.write(line)
+            for part in line.rstrip("\n").split("\r"):
+                if part.strip():
+                    tail.append(part)
+                    del tail[:-60]
+                    if echo:
+                        print(f"  [{tag}] {part}", file=sys.stderr, flush=True)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    seen = 0
+    rc = None
+    while rc is None:
+        try:
+            rc = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        if watch is not None and watch.exists():
+            lines = watch.read_text().splitlines()
+            for line in lines[seen:]:
+                try:
+                    r = json.loads(line)
+                    msg = (f"step {r['step']}: loss {r['loss']:.4f}, {r['tokens_per_s']:,.0f} tok/s"
+                           + (f", peak {r['mem_alloc_gib']:.2f} GiB" if r.get("mem_alloc_gib") else ""))
+                except (ValueError, KeyError, TypeError):
+                    msg = line
+                log(f"[{tag}] {msg}")
+            seen = len(lines)
+        if rc is None and timeout is not None and time.perf_counter() - t0 > timeout:
+            log(f"[{tag}] timed out after {timeout:.0f}s: stopping it")
+            _kill(proc)
+            rc = -9
+    _ACTIVE.discard(proc)
+    reader.join(timeout=10)
+    secs = time.perf_counter() - t0
+    logfile.write(f"===== [{tag}] exit {rc} after {secs:.1f}s\n")
+    log(f"[{tag}] exit {rc} after {secs:.1f}s")
+    return rc, tail, secs
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Stop the child we started and its own process group (it was started in a new session)."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# -- the train CLI -----------------------------------------------------------------------------
+
+def fastft_train_flags(logfile: Logfile) -> set[str]:
+    """The long flags `fastft train --help` lists (so we never pass one it lacks)."""
+    cmd = [sys.executable, "-m", "fastft.cli", "train", "--help"]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    logfile.write(f"\n===== fastft train --help (exit {proc.returncode})\n{proc.stdout}{proc.stderr}")
+    if proc.returncode != 0:
+        raise SystemExit(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    flags = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", proc.stdout))
+    missing = [f for f in REQUIRED_FLAGS if f not in flags]
+    if missing:
+        raise SystemExit(f"fastft train lacks {', '.join(missing)}; bench/run.py needs them")
+    return flags
+
+
+def fastft_cmd(recipe: dict, a, model: Path, data: Path, runs: Path, flags: set[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "fastft.cli", "train", str(data), "--model", str(model),
+           "--max-steps", str(recipe["steps"]), "--name", recipe["name"], "--runs-dir", str(runs)]
+    optional = [("--lr", str(a.lr)), ("--seed", str(a.seed)), ("--warmup-ratio", "0.03"),
+                ("--no-eval", None)]
+    for flag, value in optional:
+        if flag in flags:
+            cmd += [flag] if value is None else [flag, value]
+    needed = ["--batch-size", "--grad-accum"]
+    cmd += ["--batch-size", "2", "--grad-accum", str(EFFECTIVE_BATCH // 2)]
+    if recipe["auto"]:
+        if "--auto-batch" in flags:
+            cmd.append("--auto-batch")
+    else:
+        needed.append("--no-auto-batch")
+        cmd.append("--no-auto-batch")
+    if recipe.get("budget") is not None:
+        needed.append("--vram-budget")
+        cmd += ["--vram-budget", f"{recipe['budget']:g}"]
+    lacking = [f for f in needed if f not in flags]
+    if lacking:
+        raise RuntimeError(f"fastft train lacks {', '.join(lacking)}")
+    return cmd
+
+
+# -- results -----------------------------------------------------------------------------------
+
+def read_fastft(run: Path, recipe: dict) -> dict:
+    meta = json.loads((run / "fastft.json").read_text())
+    final, cfg = meta.get("final") or {}, meta.get("config") or {}
+    records = []
+    if (run / "metrics.jsonl").exists():
+        records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    if meta.get("status") != "done" or not final:
+        raise RuntimeError(f"{run}/fastft.json: status {meta.get('status')!r}, no final metrics")
+    return {
+        "recipe": recipe["name"], "status": "ok",
+        "micro_batch": cfg.get("batch_size"), "grad_accum": cfg.get("grad_accum"),
+        "steps": final.get("steps", len(records)), "timed_steps": final.get("timed_steps"),
+        "tokens_per_s": final.get("tokens_per_s"), "seconds_per_step": final.get("seconds_per_step"),
+        "peak_mem_alloc_gib": final.get("peak_mem_alloc_gib"),
+        "peak_mem_reserved_gib": final.get("peak_mem_reserved_gib"),
+        "last_loss": final.get("last_loss"),
+        "losses": [r.get("loss") for r in records], "records": records,
+        "vram_budget": cfg.get("vram_budget"), "auto_batch": cfg.get("auto_batch"),
+        "optim": cfg.get("optim"), "final": final, "timings": meta.get("timings"),
+        "versions": meta.get("versions"), "hardware": meta.get("hardware"),
+        "run_dir": str(run),
+    }
+
+
+def loss_at(r: dict, step: int) -> float | None:
+    losses = r.get("losses") or []
+    return losses[step - 1] if 0 < step <= len(losses) else None
+
+
+def add_comparisons(results: list[dict]) -> dict:
+    """Ratios vs classic on every row, and the four targets."""
+    by = {r["recipe"]: r for r in results if r.get("status") == "ok"}
+    base = by.get("classic")
+    for r in results:
+        if r.get("status") != "ok" or base is None:
+            continue
+        step = min(len(r.get("losses") or []), len(base.get("losses") or []))
+        r["compare_step"] = step or None
+        lr, lb = loss_at(r, step), loss_at(base, step)
+        r["tokens_per_s_ratio"] = _ratio(r.get("tokens_per_s"), base.get("tokens_per_s"))
+        r["mem_alloc_ratio"] = _ratio(r.get("peak_mem_alloc_gib"), base.get("peak_mem_alloc_gib"))
+        r["mem_reserved_ratio"] = _ratio(r.get("peak_mem_reserved_gib"), base.get("peak_mem_reserved_gib"))
+        r["loss_rel_diff"] = (lr - lb) / lb if lr is not None and lb else None
+
+    def target(name, value, ok, detail):
+        return {"value": value, "target": detail, "pass": None if value is None else bool(ok(value))}
+
+    fd, f24 = by.get("fastft", {}), by.get("fastft2x4", {})
+    b12 = next((r for r in by.values() if r.get("budget") == 12), {})
+    out = {
+        "speedup": target("speedup", fd.get("tokens_per_s_ratio"), lambda v: v >= TARGETS["speedup"],
+                          f"fastft (default) tokens/s >= {TARGETS['speedup']:g}x classic"),
+        "mem_ratio_2x4": target("mem", f24.get("mem_alloc_ratio"), lambda v: v <= TARGETS["mem_ratio_2x4"],
+                                f"fastft 2x4 peak allocated <= {TARGETS['mem_ratio_2x4']:g}x classic"),
+        "loss_rel_diff": target("loss", f24.get("loss_rel_diff"),
+                                lambda v: abs(v) <= TARGETS["loss_rel_diff"],
+                                f"fastft 2x4 loss at step {f24.get('compare_step') or 'N'} within "
+                                f"{TARGETS['loss_rel_diff']:.0%} of classic"),
+        "budget12_micro_batch": target("b12", b12.get("micro_batch"),
+                                       lambda v: v > TARGETS["budget12_micro_batch"],
+                                       "under --vram-budget 12 the chosen micro-batch is > 2"),
+    }
+    if b12.get("peak_mem_reserved_gib") is not None:
+        out["budget12_micro_batch"]["peak_reserved_gib"] = b12["peak_mem_reserved_gib"]
+    return out
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+# -- output ------------------------------------------------------------------------------------
+
+COLUMNS = ["recipe", "micro x accum", "tokens/s", "x classic", "peak alloc GiB", "x classic",
+           "peak reserved GiB", "s/step", "loss@step", "loss vs classic", "wall s", "status"]
+
+
+def table_rows(results: list[dict]) -> list[list[str]]:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    rows = []
+    for r in results:
+        ok = r.get("status") == "ok"
+        mb, ga = r.get("micro_batch"), r.get("grad_accum")
+        step = r.get("compare_step") or r.get("steps")
+        loss = loss_at(r, step) if step else r.get("last_loss")
+        rows.append([
+            r["recipe"], f"{mb} x {ga}" if mb else "-",
+            f(r.get("tokens_per_s"), ",.0f"), f(r.get("tokens_per_s_ratio"), ".2f") + ("x" if r.get("tokens_per_s_ratio") else ""),
+            f(r.get("peak_mem_alloc_gib"), ".2f"), f(r.get("mem_alloc_ratio"), ".2f") + ("x" if r.get("mem_alloc_ratio") else ""),
+            f(r.get("peak_mem_reserved_gib"), ".2f"), f(r.get("seconds_per_step"), ".2f"),
+            (f"{loss:.4f} @{step}" if loss is not None else "-"),
+            f(r.get("loss_rel_diff"), "+.2%") if r.get("loss_rel_diff") is not None else "-",
+            f(r.get("wall_s"), ".0f"), "ok" if ok else r.get("status", "?"),
+        ])
+    return rows
+
+
+def print_table(summary: dict) -> None:
+    rows = table_rows(summary["results"])
+    title = f"fastft bench: {summary['shape']}, {summary['steps']} steps, {summary['gpu_name']}, {summary['date']}"
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for c in COLUMNS:
+            t.add_column(c, justify="left" if c in ("recipe", "micro x accum", "status") else "right")
+        for row in rows:
+            t.add_row(*row)
+        Console(stderr=False, width=max(160, shutil.get_terminal_size().columns)).print(t)
+    except ImportError:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+        print(title)
+        print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    for name, t in summary["targets"].items():
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
+        val = "-" if t["value"] is None else (f"{t['value']:.3g}" if isinstance(t["value"], float) else t["value"])
+        print(f"  [{mark}] {name}: {val}  ({t['target']})")
+    sys.stdout.flush()
+
+
+def write_chart(summary: dict, path: Path) -> Path | None:
+    """PNG bar chart (matplotlib, Agg); an SVG with the same bars when matplotlib is missing."""
+    rs = [r for r in summary["results"] if r.get("status") == "ok"]
+    if not rs:
+        return None
+    names = [f"{r['recipe']}\n{r['micro_batch']}x{r['grad_accum']}" for r in rs]
+    tps = [r.get("tokens_per_s") or 0 for r in rs]
+    alloc = [r.get("peak_mem_alloc_gib") or 0 for r in rs]
+    resv = [r.get("peak_mem_reserved_gib") or 0 for r in rs]
+    title = f"{summary['shape']} QLoRA, {summary['steps']} steps, {summary['gpu_name']} ({summary['date']})"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: writing an SVG chart instead of PNG")
+        path = path.with_suffix(".svg")
+        path.write_text(_svg_chart(names, tps, alloc, resv, title))
+        return path
+    colors = ["#888888" if r["recipe"] == "classic" else "#2a7ab9" for r in rs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(10, 2.4 * len(rs)), 4.8))
+    x = range(len(rs))
+    b = ax1.bar(x, tps, color=colors)
+    ax1.bar_label(b, labels=[f"{v:,.0f}" for v in tps], fontsize=8)
+    ax1.set_title("throughput (tokens/s, higher is better)")
+    ax1.set_xticks(list(x), names, fontsize=8)
+    w = 0.38
+    b1 = ax2.bar([i - w / 2 for i in x], alloc, w, label="peak allocated", color="#2a7ab9")
+    b2 = ax2.bar([i + w / 2 for i in x], resv, w, label="peak reserved", color="#9ccbe8")
+    ax2.bar_label(b1, labels=[f"{v:.1f}" for v in alloc], fontsize=7)
+    ax2.bar_label(b2, labels=[f"{v:.1f}" for v in resv], fontsize=7)
+    if not any(alloc + resv):
+        ax2.text(0.5, 0.5, "no GPU: no memory figures", ha="center", va="center",
+                 transform=ax2.transAxes)
+    ax2.set_title("peak GPU memory (GiB, lower is better)")
+    ax2.set_xticks(list(x), names, fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _svg_chart(names, tps, alloc, resv, title) -> str:
+    W, H, pad, gap = 900, 360, 40, 30
+    pw = (W - 3 * pad) / 2
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="10">',
+           f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="12">{title}</text>']
+    for k, (label, series) in enumerate([("tokens/s", [tps]), ("peak GiB (alloc, reserved)", [alloc, resv])]):
+        x0 = pad + k * (pw + pad)
+        top = max(max(s) for s in series) or 1
+        out.append(f'<text x="{x0 + pw / 2}" y="34" text-anchor="middle">{label}</text>')
+        n = len(names)
+        slot = pw / n
+        for i, name in enumerate(names):
+            for j, s in enumerate(series):
+                bw = (slot - gap / 2) / len(series)
+                h = (H - 110) * s[i] / top
+                x = x0 + i * slot + j * bw
+                out.append(f'<rect x="{x:.1f}" y="{H - 60 - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" '
+                           f'fill="{["#2a7ab9", "#9ccbe8"][j]}"/>')
+                out.append(f'<text x="{x + bw / 2:.1f}" y="{H - 64 - h:.1f}" text-anchor="middle">{s[i]:,.1f}</text>')
+            out.append(f'<text x="{x0 + i * slot + slot / 2:.1f}" y="{H - 44}" text-anchor="middle">'
+                       f'{name.replace(chr(10), " ")}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def gpu_slug(name: str | None) -> str:
+    if not name:
+        return "cpu"
+    s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return re.sub(r"^nvidia-", "", s) or "gpu"
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def probe_env() -> dict:
+    code = ("import json, torch; from bench.common import versions, gpu_info; "
+            "print(json.dumps({'versions': versions(), 'gpu': gpu_info()}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(),
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise SystemExit(f"environment probe failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def plan(a, cuda: bool, quiet: bool = False) -> list[dict]:
+    budgets = [] if a.vram_budget.strip().lower() in ("", "none") else \
+        [float(b) for b in a.vram_budget.split(",") if b.strip()]
+    recipes = [
+        {"name": "classic", "kind": "classic", "steps": a.steps},
+        {"name": "fastft2x4", "kind": "fastft", "auto": False, "steps": a.steps},
+        {"name": "fastft", "kind": "fastft", "auto": True, "steps": a.steps},
+    ]
+    for b in budgets:
+        recipes.append({"name": f"fastft@{b:g}GB", "kind": "fastft", "auto": True, "budget": b,
+                        "steps": a.budget_steps or a.steps})
+    if a.only:
+        want = {w.strip() for w in a.only.split(",") if w.strip()}
+        known = {r["name"] for r in recipes} | {"budget"}
+        unknown = want - known
+        if unknown:
+            raise SystemExit(f"--only: unknown recipe(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(known))}")
+        recipes = [r for r in recipes if r["name"] in want or ("budget" in want and "budget" in r)]
+    if not cuda:
+        dropped = [r["name"] for r in recipes if "budget" in r]
+        if dropped and not quiet:
+            log(f"no GPU: skipping the VRAM-budget runs ({', '.join(dropped)})")
+        recipes = [r for r in recipes if "budget" not in r]
+    return recipes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=["4b", "tiny"], default="4b")
+    ap.add_argument("--steps", type=int, default=20, help="optimizer steps per recipe (20)")
+    ap.add_argument("--budget-steps", type=int, default=10,
+                    help="steps of the --vram-budget runs (10; they measure the chosen micro-batch "
+                         "and its throughput, not the loss); 0 = --steps")
+    ap.add_argument("--out", type=Path, default=BENCH / "results", help="results folder (bench/results)")
+    ap.add_argument("--work", type=Path, default=WORK, help="models, data, runs (bench/work)")
+    ap.add_argument("--only", help="comma-separated recipes to run: classic, fastft2x4, fastft, "
+                                   "fastft@<G>GB, or budget (all budget runs); default all")
+    ap.add_argument("--vram-budget", default="12,8",
+                    help="GiB budgets for extra fastft runs, comma-separated; 'none' for none (12,8)")
+    ap.add_argument("--examples", type=int, default=256, help="examples in the data (256)")
+    ap.add_argument("--tokens", type=int, default=1024, help="tokens per example (1024)")
+    ap.add_argument("--vary", action="store_true", help="lengths spread over 128..--tokens")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--deadline-s", type=float, default=0,
+                    help="stop starting recipes (and stop a running one) this many seconds after "
+                         "start, leaving time to write results; 0 = no deadline")
+    ap.add_argument("--min-recipe-s", type=float, default=60,
+                    help="with --deadline-s: do not start a recipe with less time left (60)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="also report earlier results (from --work) of recipes not run now, if "
+                         "they used the same shape, steps and data")
+    ap.add_argument("--quiet", action="store_true", help="do not echo subprocess output (log only)")
+    ap.add_argument("--allow-cpu", action="store_true", help="run --shape 4b without a GPU (very slow)")
+    a = ap.parse_args(argv)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    t_start = time.perf_counter()
+    deadline = t_start + a.deadline_s if a.deadline_s else None
+    date = datetime.now().strftime("%Y-%m-%d")
+    work = a.work.resolve()
+    raw_dir, runs = work / "raw", work / "runs"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+
+    log(f"probing the environment (python {sys.version.split()[0]}, repo {REPO})")
+    env = probe_env()
+    gpu = env["gpu"]
+    gpu_name = gpu["name"] if gpu else "CPU"
+    log(f"device: {gpu_name}; versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    if a.shape == "4b" and not gpu and not a.allow_cpu:
+        raise SystemExit("--shape 4b needs a CUDA GPU (use --shape tiny on CPU, or --allow-cpu)")
+
+    out = a.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{date}-{gpu_slug(gpu and gpu['name'])}"
+    n = 2
+    while (out / f"{stem}.json").exists():
+        stem, n = f"{date}-{gpu_slug(gpu and gpu['name'])}-{n}", n + 1
+    result_path, chart_path = out / f"{stem}.json", out / f"{stem}.png"
+    logfile = Logfile(out / f"{stem}.log")
+    echo = not a.quiet
+
+    summary = {
+        "date": date, "started": datetime.now().isoformat(timespec="seconds"),
+        "shape": a.shape, "steps": a.steps, "budget_steps": a.budget_steps or a.steps,
+        "effective_batch": EFFECTIVE_BATCH, "gpu_name": gpu_name, "gpu": gpu,
+        "versions": env["versions"], "runner_versions": versions(), "targets": {},
+        "results": [], "timings": {}, "status": "running",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+    def save():
+        summary["targets"] = add_comparisons(summary["results"])
+        summary["timings"]["total_s"] = time.perf_counter() - t_start
+        write_json(result_path, summary)
+
+    def remaining() -> float | None:
+        return None if deadline is None else deadline - time.perf_counter()
+
+    # Ask the train CLI for its flags while the model builds (it imports only click and rich).
+    probe: dict = {}
+
+    def probe_flags():
+        try:
+            probe["flags"] = fastft_train_flags(logfile)
+        except BaseException as e:  # re-raised in the main thread when needed
+            probe["error"] = e
+
+    prober = threading.Thread(target=probe_flags, daemon=True)
+    prober.start()
+
+    try:
+        # 1. model and data (each in a subprocess: this process never touches the GPU)
+        t = time.perf_counter()
+        models = work / "models"
+        rc, tail, _ = run_cmd("make_model", [sys.executable, str(BENCH / "make_model.py"), "--shape",
+                                             a.shape, "--out-dir", str(models)], logfile,
+                              timeout=remaining(), echo=echo)
+        if rc != 0:
+            raise SystemExit("building the model failed:\n" + "\n".join(tail[-30:]))
+        model = Path(next(l.strip() for l in reversed(tail) if Path(l.strip()).is_dir()))
+        summary["timings"]["model_s"] = time.perf_counter() - t
+        summary["model"] = str(model)
+
+        t = time.perf_counter()
+        examples = max(a.examples, a.steps * EFFECTIVE_BATCH)
+        data = work / "data" / (f"{'vary' if a.vary else 'fixed'}-{a.tokens}-n{examples}-s0.jsonl")
+        if not data.exists():
+            cmd = [sys.executable, str(BENCH / "make_data.py"), str(data), "--n", str(examples),
+                   "--tokens", str(a.tokens), "--tokenizer", str(model)] + (["--vary"] if a.vary else [])
+            rc, tail, _ = run_cmd("make_data", cmd, logfile, timeout=remaining(), echo=echo)
+            if rc != 0:
+                raise SystemExit("making the data failed:\n" + "\n".join(tail[-30:]))
+        summary["timings"]["data_s"] = time.perf_counter() - t
+        summary["data"] = {"path": str(data), "examples": examples, "tokens": a.tokens, "vary": a.vary}
+        key = {"shape": a.shape, "data": data.name, "model": model.name}
+
+        # 2. recipes
+        recipes = plan(a, cuda=bool(gpu))
+        flags: set[str] = set()
+        if any(r["kind"] == "fastft" for r in recipes):
+            prober.join()
+            if "error" in probe:  # the fastft rows fail with this error; the classic still runs
+                log(f"ERROR: `fastft train --help` failed: {probe['error']}")
+            flags = probe.get("flags", set())
+        for recipe in recipes:
+            name, tail = recipe["name"], []
+            left = remaining()
+            if left is not None and left < a.min_recipe_s:
+                log(f"[{name}] skipped: {left:.0f}s left before the deadline")
+                summary["results"].append({"recipe": name, "status": "skipped (deadline)"})
+                save()
+                continue
+            timeout = None if left is None else left - 10
+            raw = raw_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.json"
+            raw.unlink(missing_ok=True)
+            try:
+                if recipe["kind"] == "classic":
+                    cmd = [sys.executable, str(BENCH / "classic.py"), "--model", str(model),
+                           "--data", str(data), "--out", str(raw), "--metrics",
+                           str(raw.with_suffix(".metrics.jsonl")), "--steps", str(recipe["steps"]),
+                           "--micro-batch", "2", "--grad-accum", str(EFFECTIVE_BATCH // 2),
+                           "--lr", str(a.lr), "--seed", str(a.seed)]
+                    rc, tail, secs = run_cmd(name, cmd, logfile, timeout,
+                                             watch=raw.with_suffix(".metrics.jsonl"), echo=echo)
+                    res = json.loads(raw.read_text()) if raw.exists() else {}
+                    if rc != 0 or res.get("status") != "ok":
+                        raise RuntimeError(res.get("error") or f"exit {rc}")
+                else:
+                    run = runs / name
+                    if run.exists():
+                        shutil.rmtree(run)
+                    if "error" in probe:
+                        raise RuntimeError(f"`fastft train --help` failed: {probe['error']}")
+                    cmd = fastft_cmd(recipe, a, model, data, runs, flags)
+                    rc, tail, secs = run_cmd(name, cmd, logfile, timeout,
+                                             watch=run / "metrics.jsonl", echo=echo)
+                    if rc != 0:
+                        raise RuntimeError(f"exit {rc}")
+                    res = read_fastft(run, recipe)
+                res["wall_s"] = secs
+            except (SystemExit, KeyboardInterrupt):  # a signal: record it, then unwind
+                summary["results"].append({"recipe": name, "status": "interrupted",
+                                           "output_tail": tail[-40:]})
+                raise
+            except Exception as e:  # one recipe failing must not lose the others
+                status = "timeout" if "exit -9" in str(e) else "error"
+                log(f"[{name}] FAILED ({status}): {e}")
+                if not echo:
+                    for line in tail[-15:]:
+                        log(f"[{name}]   {line}")
+                res = {"recipe": name, "status": status, "error": str(e),
+                       "output_tail": tail[-40:]}
+            res.update({k: v for k, v in recipe.items() if k in ("budget", "auto")}, key=key)
+            summary["results"].append(res)
+            write_json(raw, res)
+            save()
+
+        if a.reuse:
+            ran = {r["recipe"] for r in summary["results"]}
+            for f in sorted(raw_dir.glob("*.json")):
+                try:
+                    old = json.loads(f.read_text())
+                except ValueError:
+                    continue
+                if old.get("recipe") not in ran and old.get("key") == key and old.get("status") == "ok" \
+                        and old.get("steps") in (a.steps, a.budget_steps):
+                    old["reused"] = True
+                    summary["results"].append(old)
+            everything = argparse.Namespace(**{**vars(a), "only": None})
+            order = {r["name"]: i for i, r in enumerate(plan(everything, cuda=bool(gpu), quiet=True))}
+            summary["results"].sort(key=lambda r: order.get(r["recipe"], 99))
+        summary["status"] = "done"
+    finally:
+        save()
+        try:
+            chart = write_chart(summary, chart_path)
+            if chart:
+                summary["chart"] = chart.name
+                save()
+        except Exception as e:  # the chart is a nicety; the JSON is the result
+            log(f"chart failed: {type(e).__name__}: {e}")
+        print_table(summary)
+        log(f"results: {result_path}" + (f", chart: {summary.get('chart')}" if summary.get("chart") else "")
+            + f", log: {logfile.path}; total {time.perf_counter() - t_start:.0f}s")
+    failed = [r["recipe"] for r in summary["results"] if r.get("status") != "ok"]
+    if failed:
+        log(f"recipes that did not finish: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

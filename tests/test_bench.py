@@ -1,0 +1,157 @@
+"""CPU smoke tests of the benchmark pieces that do not need `fastft train` or a GPU."""
+
+import json
+import subprocess
+import sys
+from argparse import Namespace
+
+import pytest
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # `bench` is a folder of scripts, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench import run as bench_run  # noqa: E402
+from bench.make_data import TOLERANCE, make_data  # noqa: E402
+
+CHAT_TEMPLATE = (REPO / "fastft" / "templates" / "qwen3_instruct_2507.jinja").read_text()
+
+
+def rendered_lengths(path, tok):
+    out = []
+    for line in path.read_text().splitlines():
+        msgs = json.loads(line)["messages"]
+        assert [m["role"] for m in msgs] == ["user", "assistant"]
+        text = tok.apply_chat_template(msgs, tokenize=False, chat_template=CHAT_TEMPLATE)
+        out.append(len(tok(text, add_special_tokens=False)["input_ids"]))
+    return out
+
+
+def test_make_data_gives_the_token_lengths_asked(tmp_path, tiny_path, tokenizer_of):
+    tok = tokenizer_of(tiny_path)
+    path = tmp_path / "fixed.jsonl"
+    reported = make_data(path, n=6, tokens=1024, seed=1, tokenizer=tok)
+    measured = rendered_lengths(path, tok)
+    assert measured == reported
+    assert all(1024 - TOLERANCE <= n <= 1024 for n in measured), measured
+    # Deterministic from the seed; another seed gives other text.
+    again = tmp_path / "again.jsonl"
+    make_data(again, n=6, tokens=1024, seed=1, tokenizer=tok)
+    assert again.read_text() == path.read_text()
+    make_data(again, n=6, tokens=1024, seed=2, tokenizer=tok)
+    assert again.read_text() != path.read_text()
+
+
+def test_make_data_vary_spreads_lengths(tmp_path, tiny_path, tokenizer_of):
+    tok = tokenizer_of(tiny_path)
+    path = tmp_path / "vary.jsonl"
+    make_data(path, n=24, tokens=1024, min_tokens=128, seed=0, vary=True, tokenizer=tok)
+    measured = rendered_lengths(path, tok)
+    assert all(128 - TOLERANCE <= n <= 1024 for n in measured), measured
+    assert max(measured) - min(measured) > 400  # spread, not all alike
+
+
+@pytest.mark.slow
+def test_classic_recipe_runs_two_steps_on_cpu(tmp_path, tiny_path, tokenizer_of):
+    import torch
+
+    data = tmp_path / "data.jsonl"
+    make_data(data, n=4, tokens=128, seed=0, tokenizer=tokenizer_of(tiny_path))
+    out, metrics = tmp_path / "classic.json", tmp_path / "metrics.jsonl"
+    cmd = [sys.executable, str(REPO / "bench" / "classic.py"), "--model", str(tiny_path),
+           "--data", str(data), "--out", str(out), "--metrics", str(metrics),
+           "--steps", "2", "--micro-batch", "1", "--grad-accum", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["status"] == "ok"
+    assert r["recipe"] == "classic" and r["micro_batch"] == 1 and r["grad_accum"] == 1
+    assert r["steps"] == 2 and len(r["losses"]) == 2 and len(r["records"]) == 2
+    assert all(isinstance(x, float) and 5 < x < 30 for x in r["losses"])
+    assert r["last_loss"] == r["losses"][-1]
+    assert r["tokens_per_s"] > 0 and r["seconds_per_step"] > 0
+    # Every step saw the micro-batch's tokens (one ~128-token example each).
+    assert all(120 <= rec["tokens"] <= 128 for rec in r["records"])
+    assert r["loss_mask"] in ("assistant_only_loss", "completion_only_loss")
+    for key in ("peak_mem_alloc_gib", "peak_mem_reserved_gib", "versions", "gpu"):
+        assert key in r
+    assert r["versions"]["trl"] and r["versions"]["peft"] and r["versions"]["bitsandbytes"]
+    if not torch.cuda.is_available():
+        assert r["optim"] == "adamw_torch" and r["gpu"] is None
+        assert any("paged_adamw_8bit" in n for n in r["notes"])
+    assert len(metrics.read_text().splitlines()) == 2
+
+
+# -- run.py's bookkeeping (no subprocesses) -----------------------------------------------------
+
+def fake(name, tps, alloc, losses, mb=2, ga=4, **kw):
+    return dict(recipe=name, status="ok", micro_batch=mb, grad_accum=ga, tokens_per_s=tps,
+                peak_mem_alloc_gib=alloc, peak_mem_reserved_gib=alloc + 1, seconds_per_step=1.0,
+                steps=len(losses), losses=losses, last_loss=losses[-1], **kw)
+
+
+def test_comparisons_and_targets():
+    results = [
+        fake("classic", 2600, 4.8, [12.0, 11.0]),
+        fake("fastft2x4", 4800, 3.3, [12.0, 11.05]),
+        fake("fastft", 14000, 4.1, [12.0, 11.2], mb=8, ga=1, auto=True),
+        fake("fastft@12GB", 13000, 4.0, [12.0], mb=4, ga=2, budget=12.0),
+        {"recipe": "fastft@8GB", "status": "error", "error": "boom"},
+    ]
+    t = bench_run.add_comparisons(results)
+    assert t["speedup"]["value"] == pytest.approx(14000 / 2600) and t["speedup"]["pass"]
+    assert t["mem_ratio_2x4"]["value"] == pytest.approx(3.3 / 4.8) and t["mem_ratio_2x4"]["pass"]
+    assert t["loss_rel_diff"]["value"] == pytest.approx(0.05 / 11.0) and t["loss_rel_diff"]["pass"]
+    assert t["budget12_micro_batch"]["value"] == 4 and t["budget12_micro_batch"]["pass"]
+    # Losses compare at the last step both recipes have.
+    assert results[3]["compare_step"] == 1 and results[3]["loss_rel_diff"] == 0.0
+    rows = bench_run.table_rows(results)
+    assert len(rows) == 5 and all(len(r) == len(bench_run.COLUMNS) for r in rows)
+    assert rows[2][1] == "8 x 1" and rows[4][-1] == "error"
+
+
+def test_targets_fail_and_missing():
+    results = [fake("classic", 2600, 4.8, [11.0]), fake("fastft2x4", 2700, 4.0, [11.5])]
+    t = bench_run.add_comparisons(results)
+    assert t["mem_ratio_2x4"]["pass"] is False and t["loss_rel_diff"]["pass"] is False
+    assert t["speedup"]["pass"] is None and t["budget12_micro_batch"]["pass"] is None
+
+
+def test_chart_and_slug(tmp_path):
+    summary = {"shape": "4b", "steps": 20, "gpu_name": "NVIDIA H100 80GB HBM3", "date": "2026-11-26",
+               "results": [fake("classic", 2600, 4.8, [11.0]), fake("fastft", 14000, 4.1, [11.0], mb=8, ga=1)]}
+    path = bench_run.write_chart(summary, tmp_path / "chart.png")
+    assert path.exists() and path.stat().st_size > 1000
+    assert bench_run.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert bench_run.gpu_slug(None) == "cpu"
+    svg = bench_run._svg_chart(["a", "b"], [1.0, 2.0], [1.0, 1.5], [2.0, 2.5], "t")
+    assert svg.startswith("<svg") and svg.count("<rect") == 6
+
+
+def test_fastft_command_uses_only_flags_the_cli_has(tmp_path):
+    a = Namespace(lr=2e-4, seed=42)
+    flags = {"--model", "--max-steps", "--name", "--runs-dir", "--lr", "--seed", "--batch-size",
+             "--grad-accum", "--no-auto-batch", "--auto-batch", "--vram-budget"}
+    recipe = {"name": "fastft@12GB", "auto": True, "budget": 12.0, "steps": 10}
+    cmd = bench_run.fastft_cmd(recipe, a, tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "runs", flags)
+    assert cmd[cmd.index("--vram-budget") + 1] == "12" and "--no-eval" not in cmd
+    assert cmd[cmd.index("--max-steps") + 1] == "10" and "--auto-batch" in cmd
+    fixed = bench_run.fastft_cmd({"name": "fastft2x4", "auto": False, "steps": 20}, a,
+                                 tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "runs", flags)
+    assert "--no-auto-batch" in fixed and fixed[fixed.index("--batch-size") + 1] == "2"
+    with pytest.raises(RuntimeError, match="--vram-budget"):
+        bench_run.fastft_cmd(recipe, a, tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "runs",
+                             flags - {"--vram-budget"})
+
+
+def test_plan_selects_recipes():
+    a = Namespace(vram_budget="12,8", steps=20, budget_steps=10, only=None)
+    names = [r["name"] for r in bench_run.plan(a, cuda=True)]
+    assert names == ["classic", "fastft2x4", "fastft", "fastft@12GB", "fastft@8GB"]
+    assert [r["name"] for r in bench_run.plan(a, cuda=False)] == ["classic", "fastft2x4", "fastft"]
+    a.only = "classic,budget"
+    assert [r["name"] for r in bench_run.plan(a, cuda=True)] == ["classic", "fastft@12GB", "fastft@8GB"]
+    a.only = "nope"
+    with pytest.raises(SystemExit):
+        bench_run.plan(a, cuda=True)
