@@ -16,7 +16,6 @@ recipes count tokens, time and peak memory identically. Never imports Unsloth.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import tempfile
