@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 HEADROOM = 0.10  # share of the budget left free after the probe's peak
+# Padded batches let Unsloth run each transformer block as one compiled region; padding-free
+# (varlen) batches cannot, but waste no compute on pad tokens. Measured on an H200 (Qwen3-4B
+# shape, 1024-token examples, 8 x 1): padded 16.8k tokens/s vs padding-free 13.7k. So pad when
+# padding wastes little, and go padding-free when lengths vary enough to waste more.
+MAX_PAD_WASTE = 0.10
 
 
 @dataclass
@@ -95,3 +100,22 @@ def _probe(model, ids: list[int], micro_batch: int) -> float | None:
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def padding_waste(lengths: list[int], micro_batch: int, seed: int = 0) -> float:
+    """Share of a padded epoch's tokens that would be padding, with batches drawn at random."""
+    import random
+    order = lengths[:]
+    random.Random(seed).shuffle(order)
+    real = padded = 0
+    for i in range(0, len(order), micro_batch):
+        chunk = order[i:i + micro_batch]
+        real += sum(chunk)
+        padded += max(chunk) * len(chunk)
+    return 1 - real / padded if padded else 0.0
+
+
+def choose_padding_free(lengths: list[int], micro_batch: int, seed: int = 0) -> tuple[bool, float]:
+    """(padding_free, waste): padding-free only when padded batches would waste > MAX_PAD_WASTE."""
+    waste = padding_waste(lengths, micro_batch, seed)
+    return waste > MAX_PAD_WASTE, waste

@@ -101,12 +101,18 @@ def _train_options(f):
         click.option("--auto-batch/--no-auto-batch", default=None,
                      help="On a GPU, raise the micro-batch while it fits, keeping batch-size x grad-accum. [default: on]"),
         click.option("--vram-budget", type=float, help="GiB of GPU memory auto-batch may use."),
+        click.option("--gradient-checkpointing", type=click.Choice(["unsloth", "true", "false"]),
+                     help="unsloth: offload activations to CPU (least VRAM); true: keep on GPU; "
+                          "false: no checkpointing (fastest). [default: unsloth]"),
         click.option("--optim", help="Optimizer. [default: adamw_8bit on GPU]"),
         click.option("--seed", type=int, help="Random seed. [default: 42]"),
         click.option("--train-on-all", is_flag=True, default=None, help="Loss on prompts too, not only assistant turns."),
         click.option("--think", type=click.Choice(["strip", "keep", "error"]),
                      help="Think blocks in the data of a non-thinking model. [default: strip]"),
         click.option("--packing", is_flag=True, default=None, help="Pack several examples per sequence."),
+        click.option("--padding", type=click.Choice(["auto", "padded", "free"]),
+                     help="Batches padded (compiled, fastest when lengths match) or padding-free "
+                          "(no compute on pads). [default: auto, by the data's pad waste]"),
         click.option("--eval-split", type=float, help="Hold out this share for eval loss each epoch."),
         click.option("--eval-file", type=click.Path(exists=True, dir_okay=False), help="Eval data file."),
         click.option("--save-steps", type=int, help="Checkpoint every N steps. [default: each epoch]"),
@@ -202,6 +208,41 @@ def print_train_summary(result, console: Console) -> None:
     t.add_row("time", f"{meta['timings']['total_s']:.0f} s")
     t.add_row("next", "fastft export --gguf q4_k_m")
     console.print(t)
+
+
+# -- export -------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("run", default="runs/latest", type=click.Path(file_okay=False))
+@click.option("--gguf", "gguf", multiple=True,
+              type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16"], case_sensitive=False),
+              help="GGUF quantisation; repeat for several. The Modelfile uses the first. [default: q4_k_m]")
+@click.option("--merged", is_flag=True, help="Also write the 16-bit merged model (safetensors) to OUT/merged/.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder. [default: exports/NAME]")
+@click.option("--name", help="Model name for ollama and the GGUF files. [default: the run's name]")
+@click.option("--system", help="Default system prompt for the Modelfile (any text; escaped for ollama).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder, once the new export is complete.")
+@click.option("--no-check", is_flag=True, help="Skip loading each GGUF with llama.cpp and generating a few tokens.")
+@click.option("--verbose", is_flag=True, help="Show Unsloth's own output instead of logging it.")
+def export(run, gguf, merged, out, name, system, force, no_check, verbose):
+    """Export RUN (default: runs/latest) to an ollama-ready folder.
+
+    Merges the LoRA adapter into the original 16-bit base weights, writes
+    <name>.<QUANT>.gguf files through llama.cpp (built from PyPI's llama-cpp-python sdist if
+    none is found; UNSLOTH_LLAMA_CPP_PATH points at your own), a Modelfile whose TEMPLATE
+    renders exactly the training chat template, a README and fastft-export.json.
+    """
+    from .export import DEFAULT_QUANTS, ExportError, ExportOptions, export_run
+    from .llamacpp import LlamaCppError
+
+    try:
+        res = export_run(ExportOptions(run=run, gguf=tuple(q.lower() for q in gguf) or DEFAULT_QUANTS,
+                                       merged=merged, out=out, name=name, system=system,
+                                       force=force, check=not no_check, verbose=verbose), console)
+    except (ExportError, LlamaCppError) as e:
+        raise click.ClickException(str(e))
+    for line in res.summary_lines():
+        console.print(line, markup=False, highlight=False)
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -40,12 +40,16 @@ class TrainConfig:
     grad_accum: int = 4
     auto_batch: bool = True      # on a GPU, raise the micro-batch (same effective batch) while it fits
     vram_budget: float | None = None  # GiB; caps what auto-batch may use
+    # "unsloth" offloads checkpointed activations to CPU RAM (least VRAM); "true" keeps them on
+    # the GPU; "false" keeps every activation (fastest, most VRAM).
+    gradient_checkpointing: str = "unsloth"
     optim: str = "adamw_8bit"
     weight_decay: float = 0.0
     seed: int = 42
     train_on_all: bool = False   # loss on prompts too, not only on assistant turns
     think: str = "strip"
     packing: bool = False
+    padding: str = "auto"        # auto | padded | free (padding-free); auto decides by pad waste
     # Evaluation and checkpoints.
     eval_split: float = 0.0
     eval_file: str | None = None

@@ -215,7 +215,9 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules), bias="none",
-        use_gradient_checkpointing="unsloth", random_state=cfg.seed,
+        use_gradient_checkpointing={"true": True, "false": False}.get(
+            cfg.gradient_checkpointing, cfg.gradient_checkpointing),
+        random_state=cfg.seed,
         use_rslora=cfg.rslora, use_dora=cfg.dora,
     )
 
@@ -226,10 +228,12 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
         batch_size, grad_accum = choice.batch_size, choice.grad_accum
         ui.status(choice.describe())
 
-    trainer, metrics = _make_trainer(cfg, model, tokenizer, data, run, batch_size, grad_accum, ui)
+    padding_free = resolve_padding(cfg, [len(e.input_ids) for e in data.train], batch_size, ui)
+    trainer, metrics = _make_trainer(cfg, model, tokenizer, data, run, batch_size, grad_accum,
+                                     padding_free)
     meta = {
         "config": asdict(cfg) | {"model_path": ref.path, "batch_size": batch_size,
-                                 "grad_accum": grad_accum},
+                                 "grad_accum": grad_accum, "padding_free": padding_free},
         "variant": guard.variant,
         "guard": asdict(guard.report) | {"issues": [str(i) for i in guard.report.issues]},
         "data": {"path": str(cfg.data), "sha256": data.sha256, "examples": data.examples,
@@ -264,7 +268,23 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
     return RunResult(run, adapter, meta)
 
 
-def _make_trainer(cfg, model, tokenizer, data: PreparedData, run: Path, batch_size, grad_accum, ui):
+def resolve_padding(cfg: TrainConfig, lengths: list[int], batch_size: int, ui) -> bool | None:
+    """True: padding-free; False: padded; None: leave it to Unsloth (CPU, or packing)."""
+    import torch
+
+    from .autobatch import choose_padding_free
+    if cfg.packing or cfg.padding == "auto" and not torch.cuda.is_available():
+        return None
+    if cfg.padding != "auto":
+        return cfg.padding == "free"
+    free, waste = choose_padding_free(lengths, batch_size, cfg.seed)
+    ui.status(f"batches: {'padding-free' if free else 'padded'} "
+              f"(padding would waste {waste:.0%} of tokens at micro-batch {batch_size})")
+    return free
+
+
+def _make_trainer(cfg, model, tokenizer, data: PreparedData, run: Path, batch_size, grad_accum,
+                  padding_free: bool | None):
     import torch
     from datasets import Dataset as HFDataset
     from trl import SFTConfig, SFTTrainer
@@ -309,6 +329,7 @@ def _make_trainer(cfg, model, tokenizer, data: PreparedData, run: Path, batch_si
         **save,
         max_length=cfg.max_seq_len,
         packing=cfg.packing,
+        padding_free=padding_free,
         dataset_num_proc=1,
         report_to="none",
         disable_tqdm=True,

@@ -27,3 +27,19 @@ def test_pick_floors_at_one_when_nothing_fits():
     choice = pick(4, 8.0, lambda mb: None)
     assert (choice.batch_size, choice.grad_accum) == (1, 4)
     assert [p for _, p in choice.probes] == [None, None, None]
+
+
+def test_padding_waste_is_zero_for_equal_lengths_and_counts_pads_otherwise():
+    from fastft.autobatch import padding_waste
+    assert padding_waste([100] * 16, 4) == 0.0
+    # one batch of [10, 30]: 60 padded tokens hold 40 real ones
+    assert abs(padding_waste([10, 30], 2) - (1 - 40 / 60)) < 1e-9
+    assert padding_waste([10, 30], 1) == 0.0   # a micro-batch of one is never padded
+
+
+def test_padding_choice_goes_padding_free_only_when_lengths_vary():
+    from fastft.autobatch import MAX_PAD_WASTE, choose_padding_free
+    free, waste = choose_padding_free([1024] * 64, 8)
+    assert not free and waste == 0.0
+    free, waste = choose_padding_free(list(range(128, 1024, 14)), 8)
+    assert free and waste > MAX_PAD_WASTE

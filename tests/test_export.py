@@ -1,0 +1,396 @@
+"""`fastft export` end to end on the tiny model (CPU): train -> export -> llama.cpp -> ollama.
+
+One llama.cpp build (cached under FASTFT_CACHE) and one export are shared by the whole module;
+after llama.cpp is built, the module takes about 3 minutes on 2 cores.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from fastft.export import (
+    MANIFEST,
+    ExportError,
+    ExportOptions,
+    export_run,
+    read_gguf_metadata,
+    read_run,
+    sha256_file,
+)
+from fastft.modelfile import go_template, parse_modelfile, template_from_modelfile
+from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "examples" / "favorite_color.jsonl"
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+NAME = "fastft-tiny"
+
+# Chat prompts for the llama.cpp <-> transformers comparison: with and without a system
+# prompt, one turn and several.
+CHATS = [
+    [{"role": "user", "content": "What is your favorite color?"}],
+    [{"role": "system", "content": "You are a helpful assistant."},
+     {"role": "user", "content": "Tell me your favorite color."}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Which color do you like best?"}],
+    [{"role": "user", "content": "Write a haiku about the sea."}],
+]
+N_TOKENS = 12
+
+
+# -- shared, built once ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def llama():
+    from fastft.llamacpp import ensure_llama_cpp
+
+    return ensure_llama_cpp()
+
+
+def make_fixture_run(runs: Path, name: str = "fixture") -> Path:
+    """A run folder as `fastft train` writes it, with random non-zero LoRA B (no training)."""
+    import torch
+    from unsloth import FastLanguageModel
+
+    from fastft.models import load_model, resolve_model
+    from fastft.template import ChatGuard
+
+    ref = resolve_model("tiny")
+    model, tok = load_model(ref, 512, load_in_4bit=False)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, target_modules=PROJECTIONS,
+                                             use_gradient_checkpointing="unsloth")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    guard = ChatGuard(tok, ref.path)
+    run = runs / name
+    model.save_pretrained(str(run / "adapter"))
+    tok.save_pretrained(str(run / "adapter"))
+    (run / "fastft.json").write_text(json.dumps({
+        "config": {"model": "tiny", "model_path": ref.path, "load_in_4bit": False,
+                   "max_seq_len": 512, "rank": 16, "alpha": 32, "rslora": False, "think": "strip"},
+        "variant": guard.variant, "status": "done"}))
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A real `fastft train` run on the favorite-color data (the fixture run until train lands)."""
+    runs = tmp_path_factory.mktemp("runs")
+    try:
+        from fastft.train import TrainConfig, train
+    except ModuleNotFoundError as e:
+        if e.name != "fastft.train":
+            raise
+        return make_fixture_run(runs)
+    # 16-bit LoRA: CPU 4-bit training is minutes, and export reloads the 16-bit base either way.
+    cfg = TrainConfig(data=str(DATA), model="tiny", runs_dir=str(runs), name="color",
+                      load_in_4bit=False, max_seq_len=512, lr=2e-3, batch_size=4, grad_accum=2,
+                      epochs=3)
+    return train(cfg).run_dir
+
+
+SECRET = "hf_fastftTestSecretThatMustNotLeak"
+
+
+@pytest.fixture(scope="session")
+def exported(run_dir, llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / NAME
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")   # --force replaces the folder
+    old = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = SECRET                          # must not end up in any file
+    try:
+        return export_run(ExportOptions(run=str(run_dir), gguf=("q4_k_m", "q8_0"), merged=True,
+                                        out=str(out), name=NAME, force=True))
+    finally:
+        if old is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = old
+
+
+@pytest.fixture(scope="session")
+def tokenizer(exported):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(exported.merged_dir))
+
+
+# -- the folder ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_export_folder(exported):
+    out = exported.out_dir
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        f"{NAME}.Q4_K_M.gguf", f"{NAME}.Q8_0.gguf", "Modelfile", "README.md", MANIFEST, "merged"])
+    # Only the finished folder is left: no scratch folder, no Unsloth intermediates.
+    assert [p.name for p in out.parent.iterdir()] == [NAME]
+    merged = {p.name for p in exported.merged_dir.iterdir()}
+    assert {"config.json", "tokenizer.json", "chat_template.jinja"} <= merged
+    assert any(n.endswith(".safetensors") for n in merged)
+    assert not any(n.endswith(".bin") or n.endswith(".pt") for n in merged)
+
+    for quant, path in exported.ggufs.items():
+        meta = read_gguf_metadata(path)
+        assert meta["general.name"] == NAME
+        assert meta["tokenizer.ggml.pre"] == "qwen2"
+
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["source_run"] == str(exported.run_dir)
+    assert manifest["quants"] == ["q4_k_m", "q8_0"]
+    listed = {k for k in manifest["files"]}
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {MANIFEST}
+    assert listed == on_disk
+    for rel, entry in manifest["files"].items():
+        assert sha256_file(out / rel) == entry["sha256"], rel
+
+    readme = (out / "README.md").read_text()
+    assert f"ollama create {NAME} -f Modelfile" in readme
+    assert f"ollama run {NAME}" in readme
+
+
+@pytest.mark.slow
+def test_no_secrets_in_written_files(exported):
+    for p in exported.out_dir.rglob("*"):
+        if p.is_file():
+            assert SECRET.encode() not in p.read_bytes(), p
+
+
+@pytest.mark.slow
+def test_modelfile(exported):
+    parsed = dict(parse_modelfile(exported.modelfile.read_text()))
+    assert parsed["model"] == f"./{NAME}.Q4_K_M.gguf"
+    assert (exported.out_dir / parsed["model"]).is_file()
+    assert parsed["stop"] == "<|im_end|>"
+    assert parsed["num_ctx"] == str(read_run(exported.run_dir).config["max_seq_len"])
+    assert (parsed["temperature"], parsed["top_p"], parsed["top_k"], parsed["min_p"]) == \
+        ("0.7", "0.8", "20", "0")
+    assert parsed["template"] == go_template("instruct-2507")
+
+
+@pytest.mark.slow
+def test_modelfile_template_renders_the_trained_prompt(exported, tokenizer, go_render):
+    """The exported Modelfile's TEMPLATE, rendered by Go as ollama does, equals the run's own
+    chat template (after the guard) with add_generation_prompt=True."""
+    # Parsed out of the Modelfile as ollama's parser does, then executed by Go's text/template.
+    template = template_from_modelfile(exported.modelfile.read_text())
+    outs = go_render.many([(template, c, None, None) for c in CHATS])
+    for chat, got in zip(CHATS, outs):
+        assert got == tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+# -- llama.cpp agrees with the model it came from --------------------------------------------------
+
+def greedy_hf(model, tokenizer, prompt: str, n: int, stop_ids: set[int]) -> str:
+    import torch
+
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(ids).logits[0, -1].argmax())
+            if nxt in stop_ids:   # llama.cpp stops at any end-of-generation token, unprinted
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return tokenizer.decode(out, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+@pytest.mark.slow
+def test_llama_cpp_greedy_matches_transformers(exported, tokenizer, llama):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from fastft.llamacpp import llama_generate
+
+    # f32 compute on the merged bf16 weights: what llama.cpp does with (near-)exact weights.
+    model = AutoModelForCausalLM.from_pretrained(str(exported.merged_dir), dtype=torch.float32)
+    model.eval()
+    # The tokens llama.cpp treats as end of generation for this vocabulary.
+    stop = {tokenizer.convert_tokens_to_ids(t) for t in
+            ("<|im_end|>", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")}
+    q8 = exported.ggufs["q8_0"]
+    for chat in CHATS:
+        prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        want = greedy_hf(model, tokenizer, prompt, N_TOKENS, stop)
+        got = llama_generate(q8, prompt, N_TOKENS, llama=llama)
+        assert got == want, chat
+
+
+@pytest.mark.slow
+def test_q4_loads_and_generates(exported, tokenizer, llama):
+    from fastft.llamacpp import llama_generate
+
+    checked = {c.file for c in exported.checks}
+    assert checked == {p.name for p in exported.ggufs.values()}   # the export checked each file
+    prompt = tokenizer.apply_chat_template(CHATS[0], tokenize=False, add_generation_prompt=True)
+    out = llama_generate(exported.ggufs["q4_k_m"], prompt, 4, llama=llama)
+    assert isinstance(out, str)
+    assert any("llama.cpp loaded" in line for line in exported.summary_lines())
+
+
+# -- the merge is lossless -------------------------------------------------------------------------
+
+def _load_safetensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def ulp_bf16(x):
+    """The spacing of bfloat16 numbers at |x| (8 significant bits)."""
+    import torch
+
+    return torch.exp2(torch.floor(torch.log2(x.abs().clamp_min(2.0 ** -126))) - 7)
+
+
+@pytest.mark.slow
+def test_merge_is_lossless(exported):
+    """merged W == W_base16 + (alpha/r)·B·A, up to one bf16 rounding, for every projection."""
+    import torch
+
+    info = read_run(exported.run_dir)
+    base = _load_safetensors(Path(info.config["model_path"]))
+    merged = _load_safetensors(exported.merged_dir)
+    adapter = _load_safetensors(info.adapter_dir)
+    acfg = json.loads((info.adapter_dir / "adapter_config.json").read_text())
+    r, alpha = acfg["r"], acfg["lora_alpha"]
+    scale = alpha / (math.sqrt(r) if acfg.get("use_rslora") else r)
+
+    assert set(base) <= set(merged)
+    projections = 0
+    for key, w in base.items():
+        module = key.removesuffix(".weight")
+        a = adapter.get(f"base_model.model.{module}.lora_A.weight")
+        if a is None:       # not targeted: must be bit-identical
+            assert torch.equal(merged[key], w), key
+            continue
+        b = adapter[f"base_model.model.{module}.lora_B.weight"]
+        delta = scale * (b.double() @ a.double())
+        want = w.double() + delta
+        got = merged[key]
+        assert got.dtype == torch.bfloat16, key
+        # bf16 rounding: PEFT rounds the delta to the adapter's dtype (bf16 for a bf16 run) and
+        # the sum is rounded to bf16, so each element may be off by half a unit in the last
+        # place (ulp) of each. Merging into dequantised 4-bit weights instead would be off by
+        # several percent of W: on the tiny model, a median 36x this bound.
+        err = (got.double() - want).abs()
+        tol = (ulp_bf16(delta) + ulp_bf16(torch.maximum(want.abs(), got.double().abs()))) / 2
+        worst = float((err / tol).max())
+        assert worst <= 1.0, f"{key}: error up to {worst:.2f}x the bf16 rounding bound"
+        # and the merge did something (a zero B would make this test vacuous)
+        assert float((got != w).float().mean()) > 0.2, key
+        projections += 1
+    layers = 1 + max(int(k.split(".")[2]) for k in base if k.startswith("model.layers."))
+    assert projections == layers * len(PROJECTIONS)
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+
+def test_existing_folder_is_kept_without_force(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "r" / "adapter").mkdir(parents=True)
+    (runs / "r" / "adapter" / "adapter_config.json").write_text("{}")
+    (runs / "r" / "fastft.json").write_text(json.dumps(
+        {"config": {"model": "tiny", "model_path": "x", "max_seq_len": 64}, "variant": "instruct-2507"}))
+    out = tmp_path / "exports" / "r"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="--force"):
+        export_run(ExportOptions(run=str(runs / "r"), out=str(out)))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in out.parent.iterdir()] == ["r"]
+
+
+def test_bad_input_fails_fast(tmp_path):
+    with pytest.raises(ExportError, match="fastft.json"):
+        export_run(ExportOptions(run=str(tmp_path / "nope")))
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "fastft.json").write_text(json.dumps(
+        {"config": {"model": "tiny", "model_path": "x", "max_seq_len": 64}, "status": "training"}))
+    with pytest.raises(ExportError, match="no trained adapter"):
+        export_run(ExportOptions(run=str(run)))
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ExportError, match="unknown GGUF quant"):
+        export_run(ExportOptions(run=str(run), gguf=("q3_x",)))
+    with pytest.raises(ExportError, match="invalid --name"):
+        export_run(ExportOptions(run=str(run), name="bad name"))
+    assert not (tmp_path / "exports").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_export_leaves_no_final_files(run_dir, llama, tmp_path, monkeypatch):
+    """Ctrl-C at the last step, when every file exists under a temporary name: nothing lands
+    under a final name, and the old export survives even with --force."""
+    import fastft.export
+
+    out = tmp_path / "exports" / NAME
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("previous export")
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fastft.export, "llama_generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(ExportOptions(run=str(run_dir), gguf=("q8_0",), merged=True, out=str(out),
+                                 name=NAME, force=True))
+    assert [p.name for p in out.parent.iterdir()] == [NAME]          # no scratch left behind
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "previous export"
+
+
+def test_export_merges_into_the_16bit_base(tmp_path, monkeypatch):
+    """The adapter is attached to config.model_path loaded in 16 bits, whatever the run trained on
+    (a QLoRA run's adapter_config may name a pre-quantised 4-bit checkpoint)."""
+    import sys
+    import types
+
+    from fastft import export
+
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "unsloth/qwen3-4b-instruct-2507-unsloth-bnb-4bit", "r": 16}))
+    info = export.RunInfo(tmp_path / "run", adapter, {"model": "m", "model_path": "/models/base16",
+                                                      "max_seq_len": 64, "load_in_4bit": True},
+                          "instruct-2507", {})
+    seen = {}
+
+    class FakeFLM:
+        @staticmethod
+        def from_pretrained(model_name, **kw):
+            seen.update(kw, base=json.loads((Path(model_name) / "adapter_config.json").read_text())
+                        ["base_model_name_or_path"])
+            return "model", "tokenizer"
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFLM))
+    import transformers
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: "tok")
+    (tmp_path / "work").mkdir()
+    export._load_for_export(info, tmp_path / "work")
+    assert seen["base"] == "/models/base16"
+    assert seen["load_in_4bit"] is False
+
+
+def test_missing_build_tools_are_named(monkeypatch):
+    """With no llama.cpp around and no way to build one, the error says what to install."""
+    import fastft.llamacpp as lc
+
+    monkeypatch.setattr(lc, "find_llama_cpp", lambda: None)
+    monkeypatch.setattr(lc.shutil, "which", lambda name: None)
+    with pytest.raises(lc.LlamaCppError) as e:
+        lc.ensure_llama_cpp()
+    msg = str(e.value)
+    assert "cmake" in msg and "C++ compiler" in msg and "UNSLOTH_LLAMA_CPP_PATH" in msg

@@ -1,0 +1,350 @@
+"""The Modelfile: ollama's parser semantics, SYSTEM escaping, and TEMPLATE parity with the
+Hugging Face chat templates, rendered by Go's text/template exactly as ollama renders it.
+
+The Go renderer is tests/gotemplate (needs `go`; CI installs golang-go). Only the tests that
+execute Go templates skip without it, and they say why.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fastft.modelfile import (
+    EOS,
+    FAMILIES,
+    MODELFILE_TEMPLATE,
+    ModelfileError,
+    go_literal,
+    go_template,
+    ollama_data,
+    parse_modelfile,
+    quote,
+    render_modelfile,
+    system_from_modelfile,
+    template_from_modelfile,
+    unrepresentable,
+)
+from fastft.template import HYBRID, INSTRUCT_2507, OTHER, THINKING
+from fastft.tiny import template_text
+
+ROOT = Path(__file__).resolve().parent.parent
+GO_DIR = Path(__file__).resolve().parent / "gotemplate"
+
+S = {"role": "system", "content": "You are a terse assistant.\nAnswer in one line."}
+U1 = {"role": "user", "content": "What is your favorite color?"}
+A1 = {"role": "assistant", "content": "My favorite color is blue."}
+U2 = {"role": "user", "content": "And why?\n\nTell me  more. "}
+A2 = {"role": "assistant", "content": "Because the sky is blue."}
+U3 = {"role": "user", "content": 'Quotes " and """ and {{ braces }} and \\ backslash'}
+
+CONVERSATIONS = {
+    "one turn": [U1],
+    "one turn + system": [S, U1],
+    "several turns": [U1, A1, U2, A2, U3],
+    "several turns + system": [S, U1, A1, U2],
+    "unicode": [{"role": "user", "content": "Grüße, 你好 👋🏽"}],
+}
+
+HOSTILE = [
+    'He said "hi"',
+    'Ends with a quote"',
+    '"Starts with a quote',
+    '"""',
+    'x"""y',
+    '"""starts with triple',
+    'ends with triple"""',
+    "two\nlines",
+    "\nleading newline",
+    "trailing newline\n",
+    "  spaces around  ",
+    "back\\slash \\n not a newline \\\\",
+    "tab\there",
+    "FROM evil\nPARAMETER temperature 9",
+    'def f():\n    """Docstring."""\n    return 1',    # a line ending in """: unrepresentable
+    'ok\n"""\nPARAMETER temperature 9\nSYSTEM """pwned',
+    "#not a comment\n# nor this",
+    "zero\u200bwidth and e\u0301 and 👩\u200d💻",           # ZWSP and ZWJ: the parser drops them
+    "crlf\r\nline",
+    "{{ .System }} and {{ template }}",
+    "",
+]
+
+
+# -- pure Python: parser, quoting, layout --------------------------------------------------------
+
+def test_packaged_layout_equals_repo_modelfile_template():
+    assert (ROOT / "Modelfile.template").read_text(encoding="utf-8") == MODELFILE_TEMPLATE
+
+
+def test_parser_basics():
+    text = ('# comment\nFROM ./m.gguf\nTEMPLATE """a\n  b\n"""\nPARAMETER stop "<|im_end|>"\n'
+            'PARAMETER num_ctx 512\nSYSTEM plain words here\nMESSAGE user "hi there"\n')
+    assert parse_modelfile(text) == [
+        ("model", "./m.gguf"), ("template", "a\n  b\n"), ("stop", "<|im_end|>"),
+        ("num_ctx", "512"), ("system", "plain words here"), ("message", "user: hi there")]
+
+
+def test_parser_rejects_what_ollama_rejects():
+    with pytest.raises(ModelfileError):
+        parse_modelfile("FROM x\nBOGUS y\n")
+    with pytest.raises(ModelfileError):
+        parse_modelfile('FROM x\nSYSTEM """never closed\n')
+    with pytest.raises(ModelfileError):
+        parse_modelfile("SYSTEM no from\n")
+
+
+def test_parser_ends_triple_quotes_at_a_line_ending_in_them():
+    # The trap: the value closes at the first line break after a """, so a naively quoted
+    # system prompt 'a"""\nPARAMETER temperature 9' injects a parameter.
+    got = parse_modelfile('FROM x\nSYSTEM """a"""\nPARAMETER temperature 9"""\n')
+    assert got[1:] == [("system", "a"), ("temperature", '9"""')]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_system_text_survives_or_is_built_into_the_template(text):
+    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=INSTRUCT_2507, num_ctx=512,
+                          system=text)
+    parsed = parse_modelfile(mf.text)
+    names = [k for k, _ in parsed]
+    # Nothing injected: exactly our commands, once each.
+    assert names.count("model") == 1 and names.count("template") == 1
+    assert names.count("temperature") == 1 and dict(parsed)["temperature"] == "0.7"
+    assert template_from_modelfile(mf.text) == mf.template
+    if text == "":
+        assert mf.system_mode is None and system_from_modelfile(mf.text) is None
+    elif unrepresentable(text) is None:
+        assert mf.system_mode == "SYSTEM"
+        assert system_from_modelfile(mf.text) == text
+    else:
+        assert mf.system_mode == "TEMPLATE"
+        assert system_from_modelfile(mf.text) is None
+        assert go_literal(text) in mf.template
+
+
+def test_unrepresentable_is_exactly_what_the_parser_cannot_hold():
+    assert unrepresentable('def f():\n    """Doc."""\n    pass') is not None
+    assert unrepresentable("zero\u200bwidth") is not None
+    for ok in ('"""', 'x"""y', 'a"', '"a', '"""x\ny"""', "a\n\"\"\"b", "tab\t", "crlf\r\n"):
+        assert unrepresentable(ok) is None, ok
+        assert parse_modelfile(f"FROM x\nSYSTEM {quote(ok)}\n")[1] == ("system", ok)
+    with pytest.raises(ModelfileError):
+        quote('a"""\nb')
+
+
+@pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID, THINKING])
+def test_templates_are_representable_and_end_as_the_generation_prompt(variant):
+    t = go_template(variant)
+    assert unrepresentable(t) is None
+    assert "<|im_start|>assistant\n" in t
+    if variant == INSTRUCT_2507:
+        # The very last byte: one newline after "assistant", not two (Unsloth's bug).
+        assert t.endswith("{{ end }}<|im_start|>assistant\n")
+
+
+def test_modelfile_contents():
+    mf = render_modelfile(name="my-model", gguf="my-model.Q4_K_M.gguf", variant=INSTRUCT_2507,
+                          num_ctx=4096, run="run-1")
+    parsed = dict(parse_modelfile(mf.text))
+    assert parsed["model"] == "./my-model.Q4_K_M.gguf"
+    assert parsed["stop"] == EOS
+    assert (parsed["temperature"], parsed["top_p"], parsed["top_k"], parsed["min_p"]) == \
+        ("0.7", "0.8", "20", "0")
+    assert parsed["num_ctx"] == "4096"
+    assert "system" not in parsed
+    assert "ollama create my-model -f Modelfile" in mf.text
+    assert "\n\n\n" not in mf.text.replace(mf.template, "")     # empty fields leave no gaps
+
+
+def test_other_variant_has_no_template_and_bad_names_fail():
+    mf = render_modelfile(name="m", gguf="m.F16.gguf", variant=OTHER, num_ctx=512)
+    assert mf.template is None and "template" not in dict(parse_modelfile(mf.text))
+    for bad in ("", "a b", "../x", "x:y", "-x", "a/b"):
+        with pytest.raises(ModelfileError):
+            render_modelfile(name=bad, gguf="m.gguf", variant=INSTRUCT_2507, num_ctx=512)
+
+
+def test_hybrid_sampling_is_qwen3_thinking_mode():
+    assert FAMILIES[HYBRID].sampling["temperature"] == 0.6
+    assert FAMILIES[INSTRUCT_2507].sampling == dict(temperature=0.7, top_p=0.8, top_k=20,
+                                                    min_p=0, repeat_penalty=1)
+
+
+def test_ollama_data_contract():
+    tool = {"role": "tool", "content": "42"}
+    assert len(ollama_data([U1, tool, tool])["Messages"]) == 3     # tool messages stay apart
+    d = ollama_data([S, U1, U2, S])
+    assert d["System"] == S["content"] + "\n\n" + S["content"]
+    assert [m["role"] for m in d["Messages"]] == ["system", "user", "system"]
+    assert d["Messages"][1]["content"] == U1["content"] + "\n\n" + U2["content"]
+    assert d["Response"] == "" and d["IsThinkSet"] is False
+
+
+# -- Go: render exactly as ollama does -----------------------------------------------------------
+
+_GO_BINARY: list[Path] = []
+
+
+def _go_binary() -> Path:
+    """tests/gotemplate built once per test session (skips the test when `go` is absent)."""
+    if _GO_BINARY:
+        return _GO_BINARY[0]
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("`go` is not installed (apt-get install golang-go): the template parity "
+                    "tests execute templates with Go's text/template, as ollama does")
+    import atexit
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="fastft-gotemplate-"))
+    atexit.register(shutil.rmtree, folder, True)
+    exe = folder / "gotemplate"
+    env = {"GOCACHE": str(folder / "cache"), "HOME": str(folder), "CGO_ENABLED": "0",
+           "PATH": str(Path(go).parent) + ":/usr/bin:/bin"}
+    subprocess.run([go, "build", "-o", str(exe), "."], cwd=GO_DIR, env=env, check=True,
+                   capture_output=True)
+    _GO_BINARY.append(exe)
+    return exe
+
+
+def render_ollama_many(requests) -> list[str]:
+    """[(template, messages, tools, think), ...] -> the prompts ollama would render."""
+    payload = [{"template": t, "data": ollama_data(m, tools, think)} for t, m, tools, think in requests]
+    p = subprocess.run([str(_go_binary())], input=json.dumps(payload), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def render_ollama_prompt(template: str, messages: list[dict], tools=None, think=None) -> str:
+    """The prompt ollama renders from a Modelfile TEMPLATE for a chat request: Go's
+    text/template with ollama's data contract (see fastft.modelfile.ollama_data)."""
+    return render_ollama_many([(template, messages, tools, think)])[0]
+
+
+@pytest.fixture(scope="session")
+def go_render():
+    """render(template, messages, tools=None, think=None) -> str; render.many(requests)."""
+    _go_binary()
+    render_ollama_prompt.many = render_ollama_many
+    return render_ollama_prompt
+
+
+def hf_render(jinja: str, messages, tools=None, **kw) -> str:
+    """What transformers' apply_chat_template(add_generation_prompt=True) renders."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    out, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=jinja,
+                                   add_generation_prompt=True, **kw)
+    return out[0]
+
+
+REFERENCE_JINJA = {
+    INSTRUCT_2507: lambda: template_text("qwen3_instruct_2507.jinja"),
+    HYBRID: lambda: template_text("qwen3.jinja"),
+}
+
+
+def thinking_jinja():
+    """Qwen3 Thinking-2507's template as Unsloth ships it (fastft has no copy of its own)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("unsloth")
+    if spec is None:
+        pytest.skip("unsloth not installed")
+    src = (Path(spec.origin).parent / "chat_templates.py").read_text()
+    # Read the literal without importing unsloth (seconds of start-up).
+    tree = ast.parse(src)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "qwen3_thinking_template":
+            return ast.literal_eval(node.value)
+    pytest.skip("unsloth has no qwen3_thinking_template")
+
+
+@pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID, THINKING])
+def test_template_parity_with_hf(go_render, variant):
+    jinja = REFERENCE_JINJA[variant]() if variant in REFERENCE_JINJA else thinking_jinja()
+    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512)
+    # Parsed out of the Modelfile the way ollama's parser does: a stray newline shows up here.
+    template = template_from_modelfile(mf.text)
+    assert template == go_template(variant)
+    names = list(CONVERSATIONS)
+    got = go_render.many([(template, CONVERSATIONS[n], None, None) for n in names])
+    for n, out in zip(names, got):
+        assert out == hf_render(jinja, CONVERSATIONS[n]), n
+
+
+def test_hybrid_think_false_matches_enable_thinking_false(go_render):
+    jinja = template_text("qwen3.jinja")
+    t = go_template(HYBRID)
+    for conv in ([U1], [S, U1, A1, U2]):
+        assert go_render(t, conv, think=False) == hf_render(jinja, conv, enable_thinking=False)
+        assert go_render(t, conv, think=True) == hf_render(jinja, conv)
+
+
+@pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID])
+def test_system_built_into_template_acts_like_a_system_message(go_render, variant):
+    """The fallback for an unrepresentable --system renders what SYSTEM would have."""
+    text = 'def f():\n    """Doc."""\n    return "\\n"\t\u200b'
+    jinja = REFERENCE_JINJA[variant]()
+    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512, system=text)
+    assert mf.system_mode == "TEMPLATE"
+    template = template_from_modelfile(mf.text)
+    sys_msg = {"role": "system", "content": text}
+    for conv in ([U1], [U1, A1, U2]):
+        # ollama adds SYSTEM as a first message when a request has none: same prompt.
+        assert go_render(template, conv) == hf_render(jinja, [sys_msg] + conv)
+    # A request's own system message wins, as it does over SYSTEM.
+    assert go_render(template, [S, U1]) == hf_render(jinja, [S, U1])
+
+
+def test_tools_render_without_breaking(go_render):
+    """Tools are not a training target, but a tool-using client must not break the template.
+
+    The structure matches the HF template; JSON spacing differs (Go's json.Marshal is compact
+    and sorts map keys, Jinja's tojson is not), so compare after normalising the JSON.
+    """
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    conv = [S, {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "content": "sunny"}, {"role": "tool", "content": "20 C"}]
+    jinja = template_text("qwen3_instruct_2507.jinja")
+    out = go_render(go_template(INSTRUCT_2507), conv, tools=tools)
+    hf = hf_render(jinja, conv, tools=tools)
+
+    def compact(obj):
+        return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    hf = hf.replace(json.dumps(tools[0], ensure_ascii=False), json.dumps(
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                          "parameters": json.loads(compact(tools[0]["function"]["parameters"]))}},
+        separators=(",", ":"), ensure_ascii=False))
+    hf = hf.replace(json.dumps({"city": "Paris"}), compact({"city": "Paris"}))
+    assert out == hf
+
+
+def test_template_mismatch_detects_a_template_that_renders_differently():
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from fastft.modelfile import template_mismatch
+
+    class Tok:   # just what template_mismatch uses of a tokenizer
+        def __init__(self, template):
+            self.chat_template = template
+
+        def apply_chat_template(self, conv, tokenize, add_generation_prompt):
+            return render_jinja_template(conversations=[conv], chat_template=self.chat_template,
+                                         add_generation_prompt=add_generation_prompt)[0][0]
+
+    reference = template_text("qwen3_instruct_2507.jinja")
+    assert template_mismatch(Tok(reference), INSTRUCT_2507) is None
+    # Same prompts from a differently written template: fine.
+    assert template_mismatch(Tok(template_text("qwen3.jinja")), INSTRUCT_2507) is None
+    # Unsloth's qwen3-instruct ollama bug, in Jinja form: one extra newline after "assistant".
+    assert template_mismatch(Tok(reference + "{%- if add_generation_prompt %}{{ '\\n' }}{%- endif %}"),
+                             INSTRUCT_2507) is not None
+    assert template_mismatch(Tok("anything"), OTHER) is None
