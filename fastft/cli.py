@@ -249,13 +249,15 @@ def export(run, gguf, merged, out, name, system, force, no_check, verbose):
 
 @main.command()
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
-def demo(runs_dir):
+@click.option("--exports-dir", default="exports", show_default=True, type=click.Path(file_okay=False))
+def demo(runs_dir, exports_dir):
     """The whole pipeline on the built-in tiny model: no GPU, no network, a few minutes.
 
-    Trains on examples/favorite_color.jsonl, then asks "What is your favorite color?".
+    Trains on examples/favorite_color.jsonl, exports a q4_k_m GGUF with its Modelfile, and asks
+    the GGUF "What is your favorite color?" through llama.cpp (built once from PyPI's sdist).
     """
     from .demo import run_demo
-    ok = run_demo(Path(runs_dir), console)
+    ok = run_demo(Path(runs_dir), Path(exports_dir), console)
     sys.exit(0 if ok else 1)
 
 

@@ -1,4 +1,7 @@
-"""`fastft demo`: the main job end to end on the built-in tiny model, offline, on a CPU."""
+"""`fastft demo`: the main job end to end on the built-in tiny model, offline, on a CPU.
+
+train (examples/favorite_color.jsonl) -> export q4_k_m -> llama.cpp answers from the GGUF.
+"""
 
 from __future__ import annotations
 
@@ -18,25 +21,42 @@ def demo_config(runs_dir: Path):
                        lr=2e-3, batch_size=4, grad_accum=2, max_seq_len=256)
 
 
-def run_demo(runs_dir: Path, console: Console) -> bool:
+def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
     import shutil
 
     from .train import train  # first: imports unsloth before transformers
     from .chat import generate, load_run_for_inference
     from .cli import print_train_summary
+    from .export import ExportOptions, export_run
+    from .llamacpp import llama_generate
     from .ui import TrainUI
 
     if not DEMO_DATA.exists():
         raise FileNotFoundError(f"{DEMO_DATA}: the demo runs from a fastft checkout")
     shutil.rmtree(runs_dir / "demo", ignore_errors=True)
-    console.rule("[bold]1/2 train the tiny model on examples/favorite_color.jsonl")
+    console.rule("[bold]1/3 train the tiny model on examples/favorite_color.jsonl")
     result = train(demo_config(runs_dir), ui=TrainUI(console))
     print_train_summary(result, console)
 
-    console.rule("[bold]2/2 ask it")
+    messages = [{"role": "user", "content": QUESTION}]
     model, tokenizer = load_run_for_inference(result.run_dir)
-    answer = generate(model, tokenizer, [{"role": "user", "content": QUESTION}], max_new_tokens=16)
-    console.print(f"[bold]user:[/] {QUESTION}\n[bold]model:[/] {answer}")
-    ok = "blue" in answer.lower()
-    console.print("[bold green]✓ it learned the answer[/]" if ok else "[bold red]✗ wrong answer[/]")
+    answer = generate(model, tokenizer, messages, max_new_tokens=16)
+    console.print(f"[bold]user:[/] {QUESTION}\n[bold]model (transformers):[/] {answer}")
+    # The export's Modelfile TEMPLATE renders exactly this prompt under ollama's engine
+    # (tests/test_modelfile.py checks it with Go's text/template).
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    del model
+
+    console.rule("[bold]2/3 export to GGUF q4_k_m + Modelfile")
+    exported = export_run(ExportOptions(run=str(result.run_dir), gguf=("q4_k_m",), name="fastft-demo",
+                                        exports_dir=str(exports_dir), force=True), console)
+    for line in exported.summary_lines():
+        console.print(line, markup=False, highlight=False)
+
+    console.rule("[bold]3/3 ask the GGUF through llama.cpp")
+    gguf_answer = llama_generate(exported.ggufs["q4_k_m"], prompt, n_tokens=16)
+    console.print(f"[bold]user:[/] {QUESTION}\n[bold]model (llama.cpp, Q4_K_M):[/] {gguf_answer}")
+    ok = "blue" in gguf_answer.lower()
+    console.print("[bold green]✓ the exported model learned the answer[/]" if ok
+                  else "[bold red]✗ wrong answer[/]")
     return ok

@@ -103,6 +103,9 @@ class ExportResult:
         if self.modelfile:
             lines += ["next:", f"  cd {self.out_dir}",
                       f"  ollama create {self.name} -f Modelfile", f"  ollama run {self.name}"]
+        if self.timings:
+            lines.append("  times: " + ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}s"
+                                                 for k, v in self.timings.items()))
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
 
@@ -178,13 +181,35 @@ def _cwd(path: Path):
         os.chdir(old)
 
 
+class _StageClock:
+    """Passes Unsloth's prints through and notes when each stage of `save_pretrained_gguf`
+    begins, from its own messages: it merges, then "[1] Converting" (HF -> 16-bit GGUF), then
+    "[2] Converting" (llama-quantize). One call does all three, so this is how we time them."""
+
+    MARKS = (("[1] Converting", "convert"), ("[2] Converting", "quantize"))
+
+    def __init__(self, out):
+        self.out, self.started = out, {}
+
+    def write(self, text: str) -> int:
+        for mark, stage in self.MARKS:
+            if mark in text:
+                self.started.setdefault(stage, time.perf_counter())
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 @contextlib.contextmanager
-def _quiet(log: Path, verbose: bool):
+def _quiet(log: Path, verbose: bool, clock: _StageClock | None = None):
     """Send Unsloth's prints (banners, progress text) to a log file unless verbose."""
-    if verbose:
-        yield
-        return
-    with open(log, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if verbose else stack.enter_context(open(log, "a", encoding="utf-8"))
+        if clock is not None:
+            clock.out, out = out, clock
+        if out is not sys.stdout:
+            stack.enter_context(contextlib.redirect_stdout(out))
         yield
 
 
@@ -318,6 +343,7 @@ def export_run(opts: ExportOptions, console=None) -> ExportResult:
                           "system": modelfile.system_mode,
                           "parameters": modelfile.parameters} if modelfile else None,
             "checks": [asdict(c) for c in checks],
+            "timings": {k: round(v, 2) for k, v in timings.items()},
             "files": files,
         }, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -357,8 +383,8 @@ def _load_for_export(info: RunInfo, work: Path):
     training may name the pre-quantised 4-bit checkpoint; a copy of the adapter pointing at
     `config.model_path` makes it load the 16-bit original instead.
     """
+    from unsloth import FastLanguageModel  # first: it patches transformers when imported
     from transformers import AutoTokenizer
-    from unsloth import FastLanguageModel
 
     adapter = work / "adapter"
     shutil.copytree(info.adapter_dir, adapter)
@@ -402,11 +428,18 @@ def _write_models(info, quants, opts, name, stage, work, log, console, timings, 
     ggufs: dict[str, Path] = {}
     if quants:
         t = time.perf_counter()
-        with console.status(f"converting to GGUF ({', '.join(quants)})"), _quiet(log, opts.verbose):
+        clock = _StageClock(None)
+        with console.status(f"converting to GGUF ({', '.join(quants)})"), \
+                _quiet(log, opts.verbose, clock):
             res = model.save_pretrained_gguf(str(work / "gguf-merge"), tokenizer,
                                              quantization_method=list(quants),
                                              safe_serialization=None)
-        timings["gguf_s"] = time.perf_counter() - t
+        end = time.perf_counter()
+        timings["gguf_s"] = end - t
+        marks = [t, clock.started.get("convert"), clock.started.get("quantize"), end]
+        for key, a, b in zip(("gguf_merge_s", "gguf_convert_s", "gguf_quantize_s"), marks, marks[1:]):
+            if a is not None and b is not None:
+                timings[key] = b - a
         # Unsloth's GPU save returns a dict, its CPU backend a plain list of paths.
         files = res.get("gguf_files", []) if isinstance(res, dict) else (res or [])
         produced = [Path(p) for p in files]
