@@ -186,7 +186,8 @@ class _StageClock:
     begins, from its own messages: it merges, then "[1] Converting" (HF -> 16-bit GGUF), then
     "[2] Converting" (llama-quantize). One call does all three, so this is how we time them."""
 
-    MARKS = (("[1] Converting", "convert"), ("[2] Converting", "quantize"))
+    # With the "Unsloth: " prefix: its opening banner lists the same "[1]"/"[2]" steps as a plan.
+    MARKS = (("Unsloth: [1] Converting", "convert"), ("Unsloth: [2] Converting", "quantize"))
 
     def __init__(self, out):
         self.out, self.started = out, {}
