@@ -151,3 +151,19 @@ def test_eval_split_reports_eval_loss_and_keeps_best(tmp_path):
     assert result.summary["data"]["eval"] == 10 and result.summary["data"]["train"] == 90
     assert final["eval_loss"] >= final["best_eval_loss"] > 0
     assert final["best_checkpoint"]
+
+
+@pytest.mark.slow
+def test_packing_trains_with_the_label_mask(tmp_path):
+    # --packing: TRL packs input_ids and labels together, so prompts stay masked inside packs.
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    result = train(tiny_config(tmp_path, name="packed", packing=True, max_steps=3))
+    assert result.summary["final"]["global_step"] == 3
+    assert all(l == l and l > 0 for l in losses(result.run_dir))  # finite, positive
+
+    rows = {"input_ids": [[1, 2, 3], [4, 5, 6, 7]], "labels": [[-100, 2, 3], [-100, -100, 6, 7]]}
+    packed = pack_dataset(Dataset.from_dict(rows), seq_length=16, strategy="bfd")[0]
+    assert sorted(zip(packed["input_ids"], packed["labels"])) == sorted(
+        zip(sum(rows["input_ids"], []), sum(rows["labels"], [])))
