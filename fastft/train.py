@@ -55,6 +55,9 @@ class RunResult:
     summary: dict = field(default_factory=dict)
 
 
+DERIVED_KEYS = ("model_path", "padding_free")
+
+
 # -- data preparation (pure functions, tested directly) ----------------------------------------
 
 def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bool = False
@@ -189,7 +192,8 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
     if resume:
         run = resolve_run(resume)
         saved = json.loads((run / "fastft.json").read_text())
-        saved_cfg = {k: v for k, v in saved["config"].items() if k != "model_path"}  # derived
+        # fastft.json's config also records what was derived from it; the run re-derives those.
+        saved_cfg = {k: v for k, v in saved["config"].items() if k not in DERIVED_KEYS}
         cfg = TrainConfig.from_dict(saved_cfg | {"runs_dir": str(run.parent), "name": run.name})
         checkpoint = last_checkpoint(run)
         if checkpoint is None:
