@@ -24,9 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
-from .config import ALL_PROJECTIONS, TrainConfig, TrainError  # noqa: F401  (re-exported)
+from .config import TrainConfig, TrainError
 from .data import Example, load_conversations
 from .models import load_model, resolve_model
 from .template import ChatGuard, GuardError, Rendered

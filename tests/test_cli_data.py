@@ -199,14 +199,6 @@ def test_help(runner, args, options):
 
 # -- train: configuration -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def _train_module_imported():
-    """`fastft.train` imports Unsloth, whose banner goes to stdout: import it before the in-process
-    `--print-config` tests so they read only the config whatever order tests run in. What a
-    fresh process prints is tested by test_print_config_in_a_fresh_process_is_pure_toml."""
-    import fastft.train  # noqa: F401
-
-
 def print_config(runner, args) -> dict:
     result = runner.invoke(main, ["train", *args, "--print-config"])
     assert result.exit_code == 0, result.output
