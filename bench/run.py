@@ -42,8 +42,6 @@ TARGETS = {
     "loss_rel_diff": 0.01,  # |loss at the last common step| within 1% of classic
     "budget12_micro_batch": 2,  # under a 12 GB budget, chosen micro-batch > 2
 }
-# Flags fastft's train CLI must have; the others are passed only when its --help lists them.
-REQUIRED_FLAGS = ("--model", "--max-steps", "--name", "--runs-dir")
 
 
 # -- subprocesses ------------------------------------------------------------------------------
@@ -170,42 +168,15 @@ def _kill(proc: subprocess.Popen) -> None:
 
 # -- the train CLI -----------------------------------------------------------------------------
 
-def fastft_train_flags(logfile: Logfile) -> set[str]:
-    """The long flags `fastft train --help` lists (so we never pass one it lacks)."""
-    cmd = [sys.executable, "-m", "fastft.cli", "train", "--help"]
-    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
-    logfile.write(f"\n===== fastft train --help (exit {proc.returncode})\n{proc.stdout}{proc.stderr}")
-    if proc.returncode != 0:
-        raise SystemExit(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    flags = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", proc.stdout))
-    missing = [f for f in REQUIRED_FLAGS if f not in flags]
-    if missing:
-        raise SystemExit(f"fastft train lacks {', '.join(missing)}; bench/run.py needs them")
-    return flags
-
-
-def fastft_cmd(recipe: dict, a, model: Path, data: Path, runs: Path, flags: set[str]) -> list[str]:
+def fastft_cmd(recipe: dict, a, model: Path, data: Path, runs: Path) -> list[str]:
+    """`fastft train` at the classic recipe's effective batch (2 x 4); auto-batch may regroup it."""
     cmd = [sys.executable, "-m", "fastft.cli", "train", str(data), "--model", str(model),
-           "--max-steps", str(recipe["steps"]), "--name", recipe["name"], "--runs-dir", str(runs)]
-    optional = [("--lr", str(a.lr)), ("--seed", str(a.seed)), ("--warmup-ratio", "0.03"),
-                ("--no-eval", None)]
-    for flag, value in optional:
-        if flag in flags:
-            cmd += [flag] if value is None else [flag, value]
-    needed = ["--batch-size", "--grad-accum"]
-    cmd += ["--batch-size", "2", "--grad-accum", str(EFFECTIVE_BATCH // 2)]
-    if recipe["auto"]:
-        if "--auto-batch" in flags:
-            cmd.append("--auto-batch")
-    else:
-        needed.append("--no-auto-batch")
-        cmd.append("--no-auto-batch")
+           "--max-steps", str(recipe["steps"]), "--name", recipe["name"], "--runs-dir", str(runs),
+           "--lr", str(a.lr), "--seed", str(a.seed), "--warmup-ratio", "0.03",
+           "--batch-size", "2", "--grad-accum", str(EFFECTIVE_BATCH // 2),
+           "--auto-batch" if recipe["auto"] else "--no-auto-batch"]
     if recipe.get("budget") is not None:
-        needed.append("--vram-budget")
         cmd += ["--vram-budget", f"{recipe['budget']:g}"]
-    lacking = [f for f in needed if f not in flags]
-    if lacking:
-        raise RuntimeError(f"fastft train lacks {', '.join(lacking)}")
     return cmd
 
 
@@ -525,18 +496,6 @@ def main(argv=None) -> int:
     def remaining() -> float | None:
         return None if deadline is None else deadline - time.perf_counter()
 
-    # Ask the train CLI for its flags while the model builds (it imports only click and rich).
-    probe: dict = {}
-
-    def probe_flags():
-        try:
-            probe["flags"] = fastft_train_flags(logfile)
-        except BaseException as e:  # re-raised in the main thread when needed
-            probe["error"] = e
-
-    prober = threading.Thread(target=probe_flags, daemon=True)
-    prober.start()
-
     try:
         # 1. model and data (each in a subprocess: this process never touches the GPU)
         t = time.perf_counter()
@@ -565,12 +524,6 @@ def main(argv=None) -> int:
 
         # 2. recipes
         recipes = plan(a, cuda=bool(gpu))
-        flags: set[str] = set()
-        if any(r["kind"] == "fastft" for r in recipes):
-            prober.join()
-            if "error" in probe:  # the fastft rows fail with this error; the classic still runs
-                log(f"ERROR: `fastft train --help` failed: {probe['error']}")
-            flags = probe.get("flags", set())
         for recipe in recipes:
             name, tail = recipe["name"], []
             left = remaining()
@@ -598,9 +551,7 @@ def main(argv=None) -> int:
                     run = runs / name
                     if run.exists():
                         shutil.rmtree(run)
-                    if "error" in probe:
-                        raise RuntimeError(f"`fastft train --help` failed: {probe['error']}")
-                    cmd = fastft_cmd(recipe, a, model, data, runs, flags)
+                    cmd = fastft_cmd(recipe, a, model, data, runs)
                     rc, tail, secs = run_cmd(name, cmd, logfile, timeout,
                                              watch=run / "metrics.jsonl", echo=echo)
                     if rc != 0:
