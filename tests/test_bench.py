@@ -129,20 +129,25 @@ def test_chart_and_slug(tmp_path):
     assert svg.startswith("<svg") and svg.count("<rect") == 6
 
 
-def test_fastft_command_uses_only_flags_the_cli_has(tmp_path):
+def test_fastft_command_is_accepted_by_the_train_cli(tmp_path):
+    # Every flag the bench passes must exist in `fastft train` (checked by click's own parser).
+    from click.testing import CliRunner
+
+    from fastft.cli import main
     a = Namespace(lr=2e-4, seed=42)
-    flags = {"--model", "--max-steps", "--name", "--runs-dir", "--lr", "--seed", "--batch-size",
-             "--grad-accum", "--no-auto-batch", "--auto-batch", "--vram-budget"}
-    recipe = {"name": "fastft@12GB", "auto": True, "budget": 12.0, "steps": 10}
-    cmd = bench_run.fastft_cmd(recipe, a, tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "runs", flags)
-    assert cmd[cmd.index("--vram-budget") + 1] == "12" and "--no-eval" not in cmd
-    assert cmd[cmd.index("--max-steps") + 1] == "10" and "--auto-batch" in cmd
-    fixed = bench_run.fastft_cmd({"name": "fastft2x4", "auto": False, "steps": 20}, a,
-                                 tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "runs", flags)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    auto = bench_run.fastft_cmd({"name": "fastft@12GB", "auto": True, "budget": 12.0, "steps": 10},
+                                a, tmp_path / "m", data, tmp_path / "runs")
+    fixed = bench_run.fastft_cmd({"name": "fastft2x4", "auto": False, "steps": 20},
+                                 a, tmp_path / "m", data, tmp_path / "runs")
+    assert auto[auto.index("--vram-budget") + 1] == "12" and "--auto-batch" in auto
     assert "--no-auto-batch" in fixed and fixed[fixed.index("--batch-size") + 1] == "2"
-    with pytest.raises(RuntimeError, match="--vram-budget"):
-        bench_run.fastft_cmd(recipe, a, tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "runs",
-                             flags - {"--vram-budget"})
+    for cmd in (auto, fixed):
+        args = cmd[cmd.index("train"):] + ["--print-config"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert "max_steps = " in result.stdout
 
 
 def test_plan_selects_recipes():
