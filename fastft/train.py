@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import TrainConfig, TrainError
-from .data import Example, load_conversations
+from .data import Dataset, Example, load_conversations
 from .models import load_model, resolve_model
 from .template import ChatGuard, GuardError, Rendered
 
@@ -80,14 +80,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer) -> PreparedData:
-    """Load, guard and tokenise the training (and eval) data. Raises DataError/GuardError."""
+def load_data(cfg: TrainConfig) -> tuple[Dataset, list[Example]]:
+    """(training dataset, eval examples from --eval-file). Raises DataError on bad input."""
     train_ds = load_conversations(cfg.data, skip_invalid=cfg.skip_invalid)
-    examples = train_ds.examples
     eval_examples: list[Example] = []
     if cfg.eval_file:
         eval_examples = load_conversations(cfg.eval_file, skip_invalid=cfg.skip_invalid).examples
-    elif cfg.eval_split > 0:
+    return train_ds, eval_examples
+
+
+def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
+                 loaded: tuple[Dataset, list[Example]] | None = None) -> PreparedData:
+    """Guard and tokenise the training (and eval) data. Raises DataError/GuardError."""
+    train_ds, eval_examples = loaded or load_data(cfg)
+    examples = train_ds.examples
+    if not cfg.eval_file and cfg.eval_split > 0:
         shuffled = examples[:]
         random.Random(cfg.seed).shuffle(shuffled)
         n_eval = max(1, round(len(shuffled) * cfg.eval_split))
@@ -198,9 +205,11 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
         if checkpoint is None:
             raise TrainError(f"{run}: no checkpoint to resume from")
     else:
-        # Validate data before the (slow) model load so bad input fails in a second.
-        load_conversations(cfg.data, skip_invalid=cfg.skip_invalid)
-        run, checkpoint = new_run_dir(cfg), None
+        run, checkpoint = None, None
+    # Read and validate the data before the (slow) model load, so bad input fails in a second.
+    loaded = load_data(cfg)
+    if run is None:
+        run = new_run_dir(cfg)
 
     ref = resolve_model(cfg.model)
     ui.status(f"loading {cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
@@ -208,7 +217,7 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
     timings["load_s"] = time.perf_counter() - t0
 
     guard = ChatGuard(tokenizer, ref.path, think=cfg.think, path=cfg.data)
-    data = prepare_data(cfg, guard, tokenizer)
+    data = prepare_data(cfg, guard, tokenizer, loaded)
     ui.guard_report(guard.report, data)
     # Generation must stop where training taught the model to stop.
     model.generation_config.eos_token_id = tokenizer.eos_token_id
