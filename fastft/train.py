@@ -272,7 +272,7 @@ def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
     final = metrics.summary() | {"global_step": steps, "train_loss": out.training_loss}
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     if evals:
-        final.update(eval_loss=evals[-1], best_eval_loss=min(evals),
+        final.update(eval_loss=evals[-1], best_eval_loss=min(evals), eval_losses=evals,
                      best_checkpoint=trainer.state.best_model_checkpoint)
     timings["total_s"] = time.perf_counter() - t0
     meta.update(status="done", timings=timings, final=final)

@@ -167,3 +167,14 @@ def test_packing_trains_with_the_label_mask(tmp_path):
     packed = pack_dataset(Dataset.from_dict(rows), seq_length=16, strategy="bfd")[0]
     assert sorted(zip(packed["input_ids"], packed["labels"])) == sorted(
         zip(sum(rows["input_ids"], []), sum(rows["labels"], [])))
+
+
+@pytest.mark.slow
+def test_eval_file_is_evaluated_each_epoch(tmp_path):
+    lines = EXAMPLE.read_text().splitlines()
+    held_out = tmp_path / "eval.jsonl"
+    held_out.write_text("\n".join(lines[:5]) + "\n")
+    result = train(tiny_config(tmp_path, name="evalfile", eval_file=str(held_out), epochs=2))
+    assert result.summary["data"]["eval"] == 5 and result.summary["data"]["train"] == 100
+    final = json.loads((result.run_dir / "fastft.json").read_text())["final"]
+    assert len(final["eval_losses"]) == 2 and final["eval_loss"] == final["eval_losses"][-1] > 0
