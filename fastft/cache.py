@@ -1,7 +1,9 @@
-"""Where fastft keeps what it builds once and reuses: the tiny model, llama.cpp."""
+"""Where fastft keeps what it builds once and reuses (the tiny model, llama.cpp), and the file
+helpers its writers share."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -36,3 +38,11 @@ def building(final: Path) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

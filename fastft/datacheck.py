@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -10,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .data import DataError, DataIssue, Dataset, read_dataset
-from .template import ChatGuard, GuardReport
+from .template import ChatGuard, GuardReport, tokenize_rendered
 
 
 @dataclass
@@ -68,10 +69,10 @@ def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip
     tokenizer, model_path, result.tokenizer_note = load_tokenizer(model)
     guard = ChatGuard(tokenizer, model_path, think=think, path=str(path))
     for r in guard.render_all(ds.examples):
-        enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
-        result.lengths.append(len(enc["input_ids"]))
-        result.trained.append(sum(any(s <= a and b <= e for s, e in r.assistant_spans)
-                                  for a, b in enc["offset_mapping"]))
+        # Uncut, as training would see it before --max-seq-len: the table reports what is cut.
+        tok, _ = tokenize_rendered(r, tokenizer, max_seq_len=sys.maxsize)
+        result.lengths.append(len(tok.input_ids))
+        result.trained.append(sum(label != -100 for label in tok.labels))
     result.guard = guard.report
     return result
 

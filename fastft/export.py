@@ -25,7 +25,6 @@ output folder untouched; `--force` replaces the old folder only once the new one
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .cache import sha256_file  # noqa: F401  (also part of this module's API)
 from .llamacpp import LlamaCpp, LlamaCppError, ensure_llama_cpp, find_llama_cpp, llama_generate
 from .modelfile import FAMILIES, NAME_RE, ModelfileError, render_modelfile, template_mismatch
 from .template import detect_variant
@@ -162,14 +162,6 @@ def normalise_quants(quants) -> tuple[str, ...]:
 
 
 # -- small helpers -------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 @contextlib.contextmanager
 def _cwd(path: Path):

@@ -61,6 +61,27 @@ class Rendered:
 
 
 @dataclass
+class TokenizedExample:
+    line: int
+    input_ids: list[int]
+    labels: list[int]           # -100 where a token carries no loss
+
+
+def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bool = False
+                      ) -> tuple[TokenizedExample, bool]:
+    """(ids and labels cut at max_seq_len, whether it was cut); a token carries loss only if it
+    lies inside an assistant span (or everywhere with `train_on_all`)."""
+    enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = []
+    for tid, (a, b) in zip(ids, enc["offset_mapping"]):
+        inside = any(s <= a and b <= e for s, e in r.assistant_spans)
+        labels.append(tid if (train_on_all or inside) else -100)
+    truncated = len(ids) > max_seq_len
+    return TokenizedExample(r.line, ids[:max_seq_len], labels[:max_seq_len]), truncated
+
+
+@dataclass
 class GuardReport:
     variant: str
     template_replaced: bool = False

@@ -15,7 +15,6 @@ import sys
 with contextlib.redirect_stdout(sys.stderr):
     import unsloth  # noqa: F401  isort: skip
 
-import hashlib
 import json
 import os
 import platform
@@ -25,17 +24,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from .cache import sha256_file
 from .config import TrainConfig, TrainError
 from .data import Dataset, Example, load_conversations
 from .models import load_model, resolve_model
-from .template import ChatGuard, GuardError, Rendered
-
-@dataclass
-class TokenizedExample:
-    line: int
-    input_ids: list[int]
-    labels: list[int]
-
+from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered
 
 @dataclass
 class PreparedData:
@@ -58,27 +51,6 @@ DERIVED_KEYS = ("model_path", "padding_free")
 
 
 # -- data preparation (pure functions, tested directly) ----------------------------------------
-
-def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bool = False
-                      ) -> tuple[TokenizedExample, bool]:
-    """Token ids and labels; a token carries loss only if it lies inside an assistant span."""
-    enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    labels = []
-    for tid, (a, b) in zip(ids, enc["offset_mapping"]):
-        inside = any(s <= a and b <= e for s, e in r.assistant_spans)
-        labels.append(tid if (train_on_all or inside) else -100)
-    truncated = len(ids) > max_seq_len
-    return TokenizedExample(r.line, ids[:max_seq_len], labels[:max_seq_len]), truncated
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def load_data(cfg: TrainConfig) -> tuple[Dataset, list[Example]]:
     """(training dataset, eval examples from --eval-file). Raises DataError on bad input."""
@@ -123,7 +95,7 @@ def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
     if not train:
         raise TrainError(f"{cfg.data}: no example has a trainable token within --max-seq-len "
                          f"{cfg.max_seq_len}")
-    return PreparedData(train, evals, t1 + t2, d1 + d2, file_sha256(cfg.data), len(train_ds.examples))
+    return PreparedData(train, evals, t1 + t2, d1 + d2, sha256_file(cfg.data), len(train_ds.examples))
 
 
 # -- run folder --------------------------------------------------------------------------------
