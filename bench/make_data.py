@@ -3,17 +3,29 @@
 Each record is one user question and one long assistant answer made of pseudo-random English
 words (deterministic from --seed). Lengths are counted the way `fastft train` counts them: the
 whole conversation rendered with the Qwen3 Instruct-2507 chat template, tokenised without
-special tokens added. Default: every example is 1021..1024 tokens. `--vary`: targets spread
-uniformly over --min-tokens..--tokens (for padding-free / length-grouping measurements).
+special tokens added; each example has target-3..target tokens. Length distributions (--dist):
 
-    python bench/make_data.py bench/work/data-1024.jsonl --n 256 --tokens 1024
-    python bench/make_data.py bench/work/data-vary.jsonl --n 256 --vary --min-tokens 128
+longtail (default): real chat SFT data. Total tokens per conversation are log-normal with
+    median 400 and sigma 0.8, clipped to --min-tokens..--tokens (64..2048). Published sets look
+    like this: right-skewed, mean well above median, a long tail cut by max_seq_len.
+    E.g. Llama-Nemotron-Post-Training-Dataset-v1 in ShareGPT form reports median 393 / mean 528
+    tokens (mean/median 1.34, a log-normal sigma of ~0.77); OpenHermes-2.5- and Alpaca-style
+    single-turn sets sit lower, multi-turn ShareGPT/UltraChat higher with more over 2048. With
+    these parameters ~4-5% of examples are over 1536 tokens and ~2% are clipped to 2048 (as
+    over-long conversations are when truncated to max_seq_len); ~1% clipped up to 64.
+fixed: every example --tokens tokens (default 1024): the compute-bound, no-padding case.
+uniform (alias --vary): targets uniform over --min-tokens..--tokens (128..1024).
+
+    python bench/make_data.py bench/work/data-longtail.jsonl --n 256
+    python bench/make_data.py bench/work/data-1024.jsonl --n 256 --dist fixed --tokens 1024
+    python bench/make_data.py bench/work/data-vary.jsonl --n 256 --dist uniform --min-tokens 128
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -113,23 +125,49 @@ class Maker:
                              {"role": "assistant", "content": answer}]}, n
 
 
+DISTS = ("longtail", "fixed", "uniform")
+DEFAULT_TOKENS = {"longtail": 2048, "fixed": 1024, "uniform": 1024}  # --tokens: the maximum
+DEFAULT_MIN_TOKENS = {"longtail": 64, "fixed": 0, "uniform": 128}
+LONGTAIL_MEDIAN, LONGTAIL_SIGMA = 400, 0.8  # log-normal of total tokens (see the docstring)
+
+
+def target_lengths(n: int, dist: str = "longtail", tokens: int | None = None,
+                   min_tokens: int | None = None, seed: int = 0) -> list[int]:
+    """The token length each of `n` examples is made to (within TOLERANCE below), seeded."""
+    if dist not in DISTS:
+        raise ValueError(f"unknown length distribution {dist!r} (one of {', '.join(DISTS)})")
+    tokens = DEFAULT_TOKENS[dist] if tokens is None else tokens
+    low = DEFAULT_MIN_TOKENS[dist] if min_tokens is None else min_tokens
+    if dist == "fixed":
+        return [tokens] * n
+    if low > tokens:
+        raise ValueError(f"--min-tokens {low} is above --tokens {tokens}")
+    # Its own stream, so the text of example i does not depend on the length distribution.
+    rng = random.Random(f"lengths:{seed}")
+    if dist == "uniform":
+        return [rng.randint(low, tokens) for _ in range(n)]
+    mu = math.log(LONGTAIL_MEDIAN)
+    return [min(tokens, max(low, round(rng.lognormvariate(mu, LONGTAIL_SIGMA)))) for _ in range(n)]
+
+
 def load_tokenizer(path: str | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path or tiny_model_dir()))
 
 
-def make_data(out: Path, n: int = 256, tokens: int = 1024, seed: int = 0, vary: bool = False,
-              min_tokens: int = 128, tokenizer=None) -> list[int]:
-    """Write `n` examples to `out` (atomically); returns their token lengths."""
+def make_data(out: Path, n: int = 256, tokens: int | None = None, seed: int = 0, vary: bool = False,
+              min_tokens: int | None = None, tokenizer=None, dist: str = "longtail") -> list[int]:
+    """Write `n` examples to `out` (atomically); returns their token lengths.
+    `vary=True` is the old spelling of dist="uniform"."""
+    targets = target_lengths(n, "uniform" if vary else dist, tokens, min_tokens, seed)
     tok = tokenizer if tokenizer is not None else load_tokenizer(None)
     maker = Maker(tok)
     rng = random.Random(seed)
     tmpl = (Path(__file__).resolve().parents[1] / "fastft" / "templates" /
             "qwen3_instruct_2507.jinja").read_text()
     lengths, rows = [], []
-    for i in range(n):
-        target = rng.randint(min_tokens, tokens) if vary else tokens
+    for i, target in enumerate(targets):
         row, length = maker.example(rng, i, target)
         if i == 0:  # the hand-written rendering must be the template's, byte for byte
             text = tok.apply_chat_template(row["messages"], tokenize=False, chat_template=tmpl)
@@ -150,17 +188,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="JSONL file to write")
     ap.add_argument("--n", type=int, default=256, help="number of examples (default 256)")
-    ap.add_argument("--tokens", type=int, default=1024,
-                    help="tokens per example (the maximum with --vary); default 1024")
-    ap.add_argument("--min-tokens", type=int, default=128, help="minimum tokens with --vary (128)")
-    ap.add_argument("--vary", action="store_true", help="spread lengths over --min-tokens..--tokens")
+    ap.add_argument("--dist", choices=DISTS, default="longtail",
+                    help="length distribution (default longtail; see above)")
+    ap.add_argument("--tokens", type=int,
+                    help="maximum tokens per example (every example's with fixed); "
+                         "default 2048 for longtail, 1024 otherwise")
+    ap.add_argument("--min-tokens", type=int, help="minimum tokens (default 64 longtail, 128 uniform)")
+    ap.add_argument("--vary", action="store_const", const="uniform", dest="dist",
+                    help="same as --dist uniform (kept for old command lines)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer", help="tokenizer folder (default: fastft's tiny model, real Qwen vocab)")
     a = ap.parse_args(argv)
-    log(f"making {a.n} examples -> {a.out}")
-    lengths = make_data(a.out, a.n, a.tokens, a.seed, a.vary, a.min_tokens, load_tokenizer(a.tokenizer))
-    log(f"wrote {a.out}: {len(lengths)} examples, tokens min {min(lengths)} / "
-        f"mean {statistics.mean(lengths):.1f} / max {max(lengths)}, total {sum(lengths)}")
+    log(f"making {a.n} {a.dist} examples -> {a.out}")
+    lengths = make_data(a.out, a.n, a.tokens, a.seed, min_tokens=a.min_tokens,
+                        tokenizer=load_tokenizer(a.tokenizer), dist=a.dist)
+    log(f"wrote {a.out}: {len(lengths)} examples, tokens min {min(lengths)} / median "
+        f"{statistics.median(lengths):.0f} / mean {statistics.mean(lengths):.1f} / max {max(lengths)}, "
+        f"total {sum(lengths)}")
     return 0
 
 

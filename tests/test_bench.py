@@ -13,7 +13,7 @@ if str(REPO) not in sys.path:  # `bench` is a folder of scripts, not an installe
     sys.path.insert(0, str(REPO))
 
 from bench import run as bench_run  # noqa: E402
-from bench.make_data import TOLERANCE, make_data  # noqa: E402
+from bench.make_data import TOLERANCE, main as make_data_main, make_data, target_lengths  # noqa: E402
 
 CHAT_TEMPLATE = (REPO / "fastft" / "templates" / "qwen3_instruct_2507.jinja").read_text()
 
@@ -31,15 +31,15 @@ def rendered_lengths(path, tok):
 def test_make_data_gives_the_token_lengths_asked(tmp_path, tiny_path, tokenizer_of):
     tok = tokenizer_of(tiny_path)
     path = tmp_path / "fixed.jsonl"
-    reported = make_data(path, n=6, tokens=1024, seed=1, tokenizer=tok)
+    reported = make_data(path, n=6, tokens=1024, seed=1, tokenizer=tok, dist="fixed")
     measured = rendered_lengths(path, tok)
     assert measured == reported
     assert all(1024 - TOLERANCE <= n <= 1024 for n in measured), measured
     # Deterministic from the seed; another seed gives other text.
     again = tmp_path / "again.jsonl"
-    make_data(again, n=6, tokens=1024, seed=1, tokenizer=tok)
+    make_data(again, n=6, tokens=1024, seed=1, tokenizer=tok, dist="fixed")
     assert again.read_text() == path.read_text()
-    make_data(again, n=6, tokens=1024, seed=2, tokenizer=tok)
+    make_data(again, n=6, tokens=1024, seed=2, tokenizer=tok, dist="fixed")
     assert again.read_text() != path.read_text()
 
 
@@ -52,12 +52,63 @@ def test_make_data_vary_spreads_lengths(tmp_path, tiny_path, tokenizer_of):
     assert max(measured) - min(measured) > 400  # spread, not all alike
 
 
+def test_target_lengths_longtail_looks_like_chat_sft_data():
+    import statistics
+    lengths = target_lengths(4000, "longtail", seed=0)
+    assert lengths == target_lengths(4000, "longtail", seed=0)
+    assert lengths != target_lengths(4000, "longtail", seed=1)
+    assert min(lengths) >= 64 and max(lengths) <= 2048
+    assert 350 <= statistics.median(lengths) <= 450
+    assert statistics.mean(lengths) > 1.2 * statistics.median(lengths)  # skewed right
+    assert 0.01 <= sum(n > 1536 for n in lengths) / len(lengths) <= 0.10  # a tail near max_seq_len
+    assert sum(n == 2048 for n in lengths) >= 40  # over-long conversations cut at the maximum
+    assert sum(n < 256 for n in lengths) / len(lengths) > 0.2  # many short ones
+    # --tokens / --min-tokens bound it.
+    small = target_lengths(500, "longtail", tokens=1024, min_tokens=128, seed=0)
+    assert min(small) == 128 and max(small) == 1024
+
+
+def test_target_lengths_fixed_and_uniform():
+    assert target_lengths(5, "fixed", tokens=512) == [512] * 5
+    assert target_lengths(3, "fixed") == [1024] * 3
+    uniform = target_lengths(1000, "uniform", seed=0)
+    assert min(uniform) >= 128 and max(uniform) <= 1024 and max(uniform) - min(uniform) > 800
+    with pytest.raises(ValueError):
+        target_lengths(3, "nope")
+    with pytest.raises(ValueError):
+        target_lengths(3, "uniform", tokens=100, min_tokens=200)
+
+
+def test_make_data_default_is_longtail_and_exact(tmp_path, tiny_path, tokenizer_of):
+    tok = tokenizer_of(tiny_path)
+    path = tmp_path / "longtail.jsonl"
+    reported = make_data(path, n=64, seed=0, tokenizer=tok)
+    measured = rendered_lengths(path, tok)
+    targets = target_lengths(64, "longtail", seed=0)
+    assert measured == reported
+    assert all(t - TOLERANCE <= n <= t for t, n in zip(targets, measured)), list(zip(targets, measured))
+    assert min(measured) <= 100 and max(measured) >= 2048 - TOLERANCE
+
+
+def test_make_data_cli_dists(tmp_path, tiny_path, tokenizer_of):
+    tok = tokenizer_of(tiny_path)
+    common = ["--n", "3", "--tokenizer", str(tiny_path)]
+    assert make_data_main([str(tmp_path / "f.jsonl"), "--dist", "fixed", "--tokens", "256"] + common) == 0
+    assert all(256 - TOLERANCE <= n <= 256 for n in rendered_lengths(tmp_path / "f.jsonl", tok))
+    # --vary is the old spelling of --dist uniform.
+    make_data_main([str(tmp_path / "v.jsonl"), "--vary"] + common)
+    make_data_main([str(tmp_path / "u.jsonl"), "--dist", "uniform"] + common)
+    assert (tmp_path / "v.jsonl").read_text() == (tmp_path / "u.jsonl").read_text()
+    targets = target_lengths(3, "uniform", seed=0)
+    assert all(t - TOLERANCE <= n <= t for t, n in zip(targets, rendered_lengths(tmp_path / "u.jsonl", tok)))
+
+
 @pytest.mark.slow
 def test_classic_recipe_runs_two_steps_on_cpu(tmp_path, tiny_path, tokenizer_of):
     import torch
 
     data = tmp_path / "data.jsonl"
-    make_data(data, n=4, tokens=128, seed=0, tokenizer=tokenizer_of(tiny_path))
+    make_data(data, n=4, tokens=128, seed=0, tokenizer=tokenizer_of(tiny_path), dist="fixed")
     out, metrics = tmp_path / "classic.json", tmp_path / "metrics.jsonl"
     cmd = [sys.executable, str(REPO / "bench" / "classic.py"), "--model", str(tiny_path),
            "--data", str(data), "--out", str(out), "--metrics", str(metrics),
