@@ -114,8 +114,10 @@ def run(a) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     loss_mask = _assistant_only_setup(tokenizer)
     ds = load_dataset("json", data_files=str(a.data), split="train")
+    eval_ds = load_dataset("json", data_files=str(a.eval_data), split="train") if a.eval_data else None
     if loss_mask == "completion_only_loss":
         ds = ds.map(_to_prompt_completion, remove_columns=ds.column_names)
+        eval_ds = eval_ds and eval_ds.map(_to_prompt_completion, remove_columns=eval_ds.column_names)
 
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
@@ -148,6 +150,7 @@ def run(a) -> dict:
         cfg = SFTConfig(
             output_dir=tmp,
             per_device_train_batch_size=a.micro_batch,
+            per_device_eval_batch_size=a.micro_batch,
             gradient_accumulation_steps=a.grad_accum,
             max_steps=a.steps,
             learning_rate=a.lr,
@@ -172,7 +175,8 @@ def run(a) -> dict:
             completion_only_loss=True if loss_mask == "completion_only_loss" else None,
             dataset_num_proc=1,
         )
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer)
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer)
         row = trainer.train_dataset[0]
         n_loss = sum(l != -100 for l in row["labels"])
         log(f"classic: example 0 has {len(row['input_ids'])} tokens, {n_loss} with loss ({loss_mask})")
@@ -185,6 +189,7 @@ def run(a) -> dict:
         t1 = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - t1
+        eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
 
     s = metrics.summary()
     records = [asdict(r) for r in metrics.records]
@@ -200,6 +205,7 @@ def run(a) -> dict:
         "peak_mem_alloc_gib": s["peak_mem_alloc_gib"],
         "peak_mem_reserved_gib": s["peak_mem_reserved_gib"],
         "last_loss": s["last_loss"],
+        "eval_loss": eval_loss,
         "losses": [r["loss"] for r in records],
         "records": records,
         "optim": optim,
@@ -235,6 +241,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=2048,
                     help="truncation length (default 2048, as fastft; the data is shorter)")
     ap.add_argument("--optim", default="paged_adamw_8bit")
+    ap.add_argument("--eval-data", help="JSONL of held-out `messages` records: eval loss after the last step")
     a = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .models import load_for_inference
+from .run import RunFolder
 
 
 def load_run_for_inference(run: str | Path, load_in_4bit: bool | None = None):
     """(model, tokenizer) of a run's base model with its adapter, ready for generation."""
-    from unsloth import FastLanguageModel
-
-    run = Path(run)
-    cfg = json.loads((run / "fastft.json").read_text())["config"]
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(run / "adapter"), max_seq_length=cfg["max_seq_len"],
-        load_in_4bit=cfg["load_in_4bit"] if load_in_4bit is None else load_in_4bit,
-        trust_remote_code=False, local_files_only=True)
-    FastLanguageModel.for_inference(model)
-    return model, tokenizer
+    folder = RunFolder.open(run)
+    cfg = folder.read().config
+    return load_for_inference(folder.adapter, cfg.max_seq_len,
+                              cfg.load_in_4bit if load_in_4bit is None else load_in_4bit)
 
 
 def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> str:

@@ -1,40 +1,68 @@
-"""The `fastft` command line: a thin layer of click over functions the tests call directly."""
+"""The `fastft` command line: a thin layer of click over functions the tests call directly.
+
+`fastft train`'s options are generated from `fastft.config.TrainConfig` (names, help, defaults,
+choices), so the config type is their one owner. Errors: a `FastftError` is printed as one
+line (exit 1); anything else is a bug, logged with its traceback (exit 70).
+"""
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import asdict
+import traceback
+import typing
+from datetime import datetime
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from . import __version__
-from .models import DEFAULT_MODEL
+from .config import TrainConfig, flag_names, resolve_config, to_toml
+from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
 
 console = Console(stderr=True)
 
 
 class FastftGroup(click.Group):
-    """Turns fastft's expected errors (bad data, bad config) into a message and exit code 1."""
+    """Turns fastft's own errors into one line and exit 1, and any other error into a short
+    'this is a bug' message with the traceback in a log file, and exit 70."""
 
     def invoke(self, ctx):
-        from .data import DataError
-        from .template import GuardError
-        from .config import TrainError
         try:
             return super().invoke(ctx)
-        except (DataError, GuardError, TrainError, FileNotFoundError, ValueError) as e:
+        except FastftError as e:
             console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-            ctx.exit(1)
+            ctx.exit(EXIT_USER_ERROR)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            report_bug(e, debug=ctx.params.get("debug", False))
+            ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def report_bug(e: BaseException, debug: bool) -> Path | None:
+    from .cache import cache_dir
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    log = cache_dir() / "logs" / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"fastft {__version__}\n{' '.join(sys.argv)}\n\n{text}", encoding="utf-8")
+    except OSError:
+        log = None
+    if debug:
+        console.print(text, markup=False, highlight=False)
+    console.print(f"[bold red]internal error[/] (a bug in fastft or a library it uses): "
+                  f"{escape(type(e).__name__)}: {escape(str(e))}", highlight=False)
+    if log:
+        console.print(f"the full traceback is in {log}; --debug prints it", highlight=False)
+    return log
 
 
 @click.group(cls=FastftGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fastft")
-def main():
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error.")
+def main(debug):
     """Fine-tune Qwen3 on your conversations with Unsloth, then run it in ollama.
 
     \b
@@ -42,7 +70,54 @@ def main():
       fastft train data.jsonl          QLoRA SFT of Qwen3-4B-Instruct-2507 into runs/<name>/
       fastft export --gguf q4_k_m      GGUF + Modelfile folder for `ollama create`
       fastft demo                      the whole pipeline on a built-in tiny model (CPU, offline)
+
+    Exit codes: 0 ok, 1 bad input/config/state (the message says which), 2 bad usage,
+    70 internal error (a bug: the traceback goes to a log file), 130 interrupted.
     """
+
+
+# -- options generated from TrainConfig ---------------------------------------------------------
+
+def config_options(*names: str):
+    """click options for these TrainConfig fields (all but `data` when none are named).
+
+    Every value is passed as given (None when absent), and TrainConfig validates flags and TOML
+    values alike; the help shows the field's description, choices and default."""
+    fields = TrainConfig.model_fields
+    names = names or tuple(n for n in fields if n != "data")
+
+    def decorate(f):
+        for name in reversed(names):
+            f = _option(name, fields[name])(f)
+        return f
+    return decorate
+
+
+def _option(name: str, field):
+    flags = flag_names(name)
+    default = field.default
+    help_text = field.description
+    if "[default:" not in help_text and default is not None:
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        if isinstance(default, bool) and len(flags) == 2:
+            shown = flags[0 if default else 1]
+        elif isinstance(default, bool):
+            shown = "on" if default else "off"
+        help_text += f" [default: {shown}]"
+    if field.annotation is bool:
+        spelling = "/".join(flags) if len(flags) == 2 else f"{flags[0]}/--no-{flags[0][2:]}"
+        return click.option(spelling, name, default=None, help=help_text)
+    choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
+    metavar = "[" + "|".join(choices) + "]" if choices else _metavar(field.annotation)
+    return click.option(flags[0], name, default=None, metavar=metavar, help=help_text)
+
+
+def _metavar(annotation) -> str:
+    base = {int: "INT", float: "FLOAT"}
+    for t in (annotation, *typing.get_args(annotation)):
+        if t in base:
+            return base[t]
+    return "TEXT"
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -54,13 +129,8 @@ def data():
 
 @data.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model whose tokenizer and chat template count the tokens (`tiny` for the built-in one).")
-@click.option("--max-seq-len", default=2048, show_default=True, help="Report examples longer than this.")
-@click.option("--think", type=click.Choice(["strip", "keep", "error"]), default="strip", show_default=True,
-              help="Think blocks in assistant data of a non-thinking model: strip, keep or reject them.")
-@click.option("--skip-invalid", is_flag=True, help="Drop bad records (and say how many) instead of failing.")
-def data_check(file, model, max_seq_len, think, skip_invalid):
+@config_options("model", "max_seq_len", "think", "skip_invalid")
+def data_check(file, **flags):
     """Validate FILE (JSONL or JSON array) and summarise it.
 
     Accepts `messages`, `conversations` (role/content or ShareGPT from/value), Alpaca
@@ -69,145 +139,49 @@ def data_check(file, model, max_seq_len, think, skip_invalid):
     """
     from .datacheck import check_dataset, print_check
 
-    result = check_dataset(file, model=model, max_seq_len=max_seq_len, think=think,
-                           skip_invalid=skip_invalid)
+    cfg = resolve_config(file, None, flags)
+    result = check_dataset(file, model=cfg.model, max_seq_len=cfg.max_seq_len, think=cfg.think,
+                           skip_invalid=cfg.skip_invalid)
     print_check(result, console)
     sys.exit(0 if result.ok else 1)
 
 
 # -- train --------------------------------------------------------------------------------------
 
-def _train_options(f):
-    opts = [
-        click.option("--model", help=f"Hub id, local folder, or `tiny`. [default: {DEFAULT_MODEL}]"),
-        click.option("--16bit", "sixteen_bit", is_flag=True, default=None,
-                     help="Load the base in 16-bit (LoRA) instead of 4-bit (QLoRA)."),
-        click.option("--name", help="Run name: runs/<name>/. [default: <data>-<timestamp>]"),
-        click.option("--runs-dir", type=click.Path(file_okay=False), help="Where runs go. [default: runs]"),
-        click.option("--max-seq-len", type=int, help="Tokens per example; longer ones are cut. [default: 2048]"),
-        click.option("--rank", type=int, help="LoRA rank r. [default: 16]"),
-        click.option("--alpha", type=int, help="LoRA alpha (scale alpha/r). [default: 32]"),
-        click.option("--dropout", type=float, help="LoRA dropout. [default: 0]"),
-        click.option("--target-modules", help="Comma-separated projections to adapt. [default: all seven]"),
-        click.option("--rslora", is_flag=True, default=None, help="Rank-stabilised LoRA (scale alpha/sqrt(r))."),
-        click.option("--dora", is_flag=True, default=None, help="Weight-decomposed LoRA (slower)."),
-        click.option("--lr", type=float, help="Peak learning rate. [default: 2e-4]"),
-        click.option("--scheduler", help="LR schedule. [default: cosine]"),
-        click.option("--warmup-ratio", type=float, help="Warm-up share of steps. [default: 0.03]"),
-        click.option("--epochs", type=float, help="Passes over the data. [default: 3]"),
-        click.option("--max-steps", type=int, help="Stop after this many optimizer steps (overrides --epochs)."),
-        click.option("--batch-size", type=int, help="Micro-batch per step. [default: 2]"),
-        click.option("--grad-accum", type=int, help="Micro-batches per optimizer step. [default: 4]"),
-        click.option("--auto-batch/--no-auto-batch", default=None,
-                     help="On a GPU, raise the micro-batch while it fits, keeping batch-size x grad-accum. [default: on]"),
-        click.option("--vram-budget", type=float, help="GiB of GPU memory auto-batch may use."),
-        click.option("--gradient-checkpointing", type=click.Choice(["unsloth", "true", "false"]),
-                     help="unsloth: offload activations to CPU (least VRAM); true: keep on GPU; "
-                          "false: no checkpointing (fastest). [default: unsloth]"),
-        click.option("--optim", help="Optimizer. [default: adamw_8bit on GPU]"),
-        click.option("--seed", type=int, help="Random seed. [default: 42]"),
-        click.option("--train-on-all", is_flag=True, default=None, help="Loss on prompts too, not only assistant turns."),
-        click.option("--think", type=click.Choice(["strip", "keep", "error"]),
-                     help="Think blocks in the data of a non-thinking model. [default: strip]"),
-        click.option("--packing", is_flag=True, default=None, help="Pack several examples per sequence."),
-        click.option("--padding", type=click.Choice(["auto", "padded", "free"]),
-                     help="Batches padded (compiled, fastest when lengths match) or padding-free "
-                          "(no compute on pads). [default: auto, by the data's pad waste]"),
-        click.option("--eval-split", type=float, help="Hold out this share for eval loss each epoch."),
-        click.option("--eval-file", type=click.Path(exists=True, dir_okay=False), help="Eval data file."),
-        click.option("--save-steps", type=int, help="Checkpoint every N steps. [default: each epoch]"),
-        click.option("--skip-invalid", is_flag=True, default=None, help="Drop bad records instead of failing."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def build_config(data_path: str | None, config_file: str | None, flags: dict):
-    """Defaults, overridden by the TOML file, overridden by flags given on the command line."""
-    from .config import TrainConfig
-
-    values: dict = {}
-    if config_file:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        with open(config_file, "rb") as f:
-            values.update(tomllib.load(f))
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key == "sixteen_bit":
-            values["load_in_4bit"] = not value
-        elif key == "target_modules":
-            values[key] = [m.strip() for m in value.split(",") if m.strip()]
-        else:
-            values[key] = value
-    if data_path:
-        values["data"] = data_path
-    if "data" not in values:
-        raise click.UsageError("give DATA (or `data = ...` in --config)")
-    return TrainConfig.from_dict(values)
-
-
 @main.command()
 @click.argument("data", required=False, type=click.Path(dir_okay=False))
-@_train_options
+@config_options()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML file of options (same names, underscores); flags override it.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),
-              help="Continue RUN from its last checkpoint (its saved config is used).")
+              help="Continue RUN from its last complete checkpoint, with the config it saved.")
 def train(data, config_file, print_config, resume, **flags):
     """QLoRA-fine-tune a model on DATA (a JSONL/JSON file of conversations).
 
-    Defaults: unsloth/Qwen3-4B-Instruct-2507 in 4-bit, LoRA r=16 alpha=32 on all seven
-    projections, lr 2e-4 cosine with 3% warm-up, 3 epochs, effective batch 8, loss on assistant
-    tokens only. Writes runs/<name>/ (adapter, checkpoints, metrics.jsonl, fastft.json) and
-    points runs/latest at it.
+    Writes runs/<name>/ (adapter, checkpoints, metrics.jsonl, fastft.json) and points
+    runs/latest at it. Every option can also come from a TOML file (--config).
     """
-    cfg = None if resume else build_config(data, config_file, flags)
-    if print_config and cfg:
-        click.echo(to_toml(asdict(cfg)), nl=False)
-        return
-    from .train import train as run_train  # first: imports unsloth before transformers
-    from .ui import TrainUI
+    if resume:
+        given = [flag_names(k)[0] for k, v in flags.items() if v is not None]
+        if data or config_file or given:
+            raise click.UsageError(f"--resume continues with the run's saved config; drop "
+                                   f"{', '.join(given + ['DATA'] * bool(data) + ['--config'] * bool(config_file))}")
+        if print_config:
+            from .run import RunFolder
+            click.echo(to_toml(RunFolder.open(resume).read().config), nl=False)
+            return
+    else:
+        cfg = resolve_config(data, config_file, flags)
+        if print_config:
+            click.echo(to_toml(cfg), nl=False)
+            return
+    from . import train as training  # heavy: imports Unsloth, torch, transformers
+    from .ui import TrainUI, print_run_summary
 
-    result = run_train(cfg, resume=resume, ui=TrainUI(console))
-    print_train_summary(result, console)
-
-
-def to_toml(d: dict) -> str:
-    lines = []
-    for k, v in d.items():
-        if v is None:
-            lines.append(f"# {k} =")
-        else:
-            lines.append(f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}")
-    return "\n".join(lines) + "\n"
-
-
-def print_train_summary(result, console: Console) -> None:
-    meta = result.summary
-    final, cfg = meta.get("final", {}), meta["config"]
-    t = Table(title=f"Run {result.run_dir.name}", show_header=False, title_justify="left")
-    t.add_row("run folder", str(result.run_dir))
-    t.add_row("model", f"{cfg['model']} ({'4-bit' if cfg['load_in_4bit'] else '16-bit'})")
-    t.add_row("batch", f"{cfg['batch_size']} x {cfg['grad_accum']} accumulation")
-    t.add_row("steps", str(final.get("global_step")))
-    if final.get("last_loss") is not None:
-        t.add_row("loss (last step)", f"{final['last_loss']:.4f}")
-    if final.get("eval_loss") is not None:
-        t.add_row("eval loss (last / best)", f"{final['eval_loss']:.4f} / {final['best_eval_loss']:.4f}")
-    if final.get("tokens_per_s"):
-        t.add_row("tokens/s", f"{final['tokens_per_s']:,.0f}")
-    if final.get("peak_mem_alloc_gib") is not None:
-        t.add_row("peak GPU memory", f"{final['peak_mem_alloc_gib']:.2f} GiB allocated, "
-                                     f"{final['peak_mem_reserved_gib']:.2f} GiB reserved")
-    t.add_row("time", f"{meta['timings']['total_s']:.0f} s")
-    t.add_row("next", "fastft export --gguf q4_k_m")
-    console.print(t)
+    ui = TrainUI(console)
+    result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui=ui)
+    print_run_summary(result.folder, result.record, console)
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -215,8 +189,8 @@ def print_train_summary(result, console: Console) -> None:
 @main.command()
 @click.argument("run", default="runs/latest", type=click.Path(file_okay=False))
 @click.option("--gguf", "gguf", multiple=True,
-              type=click.Choice(["q4_k_m", "q5_k_m", "q8_0", "f16", "bf16"], case_sensitive=False),
-              help="GGUF quantisation; repeat for several. The Modelfile uses the first. [default: q4_k_m]")
+              help="GGUF quantisation (q4_k_m, q5_k_m, q8_0, f16, bf16); repeat for several. "
+                   "The Modelfile uses the first. [default: q4_k_m]")
 @click.option("--merged", is_flag=True, help="Also write the 16-bit merged model (safetensors) to OUT/merged/.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder. [default: exports/NAME]")
 @click.option("--name", help="Model name for ollama and the GGUF files. [default: the run's name]")
@@ -227,20 +201,17 @@ def print_train_summary(result, console: Console) -> None:
 def export(run, gguf, merged, out, name, system, force, no_check, verbose):
     """Export RUN (default: runs/latest) to an ollama-ready folder.
 
-    Merges the LoRA adapter into the original 16-bit base weights, writes
-    <name>.<QUANT>.gguf files through llama.cpp (built from PyPI's llama-cpp-python sdist if
-    none is found; UNSLOTH_LLAMA_CPP_PATH points at your own), a Modelfile whose TEMPLATE
-    renders exactly the training chat template, a README and fastft-export.json.
+    Merges the LoRA adapter into the original 16-bit base weights once, converts it to one
+    16-bit GGUF and quantises each <name>.<QUANT>.gguf from it with llama.cpp (built from
+    PyPI's llama-cpp-python sdist if none is found; UNSLOTH_LLAMA_CPP_PATH points at your own),
+    and writes a Modelfile whose TEMPLATE renders exactly the training chat template, a README
+    and fastft-export.json.
     """
-    from .export import DEFAULT_QUANTS, ExportError, ExportOptions, export_run
-    from .llamacpp import LlamaCppError
+    from .export import DEFAULT_QUANTS, ExportOptions, export_run
 
-    try:
-        res = export_run(ExportOptions(run=run, gguf=tuple(q.lower() for q in gguf) or DEFAULT_QUANTS,
-                                       merged=merged, out=out, name=name, system=system,
-                                       force=force, check=not no_check, verbose=verbose), console)
-    except (ExportError, LlamaCppError) as e:
-        raise click.ClickException(str(e))
+    res = export_run(ExportOptions(run=run, gguf=tuple(q.lower() for q in gguf) or DEFAULT_QUANTS,
+                                   merged=merged, out=out, name=name, system=system,
+                                   force=force, check=not no_check, verbose=verbose), console)
     for line in res.summary_lines():
         console.print(line, markup=False, highlight=False)
 

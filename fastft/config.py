@@ -1,72 +1,191 @@
-"""The training configuration: plain data, cheap to import (the CLI builds it before any model code)."""
+"""Every training option, its default, its help text and its validation: one owner.
+
+The CLI's `fastft train` options are generated from `TrainConfig`'s fields (see `fastft.cli`),
+`--print-config` and `fastft.json` print it, and a TOML file is validated by it: change a default
+or a help text here and all of them change. A flag and a TOML value go through the same pydantic
+validation, so they fail the same way, with the same message, before anything is created or
+loaded. Cheap to import: no torch, no transformers.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from typing import Any, Literal, Optional
 
-from .models import DEFAULT_MODEL
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
 
-class TrainError(RuntimeError):
-    pass
-
-
+DEFAULT_MODEL = "unsloth/Qwen3-4B-Instruct-2507"
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                    "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
+# The optimizers worth choosing for LoRA; the 8-bit ones need CUDA (CPU runs use adamw_torch).
+Optimizer = Literal["adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torch_fused",
+                    "paged_adamw_32bit", "adafactor", "lion_8bit", "paged_lion_8bit", "sgd"]
+Checkpointing = Literal["auto", "unsloth", "true", "false"]
+Padding = Literal["auto", "padded", "free"]
+Think = Literal["strip", "keep", "error"]
 
-@dataclass
-class TrainConfig:
-    """Everything that decides a run; written to fastft.json so a run can be reproduced or resumed."""
-    data: str
-    model: str = DEFAULT_MODEL
-    name: str | None = None
-    runs_dir: str = "runs"
-    load_in_4bit: bool = True
-    max_seq_len: int = 2048
+
+def opt(default: Any, help: str, flag: str | None = None, **checks) -> Any:
+    """A config field: its default, its --help text, optionally its click flag spelling."""
+    extra = {"flag": flag} if flag else None
+    return Field(default, description=help, json_schema_extra=extra, **checks)
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a run; saved in fastft.json so a run can be reproduced or resumed."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: str = Field(description="Training data: a JSONL file (or JSON array) of conversations.")
+    model: str = opt(DEFAULT_MODEL, "Hub id, local folder, or `tiny` (the built-in test model).")
+    name: Optional[str] = opt(None, "Run name: the run goes to RUNS_DIR/NAME. [default: <data>-<timestamp>]")
+    runs_dir: str = opt("runs", "Folder that holds the runs.")
+    load_in_4bit: bool = opt(True, "Load the base in 4-bit (QLoRA) or 16-bit (LoRA).", flag="--4bit/--16bit")
+    max_seq_len: int = opt(2048, "Tokens per example; longer examples are cut.", ge=16)
     # LoRA: the field's defaults (r=16, alpha=2r, no dropout, every linear projection).
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ALL_PROJECTIONS
-    rslora: bool = False
-    dora: bool = False
+    rank: int = opt(16, "LoRA rank r.", gt=0)
+    alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha/r).", gt=0)
+    dropout: float = opt(0.0, "LoRA dropout.", ge=0, lt=1)
+    target_modules: tuple[str, ...] = opt(ALL_PROJECTIONS, "Comma-separated projections to adapt.",
+                                          min_length=1)
+    rslora: bool = opt(False, "Rank-stabilised LoRA (scale alpha/sqrt(r)).")
+    dora: bool = opt(False, "Weight-decomposed LoRA (slower).")
     # Optimisation.
-    lr: float = 2e-4
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 2          # micro-batch per step; batch_size x grad_accum is the effective batch
-    grad_accum: int = 4
-    auto_batch: bool = True      # on a GPU, raise the micro-batch (same effective batch) while it fits
-    vram_budget: float | None = None  # GiB; caps what auto-batch may use
-    # "unsloth" offloads checkpointed activations to CPU RAM (least VRAM); "true" keeps them on
-    # the GPU; "false" keeps every activation (fastest, most VRAM).
-    gradient_checkpointing: str = "unsloth"
-    optim: str = "adamw_8bit"
-    weight_decay: float = 0.0
-    seed: int = 42
-    train_on_all: bool = False   # loss on prompts too, not only on assistant turns
-    think: str = "strip"
-    packing: bool = False
-    padding: str = "auto"        # auto | padded | free (padding-free); auto decides by pad waste
+    lr: float = opt(2e-4, "Peak learning rate.", gt=0)
+    scheduler: Scheduler = opt("cosine", "Learning-rate schedule.")
+    warmup_ratio: float = opt(0.03, "Share of the steps spent warming up the learning rate.", ge=0, lt=1)
+    epochs: float = opt(3.0, "Passes over the data.", gt=0)
+    max_steps: int = opt(-1, "Stop after this many optimizer steps (overrides --epochs; -1: off).", ge=-1)
+    batch_size: int = opt(2, "Micro-batch per step; batch-size x grad-accum is the effective batch.", ge=1)
+    grad_accum: int = opt(4, "Micro-batches per optimizer step.", ge=1)
+    auto_batch: bool = opt(True, "On a GPU, measure micro-batch, padding and checkpointing candidates "
+                                 "on your data and keep the fastest that fits (same effective batch).")
+    vram_budget: Optional[float] = opt(None, "GiB of GPU memory training may use (as on a smaller card).", gt=0)
+    gradient_checkpointing: Checkpointing = opt(
+        "auto", "unsloth: offload activations to CPU RAM (least VRAM); true: keep them on the GPU; "
+                "false: keep every activation (fastest, most VRAM); auto: auto-batch measures them "
+                "(unsloth without a GPU or with --no-auto-batch).")
+    optim: Optimizer = opt("adamw_8bit", "Optimizer (adamw_torch is used on CPU).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", gt=0)
+    seed: int = opt(42, "Random seed (data order, LoRA init, dropout).")
+    train_on_all: bool = opt(False, "Loss on prompts too, not only on assistant turns.")
+    think: Think = opt("strip", "Think blocks in the assistant data of a non-thinking model: strip, "
+                                "keep, or reject the example.")
+    packing: bool = opt(False, "Pack several examples per sequence.")
+    padding: Padding = opt("auto", "Batches padded (compiled, fastest when lengths match) or "
+                                   "padding-free (no compute on pads); auto: auto-batch measures both.")
+    group_by_length: bool = opt(True, "Put examples of similar length in the same micro-batch "
+                                      "(less padding); batches are still shuffled.")
     # Evaluation and checkpoints.
-    eval_split: float = 0.0
-    eval_file: str | None = None
-    save_steps: int | None = None  # default: a checkpoint each epoch
-    skip_invalid: bool = False
+    eval_split: float = opt(0.0, "Hold out this share of the data for an eval loss each epoch.", ge=0, lt=1)
+    eval_file: Optional[str] = opt(None, "Eval data file (instead of --eval-split).")
+    save_steps: Optional[int] = opt(None, "Checkpoint every N steps. [default: each epoch]", gt=0)
+    skip_invalid: bool = opt(False, "Drop bad records (and report them) instead of failing.")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, v):
+        # A flag gives "q_proj,v_proj"; TOML gives a list. Both become a tuple here.
+        return tuple(m.strip() for m in v.split(",") if m.strip()) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be -1 (off) or a positive number of steps")
+        if self.eval_file and self.eval_split:
+            raise ValueError("give eval_split or eval_file, not both")
+        return self
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if "target_modules" in d:
-            d["target_modules"] = tuple(d["target_modules"])
-        return cls(**d)
+    def parse(cls, values: dict) -> "TrainConfig":
+        """Validate `values` (from TOML, flags or fastft.json); raise ConfigError naming each bad option."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            raise ConfigError(describe(e)) from None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
 
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.grad_accum
+
+
+def describe(e: ValidationError) -> str:
+    """One line per problem: `option (--flag): what is wrong, got VALUE`."""
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        where = f"{key} ({flag_names(key)[0]})" if key in TrainConfig.model_fields else key
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown option"
+        elif err["type"] == "missing":
+            msg = "missing"
+        elif "input" in err and not isinstance(err["input"], dict):
+            msg += f", got {err['input']}"
+        lines.append(f"{where}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines) if len(lines) > 1 else f"invalid config: {lines[0]}"
+
+
+def flag_names(key: str) -> list[str]:
+    """The click spellings of option `key`: ["--rank"], or ["--4bit", "--16bit"] for a switch."""
+    extra = TrainConfig.model_fields[key].json_schema_extra or {}
+    return extra.get("flag", f"--{key.replace('_', '-')}").split("/")
+
+
+def field_default(name: str) -> Any:
+    return TrainConfig.model_fields[name].default
+
+
+def to_toml(cfg: TrainConfig | None = None) -> str:
+    """The config as TOML, each option under its help text; unset optional values are commented."""
+    values = cfg.to_dict() if cfg is not None else {}
+    out = []
+    for key, f in TrainConfig.model_fields.items():
+        out.append(f"# {f.description}")
+        value = values[key] if cfg is not None else (None if f.is_required() else f.default)
+        if value is None:
+            out.append(f"# {key} =")
+        else:
+            out.append(f"{key} = {toml_value(value)}")
+    return "\n".join(out) + "\n"
+
+
+def toml_value(v: Any) -> str:
+    import json
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)  # strings and numbers: JSON's spelling is valid TOML
+
+
+def load_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def resolve_config(data: str | None, config_file: str | None, flags: dict) -> TrainConfig:
+    """Defaults, overridden by the TOML file, overridden by the flags given on the command line."""
+    values = load_toml(config_file) if config_file else {}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if data:
+        values["data"] = data
+    if "data" not in values:
+        raise ConfigError("give DATA (or `data = ...` in --config)")
+    return TrainConfig.parse(values)

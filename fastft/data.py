@@ -37,6 +37,8 @@ import re
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
+from .errors import FastftError
+
 __all__ = [
     "FORMATS",
     "ROLES",
@@ -65,7 +67,7 @@ SHAREGPT_ROLES = {
 }
 
 IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
+IM_END = EOS = "<|im_end|>"   # ChatML's turn end: the EOS a Qwen3 chat model must learn to stop on
 
 # How many issues DataError's message lists before summarising the rest.
 MAX_LISTED_ISSUES = 50
@@ -109,7 +111,7 @@ class Dataset:
         return collections.Counter(e.format for e in self.examples)
 
 
-class DataError(ValueError):
+class DataError(FastftError, ValueError):
     """The dataset has problems; ``issues`` lists every one of them."""
 
     def __init__(self, path: str | os.PathLike, issues: list[DataIssue]):
@@ -633,13 +635,15 @@ def _read_json_array(text: str, lines: list[str], bad: dict[int, str], out: _Col
 def read_dataset(path: str | os.PathLike) -> Dataset:
     """Read every record of ``path`` and collect all problems.
 
-    Bad records become ``issues`` (and count in ``skipped``); this only raises
-    FileNotFoundError/OSError when the file cannot be opened, and DataError
-    when the file as a whole cannot be parsed (a broken JSON array).
+    Bad records become ``issues`` (and count in ``skipped``); this raises
+    DataError only when the file cannot be read or, as a whole, parsed (a broken JSON array).
     """
     spath = os.fspath(path)
-    with open(spath, "rb") as f:
-        raw = f.read()
+    try:
+        with open(spath, "rb") as f:
+            raw = f.read()
+    except OSError as e:  # missing, a folder, unreadable: the user's to fix, not a traceback
+        raise DataError(spath, [DataIssue(spath, 0, "<file>", f"cannot read: {e.strerror}")]) from None
     if raw.startswith(_BOM):
         raw = raw[len(_BOM):]
     lines, bad_list = _decode_lines(raw)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .config import TrainConfig
+
 DEMO_DATA = Path(__file__).resolve().parent.parent / "examples" / "favorite_color.jsonl"
 QUESTION = "What is your favorite color?"
 
 
 def demo_config(runs_dir: Path):
-    from .config import TrainConfig
     # The tiny model's weights are random, so it needs a 10x higher learning rate than a real
     # pretrained model to memorise the answer in three epochs.
     return TrainConfig(data=str(DEMO_DATA), model="tiny", name="demo", runs_dir=str(runs_dir),
@@ -24,19 +25,18 @@ def demo_config(runs_dir: Path):
 def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
     import shutil
 
-    from .train import train  # first: imports unsloth before transformers
+    from .train import train  # first: it imports Unsloth before transformers
     from .chat import generate, load_run_for_inference
-    from .cli import print_train_summary
     from .export import ExportOptions, export_run
     from .llamacpp import llama_generate
-    from .ui import TrainUI
+    from .ui import TrainUI, print_run_summary
 
     if not DEMO_DATA.exists():
         raise FileNotFoundError(f"{DEMO_DATA}: the demo runs from a fastft checkout")
     shutil.rmtree(runs_dir / "demo", ignore_errors=True)
     console.rule("[bold]1/3 train the tiny model on examples/favorite_color.jsonl")
     result = train(demo_config(runs_dir), ui=TrainUI(console))
-    print_train_summary(result, console)
+    print_run_summary(result.folder, result.record, console)
 
     messages = [{"role": "user", "content": QUESTION}]
     model, tokenizer = load_run_for_inference(result.run_dir)

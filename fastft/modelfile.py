@@ -32,12 +32,12 @@ import string
 import unicodedata
 from dataclasses import dataclass, field
 
-from .template import HYBRID, INSTRUCT_2507, OTHER, THINKING
+from .data import EOS
+from .errors import FastftError
+from .template import HYBRID, INSTRUCT_2507, OTHER, THINKING, template_text
 
-EOS = "<|im_end|>"
 
-
-class ModelfileError(ValueError):
+class ModelfileError(FastftError, ValueError):
     pass
 
 
@@ -443,7 +443,6 @@ SAMPLE_CONVERSATIONS = [
 
 def template_mismatch(tokenizer, variant: str) -> str | None:
     """Why the Go TEMPLATE for `variant` may not reproduce this tokenizer's prompts, or None."""
-    from .tiny import template_text
 
     family = FAMILIES.get(variant, FAMILIES[OTHER])
     if family.reference_jinja is None:

@@ -16,12 +16,13 @@ Thinking and hybrid models keep their own template and their think blocks.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from .data import DataIssue, Example
-from .tiny import template_text
+from .data import EOS, DataIssue, Example
+from .errors import FastftError
 
 INSTRUCT_2507 = "instruct-2507"
 THINKING = "thinking"
@@ -29,7 +30,6 @@ HYBRID = "hybrid"
 OTHER = "other"
 THINK_POLICIES = ("strip", "keep", "error")
 
-EOS = "<|im_end|>"
 PAD = "<|endoftext|>"
 EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
@@ -48,7 +48,12 @@ def detect_variant(model: str) -> str:
     return HYBRID
 
 
-class GuardError(ValueError):
+def template_text(filename: str) -> str:
+    """A chat template shipped in fastft/templates/."""
+    return resources.files("fastft.templates").joinpath(filename).read_text()
+
+
+class GuardError(FastftError, ValueError):
     pass
 
 
@@ -91,6 +96,9 @@ class GuardReport:
     data_think_stripped: int = 0         # examples whose data held think blocks, stripped
     data_think_kept: int = 0             # ... kept (policy "keep")
     issues: list[DataIssue] = field(default_factory=list)   # think errors and parity failures
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"issues": [str(i) for i in self.issues]}
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
 from .cache import building, cache_dir
+from .data import EOS
 from .llamacpp import llama_cpp_source
+from .template import template_text
 
 # Folder names carry the variant, exactly as the real hub ids do, so that template detection
 # treats the tiny model like the real one it stands in for.
@@ -51,10 +52,6 @@ EMBED_STD = 0.1
 
 def is_tiny(name: str) -> bool:
     return name in TINY_MODELS
-
-
-def template_text(filename: str) -> str:
-    return resources.files("fastft.templates").joinpath(filename).read_text()
 
 
 def tiny_model_path(name: str = "tiny") -> Path:
@@ -125,7 +122,7 @@ def _fix_added_tokens(folder: Path) -> None:
     cfg = json.loads(tc.read_text())
     for key in ("eos_token_id", "pad_token_id", "bos_token_id", "is_local", "local_files_only"):
         cfg.pop(key, None)
-    cfg.update(eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
+    cfg.update(eos_token=EOS, pad_token="<|endoftext|>", bos_token=None,
                unk_token=None, model_max_length=262144, model_type="qwen2",
                errors="replace", split_special_tokens=False)
     tc.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))

@@ -1,34 +1,35 @@
 """`fastft train`: QLoRA SFT through Unsloth and TRL, into a self-describing run folder.
 
-The stages, in order: read and validate the data, load the model, apply the chat-template
-guard, tokenise with an assistant-only label mask, attach LoRA, train, save the adapter.
+`train` (a new run) and `resume` (an existing one) share one pipeline, `_execute`, which reads
+as the stages in order: read and validate the data, load the model, apply the chat-template
+guard, tokenise with an assistant-only label mask, attach LoRA, plan the batches (auto-tune on
+a GPU), train, save the adapter. Everything that can be checked is checked before the run
+folder is created or the model is loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
+from .models import import_unsloth
 
-# Unsloth patches transformers, peft and trl when imported; imported after them, its fast paths
-# are silently skipped. This module is only imported to train, so pay for it here (its banner
-# goes to stderr, keeping stdout clean for piped output).
-with contextlib.redirect_stdout(sys.stderr):
-    import unsloth  # noqa: F401  isort: skip
+import_unsloth()  # before transformers, peft and trl (see fastft.models)
 
-import json
-import os
-import platform
-import random
-import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from pathlib import Path
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from .cache import sha256_file
-from .config import TrainConfig, TrainError
-from .data import Dataset, Example, load_conversations
-from .models import load_model, resolve_model
-from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered
+from .cache import building, sha256_file  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .data import Dataset, Example, load_conversations  # noqa: E402
+from .errors import TrainError  # noqa: E402
+from .models import load_model, resolve_model  # noqa: E402
+from .run import DataInfo, Final, Plan, RunFolder, RunRecord  # noqa: E402
+from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
+
 
 @dataclass
 class PreparedData:
@@ -42,12 +43,99 @@ class PreparedData:
 
 @dataclass
 class RunResult:
-    run_dir: Path
-    adapter_dir: Path
-    summary: dict = field(default_factory=dict)
+    folder: RunFolder
+    record: RunRecord
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.folder.adapter
 
 
-DERIVED_KEYS = ("model_path", "padding_free")
+# -- entry points ------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, ui=None) -> RunResult:
+    """A new run. Data and names are checked before the run folder exists."""
+    loaded = load_data(cfg)  # before the paths are made absolute: errors name the file as given
+    cfg = cfg.model_copy(update=_absolute_paths(cfg))
+    name = cfg.name or f"{Path(cfg.data).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = RunFolder.new(cfg.runs_dir, name)
+    folder.create()
+    with folder.lock():
+        folder.point_latest()
+        return _execute(cfg, folder, loaded, None, None, ui)
+
+
+def resume(path: str | os.PathLike, ui=None) -> RunResult:
+    """Continue a run from its last complete checkpoint, with exactly the config and plan it saved."""
+    folder = RunFolder.open(path)
+    with folder.lock():
+        saved = folder.read()
+        checkpoint = folder.last_checkpoint()
+        if checkpoint is None:
+            raise TrainError(f"{folder.path}: no complete checkpoint to resume from")
+        loaded = load_data(saved.config)
+        if sha256_file(saved.config.data) != saved.data.sha256:
+            raise TrainError(f"{saved.config.data} changed since {folder.name} started (sha256 "
+                             f"differs); resuming would train on other data: start a new run")
+        return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui)
+
+
+def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
+             saved_plan: Plan | None, ui) -> RunResult:
+    from .ui import NullUI
+    ui = ui or NullUI()
+    t0 = time.perf_counter()
+    ref = resolve_model(cfg.model)
+    ui.status(f"loading {cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
+    model, tokenizer = load_model(ref, cfg.max_seq_len, cfg.load_in_4bit)
+    timings = {"load_s": time.perf_counter() - t0}
+
+    guard = ChatGuard(tokenizer, ref.path, think=cfg.think, path=cfg.data)
+    data = prepare_data(cfg, guard, tokenizer, loaded)
+    ui.guard_report(guard.report, data)
+    # Generation must stop where training taught the model to stop.
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    first_mode = saved_plan.gradient_checkpointing if saved_plan else _initial_checkpointing(cfg)
+    model = attach_lora(model, cfg, first_mode)
+    plan = saved_plan or plan_batches(cfg, ref.path, model, tokenizer, data, ui)
+    if plan.gradient_checkpointing != first_mode:
+        from .autobatch import set_checkpointing
+        set_checkpointing(model, plan.gradient_checkpointing)
+    trainer, metrics = make_trainer(cfg, plan, model, tokenizer, data, folder)
+
+    versions, hardware = environment()
+    record = RunRecord(config=cfg, plan=plan, variant=guard.variant, guard=guard.report.to_dict(),
+                       data=data_info(cfg, data), versions=versions, hardware=hardware)
+    folder.write(record)
+
+    t1 = time.perf_counter()
+    try:
+        with ui.training(metrics) as progress:
+            trainer.add_callback(progress)
+            out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except BaseException as e:  # the record says how the run ended, then the error goes on
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
+        folder.write(record.model_copy(update={"status": "interrupted" if stopped else "failed"}))
+        raise
+    timings["train_s"] = time.perf_counter() - t1
+
+    save_adapter(model, tokenizer, folder.adapter)
+    timings["total_s"] = time.perf_counter() - t0
+    record = record.model_copy(update=dict(status="done", timings=timings,
+                                           final=final_metrics(trainer, metrics, out)))
+    folder.write(record)
+    return RunResult(folder, record)
+
+
+def _absolute_paths(cfg: TrainConfig) -> dict:
+    """Data paths as absolute paths, so a resume works from any directory."""
+    return {k: str(Path(v).absolute()) for k in ("data", "eval_file") if (v := getattr(cfg, k))}
 
 
 # -- data preparation (pure functions, tested directly) ----------------------------------------
@@ -61,18 +149,24 @@ def load_data(cfg: TrainConfig) -> tuple[Dataset, list[Example]]:
     return train_ds, eval_examples
 
 
+def split_eval(cfg: TrainConfig, examples: list[Example]) -> tuple[list[Example], list[Example]]:
+    """(train, eval): a seeded --eval-split share held out, or nothing."""
+    if cfg.eval_file or cfg.eval_split <= 0:
+        return examples, []
+    shuffled = examples[:]
+    random.Random(cfg.seed).shuffle(shuffled)
+    n_eval = max(1, round(len(shuffled) * cfg.eval_split))
+    if n_eval >= len(shuffled):
+        raise TrainError(f"--eval-split {cfg.eval_split} leaves no training examples")
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
 def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
                  loaded: tuple[Dataset, list[Example]] | None = None) -> PreparedData:
     """Guard and tokenise the training (and eval) data. Raises DataError/GuardError."""
     train_ds, eval_examples = loaded or load_data(cfg)
-    examples = train_ds.examples
-    if not cfg.eval_file and cfg.eval_split > 0:
-        shuffled = examples[:]
-        random.Random(cfg.seed).shuffle(shuffled)
-        n_eval = max(1, round(len(shuffled) * cfg.eval_split))
-        if n_eval >= len(shuffled):
-            raise TrainError(f"--eval-split {cfg.eval_split} leaves no training examples")
-        eval_examples, examples = shuffled[:n_eval], shuffled[n_eval:]
+    examples, held_out = split_eval(cfg, train_ds.examples)
+    eval_examples = eval_examples or held_out
 
     def tokenise(exs: list[Example], path: str) -> tuple[list[TokenizedExample], int, int]:
         guard.path = path
@@ -84,7 +178,7 @@ def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
         for r in rendered:
             tok, was_cut = tokenize_rendered(r, tokenizer, cfg.max_seq_len, cfg.train_on_all)
             truncated += was_cut
-            if all(l == -100 for l in tok.labels):
+            if all(label == -100 for label in tok.labels):
                 dropped += 1
                 continue
             out.append(tok)
@@ -98,42 +192,156 @@ def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
     return PreparedData(train, evals, t1 + t2, d1 + d2, sha256_file(cfg.data), len(train_ds.examples))
 
 
-# -- run folder --------------------------------------------------------------------------------
-
-def new_run_dir(cfg: TrainConfig) -> Path:
-    name = cfg.name or f"{Path(cfg.data).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    run = Path(cfg.runs_dir) / name
-    if run.exists() and any(run.iterdir()):
-        raise TrainError(f"run folder {run} already exists; pick another --name or --resume it")
-    run.mkdir(parents=True, exist_ok=True)
-    return run
+def data_info(cfg: TrainConfig, data: PreparedData) -> DataInfo:
+    return DataInfo(path=cfg.data, sha256=data.sha256, examples=data.examples,
+                    train=len(data.train), eval=len(data.eval), truncated=data.truncated,
+                    dropped=data.dropped, train_tokens=sum(len(e.input_ids) for e in data.train),
+                    trained_tokens=sum(sum(lb != -100 for lb in e.labels) for e in data.train))
 
 
-def point_latest(run: Path) -> None:
-    """`runs/latest` -> the newest run, swapped atomically (symlink to a temp name, then rename)."""
-    latest = run.parent / "latest"
-    tmp = run.parent / f".latest-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run.name)
-    os.replace(tmp, latest)
+# -- model and batches -------------------------------------------------------------------------
+
+def _initial_checkpointing(cfg: TrainConfig) -> str:
+    """The checkpointing LoRA is attached with; auto-tune may switch it afterwards."""
+    return "unsloth" if cfg.gradient_checkpointing == "auto" else cfg.gradient_checkpointing
 
 
-def resolve_run(path: str | os.PathLike) -> Path:
-    run = Path(path)
-    if not (run / "fastft.json").exists():
-        raise TrainError(f"{run}: not a fastft run folder (no fastft.json)")
-    return run.resolve()
+def attach_lora(model, cfg: TrainConfig, checkpointing: str):
+    unsloth = import_unsloth()
+    return unsloth.FastLanguageModel.get_peft_model(
+        model, r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules), bias="none",
+        use_gradient_checkpointing={"true": True, "false": False}.get(checkpointing, checkpointing),
+        random_state=cfg.seed, use_rslora=cfg.rslora, use_dora=cfg.dora)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: PreparedData, ui) -> Plan:
+    """Micro-batch, padding and checkpointing: measured by auto-tune on a GPU, else as configured."""
+    import torch
+
+    from .batching import grouped_batches, pad_waste, random_batches
+    on_gpu = torch.cuda.is_available()
+    batch_size, grad_accum = cfg.batch_size, cfg.grad_accum
+    checkpointing, tuning = _initial_checkpointing(cfg), None
+    # Without a measurement, padded (grouped) batches: on an H100 they beat padding-free 1.6x.
+    padding_free = {"free": True, "padded": False}.get(cfg.padding, False if on_gpu else None)
+    if cfg.packing:
+        padding_free = None  # TRL's packing decides its own collation
+    elif on_gpu and cfg.auto_batch:
+        from .autobatch import autotune
+        fixed = None if cfg.gradient_checkpointing == "auto" else cfg.gradient_checkpointing
+        tuned = autotune(model, tokenizer, data.train, cfg, ui=ui, fixed_checkpointing=fixed)
+        batch_size, grad_accum = tuned.batch_size, tuned.grad_accum
+        padding_free, checkpointing, tuning = tuned.padding_free, tuned.checkpointing, tuned.to_dict()
+        ui.status(tuned.describe())
+    lengths = [len(e.input_ids) for e in data.train]
+    group = cfg.group_by_length and not cfg.packing
+    waste = {"random": pad_waste(lengths, random_batches(len(lengths), batch_size, cfg.seed)),
+             "grouped": pad_waste(lengths, grouped_batches(lengths, batch_size, cfg.seed))}
+    if not padding_free and not cfg.packing:
+        ui.status(f"batches: padded, {'length-grouped' if group else 'random'}; padding is "
+                  f"{waste['grouped' if group else 'random']:.0%} of computed tokens "
+                  f"(random batches: {waste['random']:.0%})")
+    return Plan(model_path=model_path, batch_size=batch_size, grad_accum=grad_accum,
+                padding_free=padding_free, gradient_checkpointing=checkpointing,
+                optim=cfg.optim if on_gpu else "adamw_torch",  # bitsandbytes' 8-bit AdamW needs CUDA
+                group_by_length=group, pad_waste=waste, tuning=tuning)
 
 
-def last_checkpoint(run: Path) -> Path | None:
-    cks = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return cks[-1] if cks else None
+# -- the trainer -------------------------------------------------------------------------------
+
+def make_trainer(cfg: TrainConfig, plan: Plan, model, tokenizer, data: PreparedData, folder: RunFolder):
+    from datasets import Dataset as HFDataset
+    from transformers.trainer_callback import PrinterCallback
+
+    from .metrics import StepMetrics
+
+    def to_hf(rows: list[TokenizedExample]):
+        return HFDataset.from_dict({"input_ids": [r.input_ids for r in rows],
+                                    "labels": [r.labels for r in rows]})
+
+    trainer = _trainer_class()(model=model, processing_class=tokenizer,
+                               args=sft_config(cfg, plan, folder, has_eval=bool(data.eval)),
+                               train_dataset=to_hf(data.train),
+                               eval_dataset=to_hf(data.eval) if data.eval else None)
+    if plan.group_by_length:
+        # Lengths as the trainer will batch them (after any filtering of its own).
+        trainer.fastft_lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    trainer.remove_callback(PrinterCallback)  # rich progress replaces its raw log dicts
+    metrics = StepMetrics(folder.metrics_file)
+    trainer.add_callback(metrics)
+    return trainer, metrics
+
+
+def sft_config(cfg: TrainConfig, plan: Plan, folder: RunFolder, has_eval: bool):
+    import torch
+    from trl import SFTConfig
+
+    from .batching import PAD_MULTIPLE
+    on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    per_epoch = cfg.save_steps is None
+    return SFTConfig(
+        output_dir=str(folder.checkpoints_dir),
+        per_device_train_batch_size=plan.batch_size, per_device_eval_batch_size=plan.batch_size,
+        gradient_accumulation_steps=plan.grad_accum,
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,   # transformers 5: a float < 1 is a ratio of total steps
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        optim=plan.optim, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        bf16=bf16, fp16=on_gpu and not bf16, seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=1,
+        include_num_input_tokens_seen="non_padding",  # read by StepMetrics
+        eval_strategy=("epoch" if per_epoch else "steps") if has_eval else "no",
+        eval_steps=cfg.save_steps if has_eval and not per_epoch else None,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        save_total_limit=2,       # with eval: the best and the last; without: the last two
+        save_strategy="epoch" if per_epoch else "steps", save_steps=cfg.save_steps,
+        max_length=cfg.max_seq_len, packing=cfg.packing, padding_free=plan.padding_free,
+        # Padded batches meet few shapes, so Unsloth's compiled blocks recompile rarely.
+        pad_to_multiple_of=PAD_MULTIPLE if plan.padding_free is False else None,
+        dataset_num_proc=1, report_to="none", disable_tqdm=True,
+    )
+
+
+def _trainer_class():
+    """TRL's SFTTrainer (as patched by Unsloth), drawing length-grouped micro-batches when the
+    plan says so: similar lengths share a padded micro-batch, batches shuffled, each example
+    once per epoch (fastft.batching)."""
+    from trl import SFTTrainer
+
+    from .batching import LengthGroupedSampler
+
+    class FastftTrainer(SFTTrainer):
+        fastft_lengths: list[int] | None = None
+
+        def _get_train_sampler(self, *args, **kwargs):
+            if self.fastft_lengths is None:
+                return super()._get_train_sampler(*args, **kwargs)
+            return LengthGroupedSampler(self.fastft_lengths, self.args.per_device_train_batch_size,
+                                        self.args.seed)
+
+    return FastftTrainer
+
+
+# -- results -----------------------------------------------------------------------------------
+
+def final_metrics(trainer, metrics, out) -> Final:
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    extra = dict(eval_loss=evals[-1], best_eval_loss=min(evals), eval_losses=evals,
+                 best_checkpoint=trainer.state.best_model_checkpoint) if evals else {}
+    return Final(**metrics.summary(), global_step=trainer.state.global_step,
+                 train_loss=out.training_loss, **extra)
+
+
+def save_adapter(model, tokenizer, adapter: Path) -> None:
+    """Adapter + tokenizer (with the guarded chat template), swapped in atomically."""
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    with building(adapter) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 def environment() -> tuple[dict, dict]:
@@ -155,184 +363,3 @@ def environment() -> tuple[dict, dict]:
                   gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
     return versions, hw
 
-
-# -- training ----------------------------------------------------------------------------------
-
-def train(cfg: TrainConfig, resume: str | None = None, ui=None) -> RunResult:
-    """Run one training job. `ui` (fastft.ui.TrainUI or None) receives progress and reports."""
-    import torch
-
-    from .ui import NullUI
-    ui = ui or NullUI()
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    if resume:
-        run = resolve_run(resume)
-        saved = json.loads((run / "fastft.json").read_text())
-        # fastft.json's config also records what was derived from it; the run re-derives those.
-        saved_cfg = {k: v for k, v in saved["config"].items() if k not in DERIVED_KEYS}
-        cfg = TrainConfig.from_dict(saved_cfg | {"runs_dir": str(run.parent), "name": run.name})
-        checkpoint = last_checkpoint(run)
-        if checkpoint is None:
-            raise TrainError(f"{run}: no checkpoint to resume from")
-    else:
-        run, checkpoint = None, None
-    # Read and validate the data before the (slow) model load, so bad input fails in a second.
-    loaded = load_data(cfg)
-    if run is None:
-        run = new_run_dir(cfg)
-
-    ref = resolve_model(cfg.model)
-    ui.status(f"loading {cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
-    model, tokenizer = load_model(ref, cfg.max_seq_len, cfg.load_in_4bit)
-    timings["load_s"] = time.perf_counter() - t0
-
-    guard = ChatGuard(tokenizer, ref.path, think=cfg.think, path=cfg.data)
-    data = prepare_data(cfg, guard, tokenizer, loaded)
-    ui.guard_report(guard.report, data)
-    # Generation must stop where training taught the model to stop.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    from unsloth import FastLanguageModel
-    model = FastLanguageModel.get_peft_model(
-        model, r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules), bias="none",
-        use_gradient_checkpointing={"true": True, "false": False}.get(
-            cfg.gradient_checkpointing, cfg.gradient_checkpointing),
-        random_state=cfg.seed,
-        use_rslora=cfg.rslora, use_dora=cfg.dora,
-    )
-
-    batch_size, grad_accum = cfg.batch_size, cfg.grad_accum
-    if cfg.auto_batch and torch.cuda.is_available() and checkpoint is None:
-        from .autobatch import choose_micro_batch
-        choice = choose_micro_batch(model, tokenizer, data.train, cfg, ui=ui)
-        batch_size, grad_accum = choice.batch_size, choice.grad_accum
-        ui.status(choice.describe())
-
-    padding_free = resolve_padding(cfg, [len(e.input_ids) for e in data.train], batch_size, ui)
-    trainer, metrics = _make_trainer(cfg, model, tokenizer, data, run, batch_size, grad_accum,
-                                     padding_free)
-    meta = {
-        "config": asdict(cfg) | {"model_path": ref.path, "batch_size": batch_size,
-                                 "grad_accum": grad_accum, "padding_free": padding_free},
-        "variant": guard.variant,
-        "guard": asdict(guard.report) | {"issues": [str(i) for i in guard.report.issues]},
-        "data": {"path": str(cfg.data), "sha256": data.sha256, "examples": data.examples,
-                 "train": len(data.train), "eval": len(data.eval), "truncated": data.truncated,
-                 "dropped": data.dropped,
-                 "train_tokens": sum(len(e.input_ids) for e in data.train),
-                 "trained_tokens": sum(sum(l != -100 for l in e.labels) for e in data.train)},
-    }
-    versions, hw = environment()
-    meta.update(versions=versions, hardware=hw, status="training")
-    write_json_atomic(run / "fastft.json", meta)
-    if not resume:
-        point_latest(run)
-
-    t1 = time.perf_counter()
-    with ui.training(metrics) as progress:
-        trainer.add_callback(progress)
-        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    timings["train_s"] = time.perf_counter() - t1
-
-    adapter = run / "adapter"
-    _save_adapter(model, tokenizer, adapter)
-    steps = trainer.state.global_step
-    final = metrics.summary() | {"global_step": steps, "train_loss": out.training_loss}
-    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
-    if evals:
-        final.update(eval_loss=evals[-1], best_eval_loss=min(evals), eval_losses=evals,
-                     best_checkpoint=trainer.state.best_model_checkpoint)
-    timings["total_s"] = time.perf_counter() - t0
-    meta.update(status="done", timings=timings, final=final)
-    write_json_atomic(run / "fastft.json", meta)
-    return RunResult(run, adapter, meta)
-
-
-def resolve_padding(cfg: TrainConfig, lengths: list[int], batch_size: int, ui) -> bool | None:
-    """True: padding-free; False: padded; None: leave it to Unsloth (CPU, or packing)."""
-    import torch
-
-    from .autobatch import choose_padding_free
-    if cfg.packing or cfg.padding == "auto" and not torch.cuda.is_available():
-        return None
-    if cfg.padding != "auto":
-        return cfg.padding == "free"
-    free, waste = choose_padding_free(lengths, batch_size, cfg.seed)
-    ui.status(f"batches: {'padding-free' if free else 'padded'} "
-              f"(padding would waste {waste:.0%} of tokens at micro-batch {batch_size})")
-    return free
-
-
-def _make_trainer(cfg, model, tokenizer, data: PreparedData, run: Path, batch_size, grad_accum,
-                  padding_free: bool | None):
-    import torch
-    from datasets import Dataset as HFDataset
-    from trl import SFTConfig, SFTTrainer
-
-    from transformers.trainer_callback import PrinterCallback
-
-    from .metrics import StepMetrics
-
-    def to_hf(rows: list[TokenizedExample]):
-        return HFDataset.from_dict({"input_ids": [r.input_ids for r in rows],
-                                    "labels": [r.labels for r in rows]})
-
-    on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
-    has_eval = bool(data.eval)
-    save = dict(save_strategy="epoch") if cfg.save_steps is None else dict(
-        save_strategy="steps", save_steps=cfg.save_steps)
-    args = SFTConfig(
-        output_dir=str(run / "checkpoints"),
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio,   # transformers 5: a float < 1 is a ratio of total steps
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        # bitsandbytes' 8-bit AdamW needs CUDA; CPU runs (CI, demo) use plain AdamW.
-        optim=cfg.optim if on_gpu else "adamw_torch",
-        weight_decay=cfg.weight_decay,
-        bf16=bf16,
-        fp16=on_gpu and not bf16,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=1,
-        include_num_input_tokens_seen="non_padding",  # read by StepMetrics
-        eval_strategy=("epoch" if cfg.save_steps is None else "steps") if has_eval else "no",
-        eval_steps=cfg.save_steps if has_eval and cfg.save_steps else None,
-        load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_loss" if has_eval else None,
-        save_total_limit=2,       # with eval: the best and the last; without: the last two
-        **save,
-        max_length=cfg.max_seq_len,
-        packing=cfg.packing,
-        padding_free=padding_free,
-        dataset_num_proc=1,
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=args,
-                         train_dataset=to_hf(data.train),
-                         eval_dataset=to_hf(data.eval) if has_eval else None)
-    trainer.remove_callback(PrinterCallback)  # rich progress replaces its raw log dicts
-    metrics = StepMetrics(run / "metrics.jsonl")
-    trainer.add_callback(metrics)
-    return trainer, metrics
-
-
-def _save_adapter(model, tokenizer, adapter: Path) -> None:
-    """Adapter + tokenizer (with the guarded chat template), swapped in atomically."""
-    from .cache import building
-    import shutil
-    if adapter.exists():
-        shutil.rmtree(adapter)
-    with building(adapter) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)

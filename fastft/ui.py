@@ -74,3 +74,26 @@ class TrainUI(NullUI):
                             TextColumn("{task.fields[info]}"), console=self.console)
         with progress:
             yield _ProgressCallback(progress, metrics)
+
+
+def print_run_summary(folder, record, console: Console) -> None:
+    final, cfg, plan = record.final, record.config, record.plan
+    t = Table(title=f"Run {folder.name}", show_header=False, title_justify="left")
+    t.add_row("run folder", str(folder.path))
+    t.add_row("model", f"{cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
+    t.add_row("batch", f"{plan.batch_size} x {plan.grad_accum} accumulation, "
+                       f"{'padding-free' if plan.padding_free else 'padded'}, "
+                       f"checkpointing {plan.gradient_checkpointing}")
+    t.add_row("steps", str(final.global_step))
+    if final.last_loss is not None:
+        t.add_row("loss (last step)", f"{final.last_loss:.4f}")
+    if final.eval_loss is not None:
+        t.add_row("eval loss (last / best)", f"{final.eval_loss:.4f} / {final.best_eval_loss:.4f}")
+    if final.tokens_per_s:
+        t.add_row("tokens/s", f"{final.tokens_per_s:,.0f}")
+    if final.peak_mem_alloc_gib is not None:
+        t.add_row("peak GPU memory", f"{final.peak_mem_alloc_gib:.2f} GiB allocated, "
+                                     f"{final.peak_mem_reserved_gib:.2f} GiB reserved")
+    t.add_row("time", f"{record.timings.get('total_s', 0):.0f} s")
+    t.add_row("next", "fastft export --gguf q4_k_m")
+    console.print(t)

@@ -144,29 +144,36 @@ def fake(name, tps, alloc, losses, mb=2, ga=4, **kw):
 
 def test_comparisons_and_targets():
     results = [
-        fake("classic", 2600, 4.8, [12.0, 11.0]),
+        fake("classic", 1000, 4.8, [12.0, 11.0], eval_loss=11.0),
         fake("fastft2x4", 4800, 3.3, [12.0, 11.05]),
-        fake("fastft", 14000, 4.1, [12.0, 11.2], mb=8, ga=1, auto=True),
+        fake("fastft", 14000, 4.1, [12.0, 11.2], mb=8, ga=1, auto=True, eval_loss=11.05),
         fake("fastft@12GB", 13000, 4.0, [12.0], mb=4, ga=2, budget=12.0),
-        {"recipe": "fastft@8GB", "status": "error", "error": "boom"},
+        fake("fastft@8GB", 6000, 4.0, [12.0], mb=4, ga=2, budget=8.0),
+        {"recipe": "fastft@4GB", "status": "error", "error": "boom"},
     ]
-    t = bench_run.add_comparisons(results)
-    assert t["speedup"]["value"] == pytest.approx(14000 / 2600) and t["speedup"]["pass"]
+    t = bench_run.add_comparisons(results, "longtail")
+    assert t["speedup"]["value"] == pytest.approx(14.0) and t["speedup"]["pass"]
     assert t["mem_ratio_2x4"]["value"] == pytest.approx(3.3 / 4.8) and t["mem_ratio_2x4"]["pass"]
-    assert t["loss_rel_diff"]["value"] == pytest.approx(0.05 / 11.0) and t["loss_rel_diff"]["pass"]
-    assert t["budget12_micro_batch"]["value"] == 4 and t["budget12_micro_batch"]["pass"]
+    assert t["eval_loss_rel_diff"]["value"] == pytest.approx(0.05 / 11.0) and t["eval_loss_rel_diff"]["pass"]
+    assert t["budget8_speedup"]["value"] == pytest.approx(6.0) and t["budget8_speedup"]["pass"]
+    assert t["budget8_reserved_gib"]["value"] == 5.0 and t["budget8_reserved_gib"]["pass"]
+    # The fixed-length scenario asks 6x, not 10x.
+    assert "6x" in bench_run.add_comparisons(results, "fixed")["speedup"]["target"]
     # Losses compare at the last step both recipes have.
     assert results[3]["compare_step"] == 1 and results[3]["loss_rel_diff"] == 0.0
     rows = bench_run.table_rows(results)
-    assert len(rows) == 5 and all(len(r) == len(bench_run.COLUMNS) for r in rows)
-    assert rows[2][1] == "8 x 1" and rows[4][-1] == "error"
+    assert len(rows) == 6 and all(len(r) == len(bench_run.COLUMNS) for r in rows)
+    assert rows[2][1] == "8 x 1" and rows[5][-1] == "error"
 
 
 def test_targets_fail_and_missing():
-    results = [fake("classic", 2600, 4.8, [11.0]), fake("fastft2x4", 2700, 4.0, [11.5])]
-    t = bench_run.add_comparisons(results)
-    assert t["mem_ratio_2x4"]["pass"] is False and t["loss_rel_diff"]["pass"] is False
-    assert t["speedup"]["pass"] is None and t["budget12_micro_batch"]["pass"] is None
+    results = [fake("classic", 2600, 4.8, [11.0], eval_loss=11.0),
+               fake("fastft2x4", 2700, 4.0, [11.5]),
+               fake("fastft", 20000, 4.0, [11.5], eval_loss=11.5)]
+    t = bench_run.add_comparisons(results, "longtail")
+    assert t["mem_ratio_2x4"]["pass"] is False and t["eval_loss_rel_diff"]["pass"] is False
+    assert t["speedup"]["pass"] is False  # 7.7x < 10x
+    assert t["budget8_speedup"]["pass"] is None and t["budget8_reserved_gib"]["pass"] is None
 
 
 def test_chart_and_slug(tmp_path):

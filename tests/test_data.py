@@ -525,11 +525,12 @@ def test_load_conversations_no_valid_examples_raises_even_when_skipping(tmp_path
         load_conversations(empty)
 
 
-def test_missing_file_raises_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        read_dataset(tmp_path / "nope.jsonl")
-    with pytest.raises(FileNotFoundError):
-        load_conversations(tmp_path / "nope.jsonl")
+def test_unreadable_file_is_a_data_error_naming_it(tmp_path):
+    for path in (tmp_path / "nope.jsonl", tmp_path):
+        with pytest.raises(DataError, match=f"{path}:0: <file>: cannot read"):
+            read_dataset(path)
+        with pytest.raises(DataError, match="cannot read"):
+            load_conversations(path)
 
 
 def test_data_error_caps_listed_issues(tmp_path):

@@ -28,7 +28,7 @@ from fastft.modelfile import (
     unrepresentable,
 )
 from fastft.template import HYBRID, INSTRUCT_2507, OTHER, THINKING
-from fastft.tiny import template_text
+from fastft.template import template_text
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_DIR = Path(__file__).resolve().parent / "gotemplate"

@@ -9,7 +9,9 @@ import torch
 from conftest import EXAMPLE
 from fastft.data import Example
 from fastft.template import ChatGuard
-from fastft.train import TrainConfig, tokenize_rendered, train
+from fastft.config import TrainConfig
+from fastft.template import tokenize_rendered
+from fastft.train import resume, train
 
 THINK_IDS = {151667, 151668}
 
@@ -37,7 +39,7 @@ def test_training_lowers_the_loss_and_writes_the_run(trained):
     cfg, result = trained
     run = result.run_dir
     ls = losses(run)
-    assert len(ls) == result.summary["final"]["global_step"] == 39  # 100 examples / 8, 3 epochs
+    assert len(ls) == result.record.final.global_step == 39  # 100 examples / 8, 3 epochs
     assert sum(ls[-5:]) / 5 < 0.25 * sum(ls[:3]) / 3
 
     meta = json.loads((run / "fastft.json").read_text())
@@ -137,20 +139,20 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     lines = (run / "metrics.jsonl").read_text().splitlines()[:4]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
-    resumed = train(None, resume=str(run))
+    resumed = resume(str(run))
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 4, 5, 6]   # restarted at step 4, from checkpoint-3
-    assert resumed.summary["final"]["global_step"] == 6
+    assert resumed.record.final.global_step == 6
     assert (run / "adapter" / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.slow
 def test_eval_split_reports_eval_loss_and_keeps_best(tmp_path):
     result = train(tiny_config(tmp_path, name="eval", eval_split=0.1, epochs=2))
-    final = result.summary["final"]
-    assert result.summary["data"]["eval"] == 10 and result.summary["data"]["train"] == 90
-    assert final["eval_loss"] >= final["best_eval_loss"] > 0
-    assert final["best_checkpoint"]
+    final = result.record.final
+    assert result.record.data.eval == 10 and result.record.data.train == 90
+    assert final.eval_loss >= final.best_eval_loss > 0
+    assert final.best_checkpoint
 
 
 @pytest.mark.slow
@@ -160,7 +162,7 @@ def test_packing_trains_with_the_label_mask(tmp_path):
     from trl.data_utils import pack_dataset
 
     result = train(tiny_config(tmp_path, name="packed", packing=True, max_steps=3))
-    assert result.summary["final"]["global_step"] == 3
+    assert result.record.final.global_step == 3
     assert all(l == l and l > 0 for l in losses(result.run_dir))  # finite, positive
 
     rows = {"input_ids": [[1, 2, 3], [4, 5, 6, 7]], "labels": [[-100, 2, 3], [-100, -100, 6, 7]]}
@@ -175,6 +177,6 @@ def test_eval_file_is_evaluated_each_epoch(tmp_path):
     held_out = tmp_path / "eval.jsonl"
     held_out.write_text("\n".join(lines[:5]) + "\n")
     result = train(tiny_config(tmp_path, name="evalfile", eval_file=str(held_out), epochs=2))
-    assert result.summary["data"]["eval"] == 5 and result.summary["data"]["train"] == 100
+    assert result.record.data.eval == 5 and result.record.data.train == 100
     final = json.loads((result.run_dir / "fastft.json").read_text())["final"]
     assert len(final["eval_losses"]) == 2 and final["eval_loss"] == final["eval_losses"][-1] > 0

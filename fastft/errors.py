@@ -1,0 +1,31 @@
+"""The errors a user causes or can fix, under one base class.
+
+The CLI prints a `FastftError` as one clear line and exits 1. Anything else that escapes is a
+bug (ours or a library's): the CLI says so, writes the traceback to a log file and exits 70.
+Each stage keeps its own subclass next to its code (`data.DataError`, `template.GuardError`,
+`export.ExportError`, ...); the ones without a natural home live here.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README: 0 ok, 1 a FastftError (bad input, config or state),
+# 2 a usage error (click's own), 70 an internal error (EX_SOFTWARE from sysexits.h), 130 Ctrl-C.
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 70
+EXIT_INTERRUPTED = 130
+
+
+class FastftError(Exception):
+    """Base of every error fastft reports to the user as a message rather than a traceback."""
+
+
+class ConfigError(FastftError, ValueError):
+    """An option's value is invalid (from a flag or from a TOML file alike)."""
+
+
+class TrainError(FastftError):
+    """Training cannot start or continue: no trainable example, no checkpoint to resume, ..."""
+
+
+class RunFolderError(FastftError):
+    """A run folder is missing, malformed, of a newer schema, or in use by another process."""

@@ -1,0 +1,211 @@
+"""The run folder: its layout and its record (`fastft.json`), owned here and nowhere else.
+
+    runs/<name>/
+      fastft.json      RunRecord: the config, what the run derived from it (plan), data, results
+      metrics.jsonl    one StepRecord per optimizer step (fastft.metrics)
+      checkpoints/     checkpoint-<step>/, written by the Trainer; complete once trainer_state.json exists
+      adapter/         the trained LoRA adapter and the guarded tokenizer, swapped in atomically
+      .lock            held (flock) while a process trains in the folder
+    runs/latest        symlink to the newest run
+
+Train, resume, export, chat, the CLI summary, the benchmark and the tests all read and write a
+run through `RunFolder` and `RunRecord`, so the schema has one definition and one version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .config import TrainConfig
+from .errors import RunFolderError
+
+SCHEMA_VERSION = 2
+RECORD_FILE = "fastft.json"
+LATEST = "latest"
+# A run name is one path component: it can never point outside the runs folder.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataInfo(_Record):
+    path: str                    # absolute, so a resume works from any directory
+    sha256: str
+    examples: int                # valid records in the file
+    train: int                   # tokenised training examples (after the eval split and drops)
+    eval: int
+    truncated: int
+    dropped: int                 # no trainable token left after truncation
+    train_tokens: int
+    trained_tokens: int          # tokens that carry loss
+
+
+class Plan(_Record):
+    """What the run derived from its config on this machine; a resume reuses it as it is."""
+    model_path: str              # what from_pretrained was given: a local folder or a hub id
+    batch_size: int              # micro-batch actually used
+    grad_accum: int
+    padding_free: Optional[bool]  # None: left to Unsloth (CPU, packing)
+    gradient_checkpointing: str
+    optim: str                   # the optimizer actually used (adamw_torch on CPU)
+    group_by_length: bool
+    pad_waste: Optional[dict] = None   # {"random": share, "grouped": share} of padded tokens
+    tuning: Optional[dict] = None      # auto-tune's choice and measurements
+
+
+class Final(_Record):
+    global_step: int
+    train_loss: Optional[float] = None
+    steps: int = 0               # steps recorded in metrics.jsonl by this process
+    timed_steps: int = 0
+    tokens_per_s: Optional[float] = None
+    seconds_per_step: Optional[float] = None
+    last_loss: Optional[float] = None
+    peak_mem_alloc_gib: Optional[float] = None
+    peak_mem_reserved_gib: Optional[float] = None
+    eval_loss: Optional[float] = None
+    best_eval_loss: Optional[float] = None
+    eval_losses: list[float] = []
+    best_checkpoint: Optional[str] = None
+
+
+class RunRecord(_Record):
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["training", "done", "failed", "interrupted"] = "training"
+    config: TrainConfig
+    plan: Plan
+    variant: str                 # which chat template family (fastft.template.detect_variant)
+    guard: dict                  # the chat-template guard's report
+    data: DataInfo
+    versions: dict
+    hardware: dict
+    timings: dict[str, float] = {}
+    final: Optional[Final] = None
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def record_file(self) -> Path:
+        return self.path / RECORD_FILE
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    # -- finding and creating ------------------------------------------------------------------
+
+    @classmethod
+    def new(cls, runs_dir: str | os.PathLike, name: str) -> "RunFolder":
+        """The folder a new run `name` would use; refuses unsafe names and taken folders.
+        Creates nothing (see `create`), so a run can be checked completely first."""
+        if not NAME_RE.match(name) or name == LATEST:
+            raise RunFolderError(f"invalid run name {name!r}: use letters, digits, '.', '_', '-' "
+                                 f"(at most 100, starting with a letter or digit; not {LATEST!r})")
+        folder = cls(Path(runs_dir).absolute() / name)
+        if folder.path.exists() and (not folder.path.is_dir() or any(folder.path.iterdir())):
+            raise RunFolderError(f"run folder {folder.path} already exists; pick another --name "
+                                 f"or --resume it")
+        return folder
+
+    def create(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir()
+        except FileExistsError:
+            if any(self.path.iterdir()):  # another process won the race for this name
+                raise RunFolderError(f"run folder {self.path} was created by another process") from None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunFolder":
+        """An existing run (symlinks such as runs/latest resolved)."""
+        given = Path(path)
+        folder = cls(given.resolve())
+        if not folder.record_file.is_file():
+            hint = " (train one first: fastft train DATA)" if given.name == LATEST else ""
+            raise RunFolderError(f"{given}: not a fastft run folder, no {RECORD_FILE}{hint}")
+        return folder
+
+    # -- the record ------------------------------------------------------------------------------
+
+    def read(self) -> RunRecord:
+        try:
+            raw = json.loads(self.record_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunFolderError(f"{self.record_file}: unreadable: {e}") from None
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        if version != SCHEMA_VERSION:
+            raise RunFolderError(f"{self.record_file}: schema version {version!r}, this fastft "
+                                 f"reads version {SCHEMA_VERSION}; use the fastft that wrote it")
+        try:
+            return RunRecord.model_validate(raw)
+        except ValidationError as e:
+            raise RunFolderError(f"{self.record_file}: malformed: {e}") from None
+
+    def write(self, record: RunRecord) -> None:
+        """Atomically: a reader never sees half a file."""
+        write_text_atomic(self.record_file, record.model_dump_json(indent=2) + "\n")
+
+    # -- checkpoints, the latest pointer, the lock ---------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first. The Trainer writes trainer_state.json last, so a
+        checkpoint without it was cut short and cannot be resumed from."""
+        found = [p for p in self.checkpoints_dir.glob("checkpoint-*")
+                 if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+    def last_checkpoint(self) -> Path | None:
+        cks = self.checkpoints()
+        return cks[-1] if cks else None
+
+    def point_latest(self) -> None:
+        """`<runs>/latest` -> this run, swapped atomically; never replaces a non-link."""
+        latest = self.path.parent / LATEST
+        if latest.exists() and not latest.is_symlink():
+            return  # a file or folder of the user's: leave it alone
+        tmp = self.path.parent / f".{LATEST}-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.path.name)
+        os.replace(tmp, latest)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held while training; a second process training into the same folder is refused."""
+        with open(self.path / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(f"{self.path} is in use by another fastft process") from None
+            yield
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
