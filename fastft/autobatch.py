@@ -1,34 +1,78 @@
-"""Automatic micro-batching: the same effective batch, in as few, as large micro-batches as fit.
+"""Auto-tune: measure micro-batch, padding and gradient checkpointing on the user's own data.
 
-On a big GPU the micro-batch decides throughput (on an H100, Unsloth at 8 x 1 ran 3x faster
-than at 2 x 4, same effective batch). We probe with real forward+backward passes on the
-longest examples, largest candidate first, back off on out-of-memory, and keep headroom for
-the optimizer state and allocator fragmentation.
+Rules chose the slow path: on an H100 (Qwen3-4B shape, QLoRA, lengths 128-1024, effective
+batch 8) the pad-waste rule picked padding-free at 4,454 tokens/s while padded batches ran
+7,682 and padded without checkpointing 11,668 (at 30 GiB instead of 4.4). Which one wins
+depends on the card, the model and the lengths, so we time the real candidates on a few real
+micro-batches, drawn as training will draw them, and keep the fastest that fits the VRAM budget.
+
+Candidates: micro-batches that divide the effective batch exactly; padded (length-grouped,
+padded to PAD_MULTIPLE) or padding-free batches; checkpointing "unsloth" (activations
+offloaded to CPU RAM), "true" (kept on the GPU, recomputed) or "false" (no recompute).
+The probe runs forward+backward, so `set_checkpointing` switches an already-LoRA-wrapped model
+between the three modes at run time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 
-HEADROOM = 0.10  # share of the budget left free after the probe's peak
-# Padded batches let Unsloth run each transformer block as one compiled region; padding-free
-# (varlen) batches cannot, but waste no compute on pad tokens. Measured on an H200 (Qwen3-4B
-# shape, 1024-token examples, 8 x 1): padded 16.8k tokens/s vs padding-free 13.7k. So pad when
-# padding wastes little, and go padding-free when lengths vary enough to waste more.
-MAX_PAD_WASTE = 0.10
+HEADROOM = 0.10        # share of the budget left free for allocator fragmentation
+MARGIN = 0.05          # another checkpointing mode must beat "unsloth" by this much to replace it
+TIE = 0.01             # tokens/s within this share of the fastest count as a tie: less memory wins
+PADDING_PRUNE = 0.20   # after the first mode, a padding this much slower is not timed again
+PROBE_BUDGET_S = 40.0  # no new candidate is started after this; the first mode always completes
+DEFAULT_MODE = "unsloth"
+# Least memory first. "false" is tried before "true": at the same micro-batch it is faster
+# (no recompute), so "true" is only worth timing where it fits a larger micro-batch than "false".
+MODES = ("unsloth", "false", "true")
+_GC_VALUE = {"unsloth": "unsloth", "true": True, "false": False}  # Unsloth's spelling of each mode
+_RANK = {"unsloth": 0, "true": 1, "false": 2}  # activation memory each mode keeps on the GPU
 
 
 @dataclass
-class BatchChoice:
+class Measurement:
+    """One probed candidate. peak_gib None: out of memory; tokens_per_s None: not timed."""
+    micro_batch: int
+    padding_free: bool
+    checkpointing: str
+    peak_gib: float | None
+    tokens_per_s: float | None
+
+    def label(self) -> str:
+        head = f"{self.micro_batch} {'free' if self.padding_free else 'padded'} {self.checkpointing}"
+        if self.peak_gib is None:
+            return f"{head}: OOM"
+        speed = "not timed" if self.tokens_per_s is None else f"{self.tokens_per_s:,.0f} tok/s"
+        return f"{head}: {speed}, {self.peak_gib:.1f} GiB"
+
+
+@dataclass
+class TuneResult:
     batch_size: int
     grad_accum: int
+    padding_free: bool
+    checkpointing: str
     budget_gib: float
-    probes: list[tuple[int, float | None]] = field(default_factory=list)  # (micro-batch, peak GiB or None=OOM)
+    probe_s: float
+    measurements: list[Measurement] = field(default_factory=list)
+    reserve_gib: float = 0.0   # optimizer state the probe does not see, kept free as well
 
     def describe(self) -> str:
-        tried = ", ".join(f"{b}: {'OOM' if p is None else f'{p:.1f} GiB'}" for b, p in self.probes)
-        return (f"auto-batch: micro-batch {self.batch_size} x {self.grad_accum} accumulation "
-                f"(budget {self.budget_gib:.1f} GiB; probed {tried})")
+        chosen = next((m for m in self.measurements if (m.micro_batch, m.padding_free,
+                       m.checkpointing) == (self.batch_size, self.padding_free, self.checkpointing)
+                       and m.tokens_per_s), None)
+        others = "; ".join(m.label() for m in self.measurements if m is not chosen)
+        speed = f" ({chosen.label().split(': ', 1)[1]})" if chosen else " (nothing fitted)"
+        return (f"auto-tune: micro-batch {self.batch_size} x {self.grad_accum} accumulation, "
+                f"{'padding-free' if self.padding_free else 'padded'}, checkpointing "
+                f"{self.checkpointing}{speed}; budget {self.budget_gib:.1f} GiB, "
+                f"{self.reserve_gib:.2f} GiB for optimizer state; also measured: "
+                f"{others or 'nothing'}; {self.probe_s:.0f} s")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def candidates(effective_batch: int) -> list[int]:
@@ -47,75 +91,301 @@ def apply_vram_budget(budget_gib: float | None) -> float:
     return budget_gib
 
 
-def choose_micro_batch(model, tokenizer, examples, cfg, ui=None) -> BatchChoice:
+def optimizer_reserve_gib(model, optim: str = "adamw_8bit") -> float:
+    """GiB the optimizer will hold that a forward+backward probe never allocates: its moments
+    (2 per trainable parameter; 1 byte each for 8-bit AdamW, 4 for 32-bit), plus the gradients
+    again (the probe frees them; counting them twice is cheap for LoRA, a few hundred MiB)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_param = 0 if "sgd" in optim or "adafactor" in optim else 1 if "lion" in optim else 2
+    moment_bytes = 1 if "8bit" in optim else 4
+    total = sum(p.numel() * (per_param * moment_bytes + p.element_size()) for p in params)
+    return total / 2**30
+
+
+def fits(m: Measurement, budget_gib: float, reserve_gib: float = 0.0) -> bool:
+    return m.peak_gib is not None and m.peak_gib + reserve_gib <= budget_gib * (1 - HEADROOM)
+
+
+def _fastest(ms: list[Measurement]) -> Measurement | None:
+    """The fastest; among those within TIE of it, the one with the least memory."""
+    if not ms:
+        return None
+    top = max(m.tokens_per_s for m in ms)
+    close = [m for m in ms if m.tokens_per_s >= top * (1 - TIE)]
+    return min(close, key=lambda m: (m.peak_gib, -m.tokens_per_s))
+
+
+def decide(measurements: list[Measurement], effective_batch: int, budget_gib: float,
+           reserve_gib: float = 0.0, margin: float = MARGIN) -> Measurement:
+    """The fastest timed candidate that fits the budget with headroom and reserve. Another
+    checkpointing mode only counts if it beats the fastest fitting "unsloth" one by `margin`;
+    ties (within TIE) go to less memory. Nothing fits: micro-batch 1."""
+    ok = [m for m in measurements if m.tokens_per_s and effective_batch % m.micro_batch == 0
+          and fits(m, budget_gib, reserve_gib)]
+    base = _fastest([m for m in ok if m.checkpointing == DEFAULT_MODE])
+    if base is not None:
+        ok = [m for m in ok if m.checkpointing == DEFAULT_MODE
+              or m.tokens_per_s >= base.tokens_per_s * (1 + margin)]
+    best = _fastest(ok)
+    if best is not None:
+        return best
+    # The modes and paddings probed at all are those the user allowed; of several, the ones
+    # needing the least memory.
+    modes = {m.checkpointing for m in measurements}
+    frees = {m.padding_free for m in measurements}
+    return Measurement(1, frees.pop() if len(frees) == 1 else True,
+                       modes.pop() if len(modes) == 1 else DEFAULT_MODE, None, None)
+
+
+# -- switching gradient checkpointing at run time ---------------------------------------------
+
+def set_checkpointing(model, mode: str) -> None:
+    """Switch a LoRA-wrapped Unsloth model to checkpointing `mode` ("unsloth", "true", "false").
+
+    Three things decide what a decoder layer (transformers' GradientCheckpointingLayer) does:
+    its `gradient_checkpointing` flag, its `_gradient_checkpointing_func`, and, for "unsloth",
+    Unsloth's process-wide patch of torch.utils.checkpoint (CheckpointFunction ->
+    UnslothCheckpointFunction, which offloads to CPU RAM). We set all three, then record the
+    mode where Unsloth's trainer reads it back (`_unsloth_gradient_checkpointing`: its train()
+    re-applies it through for_training, and its config turns TRL's default
+    gradient_checkpointing=True off when it is False), so the choice survives into training.
+    """
+    import functools
+
+    import torch
+    import torch.utils.checkpoint as ck
+    from unsloth_zoo import gradient_checkpointing as ugc
+
+    if mode not in _GC_VALUE:
+        raise ValueError(f"checkpointing mode {mode!r}: expected one of {', '.join(_GC_VALUE)}")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    on_gpu = torch.cuda.is_available()
+    if mode == "unsloth" and on_gpu:
+        ugc.patch_unsloth_smart_gradient_checkpointing(dtype=base.get_input_embeddings().weight.dtype)
+        func = ugc.unsloth_checkpoint
+    else:
+        # Unsloth's own recipe for leaving "unsloth" (unsloth_zoo prepare_model_for_training);
+        # a no-op when nothing is patched. On CPU Unsloth's "unsloth" is plain recomputation.
+        ugc.unpatch_unsloth_gradient_checkpointing()
+        ugc.unpatch_unsloth_smart_gradient_checkpointing()
+        func = getattr(ck, "_unsloth_pristine_checkpoint", None) or ck.checkpoint
+    # Reentrant on the GPU, as Unsloth's SFTConfig pins it (its offloading needs it); its CPU
+    # backend uses non-reentrant. Either way the trainer's own gradient_checkpointing_enable()
+    # later installs the same function, so the probe times what training runs.
+    func = functools.partial(func, use_reentrant=on_gpu)
+    # What gradient_checkpointing_enable() does, minus the input-grad hook it adds on every call.
+    base._set_gradient_checkpointing(enable=mode != "false", gradient_checkpointing_func=func)
+    if mode != "false" and on_gpu and not _has_input_grad_hook(base):
+        base.enable_input_require_grads()  # reentrant checkpointing needs inputs that require grad
+    model._unsloth_gradient_checkpointing = _GC_VALUE[mode]
+
+
+def _has_input_grad_hook(base) -> bool:
+    hooks = base.get_input_embeddings()._forward_hooks.values()
+    return any(getattr(h, "__name__", "").startswith("make_inputs_require_grad") for h in hooks)
+
+
+def checkpointing_mode(model) -> str:
+    """The mode set by get_peft_model or the last set_checkpointing ("unsloth" if unrecorded)."""
+    value = model.__dict__.get("_unsloth_gradient_checkpointing", "unsloth")
+    return next((k for k, v in _GC_VALUE.items() if v is value or v == value), DEFAULT_MODE)
+
+
+# -- the probe ---------------------------------------------------------------------------------
+
+def autotune(model, tokenizer, examples, cfg, ui=None, fixed_checkpointing: str | None = None
+             ) -> TuneResult:
+    """Measure the candidates on `examples` (TokenizedExample) and leave the model in the
+    chosen checkpointing mode; RNG state, train/eval mode and gradients are as before."""
     import torch
 
+    t0 = time.perf_counter()
     budget = apply_vram_budget(cfg.vram_budget)
+    reserve = optimizer_reserve_gib(model, getattr(cfg, "optim", "adamw_8bit"))
     effective = cfg.batch_size * cfg.grad_accum
-    length = min(cfg.max_seq_len, max(len(e.input_ids) for e in examples))
-    longest = max(examples, key=lambda e: len(e.input_ids))
-    ids = (longest.input_ids * (length // len(longest.input_ids) + 1))[:length]
-    # Probing must not change the run: same RNG streams and train/eval mode afterwards.
-    rng = torch.cuda.get_rng_state(), torch.get_rng_state()
-    was_training = model.training
+    modes = list(MODES) if fixed_checkpointing in (None, "auto") else [fixed_checkpointing]
+    paddings = {"padded": [False], "free": [True]}.get(cfg.padding, [False, True])
+    rng = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+    was_training, before = model.training, checkpointing_mode(model)
+    chosen = before
     model.train()
     try:
-        return pick(effective, budget, lambda mb: _probe(model, ids, mb))
+        probe = _Probe(model, tokenizer, examples, cfg.seed, ui)
+        measurements = _search(probe, modes, paddings, effective, budget, reserve,
+                               deadline=t0 + PROBE_BUDGET_S)
+        choice = decide(measurements, effective, budget, reserve)
+        chosen = choice.checkpointing
     finally:
-        model.train(was_training)
-        torch.cuda.set_rng_state(rng[0])
-        torch.set_rng_state(rng[1])
-
-
-def pick(effective: int, budget_gib: float, probe) -> BatchChoice:
-    """The largest exact divisor of `effective` whose probed peak fits the budget with headroom.
-    Micro-batch 1 is the floor: if even it does not fit, training will say so itself."""
-    choice = BatchChoice(1, effective, budget_gib)
-    for mb in candidates(effective):
-        peak = probe(mb)
-        choice.probes.append((mb, peak))
-        if peak is not None and peak <= budget_gib * (1 - HEADROOM):
-            choice.batch_size, choice.grad_accum = mb, effective // mb
-            break
-    return choice
-
-
-def _probe(model, ids: list[int], micro_batch: int) -> float | None:
-    """Peak GiB of one forward+backward at `micro_batch` x len(ids), or None on out-of-memory."""
-    import torch
-
-    model.zero_grad(set_to_none=True)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    x = torch.tensor([ids] * micro_batch, device="cuda")
-    try:
-        out = model(input_ids=x, labels=x)
-        out.loss.backward()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2**30
-    except torch.cuda.OutOfMemoryError:
-        return None
-    finally:
-        out = x = None
+        set_checkpointing(model, chosen)
         model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        torch.set_rng_state(rng[0])
+        torch.cuda.set_rng_state_all(rng[1])
         torch.cuda.empty_cache()
+    return TuneResult(choice.micro_batch, effective // choice.micro_batch, choice.padding_free,
+                      choice.checkpointing, budget, time.perf_counter() - t0, measurements,
+                      reserve)
+
+
+def _search(probe, modes, paddings, effective, budget, reserve, deadline) -> list[Measurement]:
+    """For each mode the largest micro-batch that fits, by one step on the worst-case batch,
+    then 2 passes over the timing batches (the first compiles and warms up). Memory grows
+    unsloth < true < false, so a mode never tries a larger micro-batch than a leaner mode
+    fitted, and "true" only tries micro-batches larger than "false" fitted (at the same one,
+    "false" is faster: no recompute)."""
+    ms: list[Measurement] = []
+    fitted: dict[str, int] = {}
+    failed: list[str] = []
+    for i, mode in enumerate(modes):
+        if i and time.perf_counter() > deadline:
+            break
+        if any(_RANK[f] <= _RANK[mode] for f in failed):
+            continue   # a mode needing no more memory fitted nothing
+        top = min([mb for m, mb in fitted.items() if _RANK[m] < _RANK[mode]], default=effective)
+        floor = fitted.get("false", 0) if mode == "true" else 0
+        sizes = [c for c in candidates(effective) if floor < c <= top]
+        if not sizes:
+            continue
+        probe.use(mode)
+        fitting = _largest_fit(probe, mode, sizes, paddings, budget, reserve, ms)
+        if not fitting:
+            failed += [mode] if floor == 0 else []
+            continue
+        fitted[mode] = fitting[0].micro_batch
+        for m in fitting:
+            if i and time.perf_counter() > deadline:
+                break
+            m.tokens_per_s, peak = probe.time(m.micro_batch, m.padding_free)
+            m.peak_gib = None if m.tokens_per_s is None else max(m.peak_gib, peak)
+            probe.say(m.label())
+        paddings = _prune_paddings(paddings, ms)
+    return ms
+
+
+def _largest_fit(probe, mode, sizes, paddings, budget, reserve, ms) -> list[Measurement]:
+    """Measurements (untimed) of the largest size in `sizes` at which some padding fits."""
+    for mb in sizes:
+        tried = [Measurement(mb, free, mode, probe.peak(mb, free), None) for free in paddings]
+        ms.extend(tried)
+        for m in tried:
+            if not fits(m, budget, reserve):
+                probe.say(m.label() + ("" if m.peak_gib is None else " (over budget)"))
+        ok = [m for m in tried if fits(m, budget, reserve)]
+        if ok:
+            return ok
+    return []
+
+
+def _prune_paddings(paddings: list[bool], ms: list[Measurement]) -> list[bool]:
+    """Padded vs padding-free is decided by kernels and pad compute, not by checkpointing: once
+    one is PADDING_PRUNE faster in a mode, later modes time only that one."""
+    timed = {m.padding_free: m.tokens_per_s for m in ms if m.tokens_per_s}
+    if len(paddings) < 2 or len(timed) < 2:
+        return paddings
+    fast, slow = sorted(timed, key=timed.get, reverse=True)
+    return [fast] if timed[fast] * (1 - PADDING_PRUNE) > timed[slow] else paddings
+
+
+class _Probe:
+    """Real micro-batches of the user's data, collated as the trainer will, and one timed
+    forward+backward on them under the trainer's autocast."""
+
+    def __init__(self, model, tokenizer, examples, seed, ui=None, device="cuda"):
+        import torch
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        from .batching import PAD_MULTIPLE
+        self.model, self.examples, self.seed, self.ui = model, examples, seed, ui
+        self.device = device
+        self.lengths = [len(e.input_ids) for e in examples]
+        pad = tokenizer.pad_token_id
+        # The collators SFTTrainer builds: padded to PAD_MULTIPLE (train.py's SFTConfig), or
+        # padding-free: one row, position_ids restarting per example (see _collate).
+        self.collators = {False: DataCollatorForLanguageModeling(pad, pad_to_multiple_of=PAD_MULTIPLE),
+                          True: DataCollatorForLanguageModeling(pad, padding_free=True,
+                                                                return_position_ids=True)}
+        self.amp = torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+
+    def use(self, mode: str) -> None:
+        set_checkpointing(self.model, mode)
+
+    def say(self, text: str) -> None:
+        if self.ui is not None:
+            self.ui.status(f"auto-tune: {text}")
+
+    def worst(self, micro_batch: int) -> list[int]:
+        """The longest examples: the most tokens, padded or not, any micro-batch can hold."""
+        order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__, reverse=True)
+        return order[:micro_batch]
+
+    def timing(self, micro_batch: int) -> list[list[int]]:
+        """A short, a median and a long micro-batch, as training draws them (length-grouped,
+        epoch 0): the 1/6, 3/6 and 5/6 points by tokens, one for each third of the epoch."""
+        from .batching import grouped_batches
+        batches = grouped_batches(self.lengths, micro_batch, self.seed)
+        full = [b for b in batches if len(b) == micro_batch] or batches
+        full.sort(key=lambda b: sum(self.lengths[i] for i in b))
+        picks = sorted({min(len(full) - 1, len(full) * k // 6) for k in (1, 3, 5)})
+        return [full[i] for i in picks]
+
+    def peak(self, micro_batch: int, padding_free: bool) -> float | None:
+        return self.step(self._collate(self.worst(micro_batch), padding_free))[0]
+
+    def time(self, micro_batch: int, padding_free: bool) -> tuple[float | None, float]:
+        """(non-padding tokens/s over the timing batches, peak GiB); None on out-of-memory."""
+        chosen = self.timing(micro_batch)
+        batches = [self._collate(b, padding_free) for b in chosen]
+        peaks = [self.step(b)[0] for b in batches]          # compiles new shapes, warms up
+        runs = [self.step(b) for b in batches]
+        if None in peaks or any(p is None for p, _ in runs):
+            return None, 0.0
+        tokens = sum(self.lengths[i] for b in chosen for i in b)
+        return tokens / sum(s for _, s in runs), max(peaks + [p for p, _ in runs])
+
+    def _collate(self, indices: list[int], padding_free: bool) -> dict:
+        import torch
+        rows = [{"input_ids": self.examples[i].input_ids, "labels": self.examples[i].labels}
+                for i in indices]
+        if padding_free:
+            # What Unsloth's enable_padding_free_metadata wraps around TRL's collator: each
+            # example's length, and packed_seq_lengths, which the model's varlen attention
+            # reads to keep examples apart. (Its boundary-label mask is a no-op on TRL's output.)
+            rows = [r | {"seq_lengths": [len(r["input_ids"])]} for r in rows]
+        batch = self.collators[padding_free](rows)
+        if padding_free:
+            batch["packed_seq_lengths"] = torch.tensor([len(r["input_ids"]) for r in rows],
+                                                       dtype=torch.int32)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def step(self, batch: dict) -> tuple[float | None, float]:
+        """(peak GiB allocated, seconds) of one forward+backward; (None, 0) on out-of-memory."""
+        import gc
+
+        import torch
+        model = self.model
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        try:
+            with torch.autocast("cuda", dtype=self.amp):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**30, time.perf_counter() - start
+        except torch.OutOfMemoryError:
+            pass
+        finally:
+            loss = None
+            model.zero_grad(set_to_none=True)
+        # Outside the except block, so the traceback's frames (and their tensors) are gone.
+        _after_oom()
+        gc.collect()
+        torch.cuda.empty_cache()
+        return None, 0.0
 
 
-def padding_waste(lengths: list[int], micro_batch: int, seed: int = 0) -> float:
-    """Share of a padded epoch's tokens that would be padding, with batches drawn at random."""
-    import random
-    order = lengths[:]
-    random.Random(seed).shuffle(order)
-    real = padded = 0
-    for i in range(0, len(order), micro_batch):
-        chunk = order[i:i + micro_batch]
-        real += sum(chunk)
-        padded += max(chunk) * len(chunk)
-    return 1 - real / padded if padded else 0.0
-
-
-def choose_padding_free(lengths: list[int], micro_batch: int, seed: int = 0) -> tuple[bool, float]:
-    """(padding_free, waste): padding-free only when padded batches would waste > MAX_PAD_WASTE."""
-    waste = padding_waste(lengths, micro_batch, seed)
-    return waste > MAX_PAD_WASTE, waste
+def _after_oom() -> None:
+    """An OOM mid-backward can leave Unsloth's offloading bookkeeping mid-pass: reset it."""
+    from unsloth_zoo.gradient_checkpointing import reset_unsloth_gradient_checkpointing_buffers
+    reset_unsloth_gradient_checkpointing_buffers()  # returns at once when nothing was offloaded
