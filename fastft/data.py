@@ -297,6 +297,21 @@ def _check_order(msgs: list[_Msg], end_field: str, problems: list[tuple[str, str
         )
 
 
+def _chatml_block_error(text: str, start: int, head: int, newline: int, end: int,
+                        block: int) -> str | None:
+    """Why the ChatML block at `start` cannot be parsed, or None."""
+    if end < 0:
+        return f"message {block} at character {start} has no closing {IM_END}"
+    if newline < 0 or newline > end:
+        return (f"message {block} at character {start}: expected "
+                f"'{IM_START}role\\n' followed by the content")
+    nested = text.find(IM_START, head, end)
+    if nested >= 0:
+        return (f"message {block} at character {start} has no closing {IM_END} "
+                f"before the next {IM_START} (character {nested})")
+    return None
+
+
 def _parse_chatml(text: str, problems: list[tuple[str, str]]) -> list[_Msg] | None:
     """Parse a ChatML rendering back into messages."""
     if IM_START not in text:
@@ -326,23 +341,9 @@ def _parse_chatml(text: str, problems: list[tuple[str, str]]) -> list[_Msg] | No
         head = start + len(IM_START)
         newline = text.find("\n", head)
         end = text.find(IM_END, head)
-        if end < 0:
-            problems.append(
-                ("text", f"message {block} at character {start} has no closing {IM_END}")
-            )
-            return None
-        if newline < 0 or newline > end:
-            problems.append(
-                ("text", f"message {block} at character {start}: expected "
-                         f"'{IM_START}role\\n' followed by the content")
-            )
-            return None
-        nested = text.find(IM_START, head, end)
-        if nested >= 0:
-            problems.append(
-                ("text", f"message {block} at character {start} has no closing {IM_END} "
-                         f"before the next {IM_START} (character {nested})")
-            )
+        broken = _chatml_block_error(text, start, head, newline, end, block)
+        if broken:
+            problems.append(("text", broken))
             return None
         raw_role = text[head:newline].strip()
         content = text[newline + 1:end]
@@ -409,6 +410,42 @@ def _prompt_completion_part(
     return [_Msg(default_role, value, key, key)]
 
 
+def _alpaca_messages(record: dict, problems: list[tuple[str, str]]) -> list[_Msg]:
+    """An Alpaca record (instruction, optional input and system, output) as messages."""
+    msgs: list[_Msg] = []
+    system = record.get("system")
+    if system is not None and not (isinstance(system, str) and not system.strip()):
+        problem = _check_text(system)
+        if problem:
+            problems.append(("system", problem))
+        else:
+            msgs.append(_Msg("system", system, "system", "system"))
+    instruction = record.get("instruction", None)
+    if "instruction" not in record:
+        problems.append(("instruction", f"missing (keys found: {_keys(record)})"))
+    else:
+        problem = _check_text(instruction)
+        if problem:
+            problems.append(("instruction", problem))
+    inp = record.get("input")
+    if inp is not None and not isinstance(inp, str):
+        problems.append(("input", f"expected a string, got {_type_name(inp)}"))
+        inp = None
+    output = record.get("output")
+    if "output" not in record:
+        problems.append(("output", f"missing (keys found: {_keys(record)})"))
+    else:
+        problem = _check_text(output)
+        if problem:
+            problems.append(("output", problem))
+    if isinstance(instruction, str):
+        user = instruction + ("\n\n" + inp if inp and inp.strip() else "")
+        msgs.append(_Msg("user", user, "instruction", "instruction"))
+    if isinstance(output, str):
+        msgs.append(_Msg("assistant", output, "output", "output"))
+    return msgs
+
+
 def _analyse(record: Any) -> tuple[str | None, list[dict[str, str]], list[tuple[str, str]]]:
     """Return (format, messages, problems) for a decoded record."""
     problems: list[tuple[str, str]] = []
@@ -430,38 +467,8 @@ def _analyse(record: Any) -> tuple[str | None, list[dict[str, str]], list[tuple[
         )
         end_field = "conversations"
     elif fmt == "alpaca":
-        msgs = []
+        msgs = _alpaca_messages(record, problems)
         end_field = "output"
-        system = record.get("system")
-        if system is not None and not (isinstance(system, str) and not system.strip()):
-            problem = _check_text(system)
-            if problem:
-                problems.append(("system", problem))
-            else:
-                msgs.append(_Msg("system", system, "system", "system"))
-        instruction = record.get("instruction", None)
-        if "instruction" not in record:
-            problems.append(("instruction", f"missing (keys found: {_keys(record)})"))
-        else:
-            problem = _check_text(instruction)
-            if problem:
-                problems.append(("instruction", problem))
-        inp = record.get("input")
-        if inp is not None and not isinstance(inp, str):
-            problems.append(("input", f"expected a string, got {_type_name(inp)}"))
-            inp = None
-        output = record.get("output")
-        if "output" not in record:
-            problems.append(("output", f"missing (keys found: {_keys(record)})"))
-        else:
-            problem = _check_text(output)
-            if problem:
-                problems.append(("output", problem))
-        if isinstance(instruction, str):
-            user = instruction + ("\n\n" + inp if inp and inp.strip() else "")
-            msgs.append(_Msg("user", user, "instruction", "instruction"))
-        if isinstance(output, str):
-            msgs.append(_Msg("assistant", output, "output", "output"))
     elif fmt == "prompt_completion":
         prompt = _prompt_completion_part(record, "prompt", "user", problems)
         completion = _prompt_completion_part(record, "completion", "assistant", problems)

@@ -241,6 +241,54 @@ def _unquote(s: str) -> tuple[str, bool]:
     return s, True
 
 
+def _transition(state: str, ch: str, fail) -> tuple[str, str]:
+    """ollama's Modelfile state machine: the state this rune takes us to, and what of it is kept."""
+    space, newline = " \t", "\r\n"
+    keep = ch
+    if state == _NIL:
+        nxt, keep = (_COMMENT, "") if ch == "#" else (_NIL, "") if ch in space + newline else (_NAME, ch)
+    elif state == _NAME:
+        if ch.isascii() and ch.isalpha():
+            nxt = _NAME
+        elif ch in space:
+            nxt, keep = _VALUE, ""
+        else:
+            fail("invalid command")
+    elif state == _VALUE:
+        nxt = _NIL if ch in newline + space else _VALUE
+    elif state == _PARAMETER:
+        if ch.isascii() and (ch.isalnum() or ch == "_"):
+            nxt = _PARAMETER
+        elif ch in space:
+            nxt, keep = _VALUE, ""
+        else:
+            fail("unexpected end of parameter name")
+    elif state == _MESSAGE:
+        if ch.isascii() and ch.isalpha():
+            nxt = _MESSAGE
+        elif ch in space:
+            nxt, keep = _VALUE, ""
+        else:
+            fail("unexpected end of message role")
+    else:  # comment
+        nxt, keep = (_NIL, "") if ch in newline else (_COMMENT, "")
+    return nxt, keep
+
+
+def _finish(state: str, word: str, name: str, role: str, commands: list) -> list[tuple[str, str]]:
+    """The end of the text: close the last value, and check the Modelfile is whole."""
+    if state == _VALUE:
+        value, ok = _unquote(word.strip(" \t\r\n"))
+        if not ok:
+            raise ModelfileError("Modelfile ends inside a quoted value")
+        commands.append((name, f"{role}: {value}" if role else value))
+    elif state not in (_NIL, _COMMENT):
+        raise ModelfileError("Modelfile ends inside a command")
+    if not any(c == "model" for c, _ in commands):
+        raise ModelfileError("Modelfile has no FROM line")
+    return commands
+
+
 def parse_modelfile(text: str) -> list[tuple[str, str]]:
     """(command, value) pairs exactly as ollama's parser reads them; raises ModelfileError.
 
@@ -258,36 +306,7 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
     for ch in text:
         if ch in newline:
             line += 1
-        # the state machine: where this rune takes us, and whether it is kept
-        keep = ch
-        if state == _NIL:
-            nxt, keep = (_COMMENT, "") if ch == "#" else (_NIL, "") if ch in space + newline else (_NAME, ch)
-        elif state == _NAME:
-            if ch.isascii() and ch.isalpha():
-                nxt = _NAME
-            elif ch in space:
-                nxt, keep = _VALUE, ""
-            else:
-                fail("invalid command")
-        elif state == _VALUE:
-            nxt = _NIL if ch in newline + space else _VALUE
-        elif state == _PARAMETER:
-            if ch.isascii() and (ch.isalnum() or ch == "_"):
-                nxt = _PARAMETER
-            elif ch in space:
-                nxt, keep = _VALUE, ""
-            else:
-                fail("unexpected end of parameter name")
-        elif state == _MESSAGE:
-            if ch.isascii() and ch.isalpha():
-                nxt = _MESSAGE
-            elif ch in space:
-                nxt, keep = _VALUE, ""
-            else:
-                fail("unexpected end of message role")
-        else:  # comment
-            nxt, keep = (_NIL, "") if ch in newline else (_COMMENT, "")
-
+        nxt, keep = _transition(state, ch, fail)
         if nxt != state:
             word = "".join(buf)
             if state == _NAME:
@@ -320,16 +339,7 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
         if keep and go_isprint(keep):
             buf.append(keep)
 
-    if state == _VALUE:
-        value, ok = _unquote("".join(buf).strip(" \t\r\n"))
-        if not ok:
-            raise ModelfileError("Modelfile ends inside a quoted value")
-        commands.append((name, f"{role}: {value}" if role else value))
-    elif state not in (_NIL, _COMMENT):
-        raise ModelfileError("Modelfile ends inside a command")
-    if not any(c == "model" for c, _ in commands):
-        raise ModelfileError("Modelfile has no FROM line")
-    return commands
+    return _finish(state, "".join(buf), name, role, commands)
 
 
 def quote(value: str) -> str:

@@ -290,6 +290,8 @@ def sft_config(cfg: TrainConfig, plan: Plan, folder: RunFolder, has_eval: bool):
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         optim=plan.optim, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         bf16=bf16, fp16=on_gpu and not bf16, seed=cfg.seed, data_seed=cfg.seed,
+        # Explicit, or TRL's default (True) turns checkpointing back on after auto-tune chose off.
+        gradient_checkpointing=plan.gradient_checkpointing != "false",
         logging_steps=1,
         include_num_input_tokens_seen="non_padding",  # read by StepMetrics
         eval_strategy=("epoch" if per_epoch else "steps") if has_eval else "no",

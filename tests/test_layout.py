@@ -1,0 +1,147 @@
+"""The code's shape: no import cycles, short functions, Unsloth imported first, and one owner
+for every option (a changed TrainConfig default shows in --help, --print-config and fastft.json)."""
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE, REPO
+
+PACKAGE = REPO / "fastft"
+MAX_FUNCTION_LINES = 60
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """fastft module -> the fastft modules it imports, at the top or inside functions alike
+    (a lazy import hides a cycle from Python, not from this test)."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.rsplit(".", node.level - 1)[0]
+                    base = f"{parent}.{base}" if base else parent
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {t for t in targets if t in modules and t != name}
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep, path + [dep])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_fastft_has_no_import_cycle():
+    graph = import_graph()
+    assert "fastft.train" in graph and "fastft.run" in graph["fastft.train"]  # the parser sees imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {n} lines")
+    assert not long, "\n".join(long)
+
+
+@pytest.mark.parametrize("module", ["fastft.train", "fastft.chat", "fastft.export", "fastft.demo"])
+def test_modules_that_load_models_import_unsloth_before_transformers(module):
+    """Unsloth patches transformers, peft and trl when imported; imported after them its fast paths
+    are silently skipped. `fastft.models.import_unsloth` raises if the order is broken."""
+    # sys.modules' order cannot tell (Unsloth re-registers itself); a finder on sys.meta_path
+    # sees the order in which imports start.
+    code = textwrap.dedent(f"""
+        import sys
+        started = []
+        class Watch:
+            def find_spec(self, name, path=None, target=None):
+                if "." not in name and name not in started:
+                    started.append(name)
+        sys.meta_path.insert(0, Watch())
+        import {module}
+        first = started.index("unsloth") if "unsloth" in started else len(started)
+        early = [m for m in ("transformers", "peft", "trl") if m in started[:first]]
+        assert not early, f"imported before unsloth: {{early}}"
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_import_unsloth_refuses_a_late_import():
+    code = "import transformers\nfrom fastft.models import import_unsloth\nimport_unsloth()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "imported before unsloth" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_changed_default_shows_in_help_print_config_and_the_run(tmp_path):
+    """Change one TrainConfig default (rank 16 -> 24) and nothing else: --help, --print-config
+    and a real run's fastft.json (and its adapter) all follow."""
+    code = textwrap.dedent(f"""
+        import json, re
+        from fastft import config
+        config.TrainConfig.model_fields["rank"].default = 24
+        config.TrainConfig.model_rebuild(force=True)
+        from click.testing import CliRunner
+        from fastft.cli import main
+        run = lambda *a: CliRunner().invoke(main, list(a), catch_exceptions=False)
+        help_text = run("train", "--help").output
+        printed = run("train", {str(EXAMPLE)!r}, "--print-config").output
+        trained = run("train", {str(EXAMPLE)!r}, "--model", "tiny", "--max-steps", "1",
+                      "--runs-dir", {str(tmp_path)!r}, "--name", "r24")
+        print(json.dumps({{"help": re.search(r"--rank INT\\s+LoRA rank r\\. \\[default: (\\d+)\\]", help_text).group(1),
+                           "printed": [l for l in printed.splitlines() if l.startswith("rank =")],
+                           "exit": trained.exit_code}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"help": "24", "printed": ["rank = 24"], "exit": 0}
+    record = json.loads((tmp_path / "r24" / "fastft.json").read_text())
+    assert record["config"]["rank"] == 24
+    adapter = json.loads((tmp_path / "r24" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 24
