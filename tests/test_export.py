@@ -1,12 +1,15 @@
 """`fastft export` end to end on the tiny model (CPU): train -> export -> llama.cpp -> ollama.
 
 One llama.cpp build (cached under FASTFT_CACHE) and one export are shared by the whole module;
-after llama.cpp is built, the module takes about 3 minutes on 2 cores.
+the export records which processes it started and how often it merged. After llama.cpp is
+built, the module takes about 3 minutes on 2 cores.
 """
 
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,12 @@ from fastft.export import (
     MANIFEST,
     ExportError,
     ExportOptions,
+    convert_type,
     export_run,
-    read_gguf_metadata,
     read_run,
     sha256_file,
 )
+from fastft.gguf import read_gguf_metadata
 from fastft.modelfile import go_template, parse_modelfile, template_from_modelfile
 from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
 
@@ -98,21 +102,78 @@ def run_dir(tmp_path_factory):
 SECRET = "hf_fastftTestSecretThatMustNotLeak"
 
 
+def record_processes(mp: pytest.MonkeyPatch) -> list[subprocess.Popen]:
+    """Patch subprocess.Popen (which subprocess.run uses too) to keep every process started."""
+    started = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            started.append(self)
+    mp.setattr(subprocess, "Popen", RecordingPopen)
+    return started
+
+
+def argv(proc: subprocess.Popen) -> list[str]:
+    return [str(proc.args)] if isinstance(proc.args, (str, bytes)) else [str(x) for x in proc.args]
+
+
+class Spy:
+    """What an export did: every process it started and each Unsloth save call."""
+
+    def __init__(self, mp: pytest.MonkeyPatch):
+        import fastft.export
+
+        self.started = record_processes(mp)
+        self.saves: list[str] = []
+        real_load = fastft.export.load_base_with_adapter
+
+        def load(*a, **kw):
+            model, tok = real_load(*a, **kw)
+            for method in ("save_pretrained_merged", "save_pretrained_gguf"):
+                model.__dict__[method] = self._counted(method, getattr(model, method))
+            return model, tok
+        mp.setattr(fastft.export, "load_base_with_adapter", load)
+
+    def _counted(self, name, fn):
+        def wrapper(*a, **kw):
+            self.saves.append(name)
+            return fn(*a, **kw)
+        return wrapper
+
+    def runs(self, tool: str) -> list[list[str]]:
+        """The argv of every process started with program or script `tool` (not `--help`
+        probes, which find whether a tool runs)."""
+        argvs = [argv(p) for p in self.started]
+        return [a for a in argvs if any(Path(x).name == tool for x in a[:2]) and "--help" not in a]
+
+
+def export_spied(opts: ExportOptions):
+    with pytest.MonkeyPatch.context() as mp:
+        spy = Spy(mp)
+        return export_run(opts), spy
+
+
 @pytest.fixture(scope="session")
-def exported(run_dir, llama, tmp_path_factory):
+def spied_export(run_dir, llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / NAME
     out.mkdir()
     (out / "stale.txt").write_text("from an older export")   # --force replaces the folder
     old = os.environ.get("HF_TOKEN")
     os.environ["HF_TOKEN"] = SECRET                          # must not end up in any file
     try:
-        return export_run(ExportOptions(run=str(run_dir), gguf=("q4_k_m", "q8_0"), merged=True,
-                                        out=str(out), name=NAME, force=True))
+        return export_spied(ExportOptions(run=str(run_dir), gguf=("q4_k_m", "q8_0"), merged=True,
+                                          out=str(out), name=NAME, force=True))
     finally:
         if old is None:
             os.environ.pop("HF_TOKEN", None)
         else:
             os.environ["HF_TOKEN"] = old
+
+
+@pytest.fixture(scope="session")
+def exported(spied_export):
+    return spied_export[0]
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +214,154 @@ def test_export_folder(exported):
     readme = (out / "README.md").read_text()
     assert f"ollama create {NAME} -f Modelfile" in readme
     assert f"ollama run {NAME}" in readme
+
+
+# -- merge once, convert once, quantize from that one file ----------------------------------------
+
+@pytest.mark.slow
+def test_merges_once(spied_export):
+    """One merge (into merged/), and never Unsloth's GGUF save, which merges a second time."""
+    _, spy = spied_export
+    assert spy.saves == ["save_pretrained_merged"]
+
+
+@pytest.mark.slow
+def test_one_convert_then_every_quant_from_that_file(spied_export):
+    exported, spy = spied_export
+    [convert] = spy.runs("convert_hf_to_gguf.py")
+    converted = Path(convert[convert.index("--outfile") + 1])
+    assert convert[convert.index("--outtype") + 1] == "bf16"        # the tiny model's weights
+    assert convert[convert.index("--model-name") + 1] == NAME      # no header rewrite afterwards
+    assert Path(convert[2]).name == "merged"                       # from the one merge
+    assert converted.name == f"{NAME}.BF16.gguf"
+    quantize = spy.runs("llama-quantize")
+    assert sorted(q[3] for q in quantize) == ["Q4_K_M", "Q8_0"]
+    assert all(Path(q[1]) == converted for q in quantize)          # both from the one 16-bit file
+    # Side by side (see test_quantize_ggufs_*), each allowed every core.
+    assert {q[4] for q in quantize} == {str(os.cpu_count() or 1)}
+    assert {Path(q[2]).name for q in quantize} == {p.name for p in exported.ggufs.values()}
+    manifest = json.loads((exported.out_dir / MANIFEST).read_text())
+    assert manifest["converted_from"] == converted.name
+    assert not (exported.out_dir / converted.name).exists()        # not asked for: scratch only
+
+
+@pytest.mark.slow
+def test_stage_timings(exported):
+    stages = {"load_s", "merge_s", "convert_s", "quantize_s", "quantize_q4_k_m_s",
+              "quantize_q8_0_s", "check_s", "docs_s"}
+    manifest = json.loads((exported.out_dir / MANIFEST).read_text())
+    assert set(manifest["timings"]) == stages
+    assert set(exported.timings) == stages | {"total_s"}
+    assert all(v >= 0 for v in exported.timings.values())
+    assert exported.timings["quantize_s"] <= exported.timings["total_s"]
+    times = next(line for line in exported.summary_lines() if line.startswith("  times:"))
+    assert "quantize q4_k_m" in times and "convert" in times
+
+
+@pytest.mark.slow
+def test_16bit_output_is_the_converted_file(run_dir, llama, tmp_path):
+    """--gguf bf16 is written by the converter itself, and the other quants come from it; without
+    --merged the merge goes to the scratch folder only."""
+    out = tmp_path / "exports" / NAME
+    res, spy = export_spied(ExportOptions(run=str(run_dir), gguf=("q8_0", "bf16"), out=str(out),
+                                          name=NAME, check=False))
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        f"{NAME}.Q8_0.gguf", f"{NAME}.BF16.gguf", "Modelfile", "README.md", MANIFEST])
+    assert res.merged_dir is None and spy.saves == ["save_pretrained_merged"]
+    [convert] = spy.runs("convert_hf_to_gguf.py")
+    [quantize] = spy.runs("llama-quantize")
+    converted = Path(convert[convert.index("--outfile") + 1])
+    assert converted.name == f"{NAME}.BF16.gguf" and Path(quantize[1]) == converted
+    assert quantize[3:] == ["Q8_0", str(os.cpu_count() or 1)]
+    for path in res.ggufs.values():
+        assert read_gguf_metadata(path)["general.name"] == NAME
+    assert [p.name for p in out.parent.iterdir()] == [NAME]
+
+
+def test_convert_type():
+    assert convert_type(("q4_k_m", "q8_0"), "bf16") == "bf16"
+    assert convert_type(("q4_k_m",), "f16") == "f16"
+    assert convert_type(("q4_k_m", "f16"), "bf16") == "f16"        # asked for: written directly
+    assert convert_type(("f16", "bf16"), "bf16") == "bf16"
+
+
+# -- llama-quantize processes, with a stand-in tool ------------------------------------------------
+
+FAKE_QUANTIZE = """#!/bin/sh
+# llama-quantize SRC DST TYPE NTHREADS, as a stand-in: records when it ran, then writes DST.
+echo "start $3 $(date +%s.%N)" >> "$(dirname "$2")/events"
+[ "$3" = "FAIL" ] && { echo "quantize: no such type"; exit 3; }
+sleep "${FAKE_SLEEP:-1}"
+cp "$1" "$2"
+echo "end $3 $(date +%s.%N)" >> "$(dirname "$2")/events"
+"""
+
+
+@pytest.fixture
+def fake_llama(tmp_path):
+    from fastft.llamacpp import LlamaCpp
+
+    tool = tmp_path / "llama-quantize"
+    tool.write_text(FAKE_QUANTIZE)
+    tool.chmod(0o755)
+    src = tmp_path / "m.BF16.gguf"
+    src.write_bytes(b"GGUF")
+    return LlamaCpp(tmp_path, tool, None, "test"), src
+
+
+def _events(folder: Path) -> dict[tuple[str, str], float]:
+    lines = (folder / "events").read_text().split("\n")
+    return {(kind, t): float(ts) for kind, t, ts in (ln.split() for ln in lines if ln)}
+
+
+def test_quantize_ggufs_runs_them_side_by_side(fake_llama, tmp_path):
+    from fastft.llamacpp import quantize_ggufs
+
+    llama, src = fake_llama
+    outs = {t: tmp_path / f"m.{t}.gguf" for t in ("Q4_K_M", "Q8_0", "Q5_K_M")}
+    seconds = quantize_ggufs(llama, src, outs, tmp_path, cpus=4)
+    assert set(seconds) == set(outs) and all(p.read_bytes() == b"GGUF" for p in outs.values())
+    ev = _events(tmp_path)
+    # All three started before any finished (up to one per core), each told to use every core.
+    assert max(ev["start", t] for t in outs) < min(ev["end", t] for t in outs)
+
+
+def test_quantize_ggufs_at_most_one_per_core(fake_llama, tmp_path, monkeypatch):
+    from fastft.llamacpp import quantize_ggufs
+
+    llama, src = fake_llama
+    started = record_processes(monkeypatch)
+    monkeypatch.setenv("FAKE_SLEEP", "0.2")
+    outs = {t: tmp_path / f"m.{t}.gguf" for t in ("Q4_K_M", "Q8_0", "Q5_K_M")}
+    quantize_ggufs(llama, src, outs, tmp_path, cpus=2)
+    assert [argv(p)[3:] for p in started] == [["Q4_K_M", "2"], ["Q8_0", "2"], ["Q5_K_M", "2"]]
+    ev = _events(tmp_path)
+    assert ev["start", "Q5_K_M"] >= min(ev["end", "Q4_K_M"], ev["end", "Q8_0"])
+
+
+def test_quantize_failure_or_interrupt_stops_the_others(fake_llama, tmp_path, monkeypatch):
+    from fastft import llamacpp
+    from fastft.llamacpp import LlamaCppError, quantize_ggufs
+
+    llama, src = fake_llama
+    started = record_processes(monkeypatch)
+    monkeypatch.setenv("FAKE_SLEEP", "30")
+    with pytest.raises(LlamaCppError, match="(?s)FAIL failed.*no such type"):
+        quantize_ggufs(llama, src, {"Q8_0": tmp_path / "a.gguf", "FAIL": tmp_path / "b.gguf"},
+                       tmp_path, cpus=2)
+    assert len(started) == 2 and all(p.returncode is not None for p in started)
+
+    started.clear()
+    real_sleep = llamacpp.time.sleep
+
+    def interrupted(s):
+        real_sleep(s)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(llamacpp.time, "sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_ggufs(llama, src, {"Q8_0": tmp_path / "c.gguf"}, tmp_path, cpus=2)
+    assert len(started) == 1 and started[0].returncode is not None   # killed, not left running
+    assert not (tmp_path / "c.gguf").exists()
 
 
 @pytest.mark.slow
@@ -354,18 +563,14 @@ def test_interrupted_export_leaves_no_final_files(run_dir, llama, tmp_path, monk
 def test_export_merges_into_the_16bit_base(tmp_path, monkeypatch):
     """The adapter is attached to config.model_path loaded in 16 bits, whatever the run trained on
     (a QLoRA run's adapter_config may name a pre-quantised 4-bit checkpoint)."""
-    import sys
     import types
 
-    from fastft import export
+    from fastft.models import load_base_with_adapter
 
     adapter = tmp_path / "run" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text(json.dumps(
         {"base_model_name_or_path": "unsloth/qwen3-4b-instruct-2507-unsloth-bnb-4bit", "r": 16}))
-    info = export.RunInfo(tmp_path / "run", adapter, {"model": "m", "model_path": "/models/base16",
-                                                      "max_seq_len": 64, "load_in_4bit": True},
-                          "instruct-2507", {})
     seen = {}
 
     class FakeFLM:
@@ -379,9 +584,11 @@ def test_export_merges_into_the_16bit_base(tmp_path, monkeypatch):
     import transformers
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: "tok")
     (tmp_path / "work").mkdir()
-    export._load_for_export(info, tmp_path / "work")
+    load_base_with_adapter(adapter, "/models/base16", 64, tmp_path / "work")
     assert seen["base"] == "/models/base16"
     assert seen["load_in_4bit"] is False
+    assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False
+    assert seen["local_files_only"] is False       # a hub id: may need fetching (not cached)
 
 
 def test_missing_build_tools_are_named(monkeypatch):

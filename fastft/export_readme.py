@@ -1,0 +1,46 @@
+"""The README.md of an export folder: how to run it with ollama, and what each file is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import __version__
+from .modelfile import FAMILIES
+
+
+def _ollama_section(name: str, modelfile, first_gguf: str) -> list[str]:
+    lines = ["## Run it with ollama", "", "From this folder:", "", "```sh",
+             f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", "",
+             f"The Modelfile serves `{first_gguf}`; to serve another quantisation, "
+             "change its `FROM` line.", ""]
+    if modelfile.template is not None:
+        lines += ["Its `TEMPLATE` renders exactly the prompt the model was trained on "
+                  "(the run's chat template, with the generation prompt).", ""]
+    if modelfile.system_mode == "TEMPLATE":
+        lines += ["The system prompt given to `fastft export --system` cannot be written as "
+                  "a `SYSTEM` line (ollama's Modelfile syntax has no escapes), so it is built "
+                  "into the `TEMPLATE`: it applies whenever a request brings no system "
+                  "message of its own, as `SYSTEM` would.", ""]
+    return lines
+
+
+def readme_text(name: str, info, ggufs: dict[str, Path], merged: bool, modelfile,
+                first_gguf: str | None, manifest: str) -> str:
+    """README.md for export `name` of run `info` (a RunInfo): `ggufs` maps quant -> file,
+    `modelfile` is the rendered Modelfile (None without GGUF), `manifest` the manifest's name."""
+    family = FAMILIES.get(info.variant, FAMILIES["other"])
+    lines = [f"# {name}", "",
+             f"Fine-tuned from `{info.config.get('model')}` ({family.label}) by fastft "
+             f"{__version__}, run `{info.run_dir.name}`.", ""]
+    if modelfile is not None:
+        lines += _ollama_section(name, modelfile, first_gguf)
+    if ggufs:
+        lines += ["## Files", "", "| file | quantisation |", "|---|---|"]
+        lines += [f"| `{p.name}` | {q.upper()} |" for q, p in ggufs.items()]
+        lines += ["", "Any llama.cpp tool loads them, e.g. "
+                  f"`llama-cli -m {next(iter(ggufs.values())).name}`.", ""]
+    if merged:
+        lines += ["`merged/` holds the 16-bit merged model (safetensors) for transformers, "
+                  "vLLM and other tools.", ""]
+    lines += [f"`{manifest}` records the source run and the SHA-256 of every file.", ""]
+    return "\n".join(lines)
