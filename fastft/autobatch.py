@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, field
 HEADROOM = 0.10        # share of the budget left free for allocator fragmentation
 MARGIN = 0.05          # another checkpointing mode must beat "unsloth" by this much to replace it
 TIE = 0.01             # tokens/s within this share of the fastest count as a tie: less memory wins
-PADDING_PRUNE = 0.20   # after the first mode, a padding this much slower is not timed again
-PROBE_BUDGET_S = 40.0  # no new candidate is started after this; the first mode always completes
+PROBE_BUDGET_S = 45.0  # no new mode or padding is started after this; the first mode always completes
 DEFAULT_MODE = "unsloth"
 # Least memory first. "false" is tried before "true": at the same micro-batch it is faster
 # (no recompute), so "true" is only worth timing where it fits a larger micro-batch than "false".
@@ -228,6 +227,31 @@ def autotune(model, tokenizer, examples, cfg, ui=None, fixed_checkpointing: str 
 
 
 def _search(probe, modes, paddings, effective, budget, reserve, deadline) -> list[Measurement]:
+    """The first padding (padded, unless the user fixed it) through the checkpointing modes,
+    then the other padding at the best mode and micro-batch found, if time is left (each new
+    collation compiles: ~25-30 s on a 4B model). If the first padding fits nothing, the modes
+    are searched again with the other (padding-free needs less memory)."""
+    ms = _search_modes(probe, modes, paddings[:1], effective, budget, reserve, deadline)
+    rest = paddings[1:]
+    if not rest:
+        return ms
+    if not any(fits(m, budget, reserve) and m.tokens_per_s for m in ms):
+        return ms + _search_modes(probe, modes, rest, effective, budget, reserve, deadline)
+    if time.perf_counter() > deadline:
+        return ms
+    best = decide(ms, effective, budget, reserve)
+    probe.use(best.checkpointing)
+    other = Measurement(best.micro_batch, rest[0], best.checkpointing,
+                        probe.peak(best.micro_batch, rest[0]), None)
+    ms.append(other)
+    if fits(other, budget, reserve):
+        other.tokens_per_s, peak = probe.time(other.micro_batch, other.padding_free)
+        other.peak_gib = None if other.tokens_per_s is None else max(other.peak_gib, peak)
+    probe.say(other.label())
+    return ms
+
+
+def _search_modes(probe, modes, paddings, effective, budget, reserve, deadline) -> list[Measurement]:
     """For each mode the largest micro-batch that fits, by one step on the worst-case batch,
     then 2 passes over the timing batches (the first compiles and warms up). Memory grows
     unsloth < true < false, so a mode never tries a larger micro-batch than a leaner mode
@@ -253,12 +277,9 @@ def _search(probe, modes, paddings, effective, budget, reserve, deadline) -> lis
             continue
         fitted[mode] = fitting[0].micro_batch
         for m in fitting:
-            if i and time.perf_counter() > deadline:
-                break
             m.tokens_per_s, peak = probe.time(m.micro_batch, m.padding_free)
             m.peak_gib = None if m.tokens_per_s is None else max(m.peak_gib, peak)
             probe.say(m.label())
-        paddings = _prune_paddings(paddings, ms)
     return ms
 
 
@@ -276,16 +297,6 @@ def _largest_fit(probe, mode, sizes, paddings, budget, reserve, ms) -> list[Meas
     return []
 
 
-def _prune_paddings(paddings: list[bool], ms: list[Measurement]) -> list[bool]:
-    """Padded vs padding-free is decided by kernels and pad compute, not by checkpointing: once
-    one is PADDING_PRUNE faster in a mode, later modes time only that one."""
-    timed = {m.padding_free: m.tokens_per_s for m in ms if m.tokens_per_s}
-    if len(paddings) < 2 or len(timed) < 2:
-        return paddings
-    fast, slow = sorted(timed, key=timed.get, reverse=True)
-    return [fast] if timed[fast] * (1 - PADDING_PRUNE) > timed[slow] else paddings
-
-
 class _Probe:
     """Real micro-batches of the user's data, collated as the trainer will, and one timed
     forward+backward on them under the trainer's autocast."""
@@ -296,6 +307,7 @@ class _Probe:
 
         from .batching import PAD_MULTIPLE
         self.model, self.examples, self.seed, self.ui = model, examples, seed, ui
+        self.t0 = time.perf_counter()
         self.device = device
         self.lengths = [len(e.input_ids) for e in examples]
         pad = tokenizer.pad_token_id
@@ -311,7 +323,7 @@ class _Probe:
 
     def say(self, text: str) -> None:
         if self.ui is not None:
-            self.ui.status(f"auto-tune: {text}")
+            self.ui.status(f"auto-tune: {text} [{time.perf_counter() - self.t0:.0f} s]")
 
     def worst(self, micro_batch: int) -> list[int]:
         """The longest examples: the most tokens, padded or not, any micro-batch can hold."""

@@ -149,9 +149,9 @@ def test_search_on_a_big_card_times_few_candidates_and_picks_no_checkpointing():
     choice, ms = tune(probe, 80.0)
     assert (choice.micro_batch, choice.padding_free, choice.checkpointing) == (8, False, "false")
     timed = [(mode, mb, free) for kind, mode, mb, free in probe.log if kind == "time"]
-    # both paddings in the first mode; padding-free pruned after losing by > 20%; "true" skipped:
-    # "false" fits the same micro-batch and does not recompute
-    assert timed == [("unsloth", 8, False), ("unsloth", 8, True), ("false", 8, False)]
+    # padded through the modes ("true" skipped: "false" fits the same micro-batch and does not
+    # recompute), then padding-free once, at the winner's mode and micro-batch
+    assert timed == [("unsloth", 8, False), ("false", 8, False), ("false", 8, True)]
     assert probe.steps == 3 + 3 * 6
 
 
@@ -381,3 +381,12 @@ def test_gpu_autotune_fits_the_budget_keeps_the_batch_and_leaves_the_model_as_fo
               m.checkpointing) == (result.batch_size, result.padding_free, result.checkpointing)]
     assert chosen and chosen[0].peak_gib + result.reserve_gib <= budget * 0.9
     assert result.probe_s < 60
+
+
+def test_search_falls_back_to_padding_free_when_padded_fits_nothing():
+    # padded needs 3.43 GiB at micro-batch 1, padding-free 3.27: a budget between them
+    probe = h100_like()
+    choice, ms = tune(probe, 3.95)
+    assert any(m.padding_free is False and m.peak_gib for m in ms)       # padded was tried first
+    assert (choice.padding_free, choice.checkpointing) == (True, "unsloth")  # 2 x 3.27 fits too
+    assert choice.tokens_per_s  # and it was timed
