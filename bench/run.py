@@ -171,10 +171,15 @@ def _kill(proc: subprocess.Popen) -> None:
 
 # -- the train CLI -----------------------------------------------------------------------------
 
+def run_name(recipe: dict) -> str:
+    """A valid fastft run name for a recipe ("fastft@8GB" -> "fastft-8GB")."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", recipe["name"])
+
+
 def fastft_cmd(recipe: dict, a, model: Path, data: Path, runs: Path) -> list[str]:
     """`fastft train` at the classic recipe's effective batch (2 x 4); auto-batch may regroup it."""
     cmd = [sys.executable, "-m", "fastft.cli", "train", str(data), "--model", str(model),
-           "--max-steps", str(recipe["steps"]), "--name", recipe["name"], "--runs-dir", str(runs),
+           "--max-steps", str(recipe["steps"]), "--name", run_name(recipe), "--runs-dir", str(runs),
            "--lr", str(a.lr), "--seed", str(a.seed), "--warmup-ratio", "0.03",
            "--batch-size", "2", "--grad-accum", str(EFFECTIVE_BATCH // 2),
            "--auto-batch" if recipe["auto"] else "--no-auto-batch"]
@@ -600,7 +605,7 @@ def main(argv=None) -> int:
                     if rc != 0 or res.get("status") != "ok":
                         raise RuntimeError(res.get("error") or f"exit {rc}")
                 else:
-                    run = runs / name
+                    run = runs / run_name(recipe)
                     if run.exists():
                         shutil.rmtree(run)
                     cmd = fastft_cmd(recipe, a, model, data, runs)

@@ -9,6 +9,7 @@ loaded. Cheap to import: no torch, no transformers.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +27,8 @@ Optimizer = Literal["adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torc
 Checkpointing = Literal["auto", "unsloth", "true", "false"]
 Padding = Literal["auto", "padded", "free"]
 Think = Literal["strip", "keep", "error"]
+# A run name is one path component: it can never point outside the runs folder.
+RUN_NAME_PATTERN = r"^(?!latest$)[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"   # "latest" is the pointer
 
 
 def opt(default: Any, help: str, flag: str | None = None, **checks) -> Any:
@@ -41,7 +44,8 @@ class TrainConfig(BaseModel):
 
     data: str = Field(description="Training data: a JSONL file (or JSON array) of conversations.")
     model: str = opt(DEFAULT_MODEL, "Hub id, local folder, or `tiny` (the built-in test model).")
-    name: Optional[str] = opt(None, "Run name: the run goes to RUNS_DIR/NAME. [default: <data>-<timestamp>]")
+    name: Optional[str] = opt(None, "Run name (letters, digits, '.', '_', '-'): the run goes to "
+                                    "RUNS_DIR/NAME. [default: <data>-<timestamp>]")
     runs_dir: str = opt("runs", "Folder that holds the runs.")
     load_in_4bit: bool = opt(True, "Load the base in 4-bit (QLoRA) or 16-bit (LoRA).", flag="--4bit/--16bit")
     max_seq_len: int = opt(2048, "Tokens per example; longer examples are cut.", ge=16)
@@ -91,6 +95,14 @@ class TrainConfig(BaseModel):
     def _split_modules(cls, v):
         # A flag gives "q_proj,v_proj"; TOML gives a list. Both become a tuple here.
         return tuple(m.strip() for m in v.split(",") if m.strip()) if isinstance(v, str) else v
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if v is not None and not re.match(RUN_NAME_PATTERN, v):
+            raise ValueError("use letters, digits, '.', '_', '-' (at most 100, starting with a "
+                             "letter or digit; not 'latest')")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

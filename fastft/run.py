@@ -20,19 +20,19 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import TrainConfig
+from .config import RUN_NAME_PATTERN, TrainConfig
 from .errors import RunFolderError
 
 SCHEMA_VERSION = 2
 RECORD_FILE = "fastft.json"
 LATEST = "latest"
-# A run name is one path component: it can never point outside the runs folder.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(RUN_NAME_PATTERN)
 
 
 class _Record(BaseModel):
@@ -94,6 +94,12 @@ class RunRecord(_Record):
     final: Optional[Final] = None
 
 
+def default_run_name(data: str, now: datetime | None = None) -> str:
+    """`<data file stem>-<timestamp>`, made a valid run name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(data).stem).strip("-._")[:80] or "run"
+    return f"{stem}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+
+
 @dataclass(frozen=True)
 class RunFolder:
     path: Path
@@ -124,7 +130,7 @@ class RunFolder:
     def new(cls, runs_dir: str | os.PathLike, name: str) -> "RunFolder":
         """The folder a new run `name` would use; refuses unsafe names and taken folders.
         Creates nothing (see `create`), so a run can be checked completely first."""
-        if not NAME_RE.match(name) or name == LATEST:
+        if not NAME_RE.match(name):
             raise RunFolderError(f"invalid run name {name!r}: use letters, digits, '.', '_', '-' "
                                  f"(at most 100, starting with a letter or digit; not {LATEST!r})")
         folder = cls(Path(runs_dir).absolute() / name)

@@ -19,7 +19,6 @@ import random  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .cache import building, sha256_file  # noqa: E402
@@ -27,7 +26,7 @@ from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError  # noqa: E402
 from .models import load_model, resolve_model  # noqa: E402
-from .run import DataInfo, Final, Plan, RunFolder, RunRecord  # noqa: E402
+from .run import DataInfo, Final, Plan, RunFolder, RunRecord, default_run_name  # noqa: E402
 from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
 
 
@@ -61,8 +60,7 @@ def train(cfg: TrainConfig, ui=None) -> RunResult:
     """A new run. Data and names are checked before the run folder exists."""
     loaded = load_data(cfg)  # before the paths are made absolute: errors name the file as given
     cfg = cfg.model_copy(update=_absolute_paths(cfg))
-    name = cfg.name or f"{Path(cfg.data).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    folder = RunFolder.new(cfg.runs_dir, name)
+    folder = RunFolder.new(cfg.runs_dir, cfg.name or default_run_name(cfg.data))
     folder.create()
     with folder.lock():
         folder.point_latest()
