@@ -1,0 +1,244 @@
+"""`TrainConfig` as the one owner of the options: flags and TOML fail alike, `--print-config`
+round-trips, `--resume` keeps the saved config, and `--help` is generated from the fields.
+
+No model, no training: `fastft.train.train`/`resume` are replaced by recorders that must stay unused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import fastft.cli
+from fastft.cli import main
+from fastft.config import TrainConfig, flag_names, to_toml
+
+GOOD = json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                {"role": "assistant", "content": "Hello."}]})
+WIDE = {"terminal_width": 10_000, "max_content_width": 10_000}  # one line per --help option
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    # fastft's error line goes to a rich console on stderr: make it wide so no line is wrapped.
+    monkeypatch.setattr(fastft.cli, "console", Console(stderr=True, width=10_000))
+    return CliRunner()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text(GOOD + "\n")
+    return tmp_path
+
+
+@pytest.fixture
+def trains(monkeypatch):
+    """Calls that reached training; a test that must train nothing asserts it stays empty."""
+    import fastft.train
+    calls = []
+    monkeypatch.setattr(fastft.train, "train", lambda *a, **k: calls.append(("train", a)) or 1 / 0)
+    monkeypatch.setattr(fastft.train, "resume", lambda *a, **k: calls.append(("resume", a)) or 1 / 0)
+    return calls
+
+
+def error_of(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return " ".join(lines[0].split())
+
+
+# -- a flag and a TOML value fail alike ------------------------------------------------------------
+
+@pytest.mark.parametrize("flag, toml, message", [
+    ("--padding foo", 'padding = "foo"',
+     "padding (--padding): Input should be 'auto', 'padded' or 'free', got foo"),
+    ("--rank 0", "rank = 0", "rank (--rank): Input should be greater than 0, got 0"),
+    ("--dropout 1", "dropout = 1", "dropout (--dropout): Input should be less than 1, got 1"),
+    ("--max-steps 0", "max_steps = 0", "max_steps must be -1 (off) or a positive number of steps"),
+    ("--name ../x", 'name = "../x"', "name (--name): use letters, digits"),
+])
+def test_a_flag_and_a_toml_value_fail_the_same_way(runner, in_tmp, trains, flag, toml, message):
+    by_flag = error_of(runner.invoke(main, ["train", "data.jsonl", *flag.split()]))
+    (in_tmp / "run.toml").write_text(toml + "\n")
+    by_toml = error_of(runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"]))
+    assert by_flag == by_toml
+    assert by_flag.startswith("error: invalid config: ") and message in by_flag
+    assert trains == [] and not (in_tmp / "runs").exists()
+
+
+def test_an_unknown_toml_key_is_an_unknown_option(runner, in_tmp, trains):
+    (in_tmp / "run.toml").write_text("rnak = 8\n")
+    err = error_of(runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"]))
+    assert err == "error: invalid config: rnak: unknown option"
+    assert trains == [] and not (in_tmp / "runs").exists()
+
+
+def test_invalid_toml_is_one_line_naming_the_file(runner, in_tmp, trains):
+    (in_tmp / "run.toml").write_text("rank = \n")
+    err = error_of(runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"]))
+    assert err.startswith("error: run.toml: not valid TOML: ")
+    assert trains == [] and not (in_tmp / "runs").exists()
+
+
+def test_an_escaping_name_is_refused_before_anything_is_created(runner, tmp_path, monkeypatch, trains):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.jsonl").write_text(GOOD + "\n")
+    monkeypatch.chdir(work)
+    err = error_of(runner.invoke(main, ["train", "data.jsonl", "--name", "../../evil"]))
+    assert "name (--name)" in err and "got ../../evil" in err
+    assert trains == []
+    assert [p.name for p in work.iterdir()] == ["data.jsonl"]
+    assert [p.name for p in tmp_path.iterdir()] == ["work"]
+
+
+# -- --resume keeps the saved config -------------------------------------------------------------
+
+@pytest.fixture
+def saved_run(in_tmp) -> Path:
+    from fastft.run import DataInfo, Plan, RunFolder, RunRecord
+    folder = RunFolder.new(in_tmp / "runs", "old")
+    folder.create()
+    folder.write(RunRecord(
+        config=TrainConfig(data="data.jsonl", rank=8, lr=5e-5),
+        plan=Plan(model_path="tiny", batch_size=2, grad_accum=4, padding_free=None,
+                  gradient_checkpointing="unsloth", optim="adamw_torch", group_by_length=True),
+        variant="instruct-2507", guard={},
+        data=DataInfo(path=str(in_tmp / "data.jsonl"), sha256="0" * 64, examples=1, train=1, eval=0,
+                      truncated=0, dropped=0, train_tokens=10, trained_tokens=3),
+        versions={}, hardware={}))
+    return folder.path
+
+
+BUG_SWITCH = pytest.mark.xfail(strict=True, reason=(
+    "BUG: cli.train's --resume usage error names flag_names(k)[0] for every given option, so the "
+    "negative spelling of a switch is misreported (--16bit -> 'drop --4bit', --no-auto-batch -> "
+    "'drop --auto-batch')"))
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--lr", "1e-3"], "--lr"),
+    (["data.jsonl"], "DATA"),
+    (["--rank", "4", "--4bit"], "--rank, --4bit"),
+    pytest.param(["--16bit"], "--16bit", marks=BUG_SWITCH),
+    pytest.param(["--no-auto-batch"], "--no-auto-batch", marks=BUG_SWITCH),
+])
+def test_resume_with_options_is_a_usage_error_naming_them(runner, saved_run, trains, args, named):
+    result = runner.invoke(main, ["train", "--resume", str(saved_run), *args])
+    assert result.exit_code == 2, result.output
+    assert f"drop {named}" in " ".join(result.output.split())
+    assert trains == []
+
+
+def test_resume_print_config_prints_the_saved_config(runner, saved_run, trains):
+    result = runner.invoke(main, ["train", "--resume", str(saved_run), "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert "rank = 8" in result.stdout.splitlines()
+    cfg = tomllib.loads(result.stdout)
+    assert (cfg["rank"], cfg["lr"], cfg["data"]) == (8, 5e-5, "data.jsonl")
+    assert trains == []
+
+
+# -- --print-config round-trips ----------------------------------------------------------------------
+
+NON_DEFAULT = ["--model", "tiny", "--name", "exp-1", "--rank", "8", "--alpha", "16",
+               "--target-modules", "q_proj, v_proj", "--16bit", "--lr", "1e-3", "--epochs", "1.5",
+               "--padding", "free", "--no-group-by-length", "--save-steps", "50", "--rslora"]
+EXPECTED = dict(model="tiny", name="exp-1", rank=8, alpha=16, target_modules=("q_proj", "v_proj"),
+                load_in_4bit=False, lr=1e-3, epochs=1.5, padding="free", group_by_length=False,
+                save_steps=50, rslora=True)
+
+
+@pytest.mark.parametrize("data, extra, expected", [
+    ("data.jsonl", [], {}),
+    ("data.jsonl", ["--max-steps", "7", "--eval-split", "0.1"], {"max_steps": 7, "eval_split": 0.1}),
+    pytest.param("data.jsonl", ["--max-grad-norm", "inf"], {"max_grad_norm": float("inf")},
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "BUG: --max-grad-norm inf is accepted, but to_toml writes `Infinity` "
+                     "(json.dumps), which is not TOML (TOML spells it inf)"))),
+    pytest.param("données-😀.jsonl", [], {},
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "BUG: to_toml writes strings with json.dumps, which escapes a character "
+                     "outside the BMP as a surrogate pair (\\ud83d\\ude00); TOML rejects "
+                     "surrogates, so --print-config of such a path is not valid TOML"))),
+])
+def test_print_config_parses_back_to_the_resolved_config(runner, in_tmp, trains, data, extra, expected):
+    result = runner.invoke(main, ["train", data, *NON_DEFAULT, *extra, "--print-config"])
+    assert result.exit_code == 0, result.output
+    parsed = tomllib.loads(result.stdout)
+    assert parsed["target_modules"] == ["q_proj", "v_proj"] and parsed["load_in_4bit"] is False
+    assert TrainConfig.parse(parsed) == TrainConfig(data=data, **EXPECTED, **expected)
+    assert trains == [] and not (in_tmp / "runs").exists()
+
+
+# -- --help is generated from the fields -----------------------------------------------------------
+
+def help_lines(runner) -> list[str]:
+    result = runner.invoke(main, ["train", "--help"], **WIDE)
+    assert result.exit_code == 0, result.output
+    return [" ".join(line.split()) for line in result.output.splitlines()]
+
+
+def option_line(lines: list[str], key: str) -> str:
+    flags = flag_names(key)
+    spelling = " / ".join(flags) if len(flags) == 2 else flags[0]
+    found = [i for i, line in enumerate(lines) if line == spelling or line.startswith(spelling + " ")]
+    assert len(found) == 1, f"no --help line for {key} ({spelling})"
+    entry = [lines[found[0]]]  # a long option spelling puts its help on the next line
+    entry += [line for line in lines[found[0] + 1:found[0] + 2] if line and not line.startswith("-")]
+    return " ".join(entry)
+
+
+def test_every_field_but_data_has_an_option_with_its_help_and_default(runner):
+    lines = help_lines(runner)
+    for key, field in TrainConfig.model_fields.items():
+        if key == "data":
+            assert not any(line.startswith("--data") for line in lines)
+            continue
+        line = option_line(lines, key)
+        assert field.description in line, key
+        default = field.default
+        if isinstance(default, bool):
+            shown = ("--4bit" if default else "--16bit") if key == "load_in_4bit" else ("on" if default else "off")
+        elif isinstance(default, tuple):
+            shown = ",".join(default)
+        else:
+            shown = default
+        if shown is not None:
+            assert f"[default: {shown}]" in line, key
+
+
+def test_help_lines_of_a_few_options(runner):
+    lines = help_lines(runner)
+    assert option_line(lines, "rank") == "--rank INT LoRA rank r. [default: 16]"
+    assert option_line(lines, "padding").startswith("--padding [auto|padded|free] Batches padded")
+    assert option_line(lines, "padding").endswith("[default: auto]")
+    assert option_line(lines, "load_in_4bit") == (
+        "--4bit / --16bit Load the base in 4-bit (QLoRA) or 16-bit (LoRA). [default: --4bit]")
+    assert option_line(lines, "auto_batch").startswith("--auto-batch / --no-auto-batch On a GPU")
+
+
+# -- to_toml -------------------------------------------------------------------------------------
+
+def test_to_toml_without_a_config_lists_every_field_with_data_commented():
+    text = to_toml()
+    lines = text.splitlines()
+    for key, field in TrainConfig.model_fields.items():
+        commented = field.default is None or key == "data"
+        assert (f"# {key} =" if commented else f"{key} = ") in "\n".join(lines), key
+        assert f"# {field.description}" in lines, key
+    assert "data =" not in [line.split(" = ")[0] + " =" for line in lines if not line.startswith("#")]
+    defaults = tomllib.loads(text)
+    assert "data" not in defaults
+    assert TrainConfig.parse({**defaults, "data": "x.jsonl"}) == TrainConfig(data="x.jsonl")
