@@ -112,6 +112,14 @@ def _option(name: str, field):
     return click.option(flags[0], name, default=None, metavar=metavar, help=help_text)
 
 
+def given_flag(key: str, value) -> str:
+    """The spelling of option `key` that gives `value` (--16bit for load_in_4bit=False)."""
+    names = flag_names(key)
+    if value is False:
+        return names[1] if len(names) == 2 else f"--no-{names[0][2:]}"
+    return names[0]
+
+
 def _metavar(annotation) -> str:
     base = {int: "INT", float: "FLOAT"}
     for t in (annotation, *typing.get_args(annotation)):
@@ -163,7 +171,7 @@ def train(data, config_file, print_config, resume, **flags):
     runs/latest at it. Every option can also come from a TOML file (--config).
     """
     if resume:
-        given = [flag_names(k)[0] for k, v in flags.items() if v is not None]
+        given = [given_flag(k, v) for k, v in flags.items() if v is not None]
         if data or config_file or given:
             raise click.UsageError(f"--resume continues with the run's saved config; drop "
                                    f"{', '.join(given + ['DATA'] * bool(data) + ['--config'] * bool(config_file))}")

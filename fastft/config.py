@@ -40,7 +40,8 @@ def opt(default: Any, help: str, flag: str | None = None, **checks) -> Any:
 class TrainConfig(BaseModel):
     """Everything that decides a run; saved in fastft.json so a run can be reproduced or resumed."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan pass a `gt=0` check yet mean nothing here, and neither TOML nor JSON round-trips them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     data: str = Field(description="Training data: a JSONL file (or JSON array) of conversations.")
     model: str = opt(DEFAULT_MODEL, "Hub id, local folder, or `tiny` (the built-in test model).")
@@ -99,7 +100,7 @@ class TrainConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v):
-        if v is not None and not re.match(RUN_NAME_PATTERN, v):
+        if v is not None and not re.fullmatch(RUN_NAME_PATTERN, v):
             raise ValueError("use letters, digits, '.', '_', '-' (at most 100, starting with a "
                              "letter or digit; not 'latest')")
         return v
@@ -175,7 +176,9 @@ def toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(v)  # strings and numbers: JSON's spelling is valid TOML
+    # Strings and numbers: JSON's spelling is valid TOML, as long as non-ASCII characters are
+    # written as themselves (JSON's \ud83d-style surrogate escapes are not TOML).
+    return json.dumps(v, ensure_ascii=False)
 
 
 def load_toml(path: str) -> dict:

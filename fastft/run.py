@@ -130,7 +130,7 @@ class RunFolder:
     def new(cls, runs_dir: str | os.PathLike, name: str) -> "RunFolder":
         """The folder a new run `name` would use; refuses unsafe names and taken folders.
         Creates nothing (see `create`), so a run can be checked completely first."""
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise RunFolderError(f"invalid run name {name!r}: use letters, digits, '.', '_', '-' "
                                  f"(at most 100, starting with a letter or digit; not {LATEST!r})")
         folder = cls(Path(runs_dir).absolute() / name)

@@ -121,18 +121,12 @@ def saved_run(in_tmp) -> Path:
     return folder.path
 
 
-BUG_SWITCH = pytest.mark.xfail(strict=True, reason=(
-    "BUG: cli.train's --resume usage error names flag_names(k)[0] for every given option, so the "
-    "negative spelling of a switch is misreported (--16bit -> 'drop --4bit', --no-auto-batch -> "
-    "'drop --auto-batch')"))
-
-
 @pytest.mark.parametrize("args, named", [
     (["--lr", "1e-3"], "--lr"),
     (["data.jsonl"], "DATA"),
     (["--rank", "4", "--4bit"], "--rank, --4bit"),
-    pytest.param(["--16bit"], "--16bit", marks=BUG_SWITCH),
-    pytest.param(["--no-auto-batch"], "--no-auto-batch", marks=BUG_SWITCH),
+    (["--16bit"], "--16bit"),                    # a switch is named as it was given
+    (["--no-auto-batch"], "--no-auto-batch"),
 ])
 def test_resume_with_options_is_a_usage_error_naming_them(runner, saved_run, trains, args, named):
     result = runner.invoke(main, ["train", "--resume", str(saved_run), *args])
@@ -160,18 +154,16 @@ EXPECTED = dict(model="tiny", name="exp-1", rank=8, alpha=16, target_modules=("q
                 save_steps=50, rslora=True)
 
 
+def test_non_finite_values_are_refused(runner, in_tmp, trains):
+    result = runner.invoke(main, ["train", "data.jsonl", "--max-grad-norm", "inf", "--print-config"])
+    assert result.exit_code == 1 and "max_grad_norm (--max-grad-norm)" in result.output
+    assert trains == []
+
+
 @pytest.mark.parametrize("data, extra, expected", [
     ("data.jsonl", [], {}),
     ("data.jsonl", ["--max-steps", "7", "--eval-split", "0.1"], {"max_steps": 7, "eval_split": 0.1}),
-    pytest.param("data.jsonl", ["--max-grad-norm", "inf"], {"max_grad_norm": float("inf")},
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: --max-grad-norm inf is accepted, but to_toml writes `Infinity` "
-                     "(json.dumps), which is not TOML (TOML spells it inf)"))),
-    pytest.param("données-😀.jsonl", [], {},
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: to_toml writes strings with json.dumps, which escapes a character "
-                     "outside the BMP as a surrogate pair (\\ud83d\\ude00); TOML rejects "
-                     "surrogates, so --print-config of such a path is not valid TOML"))),
+    ("données-😀.jsonl", [], {}),   # non-ASCII written as itself: JSON's surrogate escapes are not TOML
 ])
 def test_print_config_parses_back_to_the_resolved_config(runner, in_tmp, trains, data, extra, expected):
     result = runner.invoke(main, ["train", data, *NON_DEFAULT, *extra, "--print-config"])
