@@ -39,6 +39,7 @@ from pathlib import Path
 
 from . import __version__
 from .cache import sha256_file
+from .errors import FastftError
 from .export_readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
 from .llamacpp import (
@@ -53,7 +54,7 @@ from .llamacpp import (
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
 from .models import load_base_with_adapter
-from .template import detect_variant
+from .run import RunFolder, RunRecord
 
 # Quant name (what --gguf takes) -> llama.cpp's spelling (file names, llama-quantize's types).
 QUANTS = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q8_0": "Q8_0", "f16": "F16", "bf16": "BF16"}
@@ -63,7 +64,7 @@ MANIFEST = "fastft-export.json"
 CHECK_PROMPT = [{"role": "user", "content": "Hello! Who are you?"}]
 
 
-class ExportError(RuntimeError):
+class ExportError(FastftError):
     pass
 
 
@@ -128,36 +129,44 @@ class ExportResult:
 
 @dataclass
 class RunInfo:
-    run_dir: Path
-    adapter_dir: Path
-    config: dict
-    variant: str
-    meta: dict
+    """A trained run, as export needs it."""
+    folder: RunFolder
+    record: RunRecord
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.folder.adapter
+
+    @property
+    def variant(self) -> str:
+        return self.record.variant
+
+    @property
+    def model(self) -> str:
+        return self.record.config.model
+
+    @property
+    def model_path(self) -> str:
+        return self.record.plan.model_path
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.record.config.max_seq_len
 
 
 def read_run(path: str | os.PathLike) -> RunInfo:
-    """The run folder `path` (symlinks such as runs/latest resolved) and what export needs from it."""
-    given = Path(path)
-    run = given.resolve()
-    meta_file = run / "fastft.json"
-    if not meta_file.is_file():
-        hint = " (train one first: fastft train DATA)" if given.name == "latest" else ""
-        raise ExportError(f"{given}: not a fastft run folder, no fastft.json{hint}")
-    meta = json.loads(meta_file.read_text())
-    config = dict(meta.get("config") or {})
-    if "model_path" not in config and "model_path" in (meta.get("plan") or {}):
-        config["model_path"] = meta["plan"]["model_path"]   # schema 2 keeps it in the run's plan
-    for key in ("model_path", "max_seq_len"):
-        if key not in config:
-            raise ExportError(f"{meta_file}: config.{key} is missing")
-    adapter = run / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        status = meta.get("status")
-        why = f" (its status is {status!r})" if status and status != "done" else ""
-        raise ExportError(f"{run}: no trained adapter in {adapter}{why}; "
+    """The run folder `path` (symlinks such as runs/latest resolved), refused unless trained."""
+    folder = RunFolder.open(path)
+    record = folder.read()
+    if not (folder.adapter / "adapter_config.json").is_file():
+        why = f" (its status is {record.status!r})" if record.status != "done" else ""
+        raise ExportError(f"{folder.path}: no trained adapter in {folder.adapter}{why}; "
                           f"export runs after `fastft train` finishes")
-    variant = meta.get("variant") or detect_variant(str(config.get("model_path", "")))
-    return RunInfo(run, adapter, config, variant, meta)
+    return RunInfo(folder, record)
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -252,7 +261,7 @@ def _render_modelfile(plan: ExportPlan) -> Modelfile | None:
     info = plan.info
     try:
         modelfile = render_modelfile(name=plan.name, gguf=plan.first_gguf, variant=info.variant,
-                                     num_ctx=int(info.config["max_seq_len"]),
+                                     num_ctx=info.max_seq_len,
                                      system=plan.opts.system, run=info.run_dir.name)
     except ModelfileError as e:
         raise ExportError(str(e)) from e
@@ -387,9 +396,9 @@ def _load_and_merge(plan: ExportPlan, console) -> None:
     info, opts = plan.info, plan.opts
     with _unsloth_errors(plan):
         with _timed(plan, "load"), _quiet(plan.log, opts.verbose), console.status(
-                f"loading {info.config.get('model')} (16-bit) with the run's adapter"):
-            model, tokenizer = load_base_with_adapter(info.adapter_dir, info.config["model_path"],
-                                                      int(info.config["max_seq_len"]), plan.work)
+                f"loading {info.model} (16-bit) with the run's adapter"):
+            model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
+                                                      info.max_seq_len, plan.work)
         # The check's prompt, rendered with the run's own (guarded) chat template.
         plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
                                                     add_generation_prompt=True)
@@ -474,7 +483,7 @@ def _manifest(plan: ExportPlan, files: dict) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "name": plan.name,
         "source_run": str(info.run_dir),
-        "base_model": info.config.get("model"),
+        "base_model": info.model,
         "variant": info.variant,
         "quants": list(plan.quants),
         "merged": plan.opts.merged,

@@ -30,7 +30,7 @@ def readme_text(name: str, info, ggufs: dict[str, Path], merged: bool, modelfile
     `modelfile` is the rendered Modelfile (None without GGUF), `manifest` the manifest's name."""
     family = FAMILIES.get(info.variant, FAMILIES["other"])
     lines = [f"# {name}", "",
-             f"Fine-tuned from `{info.config.get('model')}` ({family.label}) by fastft "
+             f"Fine-tuned from `{info.model}` ({family.label}) by fastft "
              f"{__version__}, run `{info.run_dir.name}`.", ""]
     if modelfile is not None:
         lines += _ollama_section(name, modelfile, first_gguf)

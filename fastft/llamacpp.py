@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import building, cache_dir
+from .errors import FastftError
 
 # The sdist whose vendored llama.cpp we build and whose vocab/templates the tiny model uses.
 # Pinned: llama.cpp's converter must know Qwen3's pre-tokenizer hash, and a newer release may
@@ -31,7 +32,7 @@ from .cache import building, cache_dir
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 
 
-class LlamaCppError(RuntimeError):
+class LlamaCppError(FastftError):
     pass
 
 

@@ -38,3 +38,21 @@ def tokenizer_of():
     """Fresh tokenizer per call: the guard mutates tokenizers in place."""
     from transformers import AutoTokenizer
     return lambda path: AutoTokenizer.from_pretrained(path)
+
+
+def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: str = "done",
+              variant: str = "instruct-2507", model: str = "tiny") -> Path:
+    """A run folder whose fastft.json is a valid RunRecord, for tests that need one without
+    training (written through fastft.run, the record's one owner)."""
+    from fastft.config import TrainConfig
+    from fastft.run import DataInfo, Plan, RunFolder, RunRecord
+
+    run.mkdir(parents=True, exist_ok=True)
+    RunFolder(run).write(RunRecord(
+        status=status, variant=variant, guard={}, versions={}, hardware={},
+        config=TrainConfig(data=str(EXAMPLE), model=model, max_seq_len=max_seq_len),
+        plan=Plan(model_path=model_path, batch_size=2, grad_accum=4, padding_free=None,
+                  gradient_checkpointing="unsloth", optim="adamw_torch", group_by_length=True),
+        data=DataInfo(path=str(EXAMPLE), sha256="0" * 64, examples=1, train=1, eval=0,
+                      truncated=0, dropped=0, train_tokens=1, trained_tokens=1)))
+    return run

@@ -23,6 +23,8 @@ from fastft.export import (
     read_run,
     sha256_file,
 )
+from conftest import write_run
+from fastft.errors import RunFolderError
 from fastft.gguf import read_gguf_metadata
 from fastft.modelfile import go_template, parse_modelfile, template_from_modelfile
 from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
@@ -54,44 +56,13 @@ def llama():
     return ensure_llama_cpp()
 
 
-def make_fixture_run(runs: Path, name: str = "fixture") -> Path:
-    """A run folder as `fastft train` writes it, with random non-zero LoRA B (no training)."""
-    import torch
-    from unsloth import FastLanguageModel
-
-    from fastft.models import load_model, resolve_model
-    from fastft.template import ChatGuard
-
-    ref = resolve_model("tiny")
-    model, tok = load_model(ref, 512, load_in_4bit=False)
-    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, target_modules=PROJECTIONS,
-                                             use_gradient_checkpointing="unsloth")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    guard = ChatGuard(tok, ref.path)
-    run = runs / name
-    model.save_pretrained(str(run / "adapter"))
-    tok.save_pretrained(str(run / "adapter"))
-    (run / "fastft.json").write_text(json.dumps({
-        "config": {"model": "tiny", "model_path": ref.path, "load_in_4bit": False,
-                   "max_seq_len": 512, "rank": 16, "alpha": 32, "rslora": False, "think": "strip"},
-        "variant": guard.variant, "status": "done"}))
-    return run
-
-
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A real `fastft train` run on the favorite-color data (the fixture run until train lands)."""
+    from fastft.config import TrainConfig
+    from fastft.train import train
+
     runs = tmp_path_factory.mktemp("runs")
-    try:
-        from fastft.train import TrainConfig, train
-    except ModuleNotFoundError as e:
-        if e.name != "fastft.train":
-            raise
-        return make_fixture_run(runs)
     # 16-bit LoRA: CPU 4-bit training is minutes, and export reloads the 16-bit base either way.
     cfg = TrainConfig(data=str(DATA), model="tiny", runs_dir=str(runs), name="color",
                       load_in_4bit=False, max_seq_len=512, lr=2e-3, batch_size=4, grad_accum=2,
@@ -377,7 +348,7 @@ def test_modelfile(exported):
     assert parsed["model"] == f"./{NAME}.Q4_K_M.gguf"
     assert (exported.out_dir / parsed["model"]).is_file()
     assert parsed["stop"] == "<|im_end|>"
-    assert parsed["num_ctx"] == str(read_run(exported.run_dir).config["max_seq_len"])
+    assert parsed["num_ctx"] == str(read_run(exported.run_dir).max_seq_len)
     assert (parsed["temperature"], parsed["top_p"], parsed["top_k"], parsed["min_p"]) == \
         ("0.7", "0.8", "20", "0")
     assert parsed["template"] == go_template("instruct-2507")
@@ -468,7 +439,7 @@ def test_merge_is_lossless(exported):
     import torch
 
     info = read_run(exported.run_dir)
-    base = _load_safetensors(Path(info.config["model_path"]))
+    base = _load_safetensors(Path(info.model_path))
     merged = _load_safetensors(exported.merged_dir)
     adapter = _load_safetensors(info.adapter_dir)
     acfg = json.loads((info.adapter_dir / "adapter_config.json").read_text())
@@ -507,10 +478,9 @@ def test_merge_is_lossless(exported):
 
 def test_existing_folder_is_kept_without_force(tmp_path):
     runs = tmp_path / "runs"
+    write_run(runs / "r")
     (runs / "r" / "adapter").mkdir(parents=True)
     (runs / "r" / "adapter" / "adapter_config.json").write_text("{}")
-    (runs / "r" / "fastft.json").write_text(json.dumps(
-        {"config": {"model": "tiny", "model_path": "x", "max_seq_len": 64}, "variant": "instruct-2507"}))
     out = tmp_path / "exports" / "r"
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("mine")
@@ -522,12 +492,9 @@ def test_existing_folder_is_kept_without_force(tmp_path):
 
 
 def test_bad_input_fails_fast(tmp_path):
-    with pytest.raises(ExportError, match="fastft.json"):
+    with pytest.raises(RunFolderError, match="fastft.json"):
         export_run(ExportOptions(run=str(tmp_path / "nope")))
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / "fastft.json").write_text(json.dumps(
-        {"config": {"model": "tiny", "model_path": "x", "max_seq_len": 64}, "status": "training"}))
+    run = write_run(tmp_path / "r", status="training")
     with pytest.raises(ExportError, match="no trained adapter"):
         export_run(ExportOptions(run=str(run)))
     (run / "adapter").mkdir()
