@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from . import __version__
 from .config import TrainConfig, flag_names, resolve_config, to_toml
-from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
+from .errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError
 
 console = Console(stderr=True)
 
@@ -34,7 +34,10 @@ class FastftGroup(click.Group):
         except FastftError as e:
             console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             ctx.exit(EXIT_USER_ERROR)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]", highlight=False)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
             report_bug(e, debug=ctx.params.get("debug", False))

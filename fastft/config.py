@@ -152,10 +152,6 @@ def flag_names(key: str) -> list[str]:
     return extra.get("flag", f"--{key.replace('_', '-')}").split("/")
 
 
-def field_default(name: str) -> Any:
-    return TrainConfig.model_fields[name].default
-
-
 def to_toml(cfg: TrainConfig | None = None) -> str:
     """The config as TOML, each option under its help text; unset optional values are commented."""
     values = cfg.to_dict() if cfg is not None else {}

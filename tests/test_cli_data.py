@@ -298,3 +298,28 @@ def test_train_on_good_data_does_reach_the_model_load(runner, in_tmp, load_calls
     assert len(load_calls) == 1, result.output
     # An exception that is not a FastftError is reported as a bug, with its traceback logged.
     assert result.exit_code == 70 and "internal error" in result.output
+
+
+def test_ctrl_c_exits_130_and_a_bug_is_logged_with_its_traceback(runner, in_tmp, monkeypatch):
+    import fastft.train
+
+    write(in_tmp / "good.jsonl", [GOOD])
+    monkeypatch.setenv("FASTFT_CACHE", str(in_tmp / "cache"))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fastft.train, "train", interrupted)
+    result = runner.invoke(main, ["train", "good.jsonl", "--model", "tiny"])
+    assert result.exit_code == 130 and "interrupted" in result.output
+
+    def buggy(*a, **k):
+        raise ZeroDivisionError("deep inside a library")
+    monkeypatch.setattr(fastft.train, "train", buggy)
+    result = runner.invoke(main, ["train", "good.jsonl", "--model", "tiny"])
+    assert result.exit_code == 70 and "internal error" in result.output
+    assert "Traceback" not in result.output          # the traceback goes to the log...
+    logs = list((in_tmp / "cache" / "logs").glob("crash-*.log"))
+    assert len(logs) == 1 and "ZeroDivisionError: deep inside a library" in logs[0].read_text()
+    assert "in buggy" in logs[0].read_text()
+    result = runner.invoke(main, ["--debug", "train", "good.jsonl", "--model", "tiny"])
+    assert result.exit_code == 70 and "Traceback" in result.output   # ...or to the screen with --debug

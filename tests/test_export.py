@@ -26,7 +26,8 @@ from fastft.export import (
 from conftest import write_run
 from fastft.errors import RunFolderError
 from fastft.gguf import read_gguf_metadata
-from fastft.modelfile import go_template, parse_modelfile, template_from_modelfile
+from fastft.modelfile import go_template, parse_modelfile
+from ollama_contract import template_from_modelfile
 from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
 
 ROOT = Path(__file__).resolve().parent.parent

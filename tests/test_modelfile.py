@@ -19,14 +19,12 @@ from fastft.modelfile import (
     ModelfileError,
     go_literal,
     go_template,
-    ollama_data,
     parse_modelfile,
     quote,
     render_modelfile,
-    system_from_modelfile,
-    template_from_modelfile,
     unrepresentable,
 )
+from ollama_contract import ollama_data, system_from_modelfile, template_from_modelfile
 from fastft.template import HYBRID, INSTRUCT_2507, OTHER, THINKING
 from fastft.template import template_text
 
