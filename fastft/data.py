@@ -74,6 +74,19 @@ MAX_LISTED_ISSUES = 50
 
 _BOM = b"\xef\xbb\xbf"
 
+# Qwen3's control tokens. The tokenizer turns each into its special id wherever it appears, so
+# one inside message content would start or end a turn the data never had (a fake turn).
+SPECIAL_TOKENS = (
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<|fim_prefix|>",
+    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+)
+_SPECIAL = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+# A "\ud800" escape decodes to a lone surrogate: valid JSON, but no UTF-8 encoder (the
+# tokenizer's included) can handle it, so it fails far from the file and line.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 # --------------------------------------------------------------------------
 # Public data classes
@@ -85,6 +98,8 @@ class Example:
     messages: list[dict[str, str]]  # each {"role": ..., "content": str}
     line: int  # 1-based line where this record starts
     format: str  # one of FORMATS
+    # Indexes of assistant messages given "weight": 0: rendered as context, carrying no loss.
+    no_loss: tuple[int, ...] = ()
 
 
 @dataclass
@@ -187,13 +202,25 @@ def _check_text(value: Any, what: str = "string") -> str | None:
 class _Msg:
     """A message being built, with the field paths used to report problems."""
 
-    __slots__ = ("role", "content", "role_field", "content_field")
+    __slots__ = ("role", "content", "role_field", "content_field", "weight")
 
-    def __init__(self, role: str | None, content: Any, role_field: str, content_field: str):
+    def __init__(self, role: str | None, content: Any, role_field: str, content_field: str,
+                 weight: int = 1):
         self.role = role
         self.content = content
         self.role_field = role_field
         self.content_field = content_field
+        self.weight = weight
+
+
+def _weight(item: dict, item_field: str, problems: list[tuple[str, str]]) -> int:
+    """A message's optional loss weight (axolotl/ShareGPT style): 0 masks the turn, 1 trains it."""
+    w = item.get("weight", 1)
+    if type(w) in (int, float) and w in (0, 1):  # type(): True/False are not weights
+        return int(w)
+    shown = repr(w) if type(w) in (int, float) else _type_name(w)
+    problems.append((f"{item_field}.weight", f"weight must be 0 or 1, got {shown[:40]}"))
+    return 1
 
 
 def _role_content_list(
@@ -216,7 +243,6 @@ def _role_content_list(
     if not value:
         problems.append((key, "empty list; expected at least a user and an assistant message"))
         return None
-    allowed = list(role_map) if role_map is not None else list(ROLES)
     msgs: list[_Msg] = []
     for i, item in enumerate(value):
         item_field = f"{key}[{i}]"
@@ -229,23 +255,7 @@ def _role_content_list(
             )
             msgs.append(_Msg(None, None, role_field, content_field))
             continue
-        role: str | None = None
-        if role_key not in item:
-            problems.append((role_field, f"missing (keys found: {_keys(item)})"))
-        else:
-            raw = item[role_key]
-            if not isinstance(raw, str):
-                problems.append((role_field, f"expected a string, got {_type_name(raw)}"))
-            elif role_map is not None:
-                role = role_map.get(raw)
-                if role is None:
-                    problems.append(
-                        (role_field, f"unknown role {raw!r}; allowed: {', '.join(allowed)}")
-                    )
-            elif raw in ROLES:
-                role = raw
-            else:
-                problems.append((role_field, f"unknown role {raw!r}; allowed: {', '.join(allowed)}"))
+        role = _role_of(item, role_key, role_map, role_field, problems)
         if content_key not in item:
             problems.append((content_field, f"missing (keys found: {_keys(item)})"))
             content = None
@@ -254,8 +264,26 @@ def _role_content_list(
             problem = _check_text(content)
             if problem:
                 problems.append((content_field, problem))
-        msgs.append(_Msg(role, content, role_field, content_field))
+        msgs.append(_Msg(role, content, role_field, content_field,
+                         _weight(item, item_field, problems)))
     return msgs
+
+
+def _role_of(item: dict, role_key: str, role_map: dict[str, str] | None, role_field: str,
+             problems: list[tuple[str, str]]) -> str | None:
+    """The chat role of a message object, or None (and a problem) when it has no valid one."""
+    if role_key not in item:
+        problems.append((role_field, f"missing (keys found: {_keys(item)})"))
+        return None
+    raw = item[role_key]
+    if not isinstance(raw, str):
+        problems.append((role_field, f"expected a string, got {_type_name(raw)}"))
+        return None
+    roles = role_map if role_map is not None else {r: r for r in ROLES}
+    role = roles.get(raw)
+    if role is None:
+        problems.append((role_field, f"unknown role {raw!r}; allowed: {', '.join(roles)}"))
+    return role
 
 
 def _keys(record: dict) -> str:
@@ -446,54 +474,73 @@ def _alpaca_messages(record: dict, problems: list[tuple[str, str]]) -> list[_Msg
     return msgs
 
 
-def _analyse(record: Any) -> tuple[str | None, list[dict[str, str]], list[tuple[str, str]]]:
-    """Return (format, messages, problems) for a decoded record."""
-    problems: list[tuple[str, str]] = []
-    if not isinstance(record, dict):
-        problems.append(("<record>", f"expected a JSON object, got {_type_name(record)}"))
-        return None, [], problems
-    fmt = _classify(record)
-    msgs: list[_Msg] | None = None
-    end_field = ""
+def _messages_of(record: dict, fmt: str | None, problems: list[tuple[str, str]]
+                 ) -> tuple[list[_Msg] | None, str]:
+    """The messages of a record of format ``fmt`` and the field that names its end."""
     if fmt is None:
         problems.append(("<record>", _unknown_format_message(record)))
-    elif fmt in ("messages", "conversations"):
-        msgs = _role_content_list(record[fmt], fmt, problems)
-        end_field = fmt
-    elif fmt == "sharegpt":
-        msgs = _role_content_list(
+        return None, ""
+    if fmt in ("messages", "conversations"):
+        return _role_content_list(record[fmt], fmt, problems), fmt
+    if fmt == "sharegpt":
+        return _role_content_list(
             record["conversations"], "conversations", problems,
             role_key="from", content_key="value", role_map=SHAREGPT_ROLES,
-        )
-        end_field = "conversations"
-    elif fmt == "alpaca":
-        msgs = _alpaca_messages(record, problems)
-        end_field = "output"
-    elif fmt == "prompt_completion":
+        ), "conversations"
+    if fmt == "alpaca":
+        return _alpaca_messages(record, problems), "output"
+    if fmt == "prompt_completion":
         prompt = _prompt_completion_part(record, "prompt", "user", problems)
         completion = _prompt_completion_part(record, "completion", "assistant", problems)
         if prompt is not None and completion is not None:
-            msgs = prompt + completion
-        end_field = "completion"
-    elif fmt == "text":
-        text = record["text"]
-        if not isinstance(text, str):
-            problems.append(("text", f"expected a string, got {_type_name(text)}"))
-        else:
-            msgs = _parse_chatml(text, problems)
-        end_field = "text"
+            return prompt + completion, "completion"
+        return None, "completion"
+    text = record["text"]
+    if not isinstance(text, str):
+        problems.append(("text", f"expected a string, got {_type_name(text)}"))
+        return None, "text"
+    return _parse_chatml(text, problems), "text"
 
+
+def _check_content(msgs: list[_Msg], fmt: str, end_field: str,
+                   problems: list[tuple[str, str]]) -> None:
+    """Special tokens inside content, and weights that leave nothing to train."""
+    if fmt != "text":  # in ChatML text the markers are the structure, parsed as such
+        for m in msgs:
+            hit = _SPECIAL.search(m.content) if isinstance(m.content, str) else None
+            if hit:
+                problems.append(
+                    (m.content_field, f"holds the chat-template token {hit.group()!r}: the "
+                                      f"tokenizer reads it as turn structure (a fake turn); "
+                                      f"remove it"))
+    turns = [m for m in msgs if m.role == "assistant"]
+    if turns and all(m.weight == 0 for m in turns):
+        problems.append((end_field, "every assistant message has weight 0: nothing to train on"))
+
+
+def _analyse(record: Any
+             ) -> tuple[str | None, list[dict[str, str]], list[tuple[str, str]], tuple[int, ...]]:
+    """Return (format, messages, problems, indexes of weight-0 messages) for a decoded record."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(record, dict):
+        problems.append(("<record>", f"expected a JSON object, got {_type_name(record)}"))
+        return None, [], problems, ()
+    fmt = _classify(record)
+    msgs, end_field = _messages_of(record, fmt, problems)
+    if msgs:
+        _check_content(msgs, fmt, end_field, problems)
     if problems or not msgs:
         if not problems:  # defensive: no messages but no reason given
             problems.append(("<record>", "no messages"))
         # Order problems are independent of content problems; still report the first.
         if msgs and fmt != "alpaca":
             _check_order(msgs, end_field, problems)
-        return fmt, [], problems
+        return fmt, [], problems, ()
     _check_order(msgs, end_field, problems)
     if problems:
-        return fmt, [], problems
-    return fmt, [{"role": m.role, "content": m.content} for m in msgs], problems
+        return fmt, [], problems, ()
+    no_loss = tuple(i for i, m in enumerate(msgs) if m.weight == 0 and m.role == "assistant")
+    return fmt, [{"role": m.role, "content": m.content} for m in msgs], problems, no_loss
 
 
 def normalise_record(record: dict) -> tuple[str, list[dict]]:
@@ -502,7 +549,7 @@ def normalise_record(record: dict) -> tuple[str, list[dict]]:
     Raises RecordError for an invalid record; its ``field``/``message`` is the
     first problem and ``problems`` lists all of them.
     """
-    fmt, messages, problems = _analyse(record)
+    fmt, messages, problems, _ = _analyse(record)
     if problems:
         f, m = problems[0]
         raise RecordError(f, m, problems)
@@ -544,6 +591,68 @@ def _json_error_message(e: json.JSONDecodeError, with_line: bool = False) -> str
     return f"invalid JSON: {e.msg} ({where})"
 
 
+class _DuplicateKeys:
+    """object_pairs_hook that notes repeated keys, which json.loads resolves silently (the last
+    one wins), so that a record holding two "messages" is reported instead of half-read."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict:
+        record = dict(pairs)
+        if len(record) != len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen and key not in self.found:
+                    self.found.append(key)
+                seen.add(key)
+        return record
+
+
+def _decode(text: str, pos: int | None = None) -> tuple[Any, int, list[str], str | None]:
+    """(value, end, duplicate keys, error): the JSON value of a whole line (``pos`` None) or the
+    one starting at ``pos``; ``error`` says why there is none."""
+    dups = _DuplicateKeys()
+    decoder = json.JSONDecoder(object_pairs_hook=dups)
+    try:
+        if pos is None:
+            return decoder.decode(text), len(text), dups.found, None
+        value, end = decoder.raw_decode(text, pos)
+        return value, end, dups.found, None
+    except json.JSONDecodeError as e:
+        return None, e.pos, [], _json_error_message(e) if pos is None else e.msg
+    except RecursionError:  # json recurses once per level: 100,000 '[' exhaust the stack
+        return None, pos or 0, [], "invalid JSON: nested too deeply"
+    except ValueError as e:  # int('1' * 5000) is refused (sys.int_info.str_digits_check_threshold)
+        return None, pos or 0, [], f"invalid JSON: {str(e).split(';')[0]}"  # not its sys.* advice
+
+
+def _safe(text: str) -> str:
+    """``text`` printable as UTF-8 (lone surrogates written as \\udXXX escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _surrogates(value: Any) -> list[str]:
+    """Field paths of the strings (values or keys) in ``value`` that hold a lone surrogate.
+    Walked with a stack, not recursion: the value may be nested nearly as deep as json allows."""
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("<record>", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                found.append(path)
+        elif isinstance(v, dict):
+            for k in reversed(list(v)):
+                sub = _safe(k) if path == "<record>" else f"{path}.{_safe(k)}"
+                if _SURROGATE.search(k):
+                    found.append(f"{sub} (key)")
+                stack.append((sub, v[k]))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", v[i]) for i in reversed(range(len(v))))
+    return found
+
+
 class _Collector:
     def __init__(self, path: str):
         self.dataset = Dataset(path=path)
@@ -551,14 +660,18 @@ class _Collector:
     def issue(self, line: int, field: str, message: str) -> None:
         self.dataset.issues.append(DataIssue(self.dataset.path, line, field, message))
 
-    def record(self, record: Any, line: int) -> None:
-        fmt, messages, problems = _analyse(record)
+    def record(self, record: Any, line: int, dups: list[str] = ()) -> None:
+        problems = [("<json>", f"duplicate key {_safe(k)!r}") for k in dups]
+        problems += [(f, "invalid unicode (lone surrogate): not encodable as UTF-8")
+                     for f in _surrogates(record)]
+        if not problems:
+            fmt, messages, problems, no_loss = _analyse(record)
         if problems:
             for f, m in problems:
                 self.issue(line, f, m)
             self.dataset.skipped += 1
             return
-        self.dataset.examples.append(Example(messages=messages, line=line, format=fmt))
+        self.dataset.examples.append(Example(messages, line, fmt, no_loss))
 
     def bad_record(self, line: int, field: str, message: str) -> None:
         self.issue(line, field, message)
@@ -572,12 +685,11 @@ def _read_jsonl(lines: list[str], bad: dict[int, str], out: _Collector) -> None:
             continue
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.bad_record(number, "<json>", _json_error_message(e))
+        record, _, dups, error = _decode(line)
+        if error:
+            out.bad_record(number, "<json>", error)
             continue
-        out.record(record, number)
+        out.record(record, number, dups)
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -603,7 +715,6 @@ def _read_json_array(text: str, lines: list[str], bad: dict[int, str], out: _Col
         raise DataError(out.dataset.path, out.dataset.issues)
 
     reported: set[int] = set()
-    decoder = json.JSONDecoder()
     pos = _WS.match(text, 0).end()
     assert text[pos] == "["
     pos = _WS.match(text, pos + 1).end()
@@ -613,10 +724,9 @@ def _read_json_array(text: str, lines: list[str], bad: dict[int, str], out: _Col
         while True:
             if pos >= len(text):
                 fail(pos, "expected a value, found end of file")
-            try:
-                record, end = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                fail(e.pos, e.msg)
+            record, end, dups, error = _decode(text, pos)
+            if error:
+                fail(end, error.removeprefix("invalid JSON: "))
             first, last = line_of(pos), line_of(max(end - 1, pos))
             bad_here = [n for n in range(first, last + 1) if n in bad]
             if bad_here:
@@ -625,7 +735,7 @@ def _read_json_array(text: str, lines: list[str], bad: dict[int, str], out: _Col
                     reported.add(n)
                 out.dataset.skipped += 1
             else:
-                out.record(record, first)
+                out.record(record, first, dups)
             pos = _WS.match(text, end).end()
             if pos < len(text) and text[pos] == ",":
                 pos = _WS.match(text, pos + 1).end()
@@ -637,6 +747,39 @@ def _read_json_array(text: str, lines: list[str], bad: dict[int, str], out: _Col
     pos = _WS.match(text, pos).end()
     if pos < len(text):
         fail(pos, "extra data after the closing ']'")
+
+
+# Files that are not text at all, by their first bytes: one message for the file, rather than
+# one "invalid UTF-8"/"invalid JSON" per line of compressed or columnar bytes.
+_MAGIC = (
+    (b"\x1f\x8b", "a gzip-compressed file; fastft reads uncompressed JSONL or a JSON array: "
+                  "decompress it first (gunzip)"),
+    (b"PAR1", "a Parquet file; fastft reads JSONL or a JSON array: convert it, e.g. "
+              "pandas.read_parquet(path).to_json(out, orient='records', lines=True)"),
+    (b"PK\x03\x04", "a zip archive (or .xlsx); fastft reads JSONL or a JSON array: extract "
+                    "or export it first"),
+    (b"\xff\xfe", "UTF-16 encoded (byte order mark FF FE); fastft reads UTF-8: convert it, "
+                  "e.g. iconv -f UTF-16 -t UTF-8"),
+    (b"\xfe\xff", "UTF-16 encoded (byte order mark FE FF); fastft reads UTF-8: convert it, "
+                  "e.g. iconv -f UTF-16 -t UTF-8"),
+)
+_TABULAR = {".csv": "a CSV file", ".tsv": "a TSV file", ".parquet": "a Parquet file",
+            ".arrow": "an Arrow file", ".xlsx": "an Excel file", ".gz": "a gzip-compressed file"}
+
+
+def _whole_file_problem(path: str, raw: bytes) -> str | None:
+    """Why the file as a whole is no JSONL or JSON array (binary, compressed, tabular), or None."""
+    for magic, message in _MAGIC:
+        if raw.startswith(magic):
+            return message
+    if b"\x00" in raw[:65536]:  # text never holds NUL; UTF-16/32 without a BOM and binaries do
+        return ("a binary file (it holds NUL bytes), or UTF-16/UTF-32 text; fastft reads "
+                "UTF-8 JSONL or a JSON array")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _TABULAR:
+        return (f"{_TABULAR[ext]} (by its name); fastft reads JSONL or a JSON array: "
+                f"convert it, e.g. with pandas to_json(orient='records', lines=True)")
+    return None
 
 
 def read_dataset(path: str | os.PathLike) -> Dataset:
@@ -651,6 +794,9 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
             raw = f.read()
     except OSError as e:  # missing, a folder, unreadable: the user's to fix, not a traceback
         raise DataError(spath, [DataIssue(spath, 0, "<file>", f"cannot read: {e.strerror}")]) from None
+    problem = _whole_file_problem(spath, raw)
+    if problem:
+        raise DataError(spath, [DataIssue(spath, 0, "<file>", problem)])
     if raw.startswith(_BOM):
         raw = raw[len(_BOM):]
     lines, bad_list = _decode_lines(raw)
@@ -666,6 +812,11 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
     return out.dataset
 
 
+def empty_message(dataset: Dataset) -> str:
+    """Why a dataset without issues has no examples."""
+    return "no examples: the file is empty" if not dataset.skipped else "no valid examples"
+
+
 def load_conversations(path: str | os.PathLike, skip_invalid: bool = False) -> Dataset:
     """Read ``path``; raise DataError listing every problem unless ``skip_invalid``,
     in which case bad records are dropped (counted in ``skipped``).  Raises
@@ -677,7 +828,7 @@ def load_conversations(path: str | os.PathLike, skip_invalid: bool = False) -> D
         issues = list(dataset.issues)
         issues.append(
             DataIssue(dataset.path, 1, "<file>",
-                      "no valid examples" if dataset.issues else "no examples (the file is empty)")
+                      "no valid examples" if dataset.issues else empty_message(dataset))
         )
         raise DataError(dataset.path, issues)
     return dataset

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .data import DataError, DataIssue, Dataset, read_dataset
+from .data import DataError, DataIssue, Dataset, empty_message, read_dataset
 from .template import ChatGuard, GuardReport, tokenize_rendered
 
 
@@ -65,6 +65,8 @@ def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip
     ds = read_dataset(path)
     result = CheckResult(ds, skip_invalid, max_seq_len=max_seq_len)
     if not ds.examples:
+        if not ds.issues:  # an empty file has no problem to list, yet nothing to train on
+            ds.issues.append(DataIssue(ds.path, 0, "<file>", empty_message(ds)))
         return result
     tokenizer, model_path, result.tokenizer_note = load_tokenizer(model)
     guard = ChatGuard(tokenizer, model_path, think=think, path=str(path))
@@ -106,7 +108,9 @@ def print_check(result: CheckResult, console: Console) -> None:
     if result.tokenizer_note:
         t.add_row("note", result.tokenizer_note)
     console.print(t)
-    if result.issues and result.skip_invalid:
+    if not result.lengths:  # never "ready" (nor "would be dropped") with nothing to train on
+        console.print("[bold red]✗ nothing to train on[/]")
+    elif result.issues and result.skip_invalid:
         console.print(f"[yellow]--skip-invalid: {len(result.issues)} problems; those records would be dropped[/]")
     elif result.issues:
         console.print(f"[bold red]{len(result.issues)} problems[/] — fix them or pass --skip-invalid")

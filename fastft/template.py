@@ -222,7 +222,8 @@ class ChatGuard:
             end = len(text) if end < 0 else end + len(EOS)
             if text.startswith("\n", end):
                 end += 1
-            spans.append((start, end))
+            if i not in example.no_loss:  # a "weight": 0 turn is context only: no span, no loss
+                spans.append((start, end))
         if self.non_thinking and self.think != "keep" and THINK_TAG.search(text):
             self.report.issues.append(DataIssue(
                 self.path, example.line, "<template>", "rendered text still holds a think tag"))

@@ -1,0 +1,188 @@
+"""Every malformed input in tests/data/bad/ fails cleanly: `fastft data check` exits non-zero
+naming the file (and the line, unless the whole file is wrong) with no traceback, and the
+reader raises DataError and nothing else. Property tests feed random JSON and random bytes.
+
+File name prefixes: `file-` a whole-file problem (no line to name); `guard-` a problem only the
+chat-template guard sees, so `load_conversations` (which runs no guard) may accept the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fastft import datacheck
+from fastft.cli import main
+from fastft.data import DataError, load_conversations, read_dataset
+from fastft.errors import FastftError
+
+BAD = Path(__file__).resolve().parent / "data" / "bad"
+FILES = sorted(p.name for p in BAD.iterdir())
+
+
+@pytest.fixture(scope="module")
+def cached_tokenizer():
+    """One tokenizer load for the module: the guard's fixes to it are the same for every file."""
+    return functools.lru_cache(maxsize=None)(datacheck.load_tokenizer)
+
+
+@pytest.fixture
+def in_bad(monkeypatch, cached_tokenizer):
+    monkeypatch.chdir(BAD)   # short names in the report: rich wraps long paths
+    monkeypatch.setattr(datacheck, "load_tokenizer", cached_tokenizer)
+
+
+def test_there_are_enough_bad_inputs_and_none_is_large():
+    assert len(FILES) >= 40
+    assert all((BAD / name).stat().st_size <= 200_000 for name in FILES)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_data_check_fails_cleanly(name, in_bad):
+    result = CliRunner().invoke(main, ["data", "check", name, "--model", "tiny"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, (TypeError, RecursionError))
+    assert name in result.output
+    assert "ready to train" not in result.output
+    if not name.startswith("file-"):
+        assert re.search(rf"{re.escape(name)}:[1-9]\d*:", result.output), result.output
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_reader_raises_only_data_error(name):
+    try:
+        load_conversations(BAD / name)
+    except DataError as e:
+        assert isinstance(e, FastftError) and e.issues
+        assert str(BAD / name) in str(e)
+    else:
+        assert name.startswith("guard-"), "load_conversations accepted a bad file"
+
+
+# -- the fixes, one by one, at the reader -------------------------------------------------------
+
+def issues_of(name: str) -> list[str]:
+    try:
+        return [str(i) for i in read_dataset(BAD / name).issues]
+    except DataError as e:
+        return [str(i) for i in e.issues]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("enc-lone-surrogate-content.jsonl", ":2: messages[0].content: invalid unicode (lone surrogate)"),
+    ("size-nested-100k-brackets.jsonl", ":2: <json>: invalid JSON: nested too deeply"),
+    ("size-array-nested-100k-brackets.json", ":3: <json>: invalid JSON array: nested too deeply"),
+    ("size-int-5000-digits.jsonl", ":2: <json>: invalid JSON: Exceeds the limit (4300 digits)"),
+    ("json-duplicate-key-messages.jsonl", ":2: <json>: duplicate key 'messages'"),
+    ("json-array-duplicate-key.json", ":3: <json>: duplicate key 'messages'"),
+    ("tok-im-end-fake-turn-in-user.jsonl", ":2: messages[0].content: holds the chat-template token '<|im_end|>'"),
+    ("tok-in-sharegpt-value.jsonl", ":2: conversations[0].value: holds the chat-template token '<|im_start|>'"),
+    ("struct-weight-two.jsonl", ":2: messages[1].weight: weight must be 0 or 1"),
+    ("struct-every-weight-zero.jsonl", ":2: messages: every assistant message has weight 0"),
+    ("file-parquet-magic.parquet", ":0: <file>: a Parquet file; fastft reads JSONL"),
+    ("file-gzip.jsonl.gz", ":0: <file>: a gzip-compressed file"),
+    ("file-utf16-le-bom.jsonl", ":0: <file>: UTF-16 encoded"),
+    ("file-csv.csv", ":0: <file>: a CSV file"),
+])
+def test_issue_is_reported_with_its_location(name, expected):
+    assert any(expected in issue for issue in issues_of(name)), issues_of(name)
+
+
+def test_the_rest_of_the_file_is_still_checked_after_a_huge_number():
+    ds = read_dataset(BAD / "size-int-5000-digits.jsonl")
+    assert [e.line for e in ds.examples] == [1, 3]
+    assert [i.line for i in ds.issues] == [2, 4]
+
+
+@pytest.mark.parametrize("name", ["file-empty.jsonl", "file-bom-only.jsonl", "file-blank-lines-only.jsonl"])
+def test_empty_file_says_so_and_is_never_ready(name, in_bad):
+    result = CliRunner().invoke(main, ["data", "check", name, "--model", "tiny"])
+    assert result.exit_code == 1
+    assert "no examples: the file is empty" in result.output
+    assert "ready" not in result.output
+
+
+def test_dev_null_is_empty_not_ready(cached_tokenizer, monkeypatch):
+    monkeypatch.setattr(datacheck, "load_tokenizer", cached_tokenizer)
+    result = CliRunner().invoke(main, ["data", "check", "/dev/null", "--model", "tiny"])
+    assert result.exit_code == 1 and "no examples" in result.output and "ready" not in result.output
+
+
+def test_a_binary_file_gets_one_message_not_one_per_line(tmp_path):
+    p = tmp_path / "data.parquet"
+    p.write_bytes(b"PAR1" + b"\n{x\n" * 500 + b"PAR1")
+    with pytest.raises(DataError) as err:
+        read_dataset(p)
+    (issue,) = err.value.issues
+    assert issue.line == 0 and "Parquet" in issue.message
+
+
+# -- weight 0: a context-only assistant turn carries no loss ------------------------------------
+
+def test_weight_zero_turn_carries_no_loss(tiny_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    from fastft.template import ChatGuard, tokenize_rendered
+    u, a = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}
+    rec = {"messages": [u, {**a, "weight": 0}, {"role": "user", "content": "Colour?"},
+                        {"role": "assistant", "content": "Blue.", "weight": 1}]}
+    p = tmp_path / "w.jsonl"
+    p.write_text(json.dumps(rec) + "\n" + json.dumps({"messages": [u, a]}) + "\n")
+    weighted, plain = load_conversations(p).examples
+    assert weighted.no_loss == (1,) and plain.no_loss == ()
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    guard = ChatGuard(tok, str(tiny_path))
+    r = guard.render(weighted)
+    assert [r.text[s:e] for s, e in r.assistant_spans] == ["Blue.<|im_end|>\n"]
+    ex, _ = tokenize_rendered(r, tok, max_seq_len=512)
+    trained = tok.decode([t for t in ex.labels if t != -100])
+    assert "Blue." in trained and "Hello there." not in trained
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+RECORDS = st.dictionaries(
+    st.sampled_from(["messages", "conversations", "instruction", "output", "prompt", "completion",
+                     "text", "input", "system"]) | st.text(max_size=8),
+    JSON | st.lists(st.dictionaries(st.sampled_from(["role", "content", "from", "value", "weight"]),
+                                    JSON | st.sampled_from(["user", "assistant", "system", "human", "gpt"]),
+                                    max_size=4), max_size=4),
+    max_size=3)
+PROPERTY = settings(max_examples=200, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(values=st.lists(JSON | RECORDS, min_size=1, max_size=5))
+def test_random_json_lines_raise_only_data_error(tmp_path_factory, values):
+    p = tmp_path_factory.mktemp("prop") / "d.jsonl"
+    p.write_text("\n".join(json.dumps(v) for v in values) + "\n", encoding="utf-8")
+    if not isinstance(values[0], list):  # a leading '[' makes the file a JSON array: may be broken
+        read_dataset(p)                  # decodable JSONL: problems are issues, never raised
+    try:
+        load_conversations(p)
+    except DataError:
+        pass
+
+
+@PROPERTY
+@given(data=st.binary(max_size=300) | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")))
+def test_random_bytes_raise_only_data_error(tmp_path_factory, data):
+    p = tmp_path_factory.mktemp("prop") / "d.jsonl"
+    p.write_bytes(data)
+    for read in (read_dataset, load_conversations):
+        try:
+            read(p)
+        except DataError:
+            pass
