@@ -468,7 +468,10 @@ def _alpaca_messages(record: dict, problems: list[tuple[str, str]]) -> list[_Msg
             problems.append(("output", problem))
     if isinstance(instruction, str):
         user = instruction + ("\n\n" + inp if inp and inp.strip() else "")
-        msgs.append(_Msg("user", user, "instruction", "instruction"))
+        # The user turn joins instruction and input: name the one a content check would blame.
+        in_input = bool(inp and _SPECIAL.search(inp)) and not _SPECIAL.search(instruction)
+        where = "input" if in_input else "instruction"
+        msgs.append(_Msg("user", user, "instruction", where))
     if isinstance(output, str):
         msgs.append(_Msg("assistant", output, "output", "output"))
     return msgs

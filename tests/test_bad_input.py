@@ -82,6 +82,7 @@ def issues_of(name: str) -> list[str]:
     ("json-duplicate-key-messages.jsonl", ":2: <json>: duplicate key 'messages'"),
     ("json-array-duplicate-key.json", ":3: <json>: duplicate key 'messages'"),
     ("tok-im-end-fake-turn-in-user.jsonl", ":2: messages[0].content: holds the chat-template token '<|im_end|>'"),
+    ("tok-in-alpaca-input.jsonl", ":2: input: holds the chat-template token '<|im_end|>'"),
     ("tok-in-sharegpt-value.jsonl", ":2: conversations[0].value: holds the chat-template token '<|im_start|>'"),
     ("struct-weight-two.jsonl", ":2: messages[1].weight: weight must be 0 or 1"),
     ("struct-every-weight-zero.jsonl", ":2: messages: every assistant message has weight 0"),
@@ -186,3 +187,39 @@ def test_random_bytes_raise_only_data_error(tmp_path_factory, data):
             read(p)
         except DataError:
             pass
+
+
+# -- an unclosed <think> under --think strip -------------------------------------------------------
+
+UNCLOSED = ["What is your favorite color?", "<think>They ask about colours, so blue. My favorite color is blue."]
+
+
+def render_unclosed(policy: str, tiny_path):
+    from transformers import AutoTokenizer
+
+    from fastft.data import Example
+    from fastft.template import ChatGuard
+    u, a = UNCLOSED
+    guard = ChatGuard(AutoTokenizer.from_pretrained(tiny_path), str(tiny_path), think=policy, path="d.jsonl")
+    ex = Example([{"role": "user", "content": u}, {"role": "assistant", "content": a}], 3, "messages")
+    return guard.render(ex), guard.report.issues
+
+
+def test_unclosed_think_under_error_is_an_issue(tiny_path):
+    r, (issue,) = render_unclosed("error", tiny_path)
+    assert r is None and str(issue).startswith("d.jsonl:3: messages[1].content:") and "<think>" in str(issue)
+
+
+@pytest.mark.xfail(strict=True, reason="the guard still strips a lone <think> and trains the reasoning "
+                                       "as the answer; tests/test_template.py::test_strip_removes_lone_"
+                                       "think_tags asserts that, so the fix waits on that test changing")
+def test_unclosed_think_under_strip_is_an_issue(tiny_path):
+    r, issues = render_unclosed("strip", tiny_path)
+    assert r is None
+    (issue,) = issues
+    assert str(issue).startswith("d.jsonl:3: messages[1].content:") and "unclosed <think>" in str(issue)
+
+
+def test_unclosed_think_under_keep_is_kept(tiny_path):
+    r, issues = render_unclosed("keep", tiny_path)
+    assert r is not None and not issues and UNCLOSED[1] in r.text
