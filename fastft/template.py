@@ -34,6 +34,9 @@ PAD = "<|endoftext|>"
 EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 THINK_TAG = re.compile(r"</?think>\s*")
+# An opening tag with no closing one after it: where the reasoning ends is unknown, so stripping
+# the tag would train the reasoning as the answer.
+UNCLOSED_THINK = re.compile(r"<think>(?!.*</think>)", re.DOTALL)
 
 
 def detect_variant(model: str) -> str:
@@ -182,6 +185,12 @@ class ChatGuard:
                         self.path, example.line, f"messages[{i}].content",
                         "holds a <think> tag; Qwen3 Instruct-2507 is a non-thinking model "
                         "(use --think strip or --think keep)"))
+                    return None
+                if self.think == "strip" and UNCLOSED_THINK.search(content):
+                    self.report.issues.append(DataIssue(
+                        self.path, example.line, f"messages[{i}].content",
+                        "unclosed <think> (no </think> after it): the reasoning cannot be told "
+                        "from the answer; close it, or pass --think keep"))
                     return None
                 if self.think == "strip":
                     content = THINK_TAG.sub("", THINK_BLOCK.sub("", content))

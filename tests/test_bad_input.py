@@ -210,9 +210,6 @@ def test_unclosed_think_under_error_is_an_issue(tiny_path):
     assert r is None and str(issue).startswith("d.jsonl:3: messages[1].content:") and "<think>" in str(issue)
 
 
-@pytest.mark.xfail(strict=True, reason="the guard still strips a lone <think> and trains the reasoning "
-                                       "as the answer; tests/test_template.py::test_strip_removes_lone_"
-                                       "think_tags asserts that, so the fix waits on that test changing")
 def test_unclosed_think_under_strip_is_an_issue(tiny_path):
     r, issues = render_unclosed("strip", tiny_path)
     assert r is None

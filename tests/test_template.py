@@ -193,7 +193,6 @@ def test_strip_removes_think_blocks_from_assistant_content(instruct_guard):
 @pytest.mark.parametrize("content", [
     "My favorite color is blue.</think>",
     "</think>\n\nMy favorite color is blue.",
-    "<think>My favorite color is blue.",
 ])
 def test_strip_removes_lone_think_tags(instruct_guard, content):
     guard = instruct_guard()
