@@ -191,7 +191,14 @@ def train(data, config_file, print_config, resume, **flags):
     from .ui import TrainUI, print_run_summary
 
     ui = TrainUI(console)
-    result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui=ui)
+    try:
+        result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui=ui)
+    except training.TrainInterrupted as e:
+        saved = f"checkpoint {e.checkpoint.name} saved" if e.checkpoint else "no checkpoint saved"
+        console.print(f"[bold yellow]interrupted[/] at step {e.step}, {escape(saved)}; continue "
+                      f"with:\n  fastft train --resume {escape(str(e.folder.path))}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(EXIT_INTERRUPTED)
     print_run_summary(result.folder, result.record, console)
 
 

@@ -89,6 +89,8 @@ class TrainConfig(BaseModel):
     eval_split: float = opt(0.0, "Hold out this share of the data for an eval loss each epoch.", ge=0, lt=1)
     eval_file: Optional[str] = opt(None, "Eval data file (instead of --eval-split).")
     save_steps: Optional[int] = opt(None, "Checkpoint every N steps. [default: each epoch]", gt=0)
+    # A long epoch on a slow GPU is hours without a checkpoint; a crash would lose them all.
+    save_minutes: float = opt(10.0, "Also save a checkpoint every N minutes (0: off).", ge=0)
     skip_invalid: bool = opt(False, "Drop bad records (and report them) instead of failing.")
 
     @field_validator("target_modules", mode="before")

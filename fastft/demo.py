@@ -1,10 +1,13 @@
 """`fastft demo`: the main job end to end on the built-in tiny model, offline, on a CPU.
 
 train (examples/favorite_color.jsonl) -> export q4_k_m -> llama.cpp answers from the GGUF.
+Earlier results are kept: the run is runs/demo and the export exports/fastft-demo when those
+are free, else both get a timestamp suffix (`demo-<timestamp>`, `fastft-demo-<timestamp>`).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -15,16 +18,23 @@ DEMO_DATA = Path(__file__).resolve().parent.parent / "examples" / "favorite_colo
 QUESTION = "What is your favorite color?"
 
 
-def demo_config(runs_dir: Path):
+def demo_names(runs_dir: Path, exports_dir: Path, now: datetime | None = None) -> tuple[str, str]:
+    """(run name, export name) that touch nothing already there: a user's earlier demo run or
+    export is theirs to keep, so a taken name gets a timestamp rather than being deleted."""
+    if not (runs_dir / "demo").exists() and not (exports_dir / "fastft-demo").exists():
+        return "demo", "fastft-demo"
+    stamp = f"{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    return f"demo-{stamp}", f"fastft-demo-{stamp}"
+
+
+def demo_config(runs_dir: Path, name: str = "demo"):
     # The tiny model's weights are random, so it needs a 10x higher learning rate than a real
     # pretrained model to memorise the answer in three epochs.
-    return TrainConfig(data=str(DEMO_DATA), model="tiny", name="demo", runs_dir=str(runs_dir),
+    return TrainConfig(data=str(DEMO_DATA), model="tiny", name=name, runs_dir=str(runs_dir),
                        lr=2e-3, batch_size=4, grad_accum=2, max_seq_len=256)
 
 
 def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
-    import shutil
-
     from .train import train  # first: it imports Unsloth before transformers
     from .chat import generate, load_run_for_inference
     from .export import ExportOptions, export_run
@@ -33,9 +43,11 @@ def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
 
     if not DEMO_DATA.exists():
         raise FileNotFoundError(f"{DEMO_DATA}: the demo runs from a fastft checkout")
-    shutil.rmtree(runs_dir / "demo", ignore_errors=True)
+    run_name, export_name = demo_names(runs_dir, exports_dir)
+    console.print(f"run: {runs_dir / run_name}, export: {exports_dir / export_name}",
+                  markup=False, highlight=False)
     console.rule("[bold]1/3 train the tiny model on examples/favorite_color.jsonl")
-    result = train(demo_config(runs_dir), ui=TrainUI(console))
+    result = train(demo_config(runs_dir, run_name), ui=TrainUI(console))
     print_run_summary(result.folder, result.record, console)
 
     messages = [{"role": "user", "content": QUESTION}]
@@ -48,8 +60,8 @@ def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
     del model
 
     console.rule("[bold]2/3 export to GGUF q4_k_m + Modelfile")
-    exported = export_run(ExportOptions(run=str(result.run_dir), gguf=("q4_k_m",), name="fastft-demo",
-                                        exports_dir=str(exports_dir), force=True), console)
+    exported = export_run(ExportOptions(run=str(result.run_dir), gguf=("q4_k_m",), name=export_name,
+                                        exports_dir=str(exports_dir)), console)
     for line in exported.summary_lines():
         console.print(line, markup=False, highlight=False)
 

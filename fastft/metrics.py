@@ -93,3 +93,34 @@ class StepMetrics(TrainerCallback):
             "peak_mem_alloc_gib": alloc,
             "peak_mem_reserved_gib": reserved,
         }
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records in a metrics.jsonl; a line cut short by a crash mid-write is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def truncate_after(path: Path, step: int) -> int:
+    """Keep only the records of steps <= `step` (the checkpoint a resume starts from): the steps
+    after it are trained again, and must not be recorded twice. Returns how many were dropped."""
+    records = read_records(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) != len(records):
+        from .run import write_text_atomic
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return len(records) - len(kept)
+
+
+def mean_loss(path: Path) -> float | None:
+    """The mean step loss over the whole run as recorded in metrics.jsonl, across resumes (the
+    Trainer's own `training_loss` only covers the steps its process trained)."""
+    losses = [r["loss"] for r in read_records(path) if r.get("loss") is not None]
+    return sum(losses) / len(losses) if losses else None

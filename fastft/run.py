@@ -186,9 +186,24 @@ class RunFolder:
                  if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
         return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
+    def incomplete_checkpoints(self) -> list[Path]:
+        """Checkpoint folders without trainer_state.json: cut short while saving."""
+        return sorted((p for p in self.checkpoints_dir.glob("checkpoint-*")
+                       if p.name.split("-")[-1].isdigit() and p.is_dir()
+                       and not (p / "trainer_state.json").is_file()),
+                      key=lambda p: int(p.name.split("-")[-1]))
+
     def last_checkpoint(self) -> Path | None:
         cks = self.checkpoints()
         return cks[-1] if cks else None
+
+    def discard(self) -> None:
+        """Remove a run that never trained a step, and a `latest` link pointing at it."""
+        import shutil
+        latest = self.path.parent / LATEST
+        if latest.is_symlink() and latest.resolve() == self.path.resolve():
+            latest.unlink()
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def point_latest(self) -> None:
         """`<runs>/latest` -> this run, swapped atomically; never replaces a non-link."""

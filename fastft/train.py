@@ -4,7 +4,11 @@
 as the stages in order: read and validate the data, load the model, apply the chat-template
 guard, tokenise with an assistant-only label mask, attach LoRA, plan the batches (auto-tune on
 a GPU), train, save the adapter. Everything that can be checked is checked before the run
-folder is created or the model is loaded.
+folder is created or the model is loaded; a new run that fails before its first optimizer step
+leaves no folder behind, and `runs/latest` moves to it only once it has trained a step.
+
+While training, a checkpoint is also saved every --save-minutes, and the first Ctrl-C saves one
+at the end of the current step and stops (`TrainInterrupted`; a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from .models import import_unsloth
 
 import_unsloth()  # before transformers, peft and trl (see fastft.models)
 
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -25,9 +32,11 @@ from .cache import building, sha256_file  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError  # noqa: E402
+from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import load_model, resolve_model  # noqa: E402
 from .run import DataInfo, Final, Plan, RunFolder, RunRecord, default_run_name  # noqa: E402
 from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 
 @dataclass
@@ -54,21 +63,43 @@ class RunResult:
         return self.folder.adapter
 
 
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after saving a checkpoint of the current step: resumable."""
+
+    def __init__(self, folder: RunFolder, step: int, checkpoint: Path | None):
+        super().__init__(f"interrupted at step {step}")
+        self.folder, self.step, self.checkpoint = folder, step, checkpoint
+
+
 # -- entry points ------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, ui=None) -> RunResult:
-    """A new run. Data and names are checked before the run folder exists."""
+    """A new run. Data, names and a local model folder are checked before the run folder exists;
+    if the run fails before its first optimizer step, the folder is removed again."""
+    check_model_name(cfg.model)
     loaded = load_data(cfg)  # before the paths are made absolute: errors name the file as given
     cfg = cfg.model_copy(update=_absolute_paths(cfg))
     folder = RunFolder.new(cfg.runs_dir, cfg.name or default_run_name(cfg.data))
     folder.create()
-    with folder.lock():
-        folder.point_latest()
-        return _execute(cfg, folder, loaded, None, None, ui)
+    try:
+        with folder.lock():
+            return _execute(cfg, folder, loaded, None, None, ui, new_run=True)
+    except BaseException:
+        # Nothing trained yet (a load, guard or tokenisation error, an early Ctrl-C): an empty
+        # run folder would only be in the way of the next attempt's name and of runs/latest.
+        if not _has_trained(folder):
+            folder.discard()
+        raise
+
+
+def _has_trained(folder: RunFolder) -> bool:
+    return folder.metrics_file.exists() or bool(folder.checkpoints())
 
 
 def resume(path: str | os.PathLike, ui=None) -> RunResult:
     """Continue a run from its last complete checkpoint, with exactly the config and plan it saved."""
+    from .ui import NullUI
+    ui = ui or NullUI()
     folder = RunFolder.open(path)
     with folder.lock():
         saved = folder.read()
@@ -79,17 +110,58 @@ def resume(path: str | os.PathLike, ui=None) -> RunResult:
         if sha256_file(saved.config.data) != saved.data.sha256:
             raise TrainError(f"{saved.config.data} changed since {folder.name} started (sha256 "
                              f"differs); resuming would train on other data: start a new run")
-        return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui)
+        _drop_after(folder, checkpoint, ui)
+        return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
+
+
+def _drop_after(folder: RunFolder, checkpoint: Path, ui) -> None:
+    """What lies past the checkpoint a resume starts from: incomplete checkpoint folders (cut
+    short while saving; left in place, the Trainer would save into them and could rotate the
+    good checkpoint away) and metrics of the steps about to be trained again."""
+    incomplete = [p for p in folder.incomplete_checkpoints()
+                  if int(p.name.split("-")[-1]) > int(checkpoint.name.split("-")[-1])]
+    for p in incomplete:
+        shutil.rmtree(p)
+    if incomplete:
+        ui.status(f"skipped incomplete {', '.join(p.name for p in incomplete)} (no "
+                  f"trainer_state.json: cut short while saving); removed")
+    ui.status(f"resuming from {checkpoint.name}")
+    truncate_after(folder.metrics_file, int(checkpoint.name.split("-")[-1]))
+
+
+def check_model_name(name: str) -> None:
+    """A name that looks like a path must be an existing folder: otherwise it would be taken
+    for a hub id and fail later, after the run folder exists, with a confusing hub error. (A
+    hub id is `owner/name`, so one '/' alone does not make a path.)"""
+    pathlike = (name.startswith((".", "/", "~")) or name.count("/") > 1
+                or (os.sep != "/" and os.sep in name))
+    if pathlike and not Path(name).expanduser().is_dir():
+        what = "not a folder" if Path(name).expanduser().exists() else "no such folder"
+        raise TrainError(f"--model {name}: {what}")
+
+
+def _load(cfg: TrainConfig, ui):
+    """(ref, model, tokenizer); a hub model that cannot be fetched is one clear error."""
+    ref = resolve_model(cfg.model)
+    ui.status(f"loading {cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
+    try:
+        return (ref, *load_model(ref, cfg.max_seq_len, cfg.load_in_4bit))
+    except OSError as e:  # huggingface_hub's and transformers' lookup errors are OSErrors
+        if ref.is_local:
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        why = ("offline and not in the local cache" if offline or "connect" in str(e)
+               else str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise TrainError(f"cannot load {cfg.model}: {why}; download it once while online "
+                         f"(unset HF_HUB_OFFLINE) or give a local folder with --model") from None
 
 
 def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
-             saved_plan: Plan | None, ui) -> RunResult:
+             saved_plan: Plan | None, ui, new_run: bool) -> RunResult:
     from .ui import NullUI
     ui = ui or NullUI()
     t0 = time.perf_counter()
-    ref = resolve_model(cfg.model)
-    ui.status(f"loading {cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
-    model, tokenizer = load_model(ref, cfg.max_seq_len, cfg.load_in_4bit)
+    ref, model, tokenizer = _load(cfg, ui)
     timings = {"load_s": time.perf_counter() - t0}
 
     guard = ChatGuard(tokenizer, ref.path, think=cfg.think, path=cfg.data)
@@ -113,22 +185,102 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
     folder.write(record)
 
     t1 = time.perf_counter()
-    try:
-        with ui.training(metrics) as progress:
-            trainer.add_callback(progress)
-            out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except BaseException as e:  # the record says how the run ended, then the error goes on
-        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
-        folder.write(record.model_copy(update={"status": "interrupted" if stopped else "failed"}))
-        raise
+    fit(trainer, metrics, folder, record, checkpoint, ui, new_run)
     timings["train_s"] = time.perf_counter() - t1
 
     save_adapter(model, tokenizer, folder.adapter)
     timings["total_s"] = time.perf_counter() - t0
     record = record.model_copy(update=dict(status="done", timings=timings,
-                                           final=final_metrics(trainer, metrics, out)))
+                                           final=final_metrics(trainer, metrics, folder)))
     folder.write(record)
     return RunResult(folder, record)
+
+
+def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path | None, ui,
+        new_run: bool) -> None:
+    """trainer.train() with time-based and Ctrl-C checkpoints; the record says how it ended.
+    Raises TrainInterrupted when a Ctrl-C stopped it early (after saving a checkpoint)."""
+    stop = SaveOnInterrupt()
+    trainer.add_callback(SaveEveryMinutes(record.config.save_minutes))
+    trainer.add_callback(stop)
+    trainer.add_callback(FirstStep(folder if new_run else None))
+    try:
+        with ui.training(metrics) as progress, stop.installed():
+            trainer.add_callback(progress)
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except BaseException as e:  # the record says how the run ended, then the error goes on
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
+        folder.write(record.model_copy(update={"status": "interrupted" if stopped else "failed"}))
+        raise
+    state = trainer.state
+    if stop.interrupted and state.global_step < state.max_steps:
+        folder.write(record.model_copy(update={"status": "interrupted"}))
+        raise TrainInterrupted(folder, state.global_step, folder.last_checkpoint())
+
+
+# -- callbacks ---------------------------------------------------------------------------------
+
+class SaveEveryMinutes(TrainerCallback):
+    """A checkpoint every N minutes besides the per-epoch (or --save-steps) ones: an epoch of a
+    large dataset can take hours, and a crash would otherwise lose all of it."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.last = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.seconds > 0 and time.monotonic() - self.last >= self.seconds:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kw):
+        self.last = time.monotonic()
+
+
+class SaveOnInterrupt(TrainerCallback):
+    """The first Ctrl-C asks for a checkpoint at the end of the current step and a stop, instead
+    of killing the process mid-step with everything since the last checkpoint lost; a second
+    Ctrl-C interrupts at once, as usual. The previous SIGINT handler is restored afterwards."""
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:  # None: a handler set outside Python, which cannot be put back; the default then
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
+
+    def _handle(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class FirstStep(TrainerCallback):
+    """Points `runs/latest` at a new run once it has trained a step (not when it is created:
+    a run that fails while loading must not become the latest)."""
+
+    def __init__(self, folder: RunFolder | None):
+        self.folder = folder
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.folder is not None:
+            self.folder.point_latest()
+            self.folder = None
 
 
 def _absolute_paths(cfg: TrainConfig) -> dict:
@@ -327,12 +479,14 @@ def _trainer_class():
 
 # -- results -----------------------------------------------------------------------------------
 
-def final_metrics(trainer, metrics, out) -> Final:
+def final_metrics(trainer, metrics, folder: RunFolder) -> Final:
+    """train_loss is the mean step loss over the whole run as metrics.jsonl records it, across
+    resumes: the Trainer's own training_loss covers only the steps of its own process."""
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     extra = dict(eval_loss=evals[-1], best_eval_loss=min(evals), eval_losses=evals,
                  best_checkpoint=trainer.state.best_model_checkpoint) if evals else {}
     return Final(**metrics.summary(), global_step=trainer.state.global_step,
-                 train_loss=out.training_loss, **extra)
+                 train_loss=mean_loss(folder.metrics_file), **extra)
 
 
 def save_adapter(model, tokenizer, adapter: Path) -> None:

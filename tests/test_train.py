@@ -141,7 +141,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
 
     resumed = resume(str(run))
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 4, 5, 6]   # restarted at step 4, from checkpoint-3
+    assert steps == [1, 2, 3, 4, 5, 6]   # restarted at step 4, from checkpoint-3; step 4 once
     assert resumed.record.final.global_step == 6
     assert (run / "adapter" / "adapter_model.safetensors").exists()
 
