@@ -54,7 +54,7 @@ from .llamacpp import (
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
 from .models import load_base_with_adapter
-from .run import RunFolder, RunRecord
+from .run import Run, RunFolder
 
 # Quant name (what --gguf takes) -> llama.cpp's spelling (file names, llama-quantize's types).
 QUANTS = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q8_0": "Q8_0", "f16": "F16", "bf16": "BF16"}
@@ -127,38 +127,7 @@ class ExportResult:
 
 # -- reading a run -------------------------------------------------------------------------------
 
-@dataclass
-class RunInfo:
-    """A trained run, as export needs it."""
-    folder: RunFolder
-    record: RunRecord
-
-    @property
-    def run_dir(self) -> Path:
-        return self.folder.path
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.folder.adapter
-
-    @property
-    def variant(self) -> str:
-        return self.record.variant
-
-    @property
-    def model(self) -> str:
-        return self.record.config.model
-
-    @property
-    def model_path(self) -> str:
-        return self.record.plan.model_path
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.record.config.max_seq_len
-
-
-def read_run(path: str | os.PathLike) -> RunInfo:
+def read_run(path: str | os.PathLike) -> Run:
     """The run folder `path` (symlinks such as runs/latest resolved), refused unless trained."""
     folder = RunFolder.open(path)
     record = folder.read()
@@ -166,7 +135,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
         why = f" (its status is {record.status!r})" if record.status != "done" else ""
         raise ExportError(f"{folder.path}: no trained adapter in {folder.adapter}{why}; "
                           f"export runs after `fastft train` finishes")
-    return RunInfo(folder, record)
+    return Run(folder, record)
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -176,7 +145,7 @@ class ExportPlan:
     """One export: what was decided before any slow step, where it writes, and what each step
     added (timings, warnings, files, checks)."""
     opts: ExportOptions
-    info: RunInfo
+    info: Run
     quants: tuple[str, ...]
     name: str
     final: Path                              # the output folder, absolute

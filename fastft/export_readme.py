@@ -26,7 +26,7 @@ def _ollama_section(name: str, modelfile, first_gguf: str) -> list[str]:
 
 def readme_text(name: str, info, ggufs: dict[str, Path], merged: bool, modelfile,
                 first_gguf: str | None, manifest: str) -> str:
-    """README.md for export `name` of run `info` (a RunInfo): `ggufs` maps quant -> file,
+    """README.md for export `name` of run `info` (a fastft.run.Run): `ggufs` maps quant -> file,
     `modelfile` is the rendered Modelfile (None without GGUF), `manifest` the manifest's name."""
     family = FAMILIES.get(info.variant, FAMILIES["other"])
     lines = [f"# {name}", "",

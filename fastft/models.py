@@ -10,7 +10,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DEFAULT_MODEL  # noqa: F401  (re-exported: the default model's one owner is config)
 from .tiny import is_tiny, tiny_model_path
 
 LOADING_RULES = dict(trust_remote_code=False, use_safetensors=True)

@@ -230,3 +230,34 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder and its record, as training wrote it or export and chat read it."""
+    folder: RunFolder
+    record: RunRecord
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.folder.adapter
+
+    @property
+    def variant(self) -> str:
+        return self.record.variant
+
+    @property
+    def model(self) -> str:
+        return self.record.config.model
+
+    @property
+    def model_path(self) -> str:
+        return self.record.plan.model_path
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.record.config.max_seq_len

@@ -34,7 +34,7 @@ from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import load_model, resolve_model  # noqa: E402
-from .run import DataInfo, Final, Plan, RunFolder, RunRecord, default_run_name  # noqa: E402
+from .run import DataInfo, Final, Plan, Run, RunFolder, RunRecord, default_run_name  # noqa: E402
 from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
@@ -49,20 +49,6 @@ class PreparedData:
     examples: int
 
 
-@dataclass
-class RunResult:
-    folder: RunFolder
-    record: RunRecord
-
-    @property
-    def run_dir(self) -> Path:
-        return self.folder.path
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.folder.adapter
-
-
 class TrainInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped training after saving a checkpoint of the current step: resumable."""
 
@@ -73,7 +59,7 @@ class TrainInterrupted(KeyboardInterrupt):
 
 # -- entry points ------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, ui=None) -> RunResult:
+def train(cfg: TrainConfig, ui=None) -> Run:
     """A new run. Data, names and a local model folder are checked before the run folder exists;
     if the run fails before its first optimizer step, the folder is removed again."""
     check_model_name(cfg.model)
@@ -96,7 +82,7 @@ def _has_trained(folder: RunFolder) -> bool:
     return folder.metrics_file.exists() or bool(folder.checkpoints())
 
 
-def resume(path: str | os.PathLike, ui=None) -> RunResult:
+def resume(path: str | os.PathLike, ui=None) -> Run:
     """Continue a run from its last complete checkpoint, with exactly the config and plan it saved."""
     from .ui import NullUI
     ui = ui or NullUI()
@@ -157,7 +143,7 @@ def _load(cfg: TrainConfig, ui):
 
 
 def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
-             saved_plan: Plan | None, ui, new_run: bool) -> RunResult:
+             saved_plan: Plan | None, ui, new_run: bool) -> Run:
     from .ui import NullUI
     ui = ui or NullUI()
     t0 = time.perf_counter()
@@ -193,7 +179,7 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
     record = record.model_copy(update=dict(status="done", timings=timings,
                                            final=final_metrics(trainer, metrics, folder)))
     folder.write(record)
-    return RunResult(folder, record)
+    return Run(folder, record)
 
 
 def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path | None, ui,
