@@ -451,7 +451,9 @@ def _manifest(plan: ExportPlan, files: dict) -> dict:
         "fastft_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "name": plan.name,
-        "source_run": str(info.run_dir),
+        # Relative to the export folder: no user's absolute paths in a folder meant to be shared,
+        # and still right when runs/ and exports/ move together.
+        "source_run": os.path.relpath(info.run_dir, plan.final),
         "base_model": info.model,
         "variant": info.variant,
         "quants": list(plan.quants),

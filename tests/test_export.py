@@ -175,7 +175,8 @@ def test_export_folder(exported):
         assert meta["tokenizer.ggml.pre"] == "qwen2"
 
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["source_run"] == str(exported.run_dir)
+    assert not os.path.isabs(manifest["source_run"])
+    assert (exported.out_dir / manifest["source_run"]).resolve() == exported.run_dir.resolve()
     assert manifest["quants"] == ["q4_k_m", "q8_0"]
     listed = {k for k in manifest["files"]}
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {MANIFEST}
