@@ -33,6 +33,7 @@ SCHEMA_VERSION = 2
 RECORD_FILE = "fastft.json"
 LATEST = "latest"
 NAME_RE = re.compile(RUN_NAME_PATTERN)
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")   # the Trainer's folder name for a step
 
 
 class _Record(BaseModel):
@@ -179,19 +180,20 @@ class RunFolder:
 
     # -- checkpoints, the latest pointer, the lock ---------------------------------------------
 
+    def _checkpoint_dirs(self) -> list[Path]:
+        """Every `checkpoint-<step>` folder the Trainer wrote, oldest step first."""
+        found = [p for p in self.checkpoints_dir.glob("checkpoint-*")
+                 if checkpoint_step(p) is not None and p.is_dir()]
+        return sorted(found, key=checkpoint_step)
+
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first. The Trainer writes trainer_state.json last, so a
         checkpoint without it was cut short and cannot be resumed from."""
-        found = [p for p in self.checkpoints_dir.glob("checkpoint-*")
-                 if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+        return [p for p in self._checkpoint_dirs() if (p / "trainer_state.json").is_file()]
 
     def incomplete_checkpoints(self) -> list[Path]:
         """Checkpoint folders without trainer_state.json: cut short while saving."""
-        return sorted((p for p in self.checkpoints_dir.glob("checkpoint-*")
-                       if p.name.split("-")[-1].isdigit() and p.is_dir()
-                       and not (p / "trainer_state.json").is_file()),
-                      key=lambda p: int(p.name.split("-")[-1]))
+        return [p for p in self._checkpoint_dirs() if not (p / "trainer_state.json").is_file()]
 
     def last_checkpoint(self) -> Path | None:
         cks = self.checkpoints()
@@ -224,6 +226,12 @@ class RunFolder:
             except BlockingIOError:
                 raise RunFolderError(f"{self.path} is in use by another fastft process") from None
             yield
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step of a Trainer checkpoint folder (`checkpoint-<step>`), else None."""
+    m = CHECKPOINT_RE.fullmatch(path.name)
+    return int(m.group(1)) if m else None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -34,7 +34,8 @@ from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import load_model, resolve_model  # noqa: E402
-from .run import DataInfo, Final, Plan, Run, RunFolder, RunRecord, default_run_name  # noqa: E402
+from .run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
+                  default_run_name)
 from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
@@ -104,15 +105,15 @@ def _drop_after(folder: RunFolder, checkpoint: Path, ui) -> None:
     """What lies past the checkpoint a resume starts from: incomplete checkpoint folders (cut
     short while saving; left in place, the Trainer would save into them and could rotate the
     good checkpoint away) and metrics of the steps about to be trained again."""
-    incomplete = [p for p in folder.incomplete_checkpoints()
-                  if int(p.name.split("-")[-1]) > int(checkpoint.name.split("-")[-1])]
+    step = checkpoint_step(checkpoint)
+    incomplete = [p for p in folder.incomplete_checkpoints() if checkpoint_step(p) > step]
     for p in incomplete:
         shutil.rmtree(p)
     if incomplete:
         ui.status(f"skipped incomplete {', '.join(p.name for p in incomplete)} (no "
                   f"trainer_state.json: cut short while saving); removed")
     ui.status(f"resuming from {checkpoint.name}")
-    truncate_after(folder.metrics_file, int(checkpoint.name.split("-")[-1]))
+    truncate_after(folder.metrics_file, step)
 
 
 def check_model_name(name: str) -> None:

@@ -148,13 +148,15 @@ def test_point_latest_leaves_a_users_latest_alone(tmp_path, kind):
 def test_only_complete_checkpoints_count_in_numeric_order(tmp_path):
     folder = made(tmp_path / "runs", "a")
     assert folder.checkpoints() == [] and folder.last_checkpoint() is None
-    for step, complete in [(10, True), (9, True), (2, True), (11, False), ("x", True)]:
+    for step, complete in [(10, True), (9, True), (2, True), (11, False), ("x", True),
+                           ("foo-12", True)]:   # not the Trainer's name for a step
         ck = folder.checkpoints_dir / f"checkpoint-{step}"
         ck.mkdir(parents=True)
         if complete:
             (ck / "trainer_state.json").write_text("{}")
     assert [p.name for p in folder.checkpoints()] == ["checkpoint-2", "checkpoint-9", "checkpoint-10"]
     assert folder.last_checkpoint() == folder.checkpoints_dir / "checkpoint-10"
+    assert [p.name for p in folder.incomplete_checkpoints()] == ["checkpoint-11"]
 
 
 # -- the lock -----------------------------------------------------------------------------------
