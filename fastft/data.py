@@ -438,6 +438,17 @@ def _prompt_completion_part(
     return [_Msg(default_role, value, key, key)]
 
 
+def _required_text(record: dict, key: str, problems: list[tuple[str, str]]) -> Any:
+    """record[key] (None if absent), with a problem noted unless it is usable text."""
+    if key not in record:
+        problems.append((key, f"missing (keys found: {_keys(record)})"))
+        return None
+    problem = _check_text(record[key])
+    if problem:
+        problems.append((key, problem))
+    return record[key]
+
+
 def _alpaca_messages(record: dict, problems: list[tuple[str, str]]) -> list[_Msg]:
     """An Alpaca record (instruction, optional input and system, output) as messages."""
     msgs: list[_Msg] = []
@@ -448,24 +459,12 @@ def _alpaca_messages(record: dict, problems: list[tuple[str, str]]) -> list[_Msg
             problems.append(("system", problem))
         else:
             msgs.append(_Msg("system", system, "system", "system"))
-    instruction = record.get("instruction", None)
-    if "instruction" not in record:
-        problems.append(("instruction", f"missing (keys found: {_keys(record)})"))
-    else:
-        problem = _check_text(instruction)
-        if problem:
-            problems.append(("instruction", problem))
+    instruction = _required_text(record, "instruction", problems)
     inp = record.get("input")
     if inp is not None and not isinstance(inp, str):
         problems.append(("input", f"expected a string, got {_type_name(inp)}"))
         inp = None
-    output = record.get("output")
-    if "output" not in record:
-        problems.append(("output", f"missing (keys found: {_keys(record)})"))
-    else:
-        problem = _check_text(output)
-        if problem:
-            problems.append(("output", problem))
+    output = _required_text(record, "output", problems)
     if isinstance(instruction, str):
         user = instruction + ("\n\n" + inp if inp and inp.strip() else "")
         # The user turn joins instruction and input: name the one a content check would blame.

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .run import write_text_atomic
+
 
 @dataclass
 class StepRecord:
@@ -114,7 +116,6 @@ def truncate_after(path: Path, step: int) -> int:
     records = read_records(path)
     kept = [r for r in records if r.get("step", 0) <= step]
     if len(kept) != len(records):
-        from .run import write_text_atomic
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
     return len(records) - len(kept)
 
