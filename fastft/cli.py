@@ -157,6 +157,30 @@ def data_check(file, **flags):
     sys.exit(0 if result.ok else 1)
 
 
+@data.command("preview")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@config_options("model", "max_seq_len", "think", "train_on_all", "skip_invalid")
+@click.option("--n", "n", default=3, show_default=True, type=click.IntRange(min=0),
+              help="How many examples to show, from the first.")
+@click.option("--index", type=click.IntRange(min=0), help="Show only this example (0-based).")
+@click.option("--json", "as_json", is_flag=True, help="Print the preview as JSON on stdout.")
+def data_preview(file, n, index, as_json, **flags):
+    """Show FILE's examples as training sees them: the guarded chat template with trained tokens
+    highlighted and masked ones dimmed, what the guard removed or keeps, and a token-length
+    histogram against --max-seq-len."""
+    import json
+
+    from .preview import build_preview, print_preview
+
+    cfg = resolve_config(file, None, flags)
+    p = build_preview(file, cfg.model, cfg.max_seq_len, cfg.think, cfg.train_on_all,
+                      cfg.skip_invalid, n=n, index=index)
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print_preview(p, Console())  # a result: stdout
+
+
 # -- train --------------------------------------------------------------------------------------
 
 @main.command()

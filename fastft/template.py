@@ -73,10 +73,13 @@ class TokenizedExample:
     line: int
     input_ids: list[int]
     labels: list[int]           # -100 where a token carries no loss
+    # Each token's character span in the rendered text: only on request (data preview shows
+    # the mask on the text); a training set has no use for them.
+    offsets: list[tuple[int, int]] | None = None
 
 
-def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bool = False
-                      ) -> tuple[TokenizedExample, bool]:
+def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bool = False,
+                      offsets: bool = False) -> tuple[TokenizedExample, bool]:
     """(ids and labels cut at max_seq_len, whether it was cut); a token carries loss only if it
     lies inside an assistant span (or everywhere with `train_on_all`)."""
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
@@ -86,7 +89,8 @@ def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bo
         inside = any(s <= a and b <= e for s, e in r.assistant_spans)
         labels.append(tid if (train_on_all or inside) else -100)
     truncated = len(ids) > max_seq_len
-    return TokenizedExample(r.line, ids[:max_seq_len], labels[:max_seq_len]), truncated
+    spans = [tuple(o) for o in enc["offset_mapping"][:max_seq_len]] if offsets else None
+    return TokenizedExample(r.line, ids[:max_seq_len], labels[:max_seq_len], spans), truncated
 
 
 @dataclass
@@ -206,6 +210,12 @@ class ChatGuard:
             else:
                 self.report.data_think_kept += 1
         return messages
+
+    def unguarded_text(self, example: Example) -> str:
+        """The example as the chat template alone renders it, before the guard's think
+        handling: `fastft data preview` shows what differs as removed by the guard."""
+        return self.tokenizer.apply_chat_template(example.messages, tokenize=False,
+                                                  add_generation_prompt=False)
 
     def render(self, example: Example) -> Rendered | None:
         """The training text of one example and its assistant spans; None (and an issue) if it fails."""
