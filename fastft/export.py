@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -54,6 +53,7 @@ from .llamacpp import (
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
 from .models import load_base_with_adapter
+from .preflight import check_export_space, describe_removed, owned_scratch, remove_stale_scratch
 from .run import Run, RunFolder
 
 # Quant name (what --gguf takes) -> llama.cpp's spelling (file names, llama-quantize's types).
@@ -255,6 +255,7 @@ def make_plan(opts: ExportOptions) -> ExportPlan:
                           f"(at most 80, starting with a letter or digit)")
     plan = ExportPlan(opts, info, quants, name, _final_folder(opts, name), modelfile=None)
     plan.modelfile = _render_modelfile(plan)
+    check_export_space(info.model_path, quants, opts.merged, plan.final)
     return plan
 
 
@@ -268,7 +269,7 @@ def export_run(opts: ExportOptions, console=None) -> ExportResult:
     t0 = time.perf_counter()
     plan = make_plan(opts)
     find_tools(plan, console)
-    with scratch_folder(plan):
+    with scratch_folder(plan, console):
         write_models(plan, console)
         check_ggufs(plan, console)
         write_docs(plan)
@@ -290,18 +291,21 @@ def find_tools(plan: ExportPlan, console) -> None:
 
 
 @contextlib.contextmanager
-def scratch_folder(plan: ExportPlan):
-    """Create plan.scratch (with plan.stage and plan.work) beside the output; always remove it."""
+def scratch_folder(plan: ExportPlan, console):
+    """Create plan.scratch (with plan.stage and plan.work) beside the output; always remove it.
+    First remove the scratch folders of earlier exports that were killed (fastft.preflight)."""
     plan.final.parent.mkdir(parents=True, exist_ok=True)
-    plan.scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{plan.final.name}-", dir=plan.final.parent))
-    plan.hashes = _Hashes()
-    try:
-        plan.stage.mkdir()
-        plan.work.mkdir()
-        yield
-    finally:
-        plan.hashes.close()
-        shutil.rmtree(plan.scratch, ignore_errors=True)
+    if removed := remove_stale_scratch(plan.final.parent):
+        console.print(describe_removed(removed, "an export"), markup=False, highlight=False)
+    with owned_scratch(plan.final.parent, plan.final.name) as plan.scratch:
+        plan.hashes = _Hashes()
+        try:
+            plan.stage.mkdir()
+            plan.work.mkdir()
+            yield
+        finally:
+            plan.hashes.close()
+            shutil.rmtree(plan.scratch, ignore_errors=True)
 
 
 def write_models(plan: ExportPlan, console) -> None:

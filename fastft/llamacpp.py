@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .cache import building, cache_dir
 from .errors import FastftError
+from .faults import fault_point
 
 # The sdist whose vendored llama.cpp we build and whose vocab/templates the tiny model uses.
 # Pinned: llama.cpp's converter must know Qwen3's pre-tokenizer hash, and a newer release may
@@ -261,7 +262,14 @@ def convert_to_gguf(llama: LlamaCpp, model_dir: Path, outfile: Path, outtype: st
     cmd = [sys.executable, str(llama.converter), str(model_dir), "--outfile", str(outfile),
            "--outtype", outtype, "--model-name", name]
     with open(log, "ab") as out:
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        fault_point("convert")
+        rc = proc.wait()
+    finally:   # Ctrl-C: the converter must not keep writing into a folder about to be removed
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if rc != 0 or not outfile.is_file():
         raise LlamaCppError(f"{CONVERTER} failed (exit {rc}) on {model_dir}:\n{log_tail(log)}")
 
@@ -314,6 +322,7 @@ def quantize_ggufs(llama: LlamaCpp, src: Path, outputs: dict[str, Path], log_dir
                 job = waiting.pop(0)
                 job.start(llama, src, threads=cpus)
                 running.append(job)
+                fault_point("quantize")
             time.sleep(0.05)
             for job in [j for j in running if j.proc.poll() is not None]:
                 running.remove(job)

@@ -32,8 +32,11 @@ from .cache import building, sha256_file  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError  # noqa: E402
+from .faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import load_model, resolve_model  # noqa: E402
+from .quiet import move_log  # noqa: E402
+from .preflight import check_train_space  # noqa: E402
 from .run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
                   default_run_name)
 from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
@@ -67,7 +70,9 @@ def train(cfg: TrainConfig, ui=None) -> Run:
     loaded = load_data(cfg)  # before the paths are made absolute: errors name the file as given
     cfg = cfg.model_copy(update=_absolute_paths(cfg))
     folder = RunFolder.new(cfg.runs_dir, cfg.name or default_run_name(cfg.data))
+    check_train_space(cfg, cfg.runs_dir, resolve_model(cfg.model).path)
     folder.create()
+    move_log(folder.train_log)  # the libraries' output so far, and from now on, goes there
     try:
         with folder.lock():
             return _execute(cfg, folder, loaded, None, None, ui, new_run=True)
@@ -89,30 +94,39 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
     ui = ui or NullUI()
     folder = RunFolder.open(path)
     with folder.lock():
+        move_log(folder.train_log)
         saved = folder.read()
-        checkpoint = folder.last_checkpoint()
-        if checkpoint is None:
-            raise TrainError(f"{folder.path}: no complete checkpoint to resume from")
+        checkpoint = folder.last_checkpoint()  # None (killed before one was saved): from step 0
         loaded = load_data(saved.config)
         if sha256_file(saved.config.data) != saved.data.sha256:
             raise TrainError(f"{saved.config.data} changed since {folder.name} started (sha256 "
                              f"differs); resuming would train on other data: start a new run")
+        check_train_space(saved.config, folder.path, saved.plan.model_path)
         _drop_after(folder, checkpoint, ui)
         return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
 
 
-def _drop_after(folder: RunFolder, checkpoint: Path, ui) -> None:
+def _drop_after(folder: RunFolder, checkpoint: Path | None, ui) -> None:
     """What lies past the checkpoint a resume starts from: incomplete checkpoint folders (cut
     short while saving; left in place, the Trainer would save into them and could rotate the
-    good checkpoint away) and metrics of the steps about to be trained again."""
-    step = checkpoint_step(checkpoint)
+    good checkpoint away), temporaries of a killed save (we hold the run's lock, so no other
+    process is writing them) and metrics of the steps about to be trained again."""
+    step = checkpoint_step(checkpoint) if checkpoint else 0
     incomplete = [p for p in folder.incomplete_checkpoints() if checkpoint_step(p) > step]
     for p in incomplete:
         shutil.rmtree(p)
     if incomplete:
         ui.status(f"skipped incomplete {', '.join(p.name for p in incomplete)} (no "
                   f"trainer_state.json: cut short while saving); removed")
-    ui.status(f"resuming from {checkpoint.name}")
+    for p in folder.path.glob(".*tmp-*"):   # .tmp-adapter-*, .fastft.json.tmp-<pid>
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        ui.status(f"removed {p.name}, left by a save that was killed")
+    ui.status(f"resuming from {checkpoint.name}" if checkpoint else
+              "no complete checkpoint (killed before the first was saved): training again from "
+              "step 0 with the saved config")
     truncate_after(folder.metrics_file, step)
 
 
@@ -460,6 +474,15 @@ def _trainer_class():
                 return super()._get_train_sampler(*args, **kwargs)
             return LengthGroupedSampler(self.fastft_lengths, self.args.per_device_train_batch_size,
                                         self.args.seed)
+
+        # Named kill points for the fault-matrix tests (fastft.faults; a no-op unless set).
+        def training_step(self, *args, **kwargs):
+            fault_point("step")
+            return super().training_step(*args, **kwargs)
+
+        def _save_optimizer_and_scheduler(self, output_dir):
+            fault_point("checkpoint-write")   # the weights are saved, trainer_state.json is not
+            return super()._save_optimizer_and_scheduler(output_dir)
 
     return FastftTrainer
 
