@@ -258,6 +258,27 @@ def export(run, gguf, merged, out, name, system, force, no_check, verbose):
         console.print(line, markup=False, highlight=False)
 
 
+# -- init ---------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("path", default="fastft.toml", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+def init(path, force):
+    """Write PATH (default: fastft.toml), a commented TOML of every training option at its
+    default, for `fastft train --config PATH`."""
+    from .config import annotated_toml
+    from .errors import ConfigError
+    from .run import write_text_atomic
+
+    target = Path(path)
+    if target.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{path}: no folder {target.parent}")
+    write_text_atomic(target, annotated_toml())
+    click.echo(f"wrote {path}: edit it, then run  fastft train --config {path}")
+
+
 # -- demo ---------------------------------------------------------------------------------------
 
 @main.command()

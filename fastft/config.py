@@ -10,7 +10,7 @@ loaded. Cheap to import: no torch, no transformers.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -154,18 +154,45 @@ def flag_names(key: str) -> list[str]:
     return extra.get("flag", f"--{key.replace('_', '-')}").split("/")
 
 
-def to_toml(cfg: TrainConfig | None = None) -> str:
-    """The config as TOML, each option under its help text; unset optional values are commented."""
+def to_toml(cfg: TrainConfig | None = None, annotate: bool = False) -> str:
+    """The config as TOML, each option under its help text (`annotate`: and its flag, choices
+    and default, a blank line apart); unset optional values are commented."""
     values = cfg.to_dict() if cfg is not None else {}
     out = []
     for key, f in TrainConfig.model_fields.items():
         out.append(f"# {f.description}")
+        if annotate:
+            out[-1:] = ["", out[-1], f"# {_about(key, f)}"]
         value = values[key] if cfg is not None else (None if f.is_required() else f.default)
         if value is None:
             out.append(f"# {key} =")
         else:
             out.append(f"{key} = {toml_value(value)}")
     return "\n".join(out) + "\n"
+
+
+INIT_HEADER = """\
+# fastft training options, for `fastft train --config fastft.toml` (flags on the command line
+# override this file). Every option is listed at its default under its help text: edit what you
+# need and delete the rest to keep following fastft's defaults.
+"""
+
+
+def annotated_toml() -> str:
+    """`fastft init`'s file: every option at its default, under its help, flag and choices."""
+    return INIT_HEADER + to_toml(annotate=True)
+
+
+def _about(key: str, f) -> str:
+    """`--rank; default 16`, `--scheduler: one of linear, cosine, ...; default "cosine"`."""
+    if key == "data":
+        return "required: here, or as DATA on the command line (fastft train DATA)"
+    flags = flag_names(key)
+    if f.annotation is bool and len(flags) == 1:
+        flags.append(f"--no-{flags[0][2:]}")
+    choices = get_args(f.annotation) if get_origin(f.annotation) is Literal else ()
+    about = "/".join(flags) + (f": one of {', '.join(choices)}" if choices else "")
+    return about + (f"; default {toml_value(f.default)}" if f.default is not None else "; unset by default")
 
 
 def toml_value(v: Any) -> str:
