@@ -91,6 +91,8 @@ class TrainConfig(BaseModel):
     save_steps: Optional[int] = opt(None, "Checkpoint every N steps. [default: each epoch]", gt=0)
     # A long epoch on a slow GPU is hours without a checkpoint; a crash would lose them all.
     save_minutes: float = opt(10.0, "Also save a checkpoint every N minutes (0: off).", ge=0)
+    tensorboard: bool = opt(False, "Also log loss and learning rate for TensorBoard, in "
+                                   "RUN/tensorboard/ (needs the tensorboard package).")
     skip_invalid: bool = opt(False, "Drop bad records (and report them) instead of failing.")
 
     @field_validator("target_modules", mode="before")

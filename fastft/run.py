@@ -3,6 +3,8 @@
     runs/<name>/
       fastft.json      RunRecord: the config, what the run derived from it (plan), data, results
       metrics.jsonl    one StepRecord per optimizer step (fastft.metrics)
+      loss.png         train/eval loss and learning rate per step, drawn at the end (fastft.plot)
+      tensorboard/     TensorBoard event files (--tensorboard)
       checkpoints/     checkpoint-<step>/, written by the Trainer; complete once trainer_state.json exists
       adapter/         the trained LoRA adapter and the guarded tokenizer, swapped in atomically
       .lock            held (flock) while a process trains in the folder
@@ -124,6 +126,14 @@ class RunFolder:
     @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def loss_png(self) -> Path:
+        return self.path / "loss.png"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
     # -- finding and creating ------------------------------------------------------------------
 

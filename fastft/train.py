@@ -35,6 +35,7 @@ from .errors import TrainError  # noqa: E402
 from .faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import load_model, resolve_model  # noqa: E402
+from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
 from .quiet import move_log  # noqa: E402
 from .preflight import check_train_space  # noqa: E402
 from .run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
@@ -67,6 +68,8 @@ def train(cfg: TrainConfig, ui=None) -> Run:
     """A new run. Data, names and a local model folder are checked before the run folder exists;
     if the run fails before its first optimizer step, the folder is removed again."""
     check_model_name(cfg.model)
+    if cfg.tensorboard:
+        require_tensorboard()
     loaded = load_data(cfg)  # before the paths are made absolute: errors name the file as given
     cfg = cfg.model_copy(update=_absolute_paths(cfg))
     folder = RunFolder.new(cfg.runs_dir, cfg.name or default_run_name(cfg.data))
@@ -96,6 +99,8 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
     with folder.lock():
         move_log(folder.train_log)
         saved = folder.read()
+        if saved.config.tensorboard:
+            require_tensorboard()
         checkpoint = folder.last_checkpoint()  # None (killed before one was saved): from step 0
         loaded = load_data(saved.config)
         if sha256_file(saved.config.data) != saved.data.sha256:
@@ -194,6 +199,7 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
     record = record.model_copy(update=dict(status="done", timings=timings,
                                            final=final_metrics(trainer, metrics, folder)))
     folder.write(record)
+    plot_run(folder, trainer.state.log_history, ui)  # loss.png, over the whole run
     return Run(folder, record)
 
 
@@ -419,6 +425,8 @@ def make_trainer(cfg: TrainConfig, plan: Plan, model, tokenizer, data: PreparedD
         # Lengths as the trainer will batch them (after any filtering of its own).
         trainer.fastft_lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     trainer.remove_callback(PrinterCallback)  # rich progress replaces its raw log dicts
+    if cfg.tensorboard:
+        log_tensorboard_to(trainer, folder.tensorboard_dir)
     metrics = StepMetrics(folder.metrics_file)
     trainer.add_callback(metrics)
     return trainer, metrics
@@ -454,7 +462,8 @@ def sft_config(cfg: TrainConfig, plan: Plan, folder: RunFolder, has_eval: bool):
         max_length=cfg.max_seq_len, packing=cfg.packing, padding_free=plan.padding_free,
         # Padded batches meet few shapes, so Unsloth's compiled blocks recompile rarely.
         pad_to_multiple_of=PAD_MULTIPLE if plan.padding_free is False else None,
-        dataset_num_proc=1, report_to="none", disable_tqdm=True,
+        dataset_num_proc=1, report_to="tensorboard" if cfg.tensorboard else "none",
+        disable_tqdm=True,
     )
 
 
