@@ -70,6 +70,8 @@ def main(debug):
 
     \b
       fastft data check data.jsonl     validate a dataset before training
+      fastft data preview data.jsonl   the examples as trained: loss mask, guard, lengths
+      fastft init                      fastft.toml with every training option and default
       fastft train data.jsonl          QLoRA SFT of Qwen3-4B-Instruct-2507 into runs/<name>/
       fastft export --gguf q4_k_m      GGUF + Modelfile folder for `ollama create`
       fastft demo                      the whole pipeline on a built-in tiny model (CPU, offline)
