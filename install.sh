@@ -21,6 +21,6 @@ pip install -q --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9
 pip uninstall -q -y torchvision 2>/dev/null || true   # unused by fastft; see above
 
 # fastft itself, without re-resolving unsloth's requirements (which would bring torchvision back).
-pip install -q gguf click rich pydantic matplotlib pytest hypothesis
+pip install -q gguf click rich pydantic matplotlib pytest hypothesis pexpect
 pip install -q --no-deps -e .
 echo "fastft installed in .venv (run .venv/bin/fastft --help)"

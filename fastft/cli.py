@@ -74,6 +74,8 @@ def main(debug):
       fastft init                      fastft.toml with every training option and default
       fastft train data.jsonl          QLoRA SFT of Qwen3-4B-Instruct-2507 into runs/<name>/
       fastft export --gguf q4_k_m      GGUF + Modelfile folder for `ollama create`
+      fastft chat [RUN|GGUF]           talk to a run or an export (-p "question": one answer)
+      fastft eval RUN DATA             loss/perplexity of base vs fine-tuned, sample answers
       fastft demo                      the whole pipeline on a built-in tiny model (CPU, offline)
 
     Exit codes: 0 ok, 1 bad input/config/state (the message says which), 2 bad usage,
@@ -279,6 +281,70 @@ def init(path, force):
         raise ConfigError(f"{path}: no folder {target.parent}")
     write_text_atomic(target, annotated_toml())
     click.echo(f"wrote {path}: edit it, then run  fastft train --config {path}")
+
+
+# -- chat and eval ------------------------------------------------------------------------------
+
+def sampling_options(f):
+    """--temperature, --top-p, ...: defaults left to the model's Modelfile (None here)."""
+    from .chat import SAMPLING_KEYS, sampling_help
+
+    for key in reversed(SAMPLING_KEYS):
+        kind = click.IntRange(min=0) if key == "top_k" else click.FloatRange(min=0)
+        f = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None,
+                         help=sampling_help(key))(f)
+    return f
+
+
+@main.command()
+@click.argument("target", default="runs/latest", metavar="[RUN|GGUF]")
+@click.option("-p", "--prompt", "question", help="Ask one question: the answer alone goes to stdout, then exit.")
+@click.option("--system", help="System prompt. [default: none, or an export's Modelfile SYSTEM]")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Longest answer, in tokens.")
+@sampling_options
+@click.option("--seed", type=int, help="Random seed, for reproducible sampling. [default: random]")
+def chat(target, question, system, max_new_tokens, seed, **sampling):
+    """Talk to a run (default: runs/latest) or a GGUF (a .gguf file or an export folder).
+
+    A run answers through Unsloth with its LoRA adapter, a GGUF through llama.cpp (built once,
+    like for export). Prompts are rendered with the chat template the model was trained on;
+    sampling defaults are the Modelfile's, and --temperature 0 is greedy.
+
+    \b
+    Without -p, an interactive chat that keeps the conversation:
+      /clear forgets it, /bye or Ctrl-D quits, Ctrl-C stops an answer.
+    """
+    from .chat import chat as run_chat
+
+    run_chat(target, question, system, sampling, max_new_tokens, seed, out=sys.stdout,
+             console=console)
+
+
+@main.command("eval")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.argument("data", type=click.Path(dir_okay=False))
+@click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Answer the first N conversations with both models (greedy), beside the reference.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Longest sample answer, in tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
+def evaluate(run, data, samples, max_new_tokens, as_json):
+    """Loss and perplexity on DATA of RUN's base model and of the fine-tuned one, side by side.
+
+    DATA (any format `data check` accepts) is rendered and masked exactly as in training: the
+    loss covers the trained (assistant) tokens only, weighted by token. The base model is the
+    run's, with its adapter disabled.
+    """
+    from .evaluate import evaluate_run, print_eval
+
+    result = evaluate_run(run, data, samples=samples, max_new_tokens=max_new_tokens,
+                          console=console)
+    if as_json:
+        import json
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print_eval(result, Console())   # results: stdout
 
 
 # -- demo ---------------------------------------------------------------------------------------

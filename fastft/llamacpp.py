@@ -81,6 +81,9 @@ def llama_cpp_source() -> Path:
 QUANTIZE = "llama-quantize"
 RUNNERS = ("llama-simple", "llama-completion")   # either loads a GGUF and generates
 BUILD_TARGETS = (QUANTIZE, "llama-simple")
+# `fastft chat` samples (temperature, top-p, ...), which llama-simple cannot: llama-completion
+# can, built on first use (seconds once llama-quantize is built: it reuses the same libraries).
+CHAT_RUNNER = "llama-completion"
 CONVERTER = "convert_hf_to_gguf.py"
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -163,6 +166,16 @@ def ensure_llama_cpp(console=None, need_runner: bool = True) -> LlamaCpp:
     return build_llama_cpp(console)
 
 
+def ensure_chat_runner(console=None) -> Path:
+    """llama-completion: the one beside the llama.cpp in use, else built in fastft's cache."""
+    found = find_llama_cpp()
+    if found is not None:
+        for exe in (found.root / CHAT_RUNNER, found.root / "build" / "bin" / CHAT_RUNNER):
+            if _runs(exe):
+                return exe
+    return build_llama_cpp(console, BUILD_TARGETS + (CHAT_RUNNER,)).root / CHAT_RUNNER
+
+
 def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> LlamaCpp:
     """Build `targets` inside the cached llama.cpp source and link them to its top level.
 
@@ -184,7 +197,8 @@ def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> L
     with open(src / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = _inspect(src, "cache")
-        if done is not None and done.runner is not None:   # another process finished it
+        if done is not None and done.runner is not None and all(
+                _runs(src / name) for name in targets):   # another process finished it
             return done
         _run_logged(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
                     "configuring llama.cpp", console)

@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .data import EOS, load_conversations
+from .data import EOS, Example, load_conversations
 from .datacheck import load_tokenizer
 from .errors import FastftError
-from .template import ChatGuard, GuardError, Rendered, tokenize_rendered
+from .template import ChatGuard, GuardError, Rendered, strip_think, tokenize_rendered
 
 REMOVED = "removed"   # text the guard stripped: never trained on
 ADDED = "added"       # the EOS the guard sets and keeps in the loss, so the model learns to stop
@@ -111,8 +111,8 @@ def build_preview(path: str, model: str, max_seq_len: int, think: str = "strip",
         if i in shown:
             shown[i] = PreviewExample(i, r.line, len(tok.input_ids), n_trained,
                                       len(tok.input_ids) > max_seq_len,
-                                      segments(r, guard.unguarded_text(example), tok.offsets,
-                                               tok.labels, max_seq_len))
+                                      segments(r, guard_removals(guard, example, r.text),
+                                               tok.offsets, tok.labels, max_seq_len))
     if guard.report.issues and not skip_invalid:
         raise GuardError("\n".join(str(i) for i in guard.report.issues))
     return Preview(str(path), max_seq_len, len(lengths), trained, masked,
@@ -122,12 +122,14 @@ def build_preview(path: str, model: str, max_seq_len: int, think: str = "strip",
                    [str(i) for i in ds.issues + guard.report.issues], note)
 
 
-def segments(r: Rendered, unguarded: str, offsets: list[tuple[int, int]], labels: list[int],
-             max_seq_len: int) -> list[Segment]:
+def segments(r: Rendered, removed: list[tuple[int, str]], offsets: list[tuple[int, int]],
+             labels: list[int], max_seq_len: int) -> list[Segment]:
     """The rendered text cut into runs of equal (trained, guard, cut), with the text the guard
     removed put back where it was, as untrained REMOVED segments."""
     marks = _char_marks(r, offsets, labels, max_seq_len)
-    removals = dict(_removals(unguarded, r.text))
+    removals: dict[int, str] = {}
+    for at, text in removed:
+        removals[at] = removals.get(at, "") + text
     out: list[Segment] = []
     for pos, (trained, guard, cut) in enumerate(marks):
         if pos in removals:
@@ -156,12 +158,48 @@ def _char_marks(r: Rendered, offsets: list[tuple[int, int]], labels: list[int],
     return marks
 
 
-def _removals(before: str, after: str) -> list[tuple[int, str]]:
-    """(position in `after`, text) of what was deleted from `before` to make `after`."""
-    if before == after:
+def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[int, str]]:
+    """(position in the training text `text`, removed text) for each think block or tag the
+    guard stripped from `example`'s messages."""
+    if not guard.strips_think:
         return []
-    ops = difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes()
-    return [(j1, before[i1:i2]) for tag, i1, i2, j1, _ in ops if tag in ("delete", "replace")]
+    parts = [strip_think(m["content"]) for m in example.messages]
+    if not any(removed for _, removed in parts):
+        return []
+    # Where the template writes each message: render markers in place of the contents.
+    marks = [f"\x00{k}\x00" for k in range(len(parts))]
+    shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(example.messages, marks)])
+    rebuilt, cursor, out = "", 0, []
+    for (stripped, removed), mark in zip(parts, marks):
+        at = shape.find(mark, cursor)
+        if at < 0:
+            break
+        rebuilt += shape[cursor:at]
+        out += [(len(rebuilt) + p, t) for p, t in removed]
+        rebuilt += stripped
+        cursor = at + len(mark)
+    if rebuilt + shape[cursor:] == text:
+        return out
+    # A template that does not write contents as they are: compare the texts instead.
+    return _removals(guard.unguarded_text(example.messages), text)
+
+
+def _removals(before: str, after: str, max_cells: int = 10**7) -> list[tuple[int, str]]:
+    """(position in `after`, text) of what was deleted from `before` to make `after`: lines are
+    matched first, and changed lines character by character where that stays cheap."""
+    a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    starts = [0]
+    for line in b:
+        starts.append(starts[-1] + len(line))
+    out = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        gone, kept = "".join(a[i1:i2]), "".join(b[j1:j2])
+        if tag == "delete" or (tag == "replace" and len(gone) * len(kept) > max_cells):
+            out.append((starts[j1], gone))
+        elif tag == "replace":
+            ops = difflib.SequenceMatcher(None, gone, kept, autojunk=False).get_opcodes()
+            out += [(starts[j1] + y, gone[x1:x2]) for t, x1, x2, y, _ in ops if t in ("delete", "replace")]
+    return out
 
 
 def histogram(lengths: list[int], max_seq_len: int, rows: int = HISTOGRAM_ROWS) -> list[Bucket]:

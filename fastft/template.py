@@ -60,6 +60,33 @@ class GuardError(FastftError, ValueError):
     pass
 
 
+def strip_think(content: str) -> tuple[str, list[tuple[int, str]]]:
+    """`--think strip` on one message: its think blocks removed, then any stray think tag; and
+    what was removed, as (position in the stripped text, text), which data preview shows."""
+    middle, blocks = _cut(THINK_BLOCK, content)
+    stripped, tags = _cut(THINK_TAG, middle)
+
+    def place(q: int) -> int:  # a position in `middle` -> in `stripped`
+        inside = [r for s, r, t in tags if s < q < s + len(t)]
+        return inside[0] if inside else q - sum(len(t) for s, _, t in tags if s + len(t) <= q)
+
+    # Sorted as in the content: a block at q comes after a tag ending at q, before one starting there.
+    order = sorted([(place(r), r, 0, t) for _, r, t in blocks] + [(r, s, 1, t) for s, r, t in tags])
+    return stripped, [(at, text) for at, _, _, text in order]
+
+
+def _cut(pattern: re.Pattern, text: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """`pattern` removed from `text`, and each removal as (start in text, start in the result, text)."""
+    removed: list[tuple[int, int, str]] = []
+    gone = [0]   # characters removed so far
+
+    def cut(m: re.Match) -> str:
+        removed.append((m.start(), m.start() - gone[0], m.group()))
+        gone[0] += len(m.group())
+        return ""
+    return pattern.sub(cut, text), removed
+
+
 @dataclass
 class Rendered:
     """One example as it will be trained: the text and the character spans that carry loss."""
@@ -197,7 +224,7 @@ class ChatGuard:
                         "from the answer; close it, or pass --think keep"))
                     return None
                 if self.think == "strip":
-                    content = THINK_TAG.sub("", THINK_BLOCK.sub("", content))
+                    content = strip_think(content)[0]
                     if not content.strip():
                         self.report.issues.append(DataIssue(
                             self.path, example.line, f"messages[{i}].content",
@@ -211,10 +238,15 @@ class ChatGuard:
                 self.report.data_think_kept += 1
         return messages
 
-    def unguarded_text(self, example: Example) -> str:
-        """The example as the chat template alone renders it, before the guard's think
-        handling: `fastft data preview` shows what differs as removed by the guard."""
-        return self.tokenizer.apply_chat_template(example.messages, tokenize=False,
+    @property
+    def strips_think(self) -> bool:
+        """Whether think blocks in the data are removed (strip_think) before rendering."""
+        return self.non_thinking and self.think == "strip"
+
+    def unguarded_text(self, messages: list[dict]) -> str:
+        """`messages` as the chat template alone renders them, without the guard's think
+        handling: `fastft data preview` locates what the guard removed with it."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=False)
 
     def render(self, example: Example) -> Rendered | None:
