@@ -7,6 +7,7 @@ line (exit 1); anything else is a bug, logged with its traceback (exit 70).
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 import typing
@@ -21,7 +22,8 @@ from . import __version__
 from .config import TrainConfig, flag_names, resolve_config, to_toml
 from .errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError
 
-console = Console(stderr=True)
+console = Console(stderr=True)   # diagnostics: progress, status, warnings, errors
+out = Console()                  # results: summaries and reports (NO_COLOR is honoured by both)
 
 
 class FastftGroup(click.Group):
@@ -77,6 +79,7 @@ def main(debug):
       fastft chat [RUN|GGUF]           talk to a run or an export (-p "question": one answer)
       fastft eval RUN DATA             loss/perplexity of base vs fine-tuned, sample answers
       fastft demo                      the whole pipeline on a built-in tiny model (CPU, offline)
+      fastft doctor                    can this machine train and export? what to do if not
 
     Exit codes: 0 ok, 1 bad input/config/state (the message says which), 2 bad usage,
     70 internal error (a bug: the traceback goes to a log file), 130 interrupted.
@@ -145,7 +148,8 @@ def data():
 @data.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @config_options("model", "max_seq_len", "think", "skip_invalid")
-def data_check(file, **flags):
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def data_check(file, as_json, **flags):
     """Validate FILE (JSONL or JSON array) and summarise it.
 
     Accepts `messages`, `conversations` (role/content or ShareGPT from/value), Alpaca
@@ -157,7 +161,10 @@ def data_check(file, **flags):
     cfg = resolve_config(file, None, flags)
     result = check_dataset(file, model=cfg.model, max_seq_len=cfg.max_seq_len, think=cfg.think,
                            skip_invalid=cfg.skip_invalid)
-    print_check(result, console)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print_check(result, out)   # the report is the command's result: stdout
     sys.exit(0 if result.ok else 1)
 
 
@@ -195,7 +202,12 @@ def data_preview(file, n, index, as_json, **flags):
 @click.option("--print-config", is_flag=True, help="Print the resolved config as TOML and exit.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False),
               help="Continue RUN from its last complete checkpoint, with the config it saved.")
-def train(data, config_file, print_config, resume, **flags):
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the libraries' own output (banners, warnings, progress bars) instead of "
+                   "logging it to the run's train.log.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the run's summary as JSON on stdout (progress still goes to stderr).")
+def train(data, config_file, print_config, resume, verbose, as_json, **flags):
     """QLoRA-fine-tune a model on DATA (a JSONL/JSON file of conversations).
 
     Writes runs/<name>/ (adapter, checkpoints, metrics.jsonl, fastft.json) and points
@@ -215,19 +227,28 @@ def train(data, config_file, print_config, resume, **flags):
         if print_config:
             click.echo(to_toml(cfg), nl=False)
             return
-    from . import train as training  # heavy: imports Unsloth, torch, transformers
-    from .ui import TrainUI, print_run_summary
+    from .quiet import captured
 
-    ui = TrainUI(console)
-    try:
-        result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui=ui)
-    except training.TrainInterrupted as e:
+    # From Unsloth's import on, the libraries' output goes to the run's train.log (-v: stderr).
+    with captured(None, console, verbose, what="train"):
+        from . import train as training  # heavy: imports Unsloth, torch, transformers
+        from .ui import TrainUI, print_run_summary, run_summary
+
+        ui = TrainUI(console)
+        try:
+            result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui=ui)
+        except training.TrainInterrupted as stop:
+            result = stop   # reported once the libraries' output is off the terminal again
+    if isinstance(e := result, training.TrainInterrupted):
         saved = f"checkpoint {e.checkpoint.name} saved" if e.checkpoint else "no checkpoint saved"
         console.print(f"[bold yellow]interrupted[/] at step {e.step}, {escape(saved)}; continue "
                       f"with:\n  fastft train --resume {escape(str(e.folder.path))}", highlight=False,
                       soft_wrap=True)
         sys.exit(EXIT_INTERRUPTED)
-    print_run_summary(result.folder, result.record, console)
+    if as_json:
+        click.echo(json.dumps(run_summary(result.folder, result.record), indent=2))
+    else:
+        print_run_summary(result.folder, result.record, out)
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -235,16 +256,23 @@ def train(data, config_file, print_config, resume, **flags):
 @main.command()
 @click.argument("run", default="runs/latest", type=click.Path(file_okay=False))
 @click.option("--gguf", "gguf", multiple=True,
-              help="GGUF quantisation (q4_k_m, q5_k_m, q8_0, f16, bf16); repeat for several. "
-                   "The Modelfile uses the first. [default: q4_k_m]")
+              help="GGUF type: any of llama.cpp's llama-quantize types (q4_k_m, q5_k_m, q6_k, "
+                   "q8_0, q3_k_m, q2_k, q4_0, iq4_xs, ..., f16, bf16, f32; a wrong one lists them "
+                   "all); repeat for several. The Modelfile uses the first. [default: q4_k_m]")
 @click.option("--merged", is_flag=True, help="Also write the 16-bit merged model (safetensors) to OUT/merged/.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder. [default: exports/NAME]")
-@click.option("--name", help="Model name for ollama and the GGUF files. [default: the run's name]")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder. [default: exports/NAME]")
+@click.option("--name", help="Model name for ollama and the GGUF files. [default: the run's name "
+                             "without its timestamp, lower-cased]")
 @click.option("--system", help="Default system prompt for the Modelfile (any text; escaped for ollama).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder, once the new export is complete.")
 @click.option("--no-check", is_flag=True, help="Skip loading each GGUF with llama.cpp and generating a few tokens.")
-@click.option("--verbose", is_flag=True, help="Show Unsloth's own output instead of logging it.")
-def export(run, gguf, merged, out, name, system, force, no_check, verbose):
+@click.option("--create", is_flag=True,
+              help="Then run `ollama create NAME -f Modelfile` in the export folder (needs ollama on PATH).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the libraries' own output instead of logging it to the run's export.log.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result (paths, sizes, manifest) as JSON on stdout.")
+def export(run, gguf, merged, out_dir, name, system, force, no_check, create, verbose, as_json):
     """Export RUN (default: runs/latest) to an ollama-ready folder.
 
     Merges the LoRA adapter into the original 16-bit base weights once, converts it to one
@@ -255,11 +283,34 @@ def export(run, gguf, merged, out, name, system, force, no_check, verbose):
     """
     from .export import DEFAULT_QUANTS, ExportOptions, export_run
 
-    res = export_run(ExportOptions(run=run, gguf=tuple(q.lower() for q in gguf) or DEFAULT_QUANTS,
-                                   merged=merged, out=out, name=name, system=system,
-                                   force=force, check=not no_check, verbose=verbose), console)
+    res = export_run(ExportOptions(run=run, gguf=tuple(gguf) or DEFAULT_QUANTS, merged=merged,
+                                   out=out_dir, name=name, system=system, force=force,
+                                   check=not no_check, verbose=verbose, create=create), console)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
+        return
     for line in res.summary_lines():
-        console.print(line, markup=False, highlight=False)
+        (console if line.startswith("warning:") else out).print(line, markup=False, highlight=False)
+
+
+# -- doctor -------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON on stdout.")
+def doctor(as_json):
+    """Check that this machine can train and export: GPU, driver and CUDA, VRAM, bf16, library
+    versions, llama.cpp, ollama, free disk, the Hugging Face cache and offline mode.
+
+    Each row says ok, warn or fail and what to do; exits 1 when training cannot run.
+    """
+    from .doctor import diagnose, print_report
+
+    report = diagnose()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, out)
+    sys.exit(0 if report.ok else EXIT_USER_ERROR)
 
 
 # -- init ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from rich.console import Console
 from rich.markup import escape
@@ -35,6 +35,27 @@ class CheckResult:
     @property
     def too_long(self) -> int:
         return sum(n > self.max_seq_len for n in self.lengths)
+
+    def token_stats(self) -> dict | None:
+        """Tokens per example (min, mean, median, p95, max) and in total, as trained."""
+        if not self.lengths:
+            return None
+        ls = sorted(self.lengths)
+        return {"min": ls[0], "mean": round(statistics.mean(ls), 1), "median": ls[len(ls) // 2],
+                "p95": ls[min(len(ls) - 1, int(len(ls) * 0.95))], "max": ls[-1],
+                "total": sum(ls), "trained": sum(self.trained)}
+
+    def to_dict(self) -> dict:
+        """The report as `fastft data check --json` prints it."""
+        ds = self.dataset
+        return {"file": str(ds.path), "ok": self.ok, "formats": dict(ds.formats.most_common()),
+                "examples": len(ds.examples), "records_with_problems": ds.skipped,
+                "problems": [asdict(i) for i in self.issues],
+                "messages": sum(len(e.messages) for e in ds.examples),
+                "tokens": self.token_stats(), "max_seq_len": self.max_seq_len,
+                "over_max_seq_len": self.too_long, "skip_invalid": self.skip_invalid,
+                "guard": self.guard.to_dict() if self.guard else None,
+                "note": self.tokenizer_note}
 
 
 def load_tokenizer(model: str):
@@ -92,12 +113,10 @@ def print_check(result: CheckResult, console: Console) -> None:
     if turns:
         t.add_row("turns", f"{sum(turns)} messages, {statistics.mean(turns):.1f} per example "
                            f"(max {max(turns)})")
-    if result.lengths:
-        ls = sorted(result.lengths)
-        p95 = ls[min(len(ls) - 1, int(len(ls) * 0.95))]
-        t.add_row("tokens / example", f"min {ls[0]}, mean {statistics.mean(ls):.0f}, "
-                                      f"median {ls[len(ls) // 2]}, p95 {p95}, max {ls[-1]}")
-        t.add_row("tokens total", f"{sum(ls):,} ({sum(result.trained):,} in assistant turns, trained)")
+    if (st := result.token_stats()) is not None:
+        t.add_row("tokens / example", f"min {st['min']}, mean {st['mean']:.0f}, "
+                                      f"median {st['median']}, p95 {st['p95']}, max {st['max']}")
+        t.add_row("tokens total", f"{st['total']:,} ({st['trained']:,} in assistant turns, trained)")
         over = result.too_long
         t.add_row(f"over --max-seq-len {result.max_seq_len}",
                   f"[yellow]{over}[/] (cut when training)" if over else "0")

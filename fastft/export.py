@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -42,22 +43,25 @@ from .errors import FastftError
 from .export_readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
 from .llamacpp import (
+    NEEDS_IMATRIX,
     LlamaCpp,
     LlamaCppError,
+    alias_of,
     convert_to_gguf,
     ensure_llama_cpp,
     find_llama_cpp,
     llama_generate,
     log_tail,
+    quant_types,
     quantize_ggufs,
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
 from .models import load_base_with_adapter
+from .quiet import captured, status
 from .preflight import check_export_space, describe_removed, owned_scratch, remove_stale_scratch
-from .run import Run, RunFolder
+from .run import Run, RunFolder, run_name_stem
 
-# Quant name (what --gguf takes) -> llama.cpp's spelling (file names, llama-quantize's types).
-QUANTS = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q8_0": "Q8_0", "f16": "F16", "bf16": "BF16"}
+# --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
 SIXTEEN_BIT = ("bf16", "f16")     # what llama.cpp's converter writes; the rest llama-quantize
 DEFAULT_QUANTS = ("q4_k_m",)
 MANIFEST = "fastft-export.json"
@@ -81,6 +85,7 @@ class ExportOptions:
     check_tokens: int = 8
     exports_dir: str = "exports"
     verbose: bool = False                    # show Unsloth's own output instead of logging it
+    create: bool = False                     # then `ollama create NAME -f Modelfile`
 
 
 @dataclass
@@ -104,6 +109,21 @@ class ExportResult:
     checks: list[GGUFCheck] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)   # "<stage>_s" -> seconds
+    log: Path | None = None                  # the libraries' and tools' output
+    ollama_model: str | None = None          # created in ollama (--create)
+
+    def to_dict(self) -> dict:
+        """The result as `fastft export --json` prints it: paths, sizes and the manifest."""
+        path = lambda p: str(p) if p else None  # noqa: E731
+        return {"name": self.name, "out_dir": str(self.out_dir), "run": str(self.run_dir),
+                "ggufs": {q: {"path": str(p), "bytes": p.stat().st_size}
+                          for q, p in self.ggufs.items()},
+                "merged_dir": path(self.merged_dir), "modelfile": path(self.modelfile),
+                "readme": str(self.readme), "manifest_path": str(self.manifest),
+                "manifest": json.loads(self.manifest.read_text(encoding="utf-8")),
+                "log": path(self.log), "ollama_model": self.ollama_model,
+                "checks": [asdict(c) for c in self.checks], "warnings": self.warnings,
+                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
     def summary_lines(self) -> list[str]:
         """What the CLI prints when the export is done."""
@@ -115,7 +135,10 @@ class ExportResult:
         for c in self.checks:
             text = c.output if len(c.output) <= 60 else c.output[:57] + "..."
             lines.append(f"  llama.cpp loaded {c.file} and generated {text!r} ({c.seconds:.1f}s)")
-        if self.modelfile:
+        if self.ollama_model:
+            lines += [f"created ollama model {self.ollama_model}", "next:",
+                      f"  ollama run {self.ollama_model}"]
+        elif self.modelfile:
             lines += ["next:", f"  cd {self.out_dir}",
                       f"  ollama create {self.name} -f Modelfile", f"  ollama run {self.name}"]
         if self.timings:   # "quantize_q4_k_m_s" -> "quantize q4_k_m"
@@ -169,8 +192,8 @@ class ExportPlan:
         return self.scratch / "work"
 
     @property
-    def log(self) -> Path:
-        return self.work / "export.log"
+    def log(self) -> Path:                   # the libraries' and tools' output (fastft.quiet)
+        return self.info.folder.export_log
 
     @property
     def merged_dir(self) -> Path:
@@ -181,7 +204,7 @@ class ExportPlan:
         return self.gguf_name(self.quants[0]) if self.quants else None
 
     def gguf_name(self, quant: str) -> str:  # llama.cpp's naming: NAME.Q4_K_M.gguf
-        return f"{self.name}.{QUANTS[quant]}.gguf"
+        return f"{self.name}.{quant.upper()}.gguf"
 
     def gguf_path(self, quant: str) -> Path:
         return self.stage / self.gguf_name(quant)
@@ -195,21 +218,31 @@ class ExportPlan:
             merged_dir=final / "merged" if self.opts.merged else None,
             modelfile=final / "Modelfile" if self.modelfile else None,
             readme=final / "README.md", manifest=final / MANIFEST,
-            checks=self.checks, warnings=self.warnings, timings=self.timings)
+            checks=self.checks, warnings=self.warnings, timings=self.timings, log=self.log)
 
 
 def default_name(run_dir: Path) -> str:
-    """The run folder's name, made into a valid ollama model name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_dir.name).strip("-._") or "model"
-    return name[:80]
+    """The run folder's name without its timestamp (favorite_color-20261126-223511 ->
+    favorite_color), lower-cased and made into a valid ollama model name."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", run_name_stem(run_dir.name).lower()).strip("-._")
+    return name[:80].rstrip("-._") or "model"
 
 
-def normalise_quants(quants) -> tuple[str, ...]:
-    out = []
-    for q in quants:
-        q = q.lower().strip()
-        if q not in QUANTS:
-            raise ExportError(f"unknown GGUF quant {q!r}; choose from {', '.join(QUANTS)}")
+def normalise_quants(quants, types: dict[str, str] | None = None) -> tuple[str, ...]:
+    """--gguf values as lower-case llama.cpp types, aliases resolved (q4_k -> q4_k_m), each
+    checked against what llama-quantize offers (`types`, default: asked of llama.cpp)."""
+    out: list[str] = []
+    for given in quants:
+        types = quant_types() if types is None else types
+        q = given.strip().upper()
+        if q not in types:
+            usable = [t.lower() for t in types if t not in NEEDS_IMATRIX]
+            raise ExportError(f"unknown GGUF quant type {given!r}; llama.cpp's llama-quantize "
+                              f"offers: {', '.join(usable)}")
+        if q in NEEDS_IMATRIX:
+            raise ExportError(f"--gguf {given}: llama.cpp makes {q} only from an importance matrix "
+                              f"(imatrix), which fastft does not compute; try q3_k_m or q4_k_m")
+        q = (alias_of(types[q]) or q).lower()
         if q not in out:
             out.append(q)
     return tuple(out)
@@ -249,6 +282,8 @@ def make_plan(opts: ExportOptions) -> ExportPlan:
     quants = normalise_quants(opts.gguf)
     if not quants and not opts.merged:
         raise ExportError("nothing to export: give --gguf QUANT and/or --merged")
+    if opts.create:
+        _check_ollama(quants)
     name = opts.name or default_name(info.run_dir)
     if not NAME_RE.match(name):
         raise ExportError(f"invalid --name {name!r}: use letters, digits, '.', '_', '-' "
@@ -270,12 +305,17 @@ def export_run(opts: ExportOptions, console=None) -> ExportResult:
     plan = make_plan(opts)
     find_tools(plan, console)
     with scratch_folder(plan, console):
-        write_models(plan, console)
-        check_ggufs(plan, console)
+        plan.log.write_bytes(b"")            # this export's log replaces the last one's
+        with captured(plan.log, console, plan.opts.verbose, what="export"):
+            write_models(plan, console)
+            check_ggufs(plan, console)
         write_docs(plan)
         commit(plan)
     plan.timings["total_s"] = time.perf_counter() - t0
-    return plan.result()
+    result = plan.result()
+    if opts.create:
+        ollama_create(result, console)
+    return result
 
 
 def find_tools(plan: ExportPlan, console) -> None:
@@ -328,7 +368,7 @@ def check_ggufs(plan: ExportPlan, console) -> None:
         return
     with _timed(plan, "check"):
         for path in plan.ggufs.values():
-            with console.status(f"llama.cpp: loading {path.name} and generating"):
+            with status(console, f"llama.cpp: loading {path.name} and generating"):
                 t = time.perf_counter()
                 out = llama_generate(path, plan.prompt, plan.opts.check_tokens, llama=plan.llama)
                 plan.checks.append(GGUFCheck(path.name, plan.prompt, out, time.perf_counter() - t))
@@ -361,15 +401,41 @@ def commit(plan: ExportPlan) -> None:
     plan.stage.rename(plan.final)
 
 
+# -- ollama (--create) ------------------------------------------------------------------------------
+
+OLLAMA_INSTALL = "install it from https://ollama.com/download (Linux: curl -fsSL https://ollama.com/install.sh | sh)"
+
+
+def _check_ollama(quants: tuple[str, ...]) -> None:
+    """--create can work: a GGUF (for the Modelfile) and `ollama` on PATH. Checked before any
+    slow step."""
+    if not quants:
+        raise ExportError("--create needs a GGUF for the Modelfile: give --gguf TYPE")
+    if shutil.which("ollama") is None:
+        raise ExportError(f"--create: no `ollama` on PATH; {OLLAMA_INSTALL}, or leave out --create")
+
+
+def ollama_create(result: ExportResult, console) -> None:
+    """`ollama create NAME -f Modelfile` in the finished export folder."""
+    cmd = [shutil.which("ollama") or "ollama", "create", result.name, "-f", "Modelfile"]
+    with status(console, f"ollama create {result.name}"):
+        p = subprocess.run(cmd, cwd=result.out_dir, capture_output=True, text=True, errors="replace")
+    if p.returncode != 0:
+        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-10:])
+        raise ExportError(f"`ollama create {result.name} -f Modelfile` failed (exit {p.returncode}) "
+                          f"in {result.out_dir}, where the export is complete:\n{tail}")
+    result.ollama_model = result.name
+
+
 # -- write: the steps ----------------------------------------------------------------------------
 
 def _load_and_merge(plan: ExportPlan, console) -> None:
     """The 16-bit base with the adapter, merged once into plan.merged_dir (safetensors + the
     run's tokenizer). The model is dropped when this returns."""
-    info, opts = plan.info, plan.opts
+    info = plan.info
     with _unsloth_errors(plan):
-        with _timed(plan, "load"), _quiet(plan.log, opts.verbose), console.status(
-                f"loading {info.model} (16-bit) with the run's adapter"):
+        with _timed(plan, "load"), status(console, f"loading {info.model} (16-bit) with the "
+                                                   f"run's adapter"):
             model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
                                                       info.max_seq_len, plan.work)
         # The check's prompt, rendered with the run's own (guarded) chat template.
@@ -377,8 +443,7 @@ def _load_and_merge(plan: ExportPlan, console) -> None:
                                                     add_generation_prompt=True)
         if plan.quants and (why := template_mismatch(tokenizer, info.variant)):
             plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
-        with _timed(plan, "merge"), _quiet(plan.log, opts.verbose), console.status(
-                "merging the adapter into the 16-bit weights"):
+        with _timed(plan, "merge"), status(console, "merging the adapter into the 16-bit weights"):
             # safe_serialization=None pins safetensors: with True, Unsloth writes a pickle on
             # hosts with at most two CPUs.
             model.save_pretrained_merged(str(plan.merged_dir), tokenizer,
@@ -403,7 +468,7 @@ def _convert(plan: ExportPlan, console) -> None:
     """The merged folder -> ONE 16-bit GGUF: an output if that type was asked for, else scratch."""
     outtype = convert_type(plan.quants, _weights_type(plan.merged_dir))
     plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
-    with _timed(plan, "convert"), console.status(f"converting to a {QUANTS[outtype]} GGUF"):
+    with _timed(plan, "convert"), status(console, f"converting to a {outtype.upper()} GGUF"):
         convert_to_gguf(plan.llama, plan.merged_dir, plan.gguf16, outtype, plan.name, plan.log)
     if not plan.opts.merged:                 # only the converter needed it: free the disk
         shutil.rmtree(plan.merged_dir)
@@ -411,9 +476,9 @@ def _convert(plan: ExportPlan, console) -> None:
 
 def _quantize(plan: ExportPlan, console) -> None:
     """Every requested type other than the converted one, from plan.gguf16, in parallel."""
-    todo = {QUANTS[q]: plan.gguf_path(q) for q in plan.quants if plan.gguf_path(q) != plan.gguf16}
+    todo = {q.upper(): plan.gguf_path(q) for q in plan.quants if plan.gguf_path(q) != plan.gguf16}
     if todo:
-        with _timed(plan, "quantize"), console.status(f"quantizing to {', '.join(todo)}"):
+        with _timed(plan, "quantize"), status(console, f"quantizing to {', '.join(todo)}"):
             seconds = quantize_ggufs(plan.llama, plan.gguf16, todo, plan.work)
         plan.timings.update({f"quantize_{t.lower()}_s": s for t, s in seconds.items()})
     plan.ggufs = {q: plan.gguf_path(q) for q in plan.quants}
@@ -489,16 +554,6 @@ def _cwd(path: Path):
         yield
     finally:
         os.chdir(old)
-
-
-@contextlib.contextmanager
-def _quiet(log: Path, verbose: bool):
-    """Send Unsloth's prints (banners, progress text) to a log file unless verbose."""
-    if verbose:
-        yield
-        return
-    with open(log, "a", encoding="utf-8") as out, contextlib.redirect_stdout(out):
-        yield
 
 
 @contextlib.contextmanager

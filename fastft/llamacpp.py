@@ -256,6 +256,57 @@ def _run_logged(cmd: list[str], what: str, console=None) -> None:
         raise LlamaCppError(f"{what} failed (exit {rc}): {' '.join(cmd)}\n" + "\n".join(tail))
 
 
+# -- quantisation types -----------------------------------------------------------------------
+#
+# What `llama-quantize` accepts, read from the tool itself (its --help ends with the "allowed
+# quantization types") or, before one is built, from the source fastft builds it from
+# (QUANT_OPTIONS in tools/quantize/quantize.cpp): a newer llama.cpp's types work without a
+# change here.
+
+QUANT_SOURCE = "tools/quantize/quantize.cpp"
+_HELP_TYPE = re.compile(r"^\s+(?:\d+\s+or\s+)?([A-Z][A-Z0-9_]*)\s*:\s*(.*?)\s*$")
+_SOURCE_TYPE = re.compile(r'\{\s*"([A-Z][A-Z0-9_]*)",\s*LLAMA_FTYPE_\w+,\s*"([^"]*)"')
+_ALIAS = re.compile(r"alias for ([A-Z][A-Z0-9_]*)")
+# Types whose tensors llama.cpp makes only from an importance matrix, which fastft does not
+# compute (src/llama-quant.cpp, tensor_requires_imatrix): llama-quantize 0.3.36 refused exactly
+# these on the tiny model ("this quantization requires an importance matrix"), and made the rest.
+NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS",
+                           "IQ3_XS", "Q2_K_S"})
+
+
+def parse_quantize_help(text: str) -> dict[str, str]:
+    """llama.cpp type -> description, from `llama-quantize --help`."""
+    _, found, listing = text.partition("allowed quantization types")
+    return {m.group(1): m.group(2) for line in listing.splitlines() if found
+            and (m := _HELP_TYPE.match(line))}
+
+
+def parse_quant_options(source: str) -> dict[str, str]:
+    """llama.cpp type -> description, from quantize.cpp's QUANT_OPTIONS."""
+    return {m.group(1): m.group(2).strip() for m in _SOURCE_TYPE.finditer(source)}
+
+
+def quant_types(llama: LlamaCpp | None = None) -> dict[str, str]:
+    """The types llama-quantize offers (llama.cpp's spelling -> its description), COPY excepted
+    (it copies, it does not make a GGUF type): from the tool found (or given), else its source."""
+    llama = llama or find_llama_cpp()
+    types: dict[str, str] = {}
+    if llama is not None:
+        p = subprocess.run([str(llama.quantize), "--help"], capture_output=True, text=True,
+                           errors="replace", timeout=60)
+        types = parse_quantize_help(p.stdout + p.stderr)
+    if not types:
+        types = parse_quant_options((llama_cpp_source() / QUANT_SOURCE).read_text(errors="replace"))
+    types.pop("COPY", None)
+    return types
+
+
+def alias_of(description: str) -> str | None:
+    """The type a type name stands for ("alias for Q4_K_M" -> Q4_K_M), else None."""
+    m = _ALIAS.search(description)
+    return m.group(1) if m else None
+
+
 # -- making GGUF files -------------------------------------------------------------------------
 #
 # One conversion (Hugging Face safetensors -> a 16-bit GGUF, in Python), then one llama-quantize

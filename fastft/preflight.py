@@ -30,7 +30,8 @@ from .errors import FastftError
 # Bits per weight of a GGUF type, rounded up from llama.cpp's own figures (Q4_K_M ~4.9, Q5_K_M
 # ~5.7, Q8_0 8.5). The k-quant mixes keep the token embedding (which is also the output matrix
 # when tied) near 8 bits, so embeddings are counted at Q8_0's 8.5 for every quantised type.
-GGUF_BITS = {"q4_k_m": 5.0, "q5_k_m": 5.8, "q8_0": 8.5, "f16": 16.0, "bf16": 16.0}
+# Any other llama-quantize type is counted at Q8_0's 8.5, more than each of them takes, but F32.
+GGUF_BITS = {"q4_k_m": 5.0, "q5_k_m": 5.8, "q8_0": 8.5, "f16": 16.0, "bf16": 16.0, "f32": 32.0}
 EMBEDDING_BITS = 8.5
 # Tokenizer, chat template, configs and the like, per saved copy (Qwen's tokenizer.json is
 # 11 MB as saved by transformers).
@@ -140,8 +141,9 @@ def export_bytes(shape: Shape, quants: tuple[str, ...], merged: bool) -> tuple[i
     sixteen = 2 * params + SMALL_FILES
 
     def gguf(q: str) -> int:
-        return int((shape.embedding_params * min(EMBEDDING_BITS, GGUF_BITS[q])
-                    + shape.layer_params * GGUF_BITS[q]) / 8) + SMALL_FILES
+        bits = GGUF_BITS.get(q, EMBEDDING_BITS)
+        return int((shape.embedding_params * min(EMBEDDING_BITS, bits)
+                    + shape.layer_params * bits) / 8) + SMALL_FILES
     if not quants:
         return sixteen, f"the merged 16-bit model ({_size(sixteen)})"
     others = sum(gguf(q) for q in quants if q not in ("f16", "bf16"))

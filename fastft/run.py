@@ -7,6 +7,7 @@
       tensorboard/     TensorBoard event files (--tensorboard)
       checkpoints/     checkpoint-<step>/, written by the Trainer; complete once trainer_state.json exists
       adapter/         the trained LoRA adapter and the guarded tokenizer, swapped in atomically
+      train.log        what the libraries printed while training (fastft.quiet); export.log, exporting
       .lock            held (flock) while a process trains in the folder
     runs/latest        symlink to the newest run
 
@@ -97,10 +98,19 @@ class RunRecord(_Record):
     final: Optional[Final] = None
 
 
+STAMP_FORMAT = "%Y%m%d-%H%M%S"              # the timestamp a default run name ends with
+STAMP_RE = re.compile(r"-\d{8}-\d{6}$")      # ... as STAMP_FORMAT writes it, with its dash
+
+
 def default_run_name(data: str, now: datetime | None = None) -> str:
     """`<data file stem>-<timestamp>`, made a valid run name."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(data).stem).strip("-._")[:80] or "run"
-    return f"{stem}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    return f"{stem}-{(now or datetime.now()):{STAMP_FORMAT}}"
+
+
+def run_name_stem(name: str) -> str:
+    """A run name without the timestamp `default_run_name` ended it with."""
+    return STAMP_RE.sub("", name) or name
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,14 @@ class RunFolder:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def export_log(self) -> Path:
+        return self.path / "export.log"
 
     # -- finding and creating ------------------------------------------------------------------
 

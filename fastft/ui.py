@@ -71,9 +71,24 @@ class TrainUI(NullUI):
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             TextColumn("{task.completed}/{task.total} steps"),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"), console=self.console)
+                            TextColumn("{task.fields[info]}"), console=self.console,
+                            # Library prints stay in train.log (fastft.quiet), not on the bar.
+                            redirect_stdout=False, redirect_stderr=False)
         with progress:
             yield _ProgressCallback(progress, metrics)
+
+
+def run_summary(folder, record) -> dict:
+    """The essentials of a finished run (`fastft train --json`); fastft.json has everything."""
+    return {"run": folder.name, "path": str(folder.path), "status": record.status,
+            "adapter": str(folder.adapter), "record": str(folder.record_file),
+            "train_log": str(folder.train_log), "model": record.config.model,
+            "data": record.data.model_dump(include={"path", "examples", "train", "eval",
+                                                   "truncated", "dropped", "trained_tokens"}),
+            "plan": record.plan.model_dump(include={"batch_size", "grad_accum", "padding_free",
+                                                   "gradient_checkpointing", "optim"}),
+            "final": record.final.model_dump() if record.final else None,
+            "timings": record.timings}
 
 
 def print_run_summary(folder, record, console: Console) -> None:

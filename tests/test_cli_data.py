@@ -1,7 +1,7 @@
 """`fastft data check`, `fastft --help` and the cheap paths of `fastft train`, through click.
 
-fastft prints its reports on stderr (rich); click 8.5's CliRunner mixes stderr into
-`result.output`, which is what the checks below read. `--print-config` writes TOML to stdout,
+fastft prints reports (results) on stdout and diagnostics on stderr; click 8.5's CliRunner
+mixes both into `result.output`, which is what the checks below read. `--print-config` writes TOML to stdout,
 read from `result.stdout` so that library warnings on stderr cannot spoil the parse.
 """
 
@@ -69,11 +69,11 @@ def row(output: str, key: str) -> str:
 
 # -- data check on the demo data ------------------------------------------------------------------
 
-def test_mixes_stderr_into_output(runner):
-    """What this file relies on: the report goes to stderr and CliRunner's output includes it."""
+def test_report_on_stdout_and_in_output(runner):
+    """What this file relies on: the report goes to stdout and CliRunner's output includes it."""
     result = runner.invoke(main, ["data", "check", str(EXAMPLE), "--model", "tiny"])
     assert "ready to train" in result.output
-    assert "ready to train" in result.stderr
+    assert "ready to train" in result.stdout   # the report is the result: stdout
 
 
 def tiny_token_counts(tiny_path) -> list[int]:
