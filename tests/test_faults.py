@@ -2,6 +2,7 @@
 metrics without duplicates, no run folder left by a run that never trained, and a demo that
 keeps earlier results."""
 
+import io
 import json
 import os
 import shutil
@@ -12,13 +13,15 @@ import time
 from datetime import datetime
 
 import pytest
+from rich.console import Console
 
 from conftest import EXAMPLE
 from fastft.errors import TrainError
-from fastft.run import RunFolder
+from fastft.cache import sha256_file
+from fastft.run import RunFolder, checkpoint_step
 from fastft.train import resume, train
 from fastft.ui import NullUI
-from test_train import tiny_config
+from test_train import losses, tiny_config
 
 
 class RecordingUI(NullUI):
@@ -58,9 +61,9 @@ def test_resume_skips_an_incomplete_checkpoint_and_records_each_step_once(tmp_pa
     assert any("checkpoint-6" in line and "incomplete" in line for line in ui.lines), ui.lines
     assert any("resuming from checkpoint-3" in line for line in ui.lines), ui.lines
     assert steps(run) == [1, 2, 3, 4, 5, 6]   # 4..6 trained again, recorded once
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ls = losses(run)
     assert resumed.record.final.global_step == 6
-    assert resumed.record.final.train_loss == pytest.approx(sum(losses) / len(losses))
+    assert resumed.record.final.train_loss == pytest.approx(sum(ls) / len(ls))
     assert signal.getsignal(signal.SIGINT) is handler   # the Ctrl-C handler was put back
 
 
@@ -154,3 +157,141 @@ def test_demo_keeps_an_earlier_demo_run_and_export(tmp_path):
     (exports / "fastft-demo").mkdir(parents=True)
     assert demo_names(runs, exports, now) == ("demo-20260102-030405", "fastft-demo-20260102-030405")
 
+
+# -- the fault matrix: real processes killed at named points (fastft.faults) ---------------------
+#
+# A `fastft train` / `fastft export` subprocess, in its own session, is sent SIGINT (as a
+# terminal's Ctrl-C: the whole process group) or SIGKILL at a deterministic point; then the next
+# command (resume, or the export again) must finish the work, and nothing partial may sit under a
+# final name at any time. One uninterrupted run with the same seed is the reference.
+
+MATRIX_STEPS, MATRIX_SAVE_STEPS = 8, 3
+MATRIX_FLAGS = ["--model", "tiny", "--16bit", "--max-steps", str(MATRIX_STEPS), "--save-steps",
+                str(MATRIX_SAVE_STEPS), "--lr", "2e-3", "--batch-size", "4", "--grad-accum", "2",
+                "--max-seq-len", "256"]
+# (point, arrival) -> where it hits, with 2 micro-batches per step and checkpoints at 3 and 6.
+TRAIN_POINTS = {
+    "before-first-checkpoint": ("step", 3),     # step 2's first micro-batch
+    "mid-step": ("step", 10),                   # step 5, between its two micro-batches
+    "checkpoint-write": ("checkpoint-write", 2),  # checkpoint-6: weights written, state not yet
+}
+# Same seed, same data order, same CPU: resumed runs reproduce every step's loss (bit for bit
+# on the CI machine); the tolerance leaves room for other CPUs' kernels.
+LOSS_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """The uninterrupted run every killed-and-resumed run must match."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    return train(tiny_config(tmp, name="base", load_in_4bit=False, max_steps=MATRIX_STEPS,
+                             save_steps=MATRIX_SAVE_STEPS))
+
+
+def run_killed(args: list[str], fault: str, cwd) -> subprocess.CompletedProcess:
+    """`fastft ARGS` with FASTFT_FAULT=fault, in its own session (the fault signals its group)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastft.cli", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env=os.environ | {"FASTFT_FAULT": fault, "COLUMNS": "200"})
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_nothing_partial(run):
+    """Every checkpoint under a final name is complete, and no temporary is left in the run."""
+    folder = RunFolder(run)
+    assert folder.incomplete_checkpoints() == []
+    for ck in folder.checkpoints():
+        json.loads((ck / "trainer_state.json").read_text())
+        assert (ck / "adapter_model.safetensors").is_file() and (ck / "optimizer.pt").is_file()
+    assert not list(run.glob(".*tmp-*")) and not list(run.glob("checkpoints/.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("where", list(TRAIN_POINTS))
+def test_train_killed_resumes_to_the_same_result(where, sig, baseline, tmp_path):
+    point, nth = TRAIN_POINTS[where]
+    run = tmp_path / "runs" / "f"
+    killed = run_killed(["train", str(EXAMPLE), "--name", "f", "--runs-dir", str(run.parent),
+                         *MATRIX_FLAGS], f"{point}:{sig}:{nth}", tmp_path)
+    folder = RunFolder(run)
+    if sig == "SIGINT":   # saved a checkpoint of the step it was in, said how to resume
+        assert killed.returncode == 130, killed.stderr[-3000:]
+        assert f"fastft train --resume {run}" in killed.stderr
+        assert folder.read().status == "interrupted"
+    else:
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    saved = [checkpoint_step(p) for p in folder.checkpoints()]
+    expected = {("before-first-checkpoint", "SIGINT"): [2], ("before-first-checkpoint", "SIGKILL"): [],
+                ("mid-step", "SIGINT"): [3, 5], ("mid-step", "SIGKILL"): [3],
+                ("checkpoint-write", "SIGINT"): [6, 7], ("checkpoint-write", "SIGKILL"): [3]}
+    assert saved == expected[where, sig]
+    cut_short = [p.name for p in folder.incomplete_checkpoints()]
+    assert cut_short == (["checkpoint-6"] if (where, sig) == ("checkpoint-write", "SIGKILL") else [])
+    assert not folder.adapter.exists()
+
+    ui = RecordingUI()
+    resumed = resume(str(run), ui=ui)
+    start = f"resuming from checkpoint-{saved[-1]}" if saved else "training again from step 0"
+    assert any(start in line for line in ui.lines), ui.lines
+    assert bool(cut_short) == any("incomplete checkpoint-6" in line for line in ui.lines)
+    final, ref = resumed.record.final, baseline.record.final
+    assert resumed.record.status == "done" and final.global_step == ref.global_step == MATRIX_STEPS
+    assert steps(run) == list(range(1, MATRIX_STEPS + 1))
+    assert losses(run) == pytest.approx(losses(baseline.run_dir), rel=LOSS_TOLERANCE)
+    assert final.last_loss == pytest.approx(ref.last_loss, rel=LOSS_TOLERANCE)
+    assert final.train_loss == pytest.approx(ref.train_loss, rel=LOSS_TOLERANCE)
+    assert_nothing_partial(run)
+    assert (resumed.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_path):
+    """Ctrl-C and SIGKILL during the GGUF convert and during quantize, one after the other into
+    the same exports folder: no export ever appears half-written under its final name, each
+    next export removes the scratch a SIGKILL left (saying so), and the last one completes."""
+    from fastft.export import MANIFEST, ExportOptions, export_run
+    from fastft.gguf import read_gguf_metadata
+
+    exports = tmp_path / "exports"
+    final = exports / "m"
+    args = ["export", str(baseline.run_dir), "--gguf", "q4_k_m", "--out", str(final), "--name",
+            "m", "--no-check"]
+    left = None      # the scratch folder the previous SIGKILL left behind
+    for fault in ["convert:SIGINT", "convert:SIGKILL", "quantize:SIGINT", "quantize:SIGKILL"]:
+        killed = run_killed(args, fault, tmp_path)
+        scratch = sorted(p.name for p in exports.glob(".tmp-*"))
+        assert not final.exists(), fault
+        if left:
+            assert f"removed stale {left}" in killed.stderr, (fault, killed.stderr[-3000:])
+        if fault.endswith("SIGINT"):
+            assert killed.returncode == 130, (fault, killed.stderr[-3000:])
+            assert scratch == [], fault          # Ctrl-C cleans up after itself
+            left = None
+        else:
+            assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr[-3000:])
+            assert len(scratch) == 1, fault      # a SIGKILL cannot
+            left = scratch[0]
+            # Killed where it was meant to be: converting the merged model, or quantizing the
+            # converted 16-bit GGUF.
+            work = exports / left / "work"
+            converting = fault.startswith("convert")
+            assert (work / "merged" / "config.json").is_file() == converting, fault
+            assert converting or (work / "m.BF16.gguf").is_file(), fault
+
+    console = Console(file=io.StringIO(), width=300)
+    result = export_run(ExportOptions(run=str(baseline.run_dir), gguf=("q4_k_m",), out=str(final),
+                                      name="m"), console)
+    assert f"removed stale {left}" in console.file.getvalue()
+    assert sorted(p.name for p in exports.iterdir()) == ["m"]
+    manifest = json.loads((final / MANIFEST).read_text())
+    gguf = result.ggufs["q4_k_m"]
+    assert manifest["files"][gguf.name]["sha256"] == sha256_file(gguf)
+    assert read_gguf_metadata(gguf)["general.name"] == "m"
+    assert result.checks and result.checks[0].file == gguf.name   # llama.cpp loaded it

@@ -1,6 +1,7 @@
 """The preflight: train and export stop before creating or loading anything when the disk is too
 small for what they will write, and an export removes the scratch folders of killed exports."""
 
+import io
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from collections import namedtuple
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from conftest import EXAMPLE, write_run
 from fastft.cli import main
@@ -126,14 +128,11 @@ def test_export_says_it_removed_a_killed_exports_scratch(tmp_path, monkeypatch):
         raise fastft.export.ExportError("stopped after the scratch folder was made")
     monkeypatch.setattr(fastft.export, "write_models", stop)
     monkeypatch.setattr(fastft.export, "find_tools", lambda plan, console: None)
-    lines = []
-
-    class Console:
-        def print(self, text, **kw):
-            lines.append(text)
+    console = Console(file=io.StringIO(), width=300)
     with pytest.raises(fastft.export.ExportError, match="stopped"):
         export_run(ExportOptions(run=str(run), gguf=(), merged=True,
-                                 exports_dir=str(tmp_path / "exports")), Console())
+                                 exports_dir=str(tmp_path / "exports")), console)
     assert not stale.exists()
-    assert lines == [f"removed stale {stale.name} (2 MB, left by an export that was killed)"]
+    assert console.file.getvalue() == (f"removed stale {stale.name} (2 MB, left by an export "
+                                       f"that was killed)\n")
     assert list((tmp_path / "exports").iterdir()) == []   # its own scratch went too
