@@ -25,7 +25,12 @@ PROBE_BUDGET_S = 45.0  # no new mode or padding is started after this; the first
 DEFAULT_MODE = "unsloth"
 # Least memory first. "false" is tried before "true": at the same micro-batch it is faster
 # (no recompute), so "true" is only worth timing where it fits a larger micro-batch than "false".
+# Where "false" is expected to fit the whole effective batch, it goes first (see mode_order).
 MODES = ("unsloth", "false", "true")
+# Activation bytes kept for the backward pass without checkpointing, per token, per layer, per
+# unit of hidden size: 58.8 GiB peak at 8 x 2048 tokens on the Qwen3-4B shape (36 layers,
+# hidden 2560, 4-bit, LoRA r16 on all projections; H100, 2026-11-27) gives 39.5.
+ACTIVATION_BYTES = 40
 _GC_VALUE = {"unsloth": "unsloth", "true": True, "false": False}  # Unsloth's spelling of each mode
 _RANK = {"unsloth": 0, "true": 1, "false": 2}  # activation memory each mode keeps on the GPU
 
@@ -99,6 +104,41 @@ def optimizer_reserve_gib(model, optim: str = "adamw_8bit") -> float:
     moment_bytes = 1 if "8bit" in optim else 4
     total = sum(p.numel() * (per_param * moment_bytes + p.element_size()) for p in params)
     return total / 2**30
+
+
+def choose_optimizer(requested: str, model, vram_budget: float | None) -> str:
+    """`auto`: fused 32-bit AdamW, whose step is a few kernels for all tensors, where
+    bitsandbytes' 8-bit AdamW launches several per tensor (LoRA on all projections of a
+    36-layer model has 504 tensors, and short steps are bound by the CPU; 25 ms of CPU a step on an H100). 8-bit AdamW where the 32-bit moments (8 bytes per trainable parameter instead
+    of 2) would take over 5% of the VRAM budget."""
+    import torch
+    if requested != "auto":
+        return requested
+    budget = vram_budget or torch.cuda.get_device_properties(0).total_memory / 2**30
+    fused = "adamw_torch_fused"
+    return fused if optimizer_reserve_gib(model, fused) <= 0.05 * budget else "adamw_8bit"
+
+
+def no_checkpointing_gib(model, padded_tokens: int) -> float:
+    """Predicted peak GiB of a forward+backward without checkpointing: the weights already
+    on the GPU plus ACTIVATION_BYTES per token, layer and hidden unit."""
+    import torch
+    c = model.config
+    acts = padded_tokens * c.num_hidden_layers * c.hidden_size * ACTIVATION_BYTES
+    weights = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+    return (weights + acts) / 2**30
+
+
+def mode_order(modes: list[str], predicted_false_gib: float, budget_gib: float,
+               reserve_gib: float = 0.0) -> list[str]:
+    """The order to probe the modes in. The first mode pays for compiling the model's blocks
+    (30-50 s on a 4B model), so a second may miss the probe's deadline. Where no checkpointing
+    is predicted to fit the whole effective batch, it is the likely winner (no recompute, no
+    offload) and is measured first; otherwise the leanest mode goes first. Either way the
+    choice is made on measurements (`decide`)."""
+    if "false" not in modes or predicted_false_gib + reserve_gib > budget_gib * (1 - HEADROOM):
+        return modes
+    return ["false"] + [m for m in modes if m != "false"]
 
 
 def fits(m: Measurement, budget_gib: float, reserve_gib: float = 0.0) -> bool:
@@ -192,15 +232,15 @@ def checkpointing_mode(model) -> str:
 
 # -- the probe ---------------------------------------------------------------------------------
 
-def autotune(model, tokenizer, examples, cfg, ui=None, fixed_checkpointing: str | None = None
-             ) -> TuneResult:
+def autotune(model, tokenizer, examples, cfg, ui=None, fixed_checkpointing: str | None = None,
+             optim: str = "adamw_8bit") -> TuneResult:
     """Measure the candidates on `examples` (TokenizedExample) and leave the model in the
     chosen checkpointing mode; RNG state, train/eval mode and gradients are as before."""
     import torch
 
     t0 = time.perf_counter()
     budget = apply_vram_budget(cfg.vram_budget)
-    reserve = optimizer_reserve_gib(model, getattr(cfg, "optim", "adamw_8bit"))
+    reserve = optimizer_reserve_gib(model, optim)
     effective = cfg.batch_size * cfg.grad_accum
     modes = list(MODES) if fixed_checkpointing in (None, "auto") else [fixed_checkpointing]
     paddings = {"padded": [False], "free": [True]}.get(cfg.padding, [False, True])
@@ -210,6 +250,8 @@ def autotune(model, tokenizer, examples, cfg, ui=None, fixed_checkpointing: str 
     model.train()
     try:
         probe = _Probe(model, tokenizer, examples, cfg.seed, ui)
+        modes = mode_order(modes, no_checkpointing_gib(model, probe.padded_tokens(effective)),
+                           budget, reserve)
         measurements = _search(probe, modes, paddings, effective, budget, reserve,
                                deadline=t0 + PROBE_BUDGET_S)
         choice = decide(measurements, effective, budget, reserve)
@@ -324,6 +366,12 @@ class _Probe:
     def say(self, text: str) -> None:
         if self.ui is not None:
             self.ui.status(f"auto-tune: {text} [{time.perf_counter() - self.t0:.0f} s]")
+
+    def padded_tokens(self, micro_batch: int) -> int:
+        """Tokens of the worst-case micro-batch, padded as training pads it."""
+        from .batching import PAD_MULTIPLE
+        longest = max(self.lengths[i] for i in self.worst(micro_batch))
+        return micro_batch * -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
 
     def worst(self, micro_batch: int) -> list[int]:
         """The longest examples: the most tokens, padded or not, any micro-batch can hold."""

@@ -22,7 +22,7 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
 # The optimizers worth choosing for LoRA; the 8-bit ones need CUDA (CPU runs use adamw_torch).
-Optimizer = Literal["adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torch_fused",
+Optimizer = Literal["auto", "adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torch_fused",
                     "paged_adamw_32bit", "adafactor", "lion_8bit", "paged_lion_8bit", "sgd"]
 Checkpointing = Literal["auto", "unsloth", "true", "false"]
 Padding = Literal["auto", "padded", "free"]
@@ -73,7 +73,9 @@ class TrainConfig(BaseModel):
         "auto", "unsloth: offload activations to CPU RAM (least VRAM); true: keep them on the GPU; "
                 "false: keep every activation (fastest, most VRAM); auto: auto-batch measures them "
                 "(unsloth without a GPU or with --no-auto-batch).")
-    optim: Optimizer = opt("adamw_8bit", "Optimizer (adamw_torch is used on CPU).")
+    optim: Optimizer = opt("auto", "Optimizer. auto: fused 32-bit AdamW on a GPU, or 8-bit AdamW "
+                                   "where its moments would take over 5% of the VRAM budget; "
+                                   "adamw_torch on CPU.")
     weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.", gt=0)
     seed: int = opt(42, "Random seed (data order, LoRA init, dropout).")
@@ -91,6 +93,12 @@ class TrainConfig(BaseModel):
     save_steps: Optional[int] = opt(None, "Checkpoint every N steps. [default: each epoch]", gt=0)
     # A long epoch on a slow GPU is hours without a checkpoint; a crash would lose them all.
     save_minutes: float = opt(10.0, "Also save a checkpoint every N minutes (0: off).", ge=0)
+    save_total_limit: int = opt(2, "Checkpoints kept (with an eval: the best and the latest).", ge=1)
+    # Each log reads the loss off the GPU, so the CPU waits for the GPU instead of launching
+    # the next step's kernels; short examples leave an H100 waiting on the CPU. On CPU there
+    # is nothing to wait for.
+    logging_steps: Optional[int] = opt(None, "Log loss, learning rate and tokens/s every N steps. "
+                                             "[default: 10 on a GPU, 1 on CPU]", gt=0)
     tensorboard: bool = opt(False, "Also log loss and learning rate for TensorBoard, in "
                                    "RUN/tensorboard/ (needs the tensorboard package).")
     skip_invalid: bool = opt(False, "Drop bad records (and report them) instead of failing.")

@@ -1,8 +1,13 @@
-"""Step metrics shared by `fastft train` and the benchmark's classic recipe, so both are measured alike.
+"""Training metrics shared by `fastft train` and the benchmark's classic recipe, so both are
+measured alike: one record per logging interval (`logging_steps` optimizer steps).
 
-Tokens come from the Trainer's own count of the non-padding tokens each step consumed (padded or
-padding-free); trainers must set `include_num_input_tokens_seen="non_padding"`. Time and memory
-are read at each optimizer step.
+Reading a number off the GPU makes the host wait for the GPU. Done every step, those waits
+keep the CPU, which launches the next step's kernels, from running ahead, and small
+variable-length steps are bound by the CPU. So nothing here synchronises: a record is
+written when the Trainer logs, which reads the loss off the GPU anyway. Time is wall time
+between logs, which is exact over an interval; tokens are the Trainer's count of the
+non-padding tokens consumed (trainers must set `include_num_input_tokens_seen="non_padding"`);
+memory is the allocator's peak, which the host keeps without asking the GPU.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ from .run import write_text_atomic
 
 @dataclass
 class StepRecord:
-    step: int
-    loss: float | None
+    step: int                   # optimizer step at the end of the interval
+    loss: float | None          # mean over the interval's steps
     lr: float | None
-    grad_norm: float | None
-    tokens: int                 # tokens in this optimizer step
-    seconds: float              # wall time of this optimizer step
+    grad_norm: float | None     # of the interval's last step
+    tokens: int                 # non-padding tokens in the interval
+    seconds: float              # wall time of the interval
     tokens_per_s: float
     mem_alloc_gib: float | None  # peak since start, GPU only
     mem_reserved_gib: float | None
+    steps: int = 1              # optimizer steps in the interval
 
 
 def gpu_peak_gib() -> tuple[float | None, float | None]:
@@ -39,58 +45,58 @@ def gpu_peak_gib() -> tuple[float | None, float | None]:
 
 
 class StepMetrics(TrainerCallback):
-    """Records one StepRecord per optimizer step and appends it to `metrics.jsonl`."""
+    """Appends one StepRecord per Trainer log to `metrics.jsonl`."""
 
     def __init__(self, path: Path | None = None):
         self.path = path
         self.records: list[StepRecord] = []
         self._t = None
         self._tokens = 0
-        self._pending: StepRecord | None = None
+        self._step = 0
 
     def on_step_begin(self, args, state, control, **kw):
         if self._t is None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
             self._t = time.perf_counter()
             self._tokens = state.num_input_tokens_seen  # nonzero when resuming
+            self._step = state.global_step
 
     def on_step_end(self, args, state, control, **kw):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        # Log the run's last step too, so the record covers every step trained.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self._t is None or logs is None or "loss" not in logs:
+            return
         now = time.perf_counter()
         alloc, reserved = gpu_peak_gib()
         seen = state.num_input_tokens_seen
-        tokens, self._tokens = int(seen - self._tokens), seen
-        seconds = now - self._t
-        self._pending = StepRecord(state.global_step, None, None, None, tokens, seconds,
-                                   tokens / seconds if seconds > 0 else 0.0, alloc, reserved)
-        self._t = now
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        rec = self._pending
-        if rec is None or logs is None or "loss" not in logs:
-            return
-        rec.loss = float(logs["loss"])
-        rec.lr = float(logs["learning_rate"]) if "learning_rate" in logs else None
-        rec.grad_norm = float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None
-        self._pending = None
+        tokens, seconds = int(seen - self._tokens), now - self._t
+        rec = StepRecord(
+            state.global_step, float(logs["loss"]),
+            float(logs["learning_rate"]) if "learning_rate" in logs else None,
+            float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
+            tokens, seconds, tokens / seconds if seconds > 0 else 0.0, alloc, reserved,
+            steps=state.global_step - self._step)
+        self._t, self._tokens, self._step = now, seen, state.global_step
         self.records.append(rec)
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(asdict(rec)) + "\n")
 
     def summary(self, skip: int = 2) -> dict:
-        """Throughput over steps after the first `skip` (compilation and warm-up excluded)."""
-        recs = self.records[skip:] if len(self.records) > skip else self.records
+        """Throughput over the records after the first `skip` steps (compilation and warm-up
+        excluded): every interval that holds one of those steps is left out."""
+        recs = [r for r in self.records if r.step - r.steps >= skip] or self.records
         tokens = sum(r.tokens for r in recs)
         seconds = sum(r.seconds for r in recs)
+        steps = sum(r.steps for r in recs)
         alloc, reserved = gpu_peak_gib()
         return {
-            "steps": len(self.records),
-            "timed_steps": len(recs),
+            "steps": self.records[-1].step if self.records else 0,
+            "timed_steps": steps,
             "tokens_per_s": tokens / seconds if seconds else None,
-            "seconds_per_step": seconds / len(recs) if recs else None,
+            "seconds_per_step": seconds / steps if steps else None,
             "last_loss": self.records[-1].loss if self.records else None,
             "peak_mem_alloc_gib": alloc,
             "peak_mem_reserved_gib": reserved,
@@ -123,5 +129,6 @@ def truncate_after(path: Path, step: int) -> int:
 def mean_loss(path: Path) -> float | None:
     """The mean step loss over the whole run as recorded in metrics.jsonl, across resumes (the
     Trainer's own `training_loss` only covers the steps its process trained)."""
-    losses = [r["loss"] for r in read_records(path) if r.get("loss") is not None]
-    return sum(losses) / len(losses) if losses else None
+    recs = [(r["loss"], r.get("steps", 1)) for r in read_records(path) if r.get("loss") is not None]
+    steps = sum(n for _, n in recs)
+    return sum(loss * n for loss, n in recs) / steps if steps else None

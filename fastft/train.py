@@ -121,7 +121,7 @@ def _drop_after(folder: RunFolder, checkpoint: Path | None, ui) -> None:
     for p in incomplete:
         shutil.rmtree(p)
     if incomplete:
-        ui.status(f"skipped incomplete {', '.join(p.name for p in incomplete)} (no "
+        ui.status(f"skipped incomplete {', '.join(p.name for p in incomplete)} (no whole "
                   f"trainer_state.json: cut short while saving); removed")
     for p in folder.path.glob(".*tmp-*"):   # .tmp-adapter-*, .fastft.json.tmp-<pid>
         if p.is_dir():
@@ -376,10 +376,13 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     """Micro-batch, padding and checkpointing: measured by auto-tune on a GPU, else as configured."""
     import torch
 
+    from .autobatch import choose_optimizer
     from .batching import grouped_batches, pad_waste, random_batches
     on_gpu = torch.cuda.is_available()
     batch_size, grad_accum = cfg.batch_size, cfg.grad_accum
     checkpointing, tuning = _initial_checkpointing(cfg), None
+    # bitsandbytes' 8-bit AdamW needs CUDA.
+    optim = choose_optimizer(cfg.optim, model, cfg.vram_budget) if on_gpu else "adamw_torch"
     # Without a measurement, padded (grouped) batches: on an H100 they beat padding-free 1.6x.
     padding_free = {"free": True, "padded": False}.get(cfg.padding, False if on_gpu else None)
     if cfg.packing:
@@ -387,7 +390,8 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     elif on_gpu and cfg.auto_batch:
         from .autobatch import autotune
         fixed = None if cfg.gradient_checkpointing == "auto" else cfg.gradient_checkpointing
-        tuned = autotune(model, tokenizer, data.train, cfg, ui=ui, fixed_checkpointing=fixed)
+        tuned = autotune(model, tokenizer, data.train, cfg, ui=ui, fixed_checkpointing=fixed,
+                         optim=optim)
         batch_size, grad_accum = tuned.batch_size, tuned.grad_accum
         padding_free, checkpointing, tuning = tuned.padding_free, tuned.checkpointing, tuned.to_dict()
         ui.status(tuned.describe())
@@ -401,7 +405,7 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
                   f"(random batches: {waste['random']:.0%})")
     return Plan(model_path=model_path, batch_size=batch_size, grad_accum=grad_accum,
                 padding_free=padding_free, gradient_checkpointing=checkpointing,
-                optim=cfg.optim if on_gpu else "adamw_torch",  # bitsandbytes' 8-bit AdamW needs CUDA
+                optim=optim,
                 group_by_length=group, pad_waste=waste, tuning=tuning)
 
 
@@ -451,13 +455,15 @@ def sft_config(cfg: TrainConfig, plan: Plan, folder: RunFolder, has_eval: bool):
         bf16=bf16, fp16=on_gpu and not bf16, seed=cfg.seed, data_seed=cfg.seed,
         # Explicit, or TRL's default (True) turns checkpointing back on after auto-tune chose off.
         gradient_checkpointing=plan.gradient_checkpointing != "false",
-        logging_steps=1,
+        logging_steps=cfg.logging_steps or (10 if on_gpu else 1),
+        # Its check reads every step's loss off the GPU; a NaN loss is logged as NaN instead.
+        logging_nan_inf_filter=False,
         include_num_input_tokens_seen="non_padding",  # read by StepMetrics
         eval_strategy=("epoch" if per_epoch else "steps") if has_eval else "no",
         eval_steps=cfg.save_steps if has_eval and not per_epoch else None,
         load_best_model_at_end=has_eval,
         metric_for_best_model="eval_loss" if has_eval else None,
-        save_total_limit=2,       # with eval: the best and the last; without: the last two
+        save_total_limit=cfg.save_total_limit,
         save_strategy="epoch" if per_epoch else "steps", save_steps=cfg.save_steps,
         max_length=cfg.max_seq_len, packing=cfg.packing, padding_free=plan.padding_free,
         # Padded batches meet few shapes, so Unsloth's compiled blocks recompile rarely.
@@ -483,6 +489,26 @@ def _trainer_class():
                 return super()._get_train_sampler(*args, **kwargs)
             return LengthGroupedSampler(self.fastft_lengths, self.args.per_device_train_batch_size,
                                         self.args.seed)
+
+        _tokens = None   # non-padding tokens since the last log, summed on the device
+
+        def _track_num_input_tokens(self, inputs):
+            # transformers reads each micro-batch's count off the GPU, a wait every step
+            # (see fastft.metrics); the sum stays on the device until the next log or save.
+            if self.args.world_size > 1:
+                return super()._track_num_input_tokens(inputs)
+            ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+            pad = getattr(self.processing_class, "pad_token_id", None)
+            n = mask.sum() if mask is not None else (ids != pad).sum() if pad is not None else ids.numel()
+            self._tokens = n if self._tokens is None else self._tokens + n
+
+        def _maybe_log_save_evaluate(self, *args, **kwargs):
+            if self.control.should_save or self.control.should_evaluate:
+                self.control.should_log = True   # metrics.jsonl then ends at each checkpoint
+            if self._tokens is not None and self.control.should_log:
+                self.state.num_input_tokens_seen += int(self._tokens)
+                self._tokens = None
+            return super()._maybe_log_save_evaluate(*args, **kwargs)
 
         # Named kill points for the fault-matrix tests (fastft.faults; a no-op unless set).
         def training_step(self, *args, **kwargs):

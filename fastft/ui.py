@@ -30,6 +30,10 @@ class _ProgressCallback(TrainerCallback):
         self.task = self.progress.add_task("training", total=state.max_steps,
                                            completed=state.global_step, info="")
 
+    def on_step_end(self, args, state, control, **kw):
+        if self.task is not None:  # the bar moves every step; the numbers at each log
+            self.progress.update(self.task, completed=state.global_step)
+
     def on_log(self, args, state, control, logs=None, **kw):
         if self.task is None or not logs:
             return

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fastft.autobatch import (HEADROOM, MARGIN, Measurement, TuneResult, _Probe, _search,
-                              candidates, decide, optimizer_reserve_gib, set_checkpointing)
+                              candidates, choose_optimizer, decide, mode_order,
+                              no_checkpointing_gib, optimizer_reserve_gib, set_checkpointing)
 from fastft.template import TokenizedExample
 
 
@@ -191,6 +192,45 @@ def test_search_respects_fixed_choices_and_the_time_budget():
     probe = h100_like()
     choice, ms = tune(probe, 80.0, deadline=0.0)   # past the deadline: only the first mode
     assert {m.checkpointing for m in ms} == {"unsloth"} and choice.checkpointing == "unsloth"
+
+
+def test_no_checkpointing_goes_first_where_it_is_predicted_to_fit():
+    modes = ["unsloth", "false", "true"]
+    assert mode_order(modes, 60.0, 80.0, 0.3) == ["false", "unsloth", "true"]
+    assert mode_order(modes, 75.0, 80.0, 0.3) == modes          # over 90% of the budget
+    assert mode_order(["unsloth"], 1.0, 80.0) == ["unsloth"]      # fixed by the user
+
+
+def test_no_checkpointing_first_is_measured_against_unsloth_and_wins_past_the_deadline():
+    probe = h100_like()
+    choice, ms = tune(probe, 80.0, modes=["false", "unsloth", "true"])
+    timed = [(mode, mb, free) for kind, mode, mb, free in probe.log if kind == "time"]
+    assert timed[:2] == [("false", 8, False), ("unsloth", 8, False)]
+    assert (choice.micro_batch, choice.checkpointing) == (8, "false")
+    # The first mode's compile ate the probe's time: what was measured decides.
+    probe = h100_like()
+    choice, ms = tune(probe, 80.0, modes=["false", "unsloth", "true"], deadline=0.0)
+    assert {m.checkpointing for m in ms} == {"false"} and choice.checkpointing == "false"
+
+
+def test_the_prediction_of_no_checkpointing_memory_matches_the_h100_measurement():
+    """58.8 GiB measured at 8 x 2048 tokens on the Qwen3-4B shape (3.3 GiB of it weights)."""
+    class Config:
+        num_hidden_layers, hidden_size = 36, 2560
+
+    class Model:
+        config = Config()
+    acts = no_checkpointing_gib(Model(), 8 * 2048)   # no CUDA here: allocated is 0
+    assert acts + 3.3 == pytest.approx(58.8, rel=0.03)
+
+
+def test_auto_optimizer_is_fused_adamw_unless_its_moments_crowd_a_small_budget(monkeypatch):
+    import torch
+    lora = torch.nn.Linear(1000, 1000)                 # 1M trainable parameters
+    model = torch.nn.Sequential(lora)
+    assert choose_optimizer("auto", model, 8.0) == "adamw_torch_fused"
+    assert choose_optimizer("auto", model, 0.1) == "adamw_8bit"   # 11.5 MiB > 5% of 102 MiB
+    assert choose_optimizer("adamw_torch", model, 0.1) == "adamw_torch"
 
 
 # -- the probe's batches (CPU) -----------------------------------------------------------------

@@ -139,7 +139,8 @@ def test_classic_recipe_runs_two_steps_on_cpu(tmp_path, tiny_path, tokenizer_of)
 def fake(name, tps, alloc, losses, mb=2, ga=4, **kw):
     return dict(recipe=name, status="ok", micro_batch=mb, grad_accum=ga, tokens_per_s=tps,
                 peak_mem_alloc_gib=alloc, peak_mem_reserved_gib=alloc + 1, seconds_per_step=1.0,
-                steps=len(losses), losses=losses, last_loss=losses[-1], **kw)
+                steps=len(losses), losses=losses, last_loss=losses[-1],
+                records=[{"step": i + 1, "loss": x, "steps": 1} for i, x in enumerate(losses)], **kw)
 
 
 def test_comparisons_and_targets():
@@ -159,11 +160,22 @@ def test_comparisons_and_targets():
     assert t["budget8_reserved_gib"]["value"] == 5.0 and t["budget8_reserved_gib"]["pass"]
     # The fixed-length scenario asks 6x, not 10x.
     assert "6x" in bench_run.add_comparisons(results, "fixed")["speedup"]["target"]
-    # Losses compare at the last step both recipes have.
-    assert results[3]["compare_step"] == 1 and results[3]["loss_rel_diff"] == 0.0
+    # Losses compare over the last steps both recipes have.
+    assert results[3]["compare_steps"] == (0, 1) and results[3]["loss_rel_diff"] == 0.0
     rows = bench_run.table_rows(results)
     assert len(rows) == 6 and all(len(r) == len(bench_run.COLUMNS) for r in rows)
     assert rows[2][1] == "8 x 1" and rows[5][-1] == "error"
+
+
+def test_losses_compare_over_the_coarser_logging_interval():
+    """fastft logs every 10 steps on a GPU, classic every step: one fastft record of steps 1-2
+    compares with the mean of classic's steps 1 and 2."""
+    classic = fake("classic", 1000, 4.8, [12.0, 11.0])
+    fastft = fake("fastft", 9000, 4.0, [11.5], mb=8, ga=1)
+    fastft["records"] = [{"step": 2, "loss": 11.5, "steps": 2}]
+    bench_run.add_comparisons([classic, fastft], "longtail")
+    assert fastft["compare_steps"] == (0, 2) and fastft["loss_rel_diff"] == pytest.approx(0.0)
+    assert bench_run.table_rows([classic, fastft])[1][9] == "11.5000 @1-2"
 
 
 def test_targets_fail_and_missing():
