@@ -40,8 +40,6 @@ SMALL_FILES = 32 * 10**6
 # most fp32 each: 8 bytes); the 8-bit optimizers and bf16 weights store less.
 CHECKPOINT_BYTES_PER_LORA_PARAM = 12
 ADAPTER_BYTES_PER_LORA_PARAM = 4
-# The Trainer keeps save_total_limit (2) checkpoints and writes the next before rotating one out.
-CHECKPOINTS_AT_ONCE = 3
 HEADROOM = 1.1     # logs, metrics, file-system overhead, and an estimate that is only an estimate
 MLP = ("gate_proj", "up_proj", "down_proj")
 SCRATCH_PREFIX = ".tmp-"
@@ -129,8 +127,10 @@ def train_bytes(shape: Shape, cfg: TrainConfig) -> tuple[int, str]:
     lora = shape.lora_params(cfg.rank, cfg.target_modules)
     checkpoint = lora * CHECKPOINT_BYTES_PER_LORA_PARAM + SMALL_FILES
     adapter = lora * ADAPTER_BYTES_PER_LORA_PARAM + SMALL_FILES
-    what = f"{CHECKPOINTS_AT_ONCE} checkpoints and the adapter of a {lora / 1e6:,.1f}M-parameter LoRA"
-    return CHECKPOINTS_AT_ONCE * checkpoint + adapter, what
+    # The Trainer keeps save_total_limit checkpoints and writes the next before rotating one out.
+    kept = cfg.save_total_limit + 1
+    what = f"{kept} checkpoints and the adapter of a {lora / 1e6:,.1f}M-parameter LoRA"
+    return kept * checkpoint + adapter, what
 
 
 def export_bytes(shape: Shape, quants: tuple[str, ...], merged: bool) -> tuple[int, str]:

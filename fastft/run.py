@@ -217,11 +217,11 @@ class RunFolder:
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first. The Trainer writes trainer_state.json last, so a
         checkpoint without it was cut short and cannot be resumed from."""
-        return [p for p in self._checkpoint_dirs() if (p / "trainer_state.json").is_file()]
+        return [p for p in self._checkpoint_dirs() if _complete(p)]
 
     def incomplete_checkpoints(self) -> list[Path]:
-        """Checkpoint folders without trainer_state.json: cut short while saving."""
-        return [p for p in self._checkpoint_dirs() if not (p / "trainer_state.json").is_file()]
+        """Checkpoint folders without a whole trainer_state.json: cut short while saving."""
+        return [p for p in self._checkpoint_dirs() if not _complete(p)]
 
     def last_checkpoint(self) -> Path | None:
         cks = self.checkpoints()
@@ -254,6 +254,16 @@ class RunFolder:
             except BlockingIOError:
                 raise RunFolderError(f"{self.path} is in use by another fastft process") from None
             yield
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Its trainer_state.json is there and whole: the Trainer writes it in place, so a kill or a
+    power cut while writing it can leave it cut short or empty."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def checkpoint_step(path: Path) -> int | None:

@@ -67,6 +67,17 @@ def test_resume_skips_an_incomplete_checkpoint_and_records_each_step_once(tmp_pa
     assert signal.getsignal(signal.SIGINT) is handler   # the Ctrl-C handler was put back
 
 
+def test_a_checkpoint_with_a_cut_short_trainer_state_is_incomplete(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    for step, state in [(3, '{"global_step": 3}'), (6, '{"global_st'), (9, "")]:
+        (folder.checkpoints_dir / f"checkpoint-{step}").mkdir(parents=True)
+        (folder.checkpoints_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (folder.checkpoints_dir / "checkpoint-12").mkdir()
+    assert [p.name for p in folder.checkpoints()] == ["checkpoint-3"]
+    assert [p.name for p in folder.incomplete_checkpoints()] == ["checkpoint-6", "checkpoint-9",
+                                                                 "checkpoint-12"]
+
+
 def _wait_for_first_step(proc, metrics, timeout=600):
     deadline = time.monotonic() + timeout
     while not (metrics.exists() and metrics.read_text().strip()):

@@ -44,6 +44,7 @@ def test_the_estimates_match_what_a_4b_model_writes():
     need, what = train_bytes(shape, TrainConfig(data="x"))
     assert "33.0M-parameter LoRA" in what and 0.5e9 < need < 2e9
     assert train_bytes(shape, TrainConfig(data="x", rank=64))[0] > 3 * need
+    assert train_bytes(shape, TrainConfig(data="x", save_total_limit=5))[0] > 1.5 * need
 
 
 def test_enough_space_passes(tiny_path, tmp_path, monkeypatch):
