@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,12 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+    @classmethod
+    def deterministic(cls, max_new_tokens: int) -> "Sampling":
+        """Greedy decoding, every filter off."""
+        return cls(temperature=0, top_p=1, top_k=0, min_p=0, repeat_penalty=1,
+                   max_new_tokens=max_new_tokens)
 
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
@@ -147,8 +154,7 @@ def generate_text(model, tokenizer, prompt: str, sampling: Sampling, write: Writ
 def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -> str:
     """Greedy reply to `messages`. The adapter folder's tokenizer holds the guarded template."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    greedy = Sampling(0, 1, 0, 0, 1, max_new_tokens=max_new_tokens)
-    return generate_text(model, tokenizer, prompt, greedy).strip()
+    return generate_text(model, tokenizer, prompt, Sampling.deterministic(max_new_tokens)).strip()
 
 
 class AdapterChat:
@@ -270,6 +276,8 @@ class GGUFChat:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
+            if proc.returncode == -signal.SIGINT:   # Ctrl-C reached llama.cpp before us
+                raise KeyboardInterrupt
             if proc.returncode != 0:
                 raise LlamaCppError(f"{self.exe.name} could not run {self.gguf} "
                                     f"(exit {proc.returncode}):\n{log_tail(log, 20)}")
@@ -351,6 +359,9 @@ def interactive(conv: Conversation, read: Callable[[str], str] = input, out: Tex
     """The read-answer loop until /bye or end of input (out, err: sys.stdout and sys.stderr as
     they are when called)."""
     out, err = out or sys.stdout, err or sys.stderr
+    if read is input and sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input())
     err.write(f"chatting with {conv.engine.label}. {HELP}\n")
     write = writer(out)
     while True:

@@ -132,12 +132,11 @@ def sample_answers(model, tokenizer, guard: ChatGuard, examples: list[Example],
                    max_new_tokens: int) -> list[Sample]:
     """Greedy answers of the fine-tuned and the base model to each conversation up to its last
     assistant turn, beside that turn."""
-    greedy = Sampling(temperature=0, top_p=1, top_k=0, min_p=0, repeat_penalty=1,
-                      max_new_tokens=max_new_tokens)
+    greedy = Sampling.deterministic(max_new_tokens)
     out = []
     for ex in examples:
         last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
-        prompt = guard.prompt(ex.messages[:last])
+        prompt = guard.prompt(ex.messages[:last], ex.tools)
         tuned = generate_text(model, tokenizer, prompt, greedy).strip()
         with model.disable_adapter():
             base = generate_text(model, tokenizer, prompt, greedy).strip()

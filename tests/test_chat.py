@@ -197,7 +197,7 @@ class Recorder:
         return f"answer {len(self.asked)}"
 
 
-GREEDY = Sampling(0, 1, 0, 0, 1, max_new_tokens=4)
+GREEDY = Sampling.deterministic(4)
 
 
 def test_history_is_kept_and_cleared():
