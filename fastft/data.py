@@ -38,6 +38,7 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any
 
 from .errors import FastftError
+from . import tools as _tools
 
 __all__ = [
     "FORMATS",
@@ -100,6 +101,7 @@ class Example:
     format: str  # one of FORMATS
     # Indexes of assistant messages given "weight": 0: rendered as context, carrying no loss.
     no_loss: tuple[int, ...] = ()
+    tools: list[dict] | None = None  # the record's tool schemas, canonical (fastft.tools)
 
 
 @dataclass
@@ -118,6 +120,7 @@ class Dataset:
     path: str
     examples: list[Example] = dc_field(default_factory=list)
     issues: list[DataIssue] = dc_field(default_factory=list)  # in file order
+    warnings: list[DataIssue] = dc_field(default_factory=list)  # worth a look; the record is kept
     skipped: int = 0  # records dropped because they had issues
 
     @property
@@ -202,15 +205,16 @@ def _check_text(value: Any, what: str = "string") -> str | None:
 class _Msg:
     """A message being built, with the field paths used to report problems."""
 
-    __slots__ = ("role", "content", "role_field", "content_field", "weight")
+    __slots__ = ("role", "content", "role_field", "content_field", "weight", "extra")
 
     def __init__(self, role: str | None, content: Any, role_field: str, content_field: str,
-                 weight: int = 1):
+                 weight: int = 1, extra: dict | None = None):
         self.role = role
         self.content = content
         self.role_field = role_field
         self.content_field = content_field
         self.weight = weight
+        self.extra = extra or {}  # tool_calls, or a tool response's name/tool_call_id
 
 
 def _weight(item: dict, item_field: str, problems: list[tuple[str, str]]) -> int:
@@ -256,6 +260,11 @@ def _role_content_list(
             msgs.append(_Msg(None, None, role_field, content_field))
             continue
         role = _role_of(item, role_key, role_map, role_field, problems)
+        tool = _tools.tool_message(item, role, item_field, content_key, problems)
+        if tool is not None:
+            msgs.append(_Msg(tool.role, tool.content, role_field, content_field,
+                             _weight(item, item_field, problems), tool.extra))
+            continue
         if content_key not in item:
             problems.append((content_field, f"missing (keys found: {_keys(item)})"))
             content = None
@@ -483,11 +492,12 @@ def _messages_of(record: dict, fmt: str | None, problems: list[tuple[str, str]]
         problems.append(("<record>", _unknown_format_message(record)))
         return None, ""
     if fmt in ("messages", "conversations"):
-        return _role_content_list(record[fmt], fmt, problems), fmt
+        return _role_content_list(record[fmt], fmt, problems, role_map=_tools.MESSAGE_ROLES), fmt
     if fmt == "sharegpt":
         return _role_content_list(
             record["conversations"], "conversations", problems,
-            role_key="from", content_key="value", role_map=SHAREGPT_ROLES,
+            role_key="from", content_key="value",
+            role_map={**SHAREGPT_ROLES, **_tools.SHAREGPT_ROLES},
         ), "conversations"
     if fmt == "alpaca":
         return _alpaca_messages(record, problems), "output"
@@ -504,31 +514,60 @@ def _messages_of(record: dict, fmt: str | None, problems: list[tuple[str, str]]
     return _parse_chatml(text, problems), "text"
 
 
+def _check_special(text: Any, where: str, problems: list[tuple[str, str]]) -> None:
+    hit = _SPECIAL.search(text) if isinstance(text, str) else None
+    if hit:
+        problems.append((where, f"holds the chat-template token {hit.group()!r}: the tokenizer "
+                                f"reads it as turn structure (a fake turn); remove it"))
+
+
 def _check_content(msgs: list[_Msg], fmt: str, end_field: str,
                    problems: list[tuple[str, str]]) -> None:
     """Special tokens inside content, and weights that leave nothing to train."""
     if fmt != "text":  # in ChatML text the markers are the structure, parsed as such
         for m in msgs:
-            hit = _SPECIAL.search(m.content) if isinstance(m.content, str) else None
-            if hit:
-                problems.append(
-                    (m.content_field, f"holds the chat-template token {hit.group()!r}: the "
-                                      f"tokenizer reads it as turn structure (a fake turn); "
-                                      f"remove it"))
+            _check_special(m.content, m.content_field, problems)
+            if m.extra.get("tool_calls"):
+                _check_special(json.dumps(m.extra["tool_calls"], ensure_ascii=False),
+                               _tools.calls_field(m), problems)
     turns = [m for m in msgs if m.role == "assistant"]
     if turns and all(m.weight == 0 for m in turns):
         problems.append((end_field, "every assistant message has weight 0: nothing to train on"))
 
 
-def _analyse(record: Any
+def _check_turns(msgs: list[_Msg], end_field: str, problems: list[tuple[str, str]]) -> None:
+    """Where tool messages stand (fastft.tools), then the user/assistant order of the rest."""
+    turns = _tools.conversation_turns(msgs, end_field, problems)
+    if turns is not None:
+        _check_order(turns, end_field, problems)
+
+
+def _record_tools(record: dict, fmt: str | None, problems: list[tuple[str, str]],
+                  side: dict) -> list[dict] | None:
+    """The record's tool schemas (canonical), for the formats that carry tool calls."""
+    if fmt in ("messages", "conversations", "sharegpt"):
+        tools = _tools.record_tools(record, problems, side.setdefault("warnings", []))
+        if tools:
+            _check_special(json.dumps(tools, ensure_ascii=False), "tools", problems)
+        return tools
+    if fmt is not None and record.get("tools"):
+        problems.append(("tools", "tools are read with messages, conversations or ShareGPT "
+                                  "records only"))
+    return None
+
+
+def _analyse(record: Any, side: dict | None = None
              ) -> tuple[str | None, list[dict[str, str]], list[tuple[str, str]], tuple[int, ...]]:
-    """Return (format, messages, problems, indexes of weight-0 messages) for a decoded record."""
+    """Return (format, messages, problems, indexes of weight-0 messages) for a decoded record;
+    ``side`` receives the record's "tools" and the "warnings" about it."""
+    side = {} if side is None else side
     problems: list[tuple[str, str]] = []
     if not isinstance(record, dict):
         problems.append(("<record>", f"expected a JSON object, got {_type_name(record)}"))
         return None, [], problems, ()
     fmt = _classify(record)
     msgs, end_field = _messages_of(record, fmt, problems)
+    side["tools"] = _record_tools(record, fmt, problems, side)
     if msgs:
         _check_content(msgs, fmt, end_field, problems)
     if problems or not msgs:
@@ -536,13 +575,14 @@ def _analyse(record: Any
             problems.append(("<record>", "no messages"))
         # Order problems are independent of content problems; still report the first.
         if msgs and fmt != "alpaca":
-            _check_order(msgs, end_field, problems)
+            _check_turns(msgs, end_field, problems)
         return fmt, [], problems, ()
-    _check_order(msgs, end_field, problems)
+    _check_turns(msgs, end_field, problems)
     if problems:
         return fmt, [], problems, ()
+    _tools.check_calls(msgs, side["tools"], side.setdefault("warnings", []))
     no_loss = tuple(i for i, m in enumerate(msgs) if m.weight == 0 and m.role == "assistant")
-    return fmt, [{"role": m.role, "content": m.content} for m in msgs], problems, no_loss
+    return fmt, [{"role": m.role, "content": m.content, **m.extra} for m in msgs], problems, no_loss
 
 
 def normalise_record(record: dict) -> tuple[str, list[dict]]:
@@ -666,14 +706,17 @@ class _Collector:
         problems = [("<json>", f"duplicate key {_safe(k)!r}") for k in dups]
         problems += [(f, "invalid unicode (lone surrogate): not encodable as UTF-8")
                      for f in _surrogates(record)]
+        side: dict = {}
         if not problems:
-            fmt, messages, problems, no_loss = _analyse(record)
+            fmt, messages, problems, no_loss = _analyse(record, side)
         if problems:
             for f, m in problems:
                 self.issue(line, f, m)
             self.dataset.skipped += 1
             return
-        self.dataset.examples.append(Example(messages, line, fmt, no_loss))
+        self.dataset.warnings += [DataIssue(self.dataset.path, line, f, m)
+                                  for f, m in side.get("warnings", [])]
+        self.dataset.examples.append(Example(messages, line, fmt, no_loss, side.get("tools")))
 
     def bad_record(self, line: int, field: str, message: str) -> None:
         self.issue(line, field, message)

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
 from dataclasses import dataclass, field
 
 from .data import EOS
 from .errors import FastftError
 from .template import HYBRID, INSTRUCT_2507, OTHER, THINKING, template_text
+from .tools import go_isprint
 
 
 class ModelfileError(FastftError, ValueError):
@@ -69,6 +69,44 @@ def modelfile_template() -> str:
 # them, every other newline is output. Tool messages open a `<|im_start|>user` block when the
 # previous message was not a tool message and close it when the next one is not; Go templates
 # cannot look ahead, so the close is emitted when the next non-tool message starts (or at the end).
+#
+# Tool schemas and call arguments are written as JSON by the template itself, in the one form
+# training renders (fastft.tools): ollama's `json` is compact and escapes <, > and &, where the
+# HF template's `tojson` writes ", " and ": ". Go's `range` visits map keys sorted; strings go
+# through %q (JSON's escapes for the strings fastft.tools accepts), numbers, booleans and null
+# through `json`. The assistant's calls sit under `if .ToolCalls` with `<tool_call>` as the
+# first text inside: that is where ollama's tool-call parser reads the tag from (tools/template.go).
+
+_JSON_WRITERS = """\
+{{- define "fastft-value" }}
+{{- $t := printf "%T" . }}
+{{- if eq $t "string" }}{{ printf "%q" . }}
+{{- else if eq $t "map[string]interface {}" }}{{ "{" }}
+{{- $sep := "" }}
+{{- range $k, $v := . }}{{ $sep }}{{ printf "%q" $k }}: {{ template "fastft-value" $v }}{{ $sep = ", " }}{{ end }}}
+{{- else if eq $t "[]interface {}" }}[
+{{- range $i, $v := . }}{{ if $i }}, {{ end }}{{ template "fastft-value" $v }}{{ end }}]
+{{- else }}{{ json . }}
+{{- end }}
+{{- end }}
+{{- define "fastft-property" }}{{ "{" }}
+{{- $sep := "" }}
+{{- if .Type }}"type": {{ if eq (len .Type) 1 }}{{ printf "%q" (index .Type 0) }}{{ else }}[
+{{- range $i, $t := .Type }}{{ if $i }}, {{ end }}{{ printf "%q" $t }}{{ end }}]{{ end }}{{ $sep = ", " }}
+{{- end }}
+{{- if .Items }}{{ $sep }}"items": {{ template "fastft-value" .Items }}{{ $sep = ", " }}{{ end }}
+{{- if .Description }}{{ $sep }}"description": {{ printf "%q" .Description }}{{ $sep = ", " }}{{ end }}
+{{- if .Enum }}{{ $sep }}"enum": {{ template "fastft-value" .Enum }}{{ end }}}
+{{- end }}
+{{- define "fastft-tool" }}{"type": "function", "function": {"name": {{ printf "%q" .Function.Name }}
+{{- if .Function.Description }}, "description": {{ printf "%q" .Function.Description }}{{ end -}}
+, "parameters": {"type": "object", "properties": {{ "{" }}
+{{- $sep := "" }}
+{{- range $k, $p := .Function.Parameters.Properties }}{{ $sep }}{{ printf "%q" $k }}: {{ template "fastft-property" $p }}{{ $sep = ", " }}{{ end }}}
+{{- with .Function.Parameters.Required }}, "required": [
+{{- range $i, $r := . }}{{ if $i }}, {{ end }}{{ printf "%q" $r }}{{ end }}]{{ end }}}}}
+{{- end }}
+"""
 
 _QWEN3_TOOLS = """\
 {{- if .Tools }}<|im_start|>system
@@ -79,7 +117,7 @@ You may call one or more functions to assist with the user query.
 You are provided with function signatures within <tools></tools> XML tags:
 <tools>
 {{- range .Tools }}
-{{ json . }}
+{{ template "fastft-tool" . }}
 {{- end }}
 </tools>
 
@@ -113,11 +151,15 @@ _QWEN3_MESSAGES = """
 {{ end }}
 {{- else if eq $m.Role "assistant" }}<|im_start|>assistant
 @ASSISTANT_THINKING@{{ $m.Content }}
-{{- range $j, $c := $m.ToolCalls }}
+{{- if .ToolCalls }}
+{{- range $j, $c := .ToolCalls }}
 {{- if or $j $m.Content }}
-{{ end }}<tool_call>
-{"name": "{{ $c.Function.Name }}", "arguments": {{ json $c.Function.Arguments }}}
+<tool_call>{{ else }}<tool_call>{{ end }}
+{"name": "{{ $c.Function.Name }}", "arguments": {{ "{" }}
+{{- $sep := "" }}
+{{- range $k, $v := $c.Function.Arguments }}{{ $sep }}{{ printf "%q" $k }}: {{ template "fastft-value" $v }}{{ $sep = ", " }}{{ end }}}}
 </tool_call>
+{{- end }}
 {{- end }}<|im_end|>
 {{ else if eq $m.Role "tool" }}
 {{- if ne $prev "tool" }}<|im_start|>user{{ end }}
@@ -195,7 +237,7 @@ def go_template(variant: str, default_system: str | None = None) -> str | None:
                 .replace("@LAST_QUERY@", _LAST_QUERY if thinks else "")
                 .replace("@DEFAULT_SYSTEM_TURN@\n", turn)
                 .replace("@ASSISTANT_THINKING@", _ASSISTANT_THINKING if thinks else ""))
-    return tools + messages + _GENERATION[variant]
+    return _JSON_WRITERS + tools + messages + _GENERATION[variant]
 
 
 # -- per-family settings -------------------------------------------------------------------------
@@ -225,11 +267,6 @@ FAMILIES = {
 COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
             "parameter", "message", "requires")
 _NIL, _NAME, _VALUE, _PARAMETER, _MESSAGE, _COMMENT = range(6)
-
-
-def go_isprint(ch: str) -> bool:
-    """Go's strconv.IsPrint: letters, marks, numbers, punctuation, symbols and ASCII space."""
-    return ch == " " or unicodedata.category(ch)[0] in "LMNPS"
 
 
 def _unquote(s: str) -> tuple[str, bool]:

@@ -168,7 +168,8 @@ def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[
         return []
     # Where the template writes each message: render markers in place of the contents.
     marks = [f"\x00{k}\x00" for k in range(len(parts))]
-    shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(example.messages, marks)])
+    shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(example.messages, marks)],
+                                 example.tools)
     rebuilt, cursor, out = "", 0, []
     for (stripped, removed), mark in zip(parts, marks):
         at = shape.find(mark, cursor)
@@ -181,7 +182,7 @@ def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[
     if rebuilt + shape[cursor:] == text:
         return out
     # A template that does not write contents as they are: compare the texts instead.
-    return _removals(guard.unguarded_text(example.messages), text)
+    return _removals(guard.unguarded_text(example.messages, example.tools), text)
 
 
 def _removals(before: str, after: str, max_cells: int = 10**7) -> list[tuple[int, str]]:

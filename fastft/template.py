@@ -191,17 +191,19 @@ class ChatGuard:
 
     # -- rendering -----------------------------------------------------------------------------
 
-    def _render(self, messages: list[dict], generation_prompt: bool) -> tuple[str, int]:
+    def _render(self, messages: list[dict], generation_prompt: bool,
+                tools: list[dict] | None = None) -> tuple[str, int]:
         text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt)
+            messages, tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt)
         removed = 0
         if self.non_thinking and self.think != "keep":  # under keep, empty blocks may be data
             text, removed = EMPTY_THINK.subn("", text)
         return text, removed
 
-    def prompt(self, messages: list[dict]) -> str:
-        """The text a server sends to generate the next assistant turn."""
-        return self._render(messages, generation_prompt=True)[0]
+    def prompt(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The text a server sends to generate the next assistant turn (`tools`: the schemas
+        offered, canonical as fastft.tools writes them)."""
+        return self._render(messages, generation_prompt=True, tools=tools)[0]
 
     def _apply_think_policy(self, example: Example) -> list[dict] | None:
         if not self.non_thinking:
@@ -225,7 +227,7 @@ class ChatGuard:
                     return None
                 if self.think == "strip":
                     content = strip_think(content)[0]
-                    if not content.strip():
+                    if not content.strip() and not m.get("tool_calls"):
                         self.report.issues.append(DataIssue(
                             self.path, example.line, f"messages[{i}].content",
                             "is empty once its think block is stripped"))
@@ -243,10 +245,10 @@ class ChatGuard:
         """Whether think blocks in the data are removed (strip_think) before rendering."""
         return self.non_thinking and self.think == "strip"
 
-    def unguarded_text(self, messages: list[dict]) -> str:
+    def unguarded_text(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         """`messages` as the chat template alone renders them, without the guard's think
         handling: `fastft data preview` locates what the guard removed with it."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+        return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
                                                   add_generation_prompt=False)
 
     def render(self, example: Example) -> Rendered | None:
@@ -254,13 +256,13 @@ class ChatGuard:
         messages = self._apply_think_policy(example)
         if messages is None:
             return None
-        text, removed = self._render(messages, generation_prompt=False)
+        text, removed = self._render(messages, generation_prompt=False, tools=example.tools)
         self.report.empty_think_removed += bool(removed)
         spans = []
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            prefix = self.prompt(messages[:i])
+            prefix = self.prompt(messages[:i], example.tools)
             if not text.startswith(prefix):
                 at = next((k for k, (a, b) in enumerate(zip(prefix, text)) if a != b), len(text))
                 self.report.issues.append(DataIssue(
