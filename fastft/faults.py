@@ -2,7 +2,8 @@
 
     FASTFT_FAULT=<point>:<SIGNAL>[:<n>]      e.g. FASTFT_FAULT=checkpoint-write:SIGKILL:2
 
-makes the n-th arrival (default: the first) at `fault_point("<point>")` send SIGNAL. Points:
+makes the n-th arrival (default: the first) at `fault_point("<point>")` send SIGNAL (or, for
+`raise`, raise an unexpected error: an internal error, as a bug would cause). Points:
 `step` (inside an optimizer step, before a micro-batch's forward/backward), `checkpoint-write`
 (a checkpoint's weights are on disk, its optimizer state and trainer_state.json are not yet),
 `convert` (llama.cpp's converter is running), `quantize` (llama-quantize is running).
@@ -32,6 +33,8 @@ def fault_point(name: str) -> None:
     _arrivals[name] = _arrivals.get(name, 0) + 1
     if _arrivals[name] != int(nth[0] if nth else 1):
         return
+    if sig == "raise":
+        raise RuntimeError(f"fault injected at {name} ({ENV})")
     signum = signal.Signals[sig.upper()]
     if os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signum)
