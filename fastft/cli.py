@@ -403,14 +403,19 @@ def evaluate(run, data, samples, max_new_tokens, as_json):
 @main.command()
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--exports-dir", default="exports", show_default=True, type=click.Path(file_okay=False))
-def demo(runs_dir, exports_dir):
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the libraries' own output instead of logging it to the run's train.log.")
+def demo(runs_dir, exports_dir, verbose):
     """The whole pipeline on the built-in tiny model: no GPU, no network, a few minutes.
 
     Trains on examples/favorite_color.jsonl, exports a q4_k_m GGUF with its Modelfile, and asks
     the GGUF "What is your favorite color?" through llama.cpp (built once from PyPI's sdist).
     """
-    from .demo import run_demo
-    ok = run_demo(Path(runs_dir), Path(exports_dir), console)
+    from .quiet import captured
+
+    with captured(None, console, verbose, what="demo"):   # then the demo run's train.log
+        from .demo import run_demo
+        ok = run_demo(Path(runs_dir), Path(exports_dir), console)
     sys.exit(0 if ok else 1)
 
 
