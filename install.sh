@@ -22,8 +22,9 @@ C=(-c "$LOCK")
 if [ $RELOCK = 1 ]; then
   C=()
 elif [ -n "${FASTFT_TORCH:-}" ]; then
-  # Another torch build pins its own triton and CUDA libraries: drop the lock's pins of those.
-  grep -vE '^(torch|torchvision|triton|nvidia-|cuda-)' "$LOCK" > "$VENV/constraints-own-torch.txt"
+  # Another torch build pins its own triton and CUDA libraries, and torchvision/torchao builds
+  # follow torch's version: drop the lock's pins of those.
+  grep -vE '^((torch|torchvision|torchao|triton)==|(nvidia|cuda)-)' "$LOCK" > "$VENV/constraints-own-torch.txt"
   C=(-c "$VENV/constraints-own-torch.txt")
 fi
 pip install -q ${C[@]+"${C[@]}"} --upgrade pip
@@ -37,8 +38,9 @@ else
 fi
 
 # Unsloth 2026.10.9 is installed in two steps: its own requirements pull torchvision, which
-# pip resolves to a build that does not match torch 2.13 ("operator torchvision::nms does not
-# exist" breaks transformers imports), and on some mirrors certifi>=2026.10.19 is missing.
+# pip may resolve to a build that does not match the torch installed (with torch 2.13's CPU
+# wheel, "operator torchvision::nms does not exist" broke transformers imports), and on some
+# mirrors certifi>=2026.10.19 is missing.
 # 2026.10.7 brings the same dependency set (transformers 5.17, trl 1.15, datasets 4.8, peft,
 # bitsandbytes, xformers, triton); 2026.10.9 then replaces it without touching dependencies.
 pip install -q ${C[@]+"${C[@]}"} unsloth==2026.10.7 unsloth_zoo==2026.10.7
