@@ -305,7 +305,8 @@ def doctor(as_json):
     """
     from .doctor import diagnose, print_report
 
-    report = diagnose()
+    with console.status("checking the GPU, the libraries (importing them), llama.cpp, ollama"):
+        report = diagnose()
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

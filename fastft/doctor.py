@@ -13,6 +13,7 @@ GPU facts.
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from packaging.specifiers import SpecifierSet
 # inside the version range fastft declares (pyproject.toml, read back from fastft's metadata).
 PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "bitsandbytes",
             "datasets")
+IMPORTS = ("unsloth", "transformers", "trl", "peft", "datasets")   # torch is imported in-process
 LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"   # in a source checkout
 MIN_VRAM_GIB = 6      # Qwen3-4B in 4-bit at micro-batch 2 needs about 4 GB, plus headroom
 MIN_DISK_GIB = 20     # a 4B run's checkpoints plus an export (16-bit merge + GGUFs)
@@ -88,6 +90,32 @@ def locked_versions(lock: Path | None = None) -> dict[str, str]:
     return pins
 
 
+# Imported in a separate process, in the order fastft imports them (Unsloth first): a broken
+# install (say, a torchvision built for another torch) fails here, not in the middle of a run.
+_IMPORT_PROBE = """
+import json, sys
+errors = {}
+for name in sys.argv[1:]:
+    try:
+        __import__(name)
+    except BaseException as e:
+        errors[name] = (type(e).__name__ + ": " + str(e)).strip()[:300]
+sys.stdout.write("\\n" + json.dumps(errors))
+"""
+
+
+def import_errors(modules: list[str]) -> dict[str, str]:
+    """Module -> why `import module` fails, for those that fail (a few seconds: imports Unsloth)."""
+    if not modules:
+        return {}
+    try:
+        p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True,
+                           text=True, timeout=600, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return {m: "the import check itself failed to run" for m in modules}
+
+
 def find_ollama() -> str | None:
     return shutil.which("ollama")
 
@@ -100,9 +128,10 @@ def _norm(name: str) -> str:
 
 def diagnose() -> Report:
     versions = {name: package_version(name) for name in PACKAGES}
+    broken = import_errors([m for m in IMPORTS if versions[m] is not None])
     checks = [_python()]
     checks += _torch_checks()
-    checks += [_package(name, versions[name]) for name in PACKAGES]
+    checks += [_package(name, versions[name], broken.get(name)) for name in PACKAGES]
     checks += [_llama_cpp(), _ollama(), _disk(), _hf_cache(), _offline()]
     return Report([c for c in checks if c is not None], versions)
 
@@ -114,9 +143,12 @@ def _python() -> Check:
                  "" if ok else "fastft needs Python 3.10 or newer")
 
 
-def _package(name: str, version: str | None) -> Check:
+def _package(name: str, version: str | None, import_error: str | None = None) -> Check:
     if version is None:
         return Check(name, "fail", "not installed", "install fastft's dependencies: bash install.sh")
+    if import_error:
+        return Check(name, "fail", version, f"`import {name}` fails: {import_error}; reinstall "
+                                            f"with bash install.sh")
     wanted = pinned_ranges().get(_norm(name))
     if wanted is not None and not wanted.contains(version, prereleases=True):
         return Check(name, "fail", version, f"fastft needs {name}{wanted}: bash install.sh "

@@ -160,22 +160,24 @@ def _fd_stream(fd: int, current: IO[str]) -> IO[str]:
 
 
 def _pin_console(console):
-    """Point `console` at a duplicate of the descriptor it writes to (when that is fd 1 or 2),
-    with its width measured now, while the descriptors are still the terminal's. Returns the
-    function that undoes it."""
+    """Keep `console` writing where it writes now: a duplicate of that descriptor when it is fd 1
+    or 2 (with the width measured now, while they are still the terminal's), else that very
+    stream (under CliRunner, a buffer that sys.stderr stops pointing at). Returns the undo."""
     if console is None or _stack:   # nested: the outer capture pinned it already
         return lambda: None
     old_file, old_width = console._file, console._width
     target = console.file
     fd = _fileno(target)
-    if fd not in (STDOUT, STDERR):
-        return lambda: None
-    console.width = console.width
-    console.file = open(os.dup(fd), "w", encoding=getattr(target, "encoding", None) or "utf-8",
-                        errors="replace", buffering=1)
+    owned = None
+    if fd in (STDOUT, STDERR):
+        console.width = console.width
+        owned = open(os.dup(fd), "w", encoding=getattr(target, "encoding", None) or "utf-8",
+                     errors="replace", buffering=1)
+    console.file = owned or target
 
     def restore():
-        console.file.close()
+        if owned is not None:
+            owned.close()
         console._file, console._width = old_file, old_width
     return restore
 

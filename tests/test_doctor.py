@@ -18,6 +18,16 @@ ROWS = {"python", "gpu", "driver / CUDA", "llama.cpp", "ollama", "free disk", "H
         "offline mode", *doctor.PACKAGES}
 
 
+REAL_IMPORT_CHECK = doctor.import_errors
+
+
+@pytest.fixture(autouse=True)
+def no_import_check(monkeypatch):
+    """The import check runs in a process of its own and imports Unsloth (seconds): the tests
+    that are not about it skip it; those that are put the real one back."""
+    monkeypatch.setattr(doctor, "import_errors", lambda modules: {})
+
+
 def run_doctor(*args: str):
     return CliRunner().invoke(main, ["doctor", *args])
 
@@ -43,15 +53,33 @@ def test_json_shape():
 
 
 def test_this_cpu_machine_can_train(monkeypatch):
-    """No GPU is a warning, not a failure: the tiny model trains on CPU."""
+    """No GPU is a warning, not a failure: the tiny model trains on CPU. (The real import check.)"""
     import torch
 
-    result = run_doctor()
+    monkeypatch.setattr(doctor, "import_errors", REAL_IMPORT_CHECK)
+
+    result = run_doctor("--json")
     assert result.exit_code == 0, result.output
-    assert "ready to train" in result.stdout
-    gpu = checks(run_doctor("--json"))["gpu"]
+    gpu = checks(result)["gpu"]
     if not torch.cuda.is_available():
         assert gpu["status"] == "warn" and "CUDA GPU" in gpu["hint"]
+    monkeypatch.setattr(doctor, "import_errors", lambda modules: {})
+    assert "ready to train" in run_doctor().stdout
+
+
+def test_the_import_check_names_what_fails():
+    errors = REAL_IMPORT_CHECK(["json", "no_such_module_for_doctor"])
+    assert list(errors) == ["no_such_module_for_doctor"]
+    assert errors["no_such_module_for_doctor"].startswith("ModuleNotFoundError")
+
+
+def test_a_package_that_fails_to_import_fails(monkeypatch):
+    monkeypatch.setattr(doctor, "import_errors",
+                        lambda modules: {"trl": "ImportError: cannot import name 'x'"})
+    result = run_doctor("--json")
+    assert result.exit_code == 1
+    row = checks(result)["trl"]
+    assert row["status"] == "fail" and "`import trl` fails: ImportError" in row["hint"]
 
 
 @pytest.mark.parametrize("package", ["trl", "torch", "unsloth"])

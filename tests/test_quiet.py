@@ -135,6 +135,28 @@ def test_after_a_failure_the_log_is_kept_and_named(tmp_path):
     assert "noise-fd2" not in p.stderr and "noise-after-move" in (tmp_path / "run.log").read_text()
 
 
+def test_under_click_runner_the_console_keeps_its_stream(tmp_path, monkeypatch):
+    """CliRunner's streams are buffers that no descriptor switch reaches: the libraries' Python
+    prints still go to the log, fastft's console output to the buffer."""
+    import io
+
+    from rich.console import Console
+
+    from fastft.quiet import captured
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    console = Console(stderr=True)
+    with captured(tmp_path / "log", console):
+        print("noise-out")
+        print("noise-err", file=sys.stderr)
+        console.print("own line")
+    console.print("after")
+    assert err.getvalue() == "own line\nafter\n" and out.getvalue() == ""
+    assert (tmp_path / "log").read_text() == "noise-out\nnoise-err\n"
+
+
 # -- a real tiny `fastft train` -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
