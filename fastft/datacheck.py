@@ -51,6 +51,7 @@ class CheckResult:
         return {"file": str(ds.path), "ok": self.ok, "formats": dict(ds.formats.most_common()),
                 "examples": len(ds.examples), "records_with_problems": ds.skipped,
                 "problems": [asdict(i) for i in self.issues],
+                "warnings": [asdict(i) for i in ds.warnings],
                 "messages": sum(len(e.messages) for e in ds.examples),
                 "tokens": self.token_stats(), "max_seq_len": self.max_seq_len,
                 "over_max_seq_len": self.too_long, "skip_invalid": self.skip_invalid,
@@ -106,6 +107,10 @@ def print_check(result: CheckResult, console: Console) -> None:
         console.print(f"[red]✗[/] {escape(str(issue))}", highlight=False)
     if len(result.issues) > 200:
         console.print(f"[red]… and {len(result.issues) - 200} more problems[/]")
+    for warning in ds.warnings[:50]:    # the records are kept: worth a look, not a failure
+        console.print(f"[yellow]![/] {escape(str(warning))}", highlight=False)
+    if len(ds.warnings) > 50:
+        console.print(f"[yellow]… and {len(ds.warnings) - 50} more warnings[/]")
     t = Table(title=f"Dataset {ds.path}", show_header=False, title_justify="left")
     t.add_row("format", ", ".join(f"{k} ({v})" for k, v in ds.formats.most_common()) or "-")
     t.add_row("examples", f"{len(ds.examples)} valid, {len(ds.issues)} problems in {ds.skipped} records")

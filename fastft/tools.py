@@ -86,12 +86,12 @@ def _string_problem(s: str) -> str | None:
 
 def _number(x: int | float) -> tuple[Any, str | None]:
     """(x as training writes it, or a problem): equal to what Go prints for float64(x)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return x, f"{json.dumps(x)} is not valid JSON"
     try:
         go = go_json_number(float(x))
     except OverflowError:
         return x, "is too large for a 64-bit float, which ollama reads numbers as"
-    if isinstance(x, float) and not math.isfinite(x):
-        return x, f"{x} is not valid JSON"
     whole = isinstance(x, float) and x.is_integer()
     for candidate in ([int(x), x] if whole else [x, float(x)] if isinstance(x, int) else [x]):
         if json.dumps(candidate) == go:
@@ -190,9 +190,10 @@ def _call(call: Any, where: str, problems: Problems) -> dict:
             problems.append((fn_where, f"expected an object, got {_kind(fn)}"))
             return {}
     out = {"type": "function", "function": {"name": _name(fn.get("name"), f"{fn_where}.name", problems)}}
-    if "arguments" not in fn:
+    if "arguments" in fn:
+        out["function"]["arguments"] = _arguments(fn["arguments"], f"{fn_where}.arguments", problems)
+    else:
         problems.append((f"{fn_where}.arguments", "missing"))
-    out["function"]["arguments"] = _arguments(fn.get("arguments"), f"{fn_where}.arguments", problems)
     if "id" in call:
         if isinstance(call["id"], str):
             out["id"] = call["id"]
