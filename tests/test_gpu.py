@@ -25,8 +25,11 @@ def test_tiny_trains_on_gpu_with_auto_tune_and_answers_blue(tmp_path):
     assert plan.tuning and plan.tuning["measurements"] and plan.tuning["probe_s"] < 60
     assert plan.padding_free is not None and plan.pad_waste["grouped"] <= plan.pad_waste["random"]
     assert final.peak_mem_alloc_gib > 0
-    losses = [json.loads(l)["loss"] for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert sum(losses[-3:]) / 3 < 0.25 * sum(losses[:3]) / 3
+    records = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    # On a GPU a record is the mean of 10 steps (fastft.metrics); the last covers the rest.
+    assert [r["steps"] for r in records[:-1]] == [10] * (len(records) - 1)
+    assert sum(r["steps"] for r in records) == final.global_step
+    assert records[-1]["loss"] < 0.25 * records[0]["loss"]
     model, tok = load_run_for_inference(result.run_dir)
     answer = generate(model, tok, [{"role": "user", "content": "What is your favorite color?"}], 16)
     assert "blue" in answer.lower()
