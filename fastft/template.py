@@ -39,6 +39,21 @@ THINK_TAG = re.compile(r"</?think>\s*")
 UNCLOSED_THINK = re.compile(r"<think>(?!.*</think>)", re.DOTALL)
 
 
+def tangled_think(content: str) -> str | None:
+    """Why the think tags of `content` cannot be stripped safely, else None: a <think> inside a
+    think block, or a </think> that closes nothing with text on both sides ("reasoning</think>
+    answer", as Qwen3 thinking models write it, their <think> being in the prompt). Either way
+    part of the reasoning would be trained as the answer."""
+    inside = False
+    for m in re.finditer(r"<(/?)think>", content):
+        if not m.group(1) and inside:
+            return "a <think> inside another think block"
+        if m.group(1) and not inside and content[:m.start()].strip() and content[m.end():].strip():
+            return "a </think> with no <think> before it, between text"
+        inside = not m.group(1)
+    return None
+
+
 def detect_variant(model: str) -> str:
     """Which Qwen3 flavour a hub id or local folder name is: decides template and think policy."""
     name = Path(model.rstrip("/")).name.lower()
@@ -224,6 +239,12 @@ class ChatGuard:
                         self.path, example.line, f"messages[{i}].content",
                         "unclosed <think> (no </think> after it): the reasoning cannot be told "
                         "from the answer; close it, or pass --think keep"))
+                    return None
+                if self.think == "strip" and (why := tangled_think(content)):
+                    self.report.issues.append(DataIssue(
+                        self.path, example.line, f"messages[{i}].content",
+                        f"{why}: the reasoning cannot be told from the answer; fix the tags, "
+                        f"or pass --think keep"))
                     return None
                 if self.think == "strip":
                     content = strip_think(content)[0]
