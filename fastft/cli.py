@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from . import __version__
 from .config import TrainConfig, flag_names, resolve_config, to_toml
+from .distributed import rank_failed
 from .errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError
 
 console = Console(stderr=True)   # diagnostics: progress, status, warnings, errors
@@ -34,15 +35,18 @@ class FastftGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FastftError as e:
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            if not rank_failed(e, EXIT_USER_ERROR):   # one of N training processes: the launcher says it
+                console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             ctx.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            console.print("[bold red]interrupted[/]", highlight=False)
+        except KeyboardInterrupt as e:
+            if not rank_failed(e, EXIT_INTERRUPTED):
+                console.print("[bold red]interrupted[/]", highlight=False)
             ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
-            report_bug(e, debug=ctx.params.get("debug", False))
+            if not rank_failed(e, EXIT_INTERNAL_ERROR):
+                report_bug(e, debug=ctx.params.get("debug", False))
             ctx.exit(EXIT_INTERNAL_ERROR)
 
 
@@ -132,9 +136,11 @@ def given_flag(key: str, value) -> str:
 
 def _metavar(annotation) -> str:
     base = {int: "INT", float: "FLOAT"}
+    words = [w for t in typing.get_args(annotation) if typing.get_origin(t) is typing.Literal
+             for w in typing.get_args(t)]   # int or "auto": INT|auto
     for t in (annotation, *typing.get_args(annotation)):
         if t in base:
-            return base[t]
+            return "|".join([base[t], *words])
     return "TEXT"
 
 
@@ -214,7 +220,8 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
     runs/latest at it. Every option can also come from a TOML file (--config).
     """
     if resume:
-        given = [given_flag(k, v) for k, v in flags.items() if v is not None]
+        cfg = None   # --gpus may come along: a resume needs the GPU count it was trained with
+        given = [given_flag(k, v) for k, v in flags.items() if v is not None and k != "gpus"]
         if data or config_file or given:
             raise click.UsageError(f"--resume continues with the run's saved config; drop "
                                    f"{', '.join(given + ['DATA'] * bool(data) + ['--config'] * bool(config_file))}")
@@ -227,6 +234,13 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
         if print_config:
             click.echo(to_toml(cfg), nl=False)
             return
+    from .launch import dispatch
+
+    # Several GPUs: this command again in N processes through torchrun (fastft.launch).
+    code = dispatch(cfg, resume, flags.get("gpus"),
+                    train_argv(data, config_file, resume, verbose, as_json, flags), console, verbose)
+    if code is not None:
+        sys.exit(code)
     from .quiet import captured
 
     # From Unsloth's import on, the libraries' output goes to the run's train.log (-v: stderr).
@@ -245,10 +259,23 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
                       f"with:\n  fastft train --resume {escape(str(e.folder.path))}", highlight=False,
                       soft_wrap=True)
         sys.exit(EXIT_INTERRUPTED)
+    if result.record.final is None:   # a rank other than 0 (--gpus N): rank 0 reports the run
+        return
     if as_json:
         click.echo(json.dumps(run_summary(result.folder, result.record), indent=2))
     else:
         print_run_summary(result.folder, result.record, out)
+
+
+def train_argv(data, config_file, resume, verbose, as_json, flags: dict) -> list[str]:
+    """This `fastft train` command's arguments as given, for the processes torchrun starts."""
+    debug = click.get_current_context().find_root().params.get("debug")
+    args = ["--debug"] * bool(debug) + ["train"] + [data] * bool(data)
+    args += ["--config", config_file] * bool(config_file) + ["--resume", resume] * bool(resume)
+    for key, value in flags.items():
+        if value is not None:
+            args += [given_flag(key, value)] + ([] if isinstance(value, bool) else [str(value)])
+    return args + ["-v"] * verbose + ["--json"] * as_json
 
 
 # -- export -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ loaded. Cheap to import: no torch, no transformers.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -66,6 +66,11 @@ class TrainConfig(BaseModel):
     max_steps: int = opt(-1, "Stop after this many optimizer steps (overrides --epochs; -1: off).", ge=-1)
     batch_size: int = opt(2, "Micro-batch per step; batch-size x grad-accum is the effective batch.", ge=1)
     grad_accum: int = opt(4, "Micro-batches per optimizer step.", ge=1)
+    # Data-parallel through torchrun (fastft.launch): one process per GPU, each with a full copy
+    # of the model; batch-size x grad-accum stays the effective batch of the whole run.
+    gpus: Union[int, Literal["auto"]] = opt(1, "GPUs to train on, data-parallel: N, or auto (every "
+                                               "visible GPU). The effective batch stays batch-size x "
+                                               "grad-accum, shared out among the GPUs.")
     auto_batch: bool = opt(True, "On a GPU, measure micro-batch, padding and checkpointing candidates "
                                  "on your data and keep the fastest that fits (same effective batch).")
     vram_budget: Optional[float] = opt(None, "GiB of GPU memory training may use (as on a smaller card).", gt=0)
@@ -109,6 +114,11 @@ class TrainConfig(BaseModel):
         # A flag gives "q_proj,v_proj"; TOML gives a list. Both become a tuple here.
         return tuple(m.strip() for m in v.split(",") if m.strip()) if isinstance(v, str) else v
 
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v):
+        return parse_gpus(v)
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v):
@@ -139,6 +149,15 @@ class TrainConfig(BaseModel):
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.grad_accum
+
+
+def parse_gpus(v) -> int | str:
+    """`--gpus`: a number of GPUs (1 or more; a flag gives it as text) or "auto"."""
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise ValueError("use a number of GPUs (1 or more) or auto")
+    return v
 
 
 def describe(e: ValidationError) -> str:

@@ -58,14 +58,16 @@ class DataInfo(_Record):
 class Plan(_Record):
     """What the run derived from its config on this machine; a resume reuses it as it is."""
     model_path: str              # what from_pretrained was given: a local folder or a hub id
-    batch_size: int              # micro-batch actually used
-    grad_accum: int
+    batch_size: int              # micro-batch actually used (on each GPU)
+    grad_accum: int              # ... and accumulation: x world_size GPUs = the effective batch
     padding_free: Optional[bool]  # None: left to Unsloth (CPU, packing)
     gradient_checkpointing: str
     optim: str                   # the optimizer actually used (adamw_torch on CPU)
     group_by_length: bool
     pad_waste: Optional[dict] = None   # {"random": share, "grouped": share} of padded tokens
     tuning: Optional[dict] = None      # auto-tune's choice and measurements
+    world_size: int = 1                # data-parallel processes, one per GPU (a resume needs as many)
+    launcher: Optional[str] = None     # what started them: "torchrun" (fastft train --gpus N)
 
 
 class Final(_Record):
@@ -226,6 +228,10 @@ class RunFolder:
     def last_checkpoint(self) -> Path | None:
         cks = self.checkpoints()
         return cks[-1] if cks else None
+
+    def has_trained(self) -> bool:
+        """It recorded a step or saved a checkpoint: worth keeping after a failure."""
+        return self.metrics_file.exists() or bool(self.checkpoints())
 
     def discard(self) -> None:
         """Remove a run that never trained a step, and a `latest` link pointing at it."""

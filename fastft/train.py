@@ -28,6 +28,7 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from . import distributed  # noqa: E402
 from .cache import building, sha256_file  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
@@ -70,35 +71,46 @@ def train(cfg: TrainConfig, ui=None) -> Run:
     check_model_name(cfg.model)
     if cfg.tensorboard:
         require_tensorboard()
+    main = distributed.start(cfg.gpus).is_main   # with --gpus N: one of N processes
     loaded = load_data(cfg)  # before the paths are made absolute: errors name the file as given
     cfg = cfg.model_copy(update=_absolute_paths(cfg))
-    folder = RunFolder.new(cfg.runs_dir, cfg.name or default_run_name(cfg.data))
-    check_train_space(cfg, cfg.runs_dir, resolve_model(cfg.model).path)
-    folder.create()
-    move_log(folder.train_log)  # the libraries' output so far, and from now on, goes there
+    # Rank 0 names (the default name holds the time) and creates the folder; the others open it.
+    folder = distributed.from_main(lambda: _create_folder(cfg))
+    if main:
+        move_log(folder.train_log)  # the libraries' output so far, and from now on, goes there
     try:
-        with folder.lock():
+        with folder.lock() if main else contextlib.nullcontext():
             return _execute(cfg, folder, loaded, None, None, ui, new_run=True)
     except BaseException:
         # Nothing trained yet (a load, guard or tokenisation error, an early Ctrl-C): an empty
         # run folder would only be in the way of the next attempt's name and of runs/latest.
-        if not _has_trained(folder):
+        if main and not folder.has_trained():
             folder.discard()
         raise
 
 
-def _has_trained(folder: RunFolder) -> bool:
-    return folder.metrics_file.exists() or bool(folder.checkpoints())
+def _create_folder(cfg: TrainConfig) -> RunFolder:
+    folder = RunFolder.new(cfg.runs_dir, cfg.name or default_run_name(cfg.data))
+    check_train_space(cfg, cfg.runs_dir, resolve_model(cfg.model).path)
+    folder.create()
+    distributed.note_run_folder(folder.path, new=True)
+    return folder
 
 
 def resume(path: str | os.PathLike, ui=None) -> Run:
     """Continue a run from its last complete checkpoint, with exactly the config and plan it saved."""
     from .ui import NullUI
     ui = ui or NullUI()
+    main = distributed.start(None).is_main
     folder = RunFolder.open(path)
-    with folder.lock():
-        move_log(folder.train_log)
+    with folder.lock() if main else contextlib.nullcontext():
+        if main:
+            move_log(folder.train_log)
+            distributed.note_run_folder(folder.path, new=False)
         saved = folder.read()
+        if saved.plan.world_size != distributed.world().size:
+            raise TrainError(distributed.mismatch(folder.name, saved.plan.world_size,
+                                                  distributed.world().size))
         if saved.config.tensorboard:
             require_tensorboard()
         checkpoint = folder.last_checkpoint()  # None (killed before one was saved): from step 0
@@ -106,8 +118,10 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
         if sha256_file(saved.config.data) != saved.data.sha256:
             raise TrainError(f"{saved.config.data} changed since {folder.name} started (sha256 "
                              f"differs); resuming would train on other data: start a new run")
-        check_train_space(saved.config, folder.path, saved.plan.model_path)
-        _drop_after(folder, checkpoint, ui)
+        if main:
+            check_train_space(saved.config, folder.path, saved.plan.model_path)
+            _drop_after(folder, checkpoint, ui)
+        distributed.barrier()   # the others start once rank 0 has cleaned up after the checkpoint
         return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
 
 
@@ -165,7 +179,8 @@ def _load(cfg: TrainConfig, ui):
 def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
              saved_plan: Plan | None, ui, new_run: bool) -> Run:
     from .ui import NullUI
-    ui = ui or NullUI()
+    main = distributed.world().is_main
+    ui = ui if ui is not None and main else NullUI()   # with --gpus N, rank 0 alone reports
     t0 = time.perf_counter()
     ref, model, tokenizer = _load(cfg, ui)
     timings = {"load_s": time.perf_counter() - t0}
@@ -179,7 +194,8 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
 
     first_mode = saved_plan.gradient_checkpointing if saved_plan else _initial_checkpointing(cfg)
     model = attach_lora(model, cfg, first_mode)
-    plan = saved_plan or plan_batches(cfg, ref.path, model, tokenizer, data, ui)
+    plan = saved_plan or distributed.from_main(   # auto-tune on rank 0, its plan for every rank
+        lambda: plan_batches(cfg, ref.path, model, tokenizer, data, ui, distributed.world().size))
     if plan.gradient_checkpointing != first_mode:
         from .autobatch import set_checkpointing
         set_checkpointing(model, plan.gradient_checkpointing)
@@ -188,19 +204,28 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
     versions, hardware = environment()
     record = RunRecord(config=cfg, plan=plan, variant=guard.variant, guard=guard.report.to_dict(),
                        data=data_info(cfg, data), versions=versions, hardware=hardware)
-    folder.write(record)
+    _write(folder, record)
 
     t1 = time.perf_counter()
     fit(trainer, metrics, folder, record, checkpoint, ui, new_run)
     timings["train_s"] = time.perf_counter() - t1
 
-    save_adapter(model, tokenizer, folder.adapter)
-    timings["total_s"] = time.perf_counter() - t0
-    record = record.model_copy(update=dict(status="done", timings=timings,
-                                           final=final_metrics(trainer, metrics, folder)))
-    folder.write(record)
-    plot_run(folder, trainer.state.log_history, ui)  # loss.png, over the whole run
+    distributed.dump_weights_digest(model)   # a test hook; nothing unless asked for
+    if main:   # DDP kept every rank's weights equal: rank 0 saves them
+        save_adapter(model, tokenizer, folder.adapter)
+        timings["total_s"] = time.perf_counter() - t0
+        record = record.model_copy(update=dict(status="done", timings=timings,
+                                               final=final_metrics(trainer, metrics, folder)))
+        folder.write(record)
+        plot_run(folder, trainer.state.log_history, ui)  # loss.png, over the whole run
+    distributed.finish()
     return Run(folder, record)
+
+
+def _write(folder: RunFolder, record: RunRecord) -> None:
+    """fastft.json, written by rank 0 alone when several processes train."""
+    if distributed.world().is_main:
+        folder.write(record)
 
 
 def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path | None, ui,
@@ -210,18 +235,18 @@ def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path
     stop = SaveOnInterrupt()
     trainer.add_callback(SaveEveryMinutes(record.config.save_minutes))
     trainer.add_callback(stop)
-    trainer.add_callback(FirstStep(folder if new_run else None))
+    trainer.add_callback(FirstStep(folder if new_run and distributed.world().is_main else None))
     try:
         with ui.training(metrics) as progress, stop.installed():
             trainer.add_callback(progress)
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except BaseException as e:  # the record says how the run ended, then the error goes on
         stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
-        folder.write(record.model_copy(update={"status": "interrupted" if stopped else "failed"}))
+        _write(folder, record.model_copy(update={"status": "interrupted" if stopped else "failed"}))
         raise
     state = trainer.state
-    if stop.interrupted and state.global_step < state.max_steps:
-        folder.write(record.model_copy(update={"status": "interrupted"}))
+    if stop.stopped and state.global_step < state.max_steps:
+        _write(folder, record.model_copy(update={"status": "interrupted"}))
         raise TrainInterrupted(folder, state.global_step, folder.last_checkpoint())
 
 
@@ -239,7 +264,8 @@ class SaveEveryMinutes(TrainerCallback):
         self.last = time.monotonic()
 
     def on_step_end(self, args, state, control, **kw):
-        if self.seconds > 0 and time.monotonic() - self.last >= self.seconds:
+        # With --gpus N every rank saves at the same step, when any rank's clock says so.
+        if distributed.any_rank(self.seconds > 0 and time.monotonic() - self.last >= self.seconds):
             control.should_save = True
 
     def on_save(self, args, state, control, **kw):
@@ -253,6 +279,7 @@ class SaveOnInterrupt(TrainerCallback):
 
     def __init__(self):
         self.interrupted = False
+        self.stopped = False
         self._previous = None
 
     @contextlib.contextmanager
@@ -272,7 +299,9 @@ class SaveOnInterrupt(TrainerCallback):
         self.interrupted = True
 
     def on_step_end(self, args, state, control, **kw):
-        if self.interrupted:
+        # torchrun passes Ctrl-C to every rank, each between other steps: they stop together.
+        if distributed.any_rank(self.interrupted):
+            self.stopped = True   # not `interrupted`: this rank's own first Ctrl-C may come later
             control.should_save = True
             control.should_training_stop = True
 
@@ -372,14 +401,18 @@ def attach_lora(model, cfg: TrainConfig, checkpointing: str):
         random_state=cfg.seed, use_rslora=cfg.rslora, use_dora=cfg.dora)
 
 
-def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: PreparedData, ui) -> Plan:
-    """Micro-batch, padding and checkpointing: measured by auto-tune on a GPU, else as configured."""
+def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: PreparedData, ui,
+                 world_size: int = 1) -> Plan:
+    """Micro-batch, padding and checkpointing: measured by auto-tune on a GPU, else as configured.
+    With `world_size` GPUs, each GPU's share of the effective batch (fastft.launch)."""
     import torch
 
     from .autobatch import choose_optimizer
     from .batching import grouped_batches, pad_waste, random_batches
+    from .launch import per_device_batch
     on_gpu = torch.cuda.is_available()
-    batch_size, grad_accum = cfg.batch_size, cfg.grad_accum
+    batch_size, grad_accum = per_device_batch(cfg.batch_size, cfg.grad_accum, world_size)
+    cfg = cfg.model_copy(update=dict(batch_size=batch_size, grad_accum=grad_accum))  # auto-tune's
     checkpointing, tuning = _initial_checkpointing(cfg), None
     # bitsandbytes' 8-bit AdamW needs CUDA.
     optim = choose_optimizer(cfg.optim, model, cfg.vram_budget) if on_gpu else "adamw_torch"
@@ -405,8 +438,9 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
                   f"(random batches: {waste['random']:.0%})")
     return Plan(model_path=model_path, batch_size=batch_size, grad_accum=grad_accum,
                 padding_free=padding_free, gradient_checkpointing=checkpointing,
-                optim=optim,
-                group_by_length=group, pad_waste=waste, tuning=tuning)
+                optim=optim, group_by_length=group, pad_waste=waste, tuning=tuning,
+                world_size=world_size,
+                launcher=distributed.launcher_name() if world_size > 1 else None)
 
 
 # -- the trainer -------------------------------------------------------------------------------
@@ -429,9 +463,10 @@ def make_trainer(cfg: TrainConfig, plan: Plan, model, tokenizer, data: PreparedD
         # Lengths as the trainer will batch them (after any filtering of its own).
         trainer.fastft_lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     trainer.remove_callback(PrinterCallback)  # rich progress replaces its raw log dicts
-    if cfg.tensorboard:
+    main = distributed.world().is_main
+    if cfg.tensorboard and main:
         log_tensorboard_to(trainer, folder.tensorboard_dir)
-    metrics = StepMetrics(folder.metrics_file)
+    metrics = StepMetrics(folder.metrics_file if main else None)   # rank 0 keeps the records
     trainer.add_callback(metrics)
     return trainer, metrics
 
@@ -470,6 +505,11 @@ def sft_config(cfg: TrainConfig, plan: Plan, folder: RunFolder, has_eval: bool):
         pad_to_multiple_of=PAD_MULTIPLE if plan.padding_free is False else None,
         dataset_num_proc=1, report_to="tensorboard" if cfg.tensorboard else "none",
         disable_tqdm=True,
+        # --gpus N (DDP): every LoRA weight takes part in every step, so DDP need not search the
+        # graph for unused ones each step; a rank that stops answering fails the run in time.
+        # The buffers (rotary tables) never change, so DDP need not broadcast them every forward.
+        ddp_find_unused_parameters=False, ddp_broadcast_buffers=False,
+        ddp_timeout=distributed.timeout_s(),
     )
 
 
@@ -493,10 +533,9 @@ def _trainer_class():
         _tokens = None   # non-padding tokens since the last log, summed on the device
 
         def _track_num_input_tokens(self, inputs):
-            # transformers reads each micro-batch's count off the GPU, a wait every step
-            # (see fastft.metrics); the sum stays on the device until the next log or save.
-            if self.args.world_size > 1:
-                return super()._track_num_input_tokens(inputs)
+            # transformers reads each micro-batch's count off the GPU (with --gpus N after
+            # gathering it from every GPU), a wait every step (see fastft.metrics); the sum
+            # stays on the device until the next log or save.
             ids, mask = inputs["input_ids"], inputs.get("attention_mask")
             pad = getattr(self.processing_class, "pad_token_id", None)
             n = mask.sum() if mask is not None else (ids != pad).sum() if pad is not None else ids.numel()
@@ -506,9 +545,15 @@ def _trainer_class():
             if self.control.should_save or self.control.should_evaluate:
                 self.control.should_log = True   # metrics.jsonl then ends at each checkpoint
             if self._tokens is not None and self.control.should_log:
-                self.state.num_input_tokens_seen += int(self._tokens)
+                # Every rank logs at the same steps: the run's tokens, summed over the GPUs.
+                tokens = self.accelerator.reduce(self._tokens) if self.args.world_size > 1 else self._tokens
+                self.state.num_input_tokens_seen += int(tokens)
                 self._tokens = None
             return super()._maybe_log_save_evaluate(*args, **kwargs)
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            with _optimizer_state_to_cpu(self.args.world_size > 1 and self.args.device.type == "cpu"):
+                return super()._load_optimizer_and_scheduler(checkpoint)
 
         # Named kill points for the fault-matrix tests (fastft.faults; a no-op unless set).
         def training_step(self, *args, **kwargs):
@@ -520,6 +565,20 @@ def _trainer_class():
             return super()._save_optimizer_and_scheduler(output_dir)
 
     return FastftTrainer
+
+
+@contextlib.contextmanager
+def _optimizer_state_to_cpu(needed: bool):
+    """Several processes on the CPU (FASTFT_DDP_ON_CPU, the tests): transformers loads a resumed
+    optimizer state onto args.device, there "cpu:<rank>", which torch.load cannot restore to."""
+    import torch
+    load = torch.load
+    if needed:
+        torch.load = lambda *a, map_location=None, **k: load(*a, map_location="cpu", **k)
+    try:
+        yield
+    finally:
+        torch.load = load
 
 
 # -- results -----------------------------------------------------------------------------------

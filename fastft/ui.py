@@ -90,7 +90,7 @@ def run_summary(folder, record) -> dict:
             "data": record.data.model_dump(include={"path", "examples", "train", "eval",
                                                    "truncated", "dropped", "trained_tokens"}),
             "plan": record.plan.model_dump(include={"batch_size", "grad_accum", "padding_free",
-                                                   "gradient_checkpointing", "optim"}),
+                                                   "gradient_checkpointing", "optim", "world_size"}),
             "final": record.final.model_dump() if record.final else None,
             "timings": record.timings}
 
@@ -100,7 +100,8 @@ def print_run_summary(folder, record, console: Console) -> None:
     t = Table(title=f"Run {folder.name}", show_header=False, title_justify="left")
     t.add_row("run folder", str(folder.path))
     t.add_row("model", f"{cfg.model} ({'4-bit' if cfg.load_in_4bit else '16-bit'})")
-    t.add_row("batch", f"{plan.batch_size} x {plan.grad_accum} accumulation, "
+    gpus = f" x {plan.world_size} GPUs" if plan.world_size > 1 else ""
+    t.add_row("batch", f"{plan.batch_size} x {plan.grad_accum} accumulation{gpus}, "
                        f"{'padding-free' if plan.padding_free else 'padded'}, "
                        f"checkpointing {plan.gradient_checkpointing}")
     t.add_row("steps", str(final.global_step))

@@ -1,0 +1,251 @@
+"""Inside a data-parallel run: which process this is, and the few things its processes agree on.
+
+`fastft train --gpus N` starts N copies of `fastft train` through torchrun (fastft.launch). Each
+reads its place from what torchrun puts in its environment (RANK, WORLD_SIZE, LOCAL_RANK) and
+trains on GPU LOCAL_RANK with a full copy of the model; DDP (through the Trainer) averages the
+gradients, so every copy takes the same optimizer steps. Rank 0 alone owns the run folder: it
+creates and locks it, writes fastft.json, metrics.jsonl, train.log, loss.png and the adapter,
+and runs auto-tune, whose plan it hands to the others (`from_main`).
+
+Decisions a process takes on its own must be taken together, or one rank would wait forever in a
+collective the others never join: a checkpoint every --save-minutes and the stop after Ctrl-C go
+through `any_rank`. Those small messages travel over a gloo group on the CPU, so they never make
+the host wait for the GPU. Every collective has a timeout (FASTFT_DIST_TIMEOUT_S, default 600 s):
+a rank that stops answering fails the run instead of hanging it.
+
+Alone (WORLD_SIZE unset or 1) everything here is a no-op that never imports torch.distributed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FastftError, TrainError
+
+LAUNCH_DIR_ENV = "FASTFT_LAUNCH_DIR"   # set by fastft.launch: each rank's output and failure go there
+TIMEOUT_ENV = "FASTFT_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600   # longer than auto-tune on rank 0 (< 2 min), which the others wait for
+# Test hooks, documented in tests/test_launch.py: each rank writes the SHA-256 of its LoRA weights
+# into this folder when training ends; only rank FASTFT_FAULT_RANK keeps FASTFT_FAULT (fastft.faults).
+WEIGHTS_DIR_ENV = "FASTFT_DEBUG_WEIGHTS_DIR"
+FAULT_RANK_ENV = "FASTFT_FAULT_RANK"
+
+_control = None   # the process group of the small CPU messages (gloo)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0      # the GPU this process trains on
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def launcher_name() -> str:
+    """What started these processes, for fastft.json."""
+    if any(k.startswith("ACCELERATE_") for k in os.environ):
+        return "accelerate"
+    return "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "unknown"
+
+
+def timeout_s() -> int:
+    return int(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+
+
+def mismatch(name: str, trained_on: int, now: int) -> str:
+    """Why a run trained by `trained_on` processes cannot go on in `now`."""
+    return (f"{name} was trained on {trained_on} GPU{'s' if trained_on > 1 else ''} "
+            f"(data-parallel processes); resuming on {now} would change how the batches are shared "
+            f"out and the data order: resume it with --gpus {trained_on}")
+
+
+# -- joining the others --------------------------------------------------------------------------
+
+def start(gpus: int | str | None) -> World:
+    """Join the other processes of this run (nothing to do alone): check that --gpus matches how
+    many were launched, take this process's GPU, and open the process groups with a timeout."""
+    w = world()
+    if isinstance(gpus, int) and gpus != w.size:
+        how = (f"torchrun started {w.size} processes" if w.size > 1
+               else "this process trains alone")
+        raise TrainError(f"--gpus {gpus}, but {how}: start it with `fastft train --gpus N`, which "
+                         f"launches the N processes, or pass --gpus {w.size} (or auto)")
+    if w.size == 1:
+        return w
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    global _control
+    if dist.is_initialized():
+        return w
+    timeout = datetime.timedelta(seconds=timeout_s())
+    if torch.cuda.is_available():
+        try:
+            torch.cuda.set_device(w.local_rank)
+        except (RuntimeError, AssertionError) as e:
+            raise TrainError(f"GPU {w.local_rank} (rank {w.rank} of {w.size}) is not usable: "
+                             f"{str(e).splitlines()[0]}") from None
+        # accelerate (the Trainer's) finds this group and keeps it, timeout included.
+        dist.init_process_group("nccl", timeout=timeout)
+        _control = dist.new_group(backend="gloo", timeout=timeout)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+        _control = dist.group.WORLD
+    return w
+
+
+def from_main(make):
+    """`make()` on rank 0 only; every rank gets its result (so this is a barrier too). If rank 0
+    fails, it exits, and the launcher stops the ranks waiting here."""
+    if world().size == 1:
+        return make()
+    import torch.distributed as dist
+
+    box = [make() if world().is_main else None]
+    dist.broadcast_object_list(box, src=0, group=_control)
+    return box[0]
+
+
+def barrier() -> None:
+    if world().size > 1:
+        import torch.distributed as dist
+        dist.barrier(group=_control)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any: a decision all ranks take at the same step."""
+    if world().size == 1:
+        return bool(flag)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(bool(flag))])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
+    return bool(t.item())
+
+
+def finish() -> None:
+    """Wait for rank 0's last writes (adapter, fastft.json, loss.png), then leave the groups."""
+    if world().size > 1:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            barrier()
+            dist.destroy_process_group()
+
+
+# -- a process that fastft.launch started ------------------------------------------------------
+
+def launch_dir() -> Path | None:
+    d = os.environ.get(LAUNCH_DIR_ENV)
+    return Path(d) if d and world().size > 1 else None
+
+
+def attach() -> None:
+    """First thing in a process that `fastft train --gpus N` started: its stdout and stderr go to
+    files in the launch folder (the launcher shows rank 0's on the terminal, keeps the others'),
+    it dies with the launcher, and the test-only fault (FASTFT_FAULT) stays on one rank."""
+    d, w = launch_dir(), world()
+    if d is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        f = os.open(d / f"rank{w.rank}.{name}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(f, fd)
+        os.close(f)
+    _die_with_parent()
+    if w.rank != 0:   # only rank 0's output reaches a terminal
+        for k in ("TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+            os.environ.pop(k, None)
+    fault_rank = os.environ.get(FAULT_RANK_ENV)
+    if fault_rank is not None and int(fault_rank) != w.rank:
+        os.environ.pop("FASTFT_FAULT", None)
+
+
+def _die_with_parent() -> None:
+    """Linux kills this process when its parent, torchrun's agent, dies (even by SIGKILL): a
+    rank is never left training, or waiting in a collective, on its own."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def rank_failed(e: BaseException, code: int) -> bool:
+    """In a process fastft.launch started: record why it failed for the launcher, which prints
+    one message for the whole run, and return True (then print nothing here). Else False."""
+    d = launch_dir()
+    if d is None:
+        return False
+    w = world()
+    if isinstance(e, FastftError):
+        kind, message = "error", str(e)
+    elif isinstance(e, KeyboardInterrupt):
+        kind, message = "interrupted", "interrupted"
+    else:
+        oom = type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+        kind, message = ("oom" if oom else "internal"), f"{type(e).__name__}: {e}"
+    torch = sys.modules.get("torch")   # not imported yet: it failed before any GPU work
+    gpu = torch is not None and torch.cuda.is_available()
+    record = {"rank": w.rank, "world": w.size, "local_rank": w.local_rank, "gpu": gpu, "kind": kind,
+              "message": message, "code": code, "time": time.time(),
+              "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
+    _write_json(d / f"failure-rank{w.rank}.json", record)
+    return True
+
+
+def note_run_folder(path: Path, new: bool) -> None:
+    """Rank 0 tells the launcher where the run is, so that after a failure it can mark the run
+    failed (or remove a new one that never trained a step), as one process does for itself."""
+    d = launch_dir()
+    if d is not None and world().is_main:
+        _write_json(d / "run-folder.json", {"path": str(path), "new": new})
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- test hook: the weights each rank ends with --------------------------------------------------
+
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 over a LoRA state dict's names and values (as float32), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def dump_weights_digest(model) -> None:
+    """With FASTFT_DEBUG_WEIGHTS_DIR set (tests only): write this rank's LoRA weights' digest, the
+    same function of the same tensors that rank 0 saves as the adapter."""
+    d = os.environ.get(WEIGHTS_DIR_ENV)
+    if not d:
+        return
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model)
+    _write_json(Path(d) / f"rank{world().rank}.json",
+                {"rank": world().rank, "sha256": weights_digest(state), "tensors": len(state)})
