@@ -26,8 +26,9 @@ def test_tiny_trains_on_gpu_with_auto_tune_and_answers_blue(tmp_path):
     assert plan.padding_free is not None and plan.pad_waste["grouped"] <= plan.pad_waste["random"]
     assert final.peak_mem_alloc_gib > 0
     records = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    # On a GPU a record is the mean of 10 steps (fastft.metrics); the last covers the rest.
-    assert [r["steps"] for r in records[:-1]] == [10] * (len(records) - 1)
+    # On a GPU a record is the mean of up to 10 steps (fastft.metrics): every 10 steps, and at
+    # each checkpoint (one per epoch here) and the last step.
+    assert all(1 <= r["steps"] <= 10 for r in records) and len(records) < final.global_step
     assert sum(r["steps"] for r in records) == final.global_step
     assert records[-1]["loss"] < 0.25 * records[0]["loss"]
     model, tok = load_run_for_inference(result.run_dir)
