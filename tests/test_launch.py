@@ -314,3 +314,32 @@ def _cmdline_has(proc: Path, text: str) -> bool:
         return text in (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_one_checkpoint_on_every_rank_at_the_same_step(runs, tiny_path):
+    """The launcher passes Ctrl-C on; each rank gets it between other steps, and they agree on
+    the step to save and stop at (fastft.distributed.any_rank), as one process does alone."""
+    import signal
+    import time
+    run = runs["tmp"] / "runs" / "ctrl-c"
+    env = {k: v for k, v in runs["env"].items() if k != "FASTFT_DEBUG_WEIGHTS_DIR"}
+    args = tiny_args(tiny_path, runs["tmp"] / "runs", "ctrl-c", "--gpus", "2")
+    args[args.index("--max-steps") + 1] = "200"
+    proc = subprocess.Popen([sys.executable, "-m", "fastft.cli", *args], cwd=runs["tmp"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").exists() and len(losses(run)) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    record = json.loads((run / "fastft.json").read_text())
+    step = len(losses(run))
+    assert record["status"] == "interrupted" and 2 <= step < 200
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("checkpoint-")] == [
+        f"checkpoint-{step}"]
+    assert (run / "checkpoints" / f"checkpoint-{step}" / "rng_state_1.pth").exists()   # rank 1 too
+    assert f"interrupted at step {step}, checkpoint checkpoint-{step} saved" in err
+    assert f"fastft train --resume {run}" in err
