@@ -219,6 +219,11 @@ def fastft(*args, env: dict, cwd: Path, timeout: int = 300) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
+def python_path() -> str:
+    """The repo first, then what the host had (the GPU host installs with --target)."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+
 def tiny_args(tiny_path, runs: Path, name: str, *extra) -> list[str]:
     # Effective batch 8: 4 x 2 in one process, 4 x 1 in each of two.
     return ["train", str(EXAMPLE), "--model", str(tiny_path), "--runs-dir", str(runs), "--name", name,
@@ -229,9 +234,10 @@ def tiny_args(tiny_path, runs: Path, name: str, *extra) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tiny_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
+    # CPU processes even on a GPU host: CUDA_VISIBLE_DEVICES="" hides the GPUs.
     env = dict(os.environ, FASTFT_CACHE=str(tmp / "cache"), FASTFT_DDP_ON_CPU="1",
-               FASTFT_DEBUG_WEIGHTS_DIR=str(tmp / "weights"), HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+               CUDA_VISIBLE_DEVICES="", FASTFT_DEBUG_WEIGHTS_DIR=str(tmp / "weights"),
+               HF_HUB_OFFLINE="1", PYTHONPATH=python_path(), OMP_NUM_THREADS="1")
     (tmp / "weights").mkdir()
     two = fastft(*tiny_args(tiny_path, tmp / "runs", "two", "--gpus", "2", "--json"), env=env, cwd=tmp)
     weights = {p.stem: json.loads(p.read_text()) for p in (tmp / "weights").glob("rank*.json")}
@@ -343,3 +349,24 @@ def test_ctrl_c_saves_one_checkpoint_on_every_rank_at_the_same_step(runs, tiny_p
     assert (run / "checkpoints" / f"checkpoint-{step}" / "rng_state_1.pth").exists()   # rank 1 too
     assert f"interrupted at step {step}, checkpoint checkpoint-{step} saved" in err
     assert f"fastft train --resume {run}" in err
+
+
+@pytest.mark.gpu
+def test_two_gpus_train_with_auto_tune_on_rank_0_and_end_equal(tmp_path, tiny_path):
+    """On 2 real GPUs (NCCL): auto-tune runs on rank 0, both ranks use its plan, and both end
+    with the adapter rank 0 saved."""
+    import torch
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    env = dict(os.environ, FASTFT_DEBUG_WEIGHTS_DIR=str(tmp_path / "weights"), HF_HUB_OFFLINE="1",
+               PYTHONPATH=python_path())
+    (tmp_path / "weights").mkdir()
+    r = fastft(*tiny_args(tiny_path, tmp_path / "runs", "gpu2", "--gpus", "2"), env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((tmp_path / "runs" / "gpu2" / "fastft.json").read_text())
+    plan = record["plan"]
+    assert plan["world_size"] == 2 and plan["tuning"]["measurements"]
+    assert plan["batch_size"] * plan["grad_accum"] * 2 == 8   # the effective batch, shared out
+    assert record["hardware"]["gpu_count"] >= 2 and record["final"]["peak_mem_alloc_gib"] > 0
+    w = {p.stem: json.loads(p.read_text())["sha256"] for p in (tmp_path / "weights").glob("*.json")}
+    assert set(w) == {"rank0", "rank1"} and w["rank0"] == w["rank1"]
