@@ -171,6 +171,30 @@ def test_the_failure_message_names_the_rank_and_the_cause(tmp_path):
     assert str(tmp_path) in line
 
 
+def test_after_a_killed_launch_the_run_is_marked_failed_or_removed(tmp_path):
+    """What rank 0 could not do itself (torchrun killed it): a run still `training` is marked
+    failed (interrupted after a Ctrl-C); a new one that never trained a step is removed."""
+    from fastft.run import RunFolder
+
+    def launched(name: str, new: bool, trained: bool) -> RunFolder:
+        folder = RunFolder(write_run(tmp_path / "runs" / name, status="training"))
+        if trained:
+            folder.metrics_file.write_text('{"step": 1, "loss": 1.0}\n')
+        note = tmp_path / name
+        note.mkdir()
+        (note / "run-folder.json").write_text(json.dumps({"path": str(folder.path), "new": new}))
+        return folder
+
+    for name, new, trained, interrupted, status in [("a", True, True, False, "failed"),
+                                                    ("b", False, False, True, "interrupted")]:
+        folder = launched(name, new, trained)
+        launch.settle_run(tmp_path / name, interrupted)
+        assert folder.read().status == status
+    gone = launched("c", True, False)
+    launch.settle_run(tmp_path / "c", False)
+    assert not gone.path.exists()
+
+
 # -- how accelerate shares out the length-grouped micro-batches -----------------------------------
 
 def test_each_rank_gets_other_length_grouped_micro_batches(monkeypatch):
