@@ -12,6 +12,14 @@ samples like ollama). Either way the prompt is the text the model was trained on
 * a lone GGUF uses the chat template embedded in it (the run's guarded one: the converter
   copies it from the tokenizer saved with the merged model).
 
+With `--tools FILE` the tool schemas in FILE are offered in every prompt, rendered as training
+renders a record's `tools` (read and made canonical by fastft.tools, the form the Modelfile
+TEMPLATE writes too), and the model's raw answer is printed, `<tool_call>` blocks included: that
+is what a script parses.
+
+Loading a model is quiet unless verbose: what Unsloth and the libraries print then goes to a log
+(fastft.quiet), while answers stream to the terminal as they are generated.
+
 Sampling defaults are the Modelfile's PARAMETERs (`fastft.modelfile.FAMILIES`); temperature 0
 is greedy. llama.cpp is started once per turn with the whole conversation: a GGUF is mmapped,
 so a reload costs little next to generating.
@@ -38,8 +46,10 @@ from .gguf import read_gguf_metadata
 from .llamacpp import LlamaCppError, ensure_chat_runner, log_tail
 from .modelfile import FAMILIES, INSTRUCT_2507, parse_modelfile
 from .models import load_for_inference
+from .quiet import captured
 from .run import RunFolder
 from .template import ChatGuard, template_text
+from .tools import record_tools
 
 Write = Callable[[str], None]
 
@@ -159,6 +169,7 @@ def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 64) -
 
 class AdapterChat:
     """A run folder: its base model with the adapter, in Unsloth's inference mode."""
+    tools: list[dict] | None = None     # canonical schemas offered in every prompt (--tools)
 
     def __init__(self, run: str | Path):
         folder = RunFolder.open(run)
@@ -173,7 +184,7 @@ class AdapterChat:
         self.guard = ChatGuard(self.tokenizer, record.plan.model_path, think=record.config.think)
 
     def prompt(self, messages: list[dict]) -> str:
-        return self.guard.prompt(messages)
+        return self.guard.prompt(messages, self.tools)
 
     def reply(self, messages: list[dict], sampling: Sampling, write: Write) -> str:
         return generate_text(self.model, self.tokenizer, self.prompt(messages), sampling, write)
@@ -218,6 +229,7 @@ def find_gguf(target: Path) -> tuple[Path, Path | None]:
 
 class GGUFChat:
     """A GGUF through llama.cpp's llama-completion, one process per turn."""
+    tools: list[dict] | None = None     # canonical schemas offered in every prompt (--tools)
 
     def __init__(self, target: str | Path, console=None):
         self.gguf, export = find_gguf(Path(target))
@@ -243,12 +255,13 @@ class GGUFChat:
         ctx = meta.get(f"{meta.get('general.architecture')}.context_length") or GGUF_CTX_CAP
         self.num_ctx = int(params.get("num_ctx") or min(ctx, GGUF_CTX_CAP))
         self.exe = ensure_chat_runner(console)
+        # Imported here, while loading is quiet: importing torch can print warnings.
+        from transformers.utils.chat_template_utils import render_jinja_template
+        self._render = render_jinja_template
 
     def prompt(self, messages: list[dict]) -> str:
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        rendered, _ = render_jinja_template(conversations=[messages], chat_template=self.template,
-                                            add_generation_prompt=True)
+        rendered, _ = self._render(conversations=[messages], tools=self.tools,
+                                   chat_template=self.template, add_generation_prompt=True)
         return rendered[0]
 
     def command(self, prompt_file: Path, sampling: Sampling) -> list[str]:
@@ -307,6 +320,32 @@ def relay_llama_output(stream, write: Write) -> str:
 
 
 # -- the conversation ----------------------------------------------------------------------------
+
+def read_tools(path: str | Path) -> tuple[list[dict], list[str]]:
+    """(the canonical tool schemas in the JSON file `path`, warnings): a list of OpenAI-style
+    tools, or an object holding one under "tools" (a data record, a request body), checked as
+    `data check` checks a record's `tools`. Raises ChatError naming the file."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ChatError(f"{path}: cannot read the tools file ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ChatError(f"{path}: the tools file is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ChatError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(value, dict) and "tools" in value:
+        value = value["tools"]
+    if not isinstance(value, list) or not value:
+        raise ChatError(f"{path}: expected a non-empty JSON list of tool schemas (or an object "
+                        f"with one under \"tools\")")
+    problems: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    tools = record_tools({"tools": value}, problems, warnings)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ChatError(f"{path}: {problems[0][0]}: {problems[0][1]}{more}")
+    return tools, [f"{path}: {where}: {message}" for where, message in warnings]
+
 
 def open_chat(target: str | Path, console=None) -> AdapterChat | GGUFChat:
     """A run folder -> AdapterChat; a .gguf file or an export folder -> GGUFChat."""
@@ -394,11 +433,21 @@ def interactive(conv: Conversation, read: Callable[[str], str] = input, out: Tex
 
 def chat(target: str, question: str | None = None, system: str | None = None,
          overrides: dict | None = None, max_new_tokens: int = 512, seed: int | None = None,
-         out: TextIO | None = None, console=None) -> None:
+         out: TextIO | None = None, console=None, tools: str | Path | None = None,
+         verbose: bool = False) -> None:
     """`fastft chat`: one answer to `question` on `out` (default: sys.stdout), alone, or an
-    interactive session. `console` (stderr) shows a llama.cpp build, if one is needed."""
+    interactive session. `console` (stderr) shows a llama.cpp build, if one is needed, and
+    warnings about the `tools` file. The libraries' output while loading goes to a log unless
+    `verbose`; generation is never captured, so answers stream."""
     out = out or sys.stdout
-    engine = open_chat(target, console)
+    schemas, warnings = read_tools(tools) if tools is not None else (None, [])
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    with captured(None, console, verbose, what="chat"):
+        engine = open_chat(target, console)
+    if schemas:
+        engine.tools = schemas
+        engine.label += f", offered tools: {', '.join(t['function']['name'] for t in schemas)}"
     defaults = engine.defaults or sampling_defaults(engine.variant)
     conv = Conversation(engine, resolve_sampling(defaults, overrides or {}, max_new_tokens, seed),
                         system)
