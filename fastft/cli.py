@@ -383,7 +383,12 @@ def sampling_options(f):
               help="Longest answer, in tokens.")
 @sampling_options
 @click.option("--seed", type=int, help="Random seed, for reproducible sampling. [default: random]")
-def chat(target, question, system, max_new_tokens, seed, **sampling):
+@click.option("--tools", "tools_file", type=click.Path(dir_okay=False),
+              help="JSON file of tool schemas (OpenAI-style `tools` list) offered in every prompt, "
+                   "as in training; answers are printed raw, <tool_call> blocks included.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the libraries' own output while the model loads (hidden by default).")
+def chat(target, question, system, max_new_tokens, seed, tools_file, verbose, **sampling):
     """Talk to a run (default: runs/latest) or a GGUF (a .gguf file or an export folder).
 
     A run answers through Unsloth with its LoRA adapter, a GGUF through llama.cpp (built once,
@@ -397,7 +402,7 @@ def chat(target, question, system, max_new_tokens, seed, **sampling):
     from .chat import chat as run_chat
 
     run_chat(target, question, system, sampling, max_new_tokens, seed, out=sys.stdout,
-             console=console)
+             console=console, tools=tools_file, verbose=verbose)
 
 
 @main.command("eval")
@@ -408,17 +413,21 @@ def chat(target, question, system, max_new_tokens, seed, **sampling):
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
               help="Longest sample answer, in tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
-def evaluate(run, data, samples, max_new_tokens, as_json):
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the libraries' own output while the model loads (hidden by default).")
+def evaluate(run, data, samples, max_new_tokens, as_json, verbose):
     """Loss and perplexity on DATA of RUN's base model and of the fine-tuned one, side by side.
 
     DATA (any format `data check` accepts) is rendered and masked exactly as in training: the
     loss covers the trained (assistant) tokens only, weighted by token. The base model is the
     run's, with its adapter disabled.
     """
-    from .evaluate import evaluate_run, print_eval
+    from .quiet import captured
 
+    with captured(None, console, verbose, what="eval"):
+        from .evaluate import evaluate_run, print_eval   # imports Unsloth (its banner)
     result = evaluate_run(run, data, samples=samples, max_new_tokens=max_new_tokens,
-                          console=console)
+                          console=console, verbose=verbose)
     if as_json:
         import json
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))

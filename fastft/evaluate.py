@@ -16,12 +16,12 @@ import_unsloth()  # before transformers and peft (see fastft.models)
 
 import contextlib  # noqa: E402
 import math  # noqa: E402
-import sys  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .chat import Sampling, generate_text, load_run_for_inference  # noqa: E402
-from .data import Example, load_conversations  # noqa: E402
+from .data import EOS, Example, load_conversations  # noqa: E402
+from .quiet import captured, status as quiet_status  # noqa: E402
 from .run import RunFolder  # noqa: E402
 from .template import ChatGuard, TokenizedExample  # noqa: E402
 from .train import prepare_data  # noqa: E402
@@ -64,9 +64,10 @@ class EvalResult:
 
 
 def evaluate_run(run: str | Path, data: str | Path, samples: int = 3, max_new_tokens: int = 128,
-                 console=None) -> EvalResult:
+                 console=None, verbose: bool = False) -> EvalResult:
     """Score DATA with the run's base model and with its fine-tuned one; sample answers from both
-    for the first `samples` conversations. Raises DataError (file:line) on bad DATA."""
+    for the first `samples` conversations. Raises DataError (file:line) on bad DATA. What the
+    libraries print while the model loads goes to a log unless `verbose` (fastft.quiet)."""
     folder = RunFolder.open(run)
     record = folder.read()
     # The run's own rendering and masking options, on DATA, all of it scored (no split).
@@ -74,8 +75,9 @@ def evaluate_run(run: str | Path, data: str | Path, samples: int = 3, max_new_to
                                                skip_invalid=False))
     dataset = load_conversations(data)          # bad DATA fails here, before a model is loaded
     status = console.status if console is not None else (lambda _: contextlib.nullcontext())
-    with status(f"loading {record.config.model} with the adapter of {folder.name}"), \
-            contextlib.redirect_stdout(sys.stderr):
+    loading = f"loading {record.config.model} with the adapter of {folder.name}"
+    with captured(None, console, verbose, what="eval"), \
+            (quiet_status(console, loading) if console is not None else contextlib.nullcontext()):
         model, tokenizer = load_run_for_inference(folder.path)
     guard = ChatGuard(tokenizer, record.plan.model_path, think=cfg.think, path=str(data))
     prepared = prepare_data(cfg, guard, tokenizer, (dataset, []))
@@ -140,8 +142,22 @@ def sample_answers(model, tokenizer, guard: ChatGuard, examples: list[Example],
         tuned = generate_text(model, tokenizer, prompt, greedy).strip()
         with model.disable_adapter():
             base = generate_text(model, tokenizer, prompt, greedy).strip()
-        out.append(Sample(ex.line, ex.messages[:last], ex.messages[last]["content"], base, tuned))
+        out.append(Sample(ex.line, ex.messages[:last], reference_answer(guard, ex, last), base, tuned))
     return out
+
+
+def reference_answer(guard: ChatGuard, ex: Example, last: int) -> str:
+    """The assistant turn `last` of `ex` as the model should write it: its content, or for a
+    turn with tool calls the text training renders for it (the `<tool_call>` blocks, in the
+    canonical JSON), which is what a fine-tuned model answers."""
+    message = ex.messages[last]
+    if not message.get("tool_calls"):
+        return message["content"]
+    prompt = guard.prompt(ex.messages[:last], ex.tools)
+    text = guard.unguarded_text(ex.messages[:last + 1], ex.tools)
+    if not text.startswith(prompt):   # the guard rejects such data before eval gets here
+        return message["content"]
+    return text[len(prompt):].split(EOS, 1)[0].strip()
 
 
 def print_eval(result: EvalResult, console) -> None:

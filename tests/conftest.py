@@ -56,3 +56,26 @@ def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: s
         data=DataInfo(path=str(EXAMPLE), sha256="0" * 64, examples=1, train=1, eval=0,
                       truncated=0, dropped=0, train_tokens=1, trained_tokens=1)))
     return run
+
+
+@pytest.fixture(scope="session")
+def tool_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(run folder, export folder, its q4_k_m GGUF): the tiny model trained on
+    examples/tool_calls.jsonl and exported, once per session (tests/test_tools.py and
+    tests/test_chat_tools.py share it)."""
+    import io
+
+    from fastft.train import train   # first: it imports Unsloth before transformers
+    from fastft.config import TrainConfig
+    from fastft.export import ExportOptions, export_run
+    from rich.console import Console
+
+    root = tmp_path_factory.mktemp("tool-run")
+    # Random weights: a high learning rate, and 48 single-step updates of 2 examples (the long
+    # tools block makes each example ~200 tokens; more updates, not more tokens, teach the call).
+    result = train(TrainConfig(data=str(REPO / "examples" / "tool_calls.jsonl"), model="tiny",
+                               name="tools", lr=3e-3, runs_dir=str(root / "runs"), batch_size=2,
+                               grad_accum=1, max_seq_len=384))
+    exported = export_run(ExportOptions(run=str(result.run_dir), gguf=("q4_k_m",), name="tools",
+                                        exports_dir=str(root / "exports")), Console(file=io.StringIO()))
+    return result.run_dir, exported.out_dir, Path(exported.ggufs["q4_k_m"])

@@ -11,7 +11,6 @@ in the assistant turn, `<tool_response>` in a user turn) and from ollama's data 
 from __future__ import annotations
 
 import copy
-import io
 import json
 from pathlib import Path
 
@@ -482,31 +481,21 @@ def test_the_example_file_reads_clean():
 
 
 @pytest.mark.slow
-def test_tiny_model_makes_the_exact_tool_call_in_transformers_and_the_gguf(tmp_path, go_render):
-    from fastft.train import train   # first: it imports Unsloth before transformers
+def test_tiny_model_makes_the_exact_tool_call_in_transformers_and_the_gguf(tool_run, go_render):
     from fastft.chat import Sampling, generate_text, load_run_for_inference
-    from fastft.config import TrainConfig
-    from fastft.export import ExportOptions, export_run
     from fastft.llamacpp import llama_generate
-    from rich.console import Console
 
-    # Random weights: a high learning rate, and 48 single-step updates of 2 examples (the long
-    # tools block makes each example ~200 tokens; more updates, not more tokens, teach the call).
-    result = train(TrainConfig(data=str(TOOL_DATA), model="tiny", name="tools", lr=3e-3,
-                               runs_dir=str(tmp_path / "runs"), batch_size=2, grad_accum=1,
-                               max_seq_len=384))
+    run, _, gguf = tool_run
     raw_tools = [json.loads(line)["tools"] for line in TOOL_DATA.read_text().splitlines()][0]
     tools = read_dataset(TOOL_DATA).examples[0].tools
     messages = [{"role": "user", "content": "What's the weather in Paris?"}]
 
-    model, tokenizer = load_run_for_inference(result.run_dir)
+    model, tokenizer = load_run_for_inference(run)
     prompt = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
     assert generate_text(model, tokenizer, prompt, Sampling.deterministic(48)) == CALL_TEXT
     del model
 
-    exported = export_run(ExportOptions(run=str(result.run_dir), gguf=("q4_k_m",), name="tools",
-                                        exports_dir=str(tmp_path / "exports")), Console(file=io.StringIO()))
-    modelfile = (Path(exported.ggufs["q4_k_m"]).parent / "Modelfile").read_text()
+    modelfile = (gguf.parent / "Modelfile").read_text()
     served = go_render(template_from_modelfile(modelfile), messages, tools=raw_tools)
     assert served == prompt
-    assert llama_generate(exported.ggufs["q4_k_m"], served, n_tokens=48) == CALL_TEXT
+    assert llama_generate(gguf, served, n_tokens=48) == CALL_TEXT
