@@ -5,7 +5,7 @@
       metrics.jsonl    one StepRecord per optimizer step (fastft.metrics)
       loss.png         train/eval loss and learning rate per step, drawn at the end (fastft.plot)
       tensorboard/     TensorBoard event files (--tensorboard)
-      checkpoints/     checkpoint-<step>/, written by the Trainer; complete once trainer_state.json exists
+      checkpoints/     checkpoint-<step>/: written into checkpoints/.tmp/, renamed once whole
       adapter/         the trained LoRA adapter and the guarded tokenizer, swapped in atomically
       train.log        what the libraries printed while training (fastft.quiet); export.log, exporting
       .lock            held (flock) while a process trains in the folder

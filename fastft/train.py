@@ -137,6 +137,11 @@ def _drop_after(folder: RunFolder, checkpoint: Path | None, ui) -> None:
     if incomplete:
         ui.status(f"skipped incomplete {', '.join(p.name for p in incomplete)} (no whole "
                   f"trainer_state.json: cut short while saving); removed")
+    staging = folder.checkpoints_dir / STAGING
+    if staging.exists():
+        names = ", ".join(p.name for p in staging.iterdir()) or "nothing"
+        shutil.rmtree(staging)
+        ui.status(f"removed {staging.name}/ ({names}): a checkpoint cut short while saving")
     for p in folder.path.glob(".*tmp-*"):   # .tmp-adapter-*, .fastft.json.tmp-<pid>
         if p.is_dir():
             shutil.rmtree(p)
@@ -521,7 +526,7 @@ def _trainer_class():
 
     from .batching import LengthGroupedSampler
 
-    class FastftTrainer(SFTTrainer):
+    class FastftTrainer(StagedCheckpoints, SFTTrainer):
         fastft_lengths: list[int] | None = None
 
         def _get_train_sampler(self, *args, **kwargs):
@@ -565,6 +570,50 @@ def _trainer_class():
             return super()._save_optimizer_and_scheduler(output_dir)
 
     return FastftTrainer
+
+
+STAGING = ".tmp"   # inside checkpoints/; a resume removes what a killed save left there
+
+
+class StagedCheckpoints:
+    """Trainer mixin: a checkpoint is written into checkpoints/.tmp/ and renamed once whole,
+    so a kill while saving leaves nothing partial under a checkpoint-N name."""
+    _staging: str | None = None
+
+    def _get_output_dir(self, trial):
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        final_root = super()._get_output_dir(trial)
+        self._staging = os.path.join(final_root, STAGING)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        _publish_checkpoint(self, final_root)
+
+
+def _publish_checkpoint(trainer, final_root: str) -> None:
+    """Move the checkpoint just saved from checkpoints/.tmp/ to its final name, with the best
+    checkpoint's path in its trainer state pointing at the final name, then keep the newest
+    `save_total_limit` (and the best), as the Trainer would have in checkpoints/."""
+    from transformers.trainer_utils import rotate_checkpoints
+    name = f"checkpoint-{trainer.state.global_step}"
+    staged, final = os.path.join(final_root, STAGING, name), os.path.join(final_root, name)
+    if trainer.state.best_model_checkpoint == staged:
+        trainer.state.best_model_checkpoint = final
+        if trainer.args.should_save:
+            trainer.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+    trainer.accelerator.wait_for_everyone()   # every rank has written its files (rng_state_<rank>)
+    if trainer.args.should_save:
+        if os.path.isdir(final):   # saved before, and trained again after a resume
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(staged))
+        rotate_checkpoints(output_dir=final_root, save_total_limit=trainer.args.save_total_limit,
+                           best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=False)
+    trainer.accelerator.wait_for_everyone()
 
 
 @contextlib.contextmanager

@@ -243,7 +243,10 @@ def test_train_killed_resumes_to_the_same_result(where, sig, baseline, tmp_path)
                 ("mid-step", "SIGINT"): [3, 5], ("mid-step", "SIGKILL"): [3],
                 ("checkpoint-write", "SIGINT"): [6, 7], ("checkpoint-write", "SIGKILL"): [3]}
     assert saved == expected[where, sig]
-    cut_short = [p.name for p in folder.incomplete_checkpoints()]
+    # A checkpoint is written under checkpoints/.tmp/ and renamed when whole: a kill while
+    # saving leaves it there, never under its final name.
+    assert folder.incomplete_checkpoints() == []
+    cut_short = [p.name for p in (folder.checkpoints_dir / ".tmp").glob("checkpoint-*")]
     assert cut_short == (["checkpoint-6"] if (where, sig) == ("checkpoint-write", "SIGKILL") else [])
     assert not folder.adapter.exists()
 
@@ -251,7 +254,7 @@ def test_train_killed_resumes_to_the_same_result(where, sig, baseline, tmp_path)
     resumed = resume(str(run), ui=ui)
     start = f"resuming from checkpoint-{saved[-1]}" if saved else "training again from step 0"
     assert any(start in line for line in ui.lines), ui.lines
-    assert bool(cut_short) == any("incomplete checkpoint-6" in line for line in ui.lines)
+    assert bool(cut_short) == any("checkpoint-6" in line and "cut short" in line for line in ui.lines)
     final, ref = resumed.record.final, baseline.record.final
     assert resumed.record.status == "done" and final.global_step == ref.global_step == MATRIX_STEPS
     assert steps(run) == list(range(1, MATRIX_STEPS + 1))
