@@ -47,13 +47,20 @@ def _chunks(indices: list[int], size: int) -> list[list[int]]:
 
 
 def grouped_batches(lengths: list[int], micro_batch: int, seed: int, epoch: int = 0,
-                    group_size: int | None = None) -> list[list[int]]:
+                    group_size: int | None = None, per_step: int = 1) -> list[list[int]]:
     """Micro-batches of example indices: similar lengths share a micro-batch; the order of the
     micro-batches is shuffled (seeded by seed and epoch); every index appears exactly once.
-    The last micro-batch may be smaller when len(lengths) % micro_batch != 0."""
+    The last micro-batch may be smaller when len(lengths) % micro_batch != 0.
+
+    `per_step` micro-batches make one optimizer step (accumulation x GPUs). They are shuffled
+    as runs of `per_step` neighbours in length, so a step's micro-batches are alike: with
+    several GPUs, each GPU gets one of them (accelerate deals micro-batch i to GPU i % N), and
+    a step waits for its slowest GPU. The same order on one GPU with the same accumulation
+    gives the same steps."""
     n = len(lengths)
     if group_size is None:
         group_size = max(1, min(GROUP_SIZE, n // (micro_batch * MIN_GROUPS)))
+    group_size = -(-group_size // per_step) * per_step   # whole steps in each megabatch
     rng = _rng(seed, epoch)
     order = list(range(n))
     rng.shuffle(order)
@@ -64,8 +71,9 @@ def grouped_batches(lengths: list[int], micro_batch: int, seed: int, epoch: int 
     # Only the last megabatch can end in a short micro-batch; it goes last, where a DataLoader
     # with batch_size=micro_batch puts its own short batch.
     short = [batches.pop()] if batches and len(batches[-1]) < micro_batch else []
-    rng.shuffle(batches)  # long batches anywhere in the epoch, not at fixed places
-    return batches + short
+    steps = _chunks(batches, per_step)
+    rng.shuffle(steps)  # long batches anywhere in the epoch, not at fixed places
+    return [b for step in steps for b in step] + short
 
 
 def random_batches(lengths_count: int, micro_batch: int, seed: int, epoch: int = 0) -> list[list[int]]:
@@ -94,15 +102,16 @@ class LengthGroupedSampler(Sampler[int]):
     so a DataLoader with batch_size=micro_batch yields them. set_epoch(e) reshuffles (accelerate's
     DataLoaderShard calls set_epoch on the sampler each epoch); __len__ = number of examples."""
 
-    def __init__(self, lengths, micro_batch, seed):
+    def __init__(self, lengths, micro_batch, seed, per_step: int = 1):
         self.lengths, self.micro_batch, self.seed = list(lengths), micro_batch, seed
-        self.epoch = 0
+        self.per_step, self.epoch = per_step, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        for batch in grouped_batches(self.lengths, self.micro_batch, self.seed, self.epoch):
+        for batch in grouped_batches(self.lengths, self.micro_batch, self.seed, self.epoch,
+                                     per_step=self.per_step):
             yield from batch
 
     def __len__(self) -> int:

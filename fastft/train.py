@@ -248,11 +248,26 @@ def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path
     except BaseException as e:  # the record says how the run ended, then the error goes on
         stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
         _write(folder, record.model_copy(update={"status": "interrupted" if stopped else "failed"}))
+        if type(e).__name__ == "OutOfMemoryError":   # torch.OutOfMemoryError, without importing torch
+            raise out_of_memory(folder, record, trainer.state.global_step) from None
         raise
     state = trainer.state
     if stop.stopped and state.global_step < state.max_steps:
         _write(folder, record.model_copy(update={"status": "interrupted"}))
         raise TrainInterrupted(folder, state.global_step, folder.last_checkpoint())
+
+
+def out_of_memory(folder: RunFolder, record: RunRecord, step: int) -> TrainError:
+    """One line for a GPU out-of-memory error in training, with what to change. Auto-tune
+    measured the longest micro-batch, so this is rare: another process on the GPU, or
+    fragmentation late in a run."""
+    plan = record.plan
+    resume = f"; or fastft train --resume {folder.path}" if folder.last_checkpoint() else ""
+    return TrainError(
+        f"out of GPU memory at step {step + 1} (micro-batch {plan.batch_size} x {plan.grad_accum}, "
+        f"checkpointing {plan.gradient_checkpointing}); try --vram-budget with less than the card "
+        f"has, --batch-size {max(1, plan.batch_size // 2)} --grad-accum {plan.grad_accum * 2}, "
+        f"--gradient-checkpointing unsloth or a smaller --max-seq-len{resume}")
 
 
 # -- callbacks ---------------------------------------------------------------------------------
@@ -533,7 +548,8 @@ def _trainer_class():
             if self.fastft_lengths is None:
                 return super()._get_train_sampler(*args, **kwargs)
             return LengthGroupedSampler(self.fastft_lengths, self.args.per_device_train_batch_size,
-                                        self.args.seed)
+                                        self.args.seed, per_step=self.args.gradient_accumulation_steps
+                                        * self.args.world_size)
 
         _tokens = None   # non-padding tokens since the last log, summed on the device
 

@@ -309,3 +309,25 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     assert manifest["files"][gguf.name]["sha256"] == sha256_file(gguf)
     assert read_gguf_metadata(gguf)["general.name"] == "m"
     assert result.checks and result.checks[0].file == gguf.name   # llama.cpp loaded it
+
+
+def test_out_of_memory_in_training_is_one_line_with_what_to_change(tmp_path, monkeypatch):
+    """A GPU out-of-memory error mid-run (simulated: this machine has no GPU) is a TrainError
+    naming the step, the batch and the fixes, not an internal error; the record says failed."""
+    import torch
+
+    import fastft.train as T
+    real_step = T._trainer_class()
+
+    class OOMTrainer(real_step):
+        def training_step(self, *a, **k):
+            if self.state.global_step == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().training_step(*a, **k)
+
+    monkeypatch.setattr(T, "_trainer_class", lambda: OOMTrainer)
+    with pytest.raises(TrainError) as e:
+        train(tiny_config(tmp_path, name="oom", load_in_4bit=False, max_steps=4))
+    msg = str(e.value)
+    assert "out of GPU memory at step 3" in msg and "--batch-size" in msg and "\n" not in msg
+    assert RunFolder(tmp_path / "runs" / "oom").read().status == "failed"
