@@ -165,12 +165,30 @@ class RunFolder:
             raise RunFolderError(f"invalid run name {name!r}: use letters, digits, '.', '_', '-' "
                                  f"(at most 100, starting with a letter or digit; not {LATEST!r})")
         folder = cls(Path(runs_dir).absolute() / name)
-        if folder.path.exists() and (not folder.path.is_dir() or any(folder.path.iterdir())):
+        if folder.path.exists() and not folder.abandoned() and (
+                not folder.path.is_dir() or any(folder.path.iterdir())):
             raise RunFolderError(f"run folder {folder.path} already exists; pick another --name "
                                  f"or --resume it")
         return folder
 
+    def abandoned(self) -> bool:
+        """Left by a run killed before it wrote its record (while loading the model): a fastft
+        folder (it has the lock file) with no fastft.json, whose lock nobody holds. It holds
+        nothing to resume, so a new run of that name may replace it."""
+        lock = self.path / ".lock"
+        if not lock.is_file() or self.record_file.exists():
+            return False
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+        return True
+
     def create(self) -> None:
+        if self.abandoned():
+            import shutil
+            shutil.rmtree(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.path.mkdir()

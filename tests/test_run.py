@@ -242,3 +242,30 @@ def test_open_resolves_latest_to_its_run(tmp_path):
 def test_open_missing_latest_says_train_one_first(tmp_path):
     with pytest.raises(RunFolderError, match=r"train one first: fastft train DATA"):
         RunFolder.open(tmp_path / "runs" / "latest")
+
+
+def test_a_folder_left_by_a_run_killed_while_loading_does_not_block_its_name(tmp_path):
+    """SIGKILL before fastft.json exists leaves the lock file (and a log): nothing to resume, so
+    a new run of that name replaces it; while a live process holds the lock it is refused, and
+    a folder that is not fastft's is never taken."""
+    import fcntl
+
+    killed = tmp_path / "runs" / "r"
+    killed.mkdir(parents=True)
+    (killed / ".lock").write_text("")
+    (killed / "train.log").write_text("Unsloth: loading ...\n")
+    folder = RunFolder.new(tmp_path / "runs", "r")
+    folder.create()
+    assert folder.path.is_dir() and not any(folder.path.iterdir())
+
+    (killed / ".lock").write_text("")
+    with open(killed / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunFolderError, match="already exists"):
+            RunFolder.new(tmp_path / "runs", "r")
+
+    theirs = tmp_path / "runs" / "mine"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("a user's file")
+    with pytest.raises(RunFolderError, match="already exists"):
+        RunFolder.new(tmp_path / "runs", "mine")
