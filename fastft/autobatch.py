@@ -84,11 +84,17 @@ def candidates(effective_batch: int) -> list[int]:
     return [d for d in range(effective_batch, 0, -1) if effective_batch % d == 0]
 
 
+def card_gib() -> float:
+    """GPU 0's total memory in GiB."""
+    import torch
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
 def apply_vram_budget(budget_gib: float | None) -> float:
     """Cap this process's share of GPU 0 at `budget_gib` (as a smaller card would) and return
     the budget in GiB: the cap, or the card's total memory."""
     import torch
-    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    total = card_gib()
     if budget_gib is None or budget_gib >= total:
         return total
     torch.cuda.set_per_process_memory_fraction(budget_gib / total, 0)
@@ -109,12 +115,12 @@ def optimizer_reserve_gib(model, optim: str = "adamw_8bit") -> float:
 def choose_optimizer(requested: str, model, vram_budget: float | None) -> str:
     """`auto`: fused 32-bit AdamW, whose step is a few kernels for all tensors, where
     bitsandbytes' 8-bit AdamW launches several per tensor (LoRA on all projections of a
-    36-layer model has 504 tensors, and short steps are bound by the CPU; 25 ms of CPU a step on an H100). 8-bit AdamW where the 32-bit moments (8 bytes per trainable parameter instead
-    of 2) would take over 5% of the VRAM budget."""
-    import torch
+    36-layer model has 504 tensors, and short steps are bound by the CPU; 25 ms of CPU a step
+    on an H100). 8-bit AdamW where the 32-bit moments (8 bytes per trainable parameter
+    instead of 2) would take over 5% of the VRAM budget."""
     if requested != "auto":
         return requested
-    budget = vram_budget or torch.cuda.get_device_properties(0).total_memory / 2**30
+    budget = vram_budget or card_gib()
     fused = "adamw_torch_fused"
     return fused if optimizer_reserve_gib(model, fused) <= 0.05 * budget else "adamw_8bit"
 
@@ -369,9 +375,8 @@ class _Probe:
 
     def padded_tokens(self, micro_batch: int) -> int:
         """Tokens of the worst-case micro-batch, padded as training pads it."""
-        from .batching import PAD_MULTIPLE
-        longest = max(self.lengths[i] for i in self.worst(micro_batch))
-        return micro_batch * -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+        from .batching import padded_tokens
+        return padded_tokens([self.lengths[i] for i in self.worst(micro_batch)])
 
     def worst(self, micro_batch: int) -> list[int]:
         """The longest examples: the most tokens, padded or not, any micro-batch can hold."""

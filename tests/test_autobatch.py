@@ -247,6 +247,8 @@ def test_probe_batches_are_drawn_as_training_draws_them():
     lengths = [50 + (i * 37) % 900 for i in range(200)]
     probe = _Probe(None, SimpleNamespace(pad_token_id=0), examples_of(lengths), 42, device="cpu")
     assert sorted(lengths[i] for i in probe.worst(8)) == sorted(lengths)[-8:]
+    # The no-checkpointing memory prediction's tokens: the worst batch padded to 64 (940 -> 960).
+    assert max(lengths) == 940 and probe.padded_tokens(8) == 8 * 960
     picked = probe.timing(8)
     training = grouped_batches(lengths, 8, 42)
     assert len(picked) == 3 and all(b in training for b in picked)
