@@ -224,6 +224,8 @@ def run(cmd: list[str], env: dict, folder: Path, verbose: bool = False) -> tuple
             if done:
                 break
             time.sleep(0.05)
+    for t in tails:     # a killed rank 0 can leave a progress bar mid-line: our message starts anew
+        t.end_line()
     return proc.returncode, forward.count > 0
 
 
@@ -231,7 +233,7 @@ class _Tail:
     """Copies what is appended to a file to a stream, from where it last stopped."""
 
     def __init__(self, path: Path, stream):
-        self.path, self.stream, self.pos = path, stream, 0
+        self.path, self.stream, self.pos, self.last = path, stream, 0, b"\n"
 
     def pump(self) -> None:
         try:
@@ -242,13 +244,22 @@ class _Tail:
             return
         if data:
             self.pos += len(data)
-            out = getattr(self.stream, "buffer", None)
-            if out is not None:
-                self.stream.flush()
-                out.write(data)
-                out.flush()
-            else:   # a text stream without bytes underneath (click's test runner)
-                self.stream.write(data.decode("utf-8", "replace"))
+            self.last = data[-1:]
+            self._write(data)
+
+    def end_line(self) -> None:
+        if self.last != b"\n":
+            self._write(b"\n")
+            self.last = b"\n"
+
+    def _write(self, data: bytes) -> None:
+        out = getattr(self.stream, "buffer", None)
+        if out is not None:
+            self.stream.flush()
+            out.write(data)
+            out.flush()
+        else:   # a text stream without bytes underneath (click's test runner)
+            self.stream.write(data.decode("utf-8", "replace"))
 
 
 class _Forward(contextlib.AbstractContextManager):

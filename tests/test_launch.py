@@ -171,6 +171,25 @@ def test_the_failure_message_names_the_rank_and_the_cause(tmp_path):
     assert str(tmp_path) in line
 
 
+def test_rank_0_output_left_mid_line_is_ended_before_our_message(tmp_path):
+    # a rank killed while drawing its progress bar leaves no newline; the error line must not
+    # be glued onto the bar (CI saw "…760 tok/sinternal error on rank 1")
+    import io
+    log = tmp_path / "rank0.stderr"
+    log.write_bytes(b"training 3/6 steps\r")
+    sink = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    tail = launch._Tail(log, sink)
+    tail.pump()
+    tail.end_line()
+    tail.end_line()     # once only
+    assert sink.buffer.getvalue() == b"training 3/6 steps\r\n"
+    with open(log, "ab") as f:
+        f.write(b"done\n")
+    tail.pump()
+    tail.end_line()     # already at a line start: nothing added
+    assert sink.buffer.getvalue() == b"training 3/6 steps\r\ndone\n"
+
+
 def test_after_a_killed_launch_the_run_is_marked_failed_or_removed(tmp_path):
     """What rank 0 could not do itself (torchrun killed it): a run still `training` is marked
     failed (interrupted after a Ctrl-C); a new one that never trained a step is removed."""
