@@ -277,41 +277,37 @@ def _unquote(s: str) -> tuple[str, bool]:
     return s, True
 
 
-def _transition(state: str, ch: str, fail) -> tuple[str, str]:
+# The states that read one word (a command, a parameter's name, a message's role): which runes
+# continue the word, and ollama's error for any rune that neither continues nor ends it.
+_WORDS = {
+    _NAME: (lambda ch: ch.isascii() and ch.isalpha(), "invalid command"),
+    _PARAMETER: (lambda ch: ch.isascii() and (ch.isalnum() or ch == "_"), "unexpected end of parameter name"),
+    _MESSAGE: (lambda ch: ch.isascii() and ch.isalpha(), "unexpected end of message role"),
+}
+
+
+def _transition(state: int, ch: str, fail) -> tuple[int, str]:
     """ollama's Modelfile state machine: the state this rune takes us to, and what of it is kept."""
     space, newline = " \t", "\r\n"
     keep = ch
     if state == _NIL:
         nxt, keep = (_COMMENT, "") if ch == "#" else (_NIL, "") if ch in space + newline else (_NAME, ch)
-    elif state == _NAME:
-        if ch.isascii() and ch.isalpha():
-            nxt = _NAME
+    elif state in _WORDS:
+        continues, error = _WORDS[state]
+        if continues(ch):
+            nxt = state
         elif ch in space:
             nxt, keep = _VALUE, ""
         else:
-            fail("invalid command")
+            fail(error)
     elif state == _VALUE:
         nxt = _NIL if ch in newline + space else _VALUE
-    elif state == _PARAMETER:
-        if ch.isascii() and (ch.isalnum() or ch == "_"):
-            nxt = _PARAMETER
-        elif ch in space:
-            nxt, keep = _VALUE, ""
-        else:
-            fail("unexpected end of parameter name")
-    elif state == _MESSAGE:
-        if ch.isascii() and ch.isalpha():
-            nxt = _MESSAGE
-        elif ch in space:
-            nxt, keep = _VALUE, ""
-        else:
-            fail("unexpected end of message role")
     else:  # comment
         nxt, keep = (_NIL, "") if ch in newline else (_COMMENT, "")
     return nxt, keep
 
 
-def _finish(state: str, word: str, name: str, role: str, commands: list) -> list[tuple[str, str]]:
+def _finish(state: int, word: str, name: str, role: str, commands: list) -> list[tuple[str, str]]:
     """The end of the text: close the last value, and check the Modelfile is whole."""
     if state == _VALUE:
         value, ok = _unquote(word.strip(" \t\r\n"))

@@ -94,6 +94,18 @@ def test_parser_rejects_what_ollama_rejects():
         parse_modelfile("SYSTEM no from\n")
 
 
+@pytest.mark.parametrize("text, error", [
+    ("FROM x\nFR0M y\n", "line 2: invalid command"),           # a command is letters only
+    ("FROM x\nPARAMETER stop-at 1\n", "line 2: unexpected end of parameter name"),
+    ("FROM x\nMESSAGE us3r hi\n", "line 2: unexpected end of message role"),
+])
+def test_parser_rejects_a_rune_that_cannot_continue_a_word(text, error):
+    with pytest.raises(ModelfileError, match=error):
+        parse_modelfile(text)
+    # the same words with allowed runes parse: PARAMETER names take digits and '_'
+    assert parse_modelfile("FROM x\nPARAMETER num_ctx2 1\n")[-1] == ("num_ctx2", "1")
+
+
 def test_parser_ends_triple_quotes_at_a_line_ending_in_them():
     # The trap: the value closes at the first line break after a """, so a naively quoted
     # system prompt 'a"""\nPARAMETER temperature 9' injects a parameter.
