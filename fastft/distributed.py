@@ -27,7 +27,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FastftError, TrainError
+from .errors import FastftError, TrainError, is_out_of_memory
 
 LAUNCH_DIR_ENV = "FASTFT_LAUNCH_DIR"   # set by fastft.launch: each rank's output and failure go there
 TIMEOUT_ENV = "FASTFT_DIST_TIMEOUT_S"
@@ -202,8 +202,7 @@ def rank_failed(e: BaseException, code: int) -> bool:
     elif isinstance(e, KeyboardInterrupt):
         kind, message = "interrupted", "interrupted"
     else:
-        oom = type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
-        kind, message = ("oom" if oom else "internal"), f"{type(e).__name__}: {e}"
+        kind, message = ("oom" if is_out_of_memory(e) else "internal"), f"{type(e).__name__}: {e}"
     torch = sys.modules.get("torch")   # not imported yet: it failed before any GPU work
     gpu = torch is not None and torch.cuda.is_available()
     record = {"rank": w.rank, "world": w.size, "local_rank": w.local_rank, "gpu": gpu, "kind": kind,

@@ -15,6 +15,12 @@ EXIT_INTERNAL_ERROR = 70
 EXIT_INTERRUPTED = 130
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """A GPU out-of-memory error: torch.OutOfMemoryError (matched by name, so torch need not be
+    imported), or a CUDA error raised as a plain RuntimeError ("CUDA error: out of memory")."""
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
 class FastftError(Exception):
     """Base of every error fastft reports to the user as a message rather than a traceback."""
 

@@ -32,7 +32,7 @@ from . import distributed  # noqa: E402
 from .cache import building, sha256_file  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
-from .errors import TrainError  # noqa: E402
+from .errors import TrainError, is_out_of_memory  # noqa: E402
 from .faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import load_model, resolve_model  # noqa: E402
@@ -248,7 +248,7 @@ def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path
     except BaseException as e:  # the record says how the run ended, then the error goes on
         stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
         _write(folder, record.model_copy(update={"status": "interrupted" if stopped else "failed"}))
-        if type(e).__name__ == "OutOfMemoryError":   # torch.OutOfMemoryError, without importing torch
+        if is_out_of_memory(e):
             raise out_of_memory(folder, record, trainer.state.global_step) from None
         raise
     state = trainer.state

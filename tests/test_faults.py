@@ -311,9 +311,14 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     assert result.checks and result.checks[0].file == gguf.name   # llama.cpp loaded it
 
 
-def test_out_of_memory_in_training_is_one_line_with_what_to_change(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [
+    lambda torch: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    lambda torch: RuntimeError("CUDA error: out of memory"),    # what some kernels raise instead
+], ids=["OutOfMemoryError", "RuntimeError"])
+def test_out_of_memory_in_training_is_one_line_with_what_to_change(tmp_path, monkeypatch, error):
     """A GPU out-of-memory error mid-run (simulated: this machine has no GPU) is a TrainError
-    naming the step, the batch and the fixes, not an internal error; the record says failed."""
+    naming the step, the batch and the fixes, not an internal error; the record says failed.
+    Either form of it, as under --gpus (fastft.distributed.rank_failed)."""
     import torch
 
     import fastft.train as T
@@ -322,7 +327,7 @@ def test_out_of_memory_in_training_is_one_line_with_what_to_change(tmp_path, mon
     class OOMTrainer(real_step):
         def training_step(self, *a, **k):
             if self.state.global_step == 2:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                raise error(torch)
             return super().training_step(*a, **k)
 
     monkeypatch.setattr(T, "_trainer_class", lambda: OOMTrainer)
