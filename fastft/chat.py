@@ -44,7 +44,7 @@ from .errors import FastftError
 from .export import MANIFEST
 from .gguf import read_gguf_metadata
 from .llamacpp import LlamaCppError, ensure_chat_runner, log_tail
-from .modelfile import FAMILIES, INSTRUCT_2507, parse_modelfile
+from .modelfile import FAMILIES, SAMPLING_KEYS, parse_modelfile, sampling_defaults
 from .models import load_for_inference
 from .quiet import captured
 from .run import RunFolder
@@ -86,30 +86,6 @@ class Sampling:
         """Greedy decoding, every filter off."""
         return cls(temperature=0, top_p=1, top_k=0, min_p=0, repeat_penalty=1,
                    max_new_tokens=max_new_tokens)
-
-
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
-SAMPLING_HELP = {
-    "temperature": "Sampling temperature; 0 is greedy (deterministic).",
-    "top_p": "Nucleus sampling: keep the most likely tokens up to this probability mass.",
-    "top_k": "Keep only the K most likely tokens (0: all).",
-    "min_p": "Drop tokens less likely than this fraction of the most likely one.",
-    "repeat_penalty": "Penalty for repeating recent tokens (1: none).",
-}
-
-
-def sampling_defaults(variant: str) -> dict:
-    """The Modelfile's sampling PARAMETERs for a model variant (Qwen's advice, one definition in
-    fastft.modelfile); a family without advice gets Instruct-2507's rather than no sampling."""
-    family = FAMILIES.get(variant)
-    return dict((family and family.sampling) or FAMILIES[INSTRUCT_2507].sampling)
-
-
-def sampling_help(key: str) -> str:
-    """--help text of a sampling flag, its default quoted from the Modelfile's source."""
-    default = FAMILIES[INSTRUCT_2507].sampling[key]
-    return (f"{SAMPLING_HELP[key]} [default: the Modelfile's; {default} for "
-            f"{FAMILIES[INSTRUCT_2507].label}]")
 
 
 def resolve_sampling(defaults: dict, overrides: dict, max_new_tokens: int,

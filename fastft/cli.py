@@ -366,7 +366,7 @@ def init(path, force):
 
 def sampling_options(f):
     """--temperature, --top-p, ...: defaults left to the model's Modelfile (None here)."""
-    from .chat import SAMPLING_KEYS, sampling_help
+    from .modelfile import SAMPLING_KEYS, sampling_help   # not .chat: its imports slow every start
 
     for key in reversed(SAMPLING_KEYS):
         kind = click.IntRange(min=0) if key == "top_k" else click.FloatRange(min=0)

@@ -261,6 +261,31 @@ FAMILIES = {
     OTHER: Family("unknown family", None, {}),
 }
 
+# `fastft chat`'s sampling flags. Here, beside the values their help quotes, so the CLI can build
+# them without importing fastft.chat (and through it export, llama.cpp, models) at every start.
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+SAMPLING_HELP = {
+    "temperature": "Sampling temperature; 0 is greedy (deterministic).",
+    "top_p": "Nucleus sampling: keep the most likely tokens up to this probability mass.",
+    "top_k": "Keep only the K most likely tokens (0: all).",
+    "min_p": "Drop tokens less likely than this fraction of the most likely one.",
+    "repeat_penalty": "Penalty for repeating recent tokens (1: none).",
+}
+
+
+def sampling_defaults(variant: str) -> dict:
+    """The Modelfile's sampling PARAMETERs for a model variant (Qwen's advice); a family without
+    advice gets Instruct-2507's rather than no sampling."""
+    family = FAMILIES.get(variant)
+    return dict((family and family.sampling) or FAMILIES[INSTRUCT_2507].sampling)
+
+
+def sampling_help(key: str) -> str:
+    """--help text of a sampling flag, its default quoted from FAMILIES."""
+    default = FAMILIES[INSTRUCT_2507].sampling[key]
+    return (f"{SAMPLING_HELP[key]} [default: the Modelfile's; {default} for "
+            f"{FAMILIES[INSTRUCT_2507].label}]")
+
 
 # -- ollama's Modelfile parser, re-implemented -----------------------------------------------------
 

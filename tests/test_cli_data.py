@@ -197,6 +197,17 @@ def test_help(runner, args, options):
         assert re.search(rf"(^|\s){re.escape(option)}\b", result.output), option
 
 
+def test_importing_the_cli_leaves_the_heavy_modules_unloaded():
+    """Every command pays for what `import fastft.cli` imports: chat's --temperature etc. are
+    built from fastft.modelfile, not fastft.chat (which pulls in export, llama.cpp, models)."""
+    heavy = ["fastft.chat", "fastft.export", "fastft.llamacpp", "fastft.models"]
+    proc = subprocess.run([sys.executable, "-c", f"import sys, fastft.cli; "
+                           f"print([m for m in {heavy!r} if m in sys.modules])"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 # -- train: configuration -------------------------------------------------------------------------
 
 def print_config(runner, args) -> dict:
