@@ -528,7 +528,7 @@ def _check_content(msgs: list[_Msg], fmt: str, end_field: str,
         for m in msgs:
             _check_special(m.content, m.content_field, problems)
             if m.extra.get("tool_calls"):
-                _check_special(json.dumps(m.extra["tool_calls"], ensure_ascii=False),
+                _check_special(_tools.render_canonical(m.extra["tool_calls"]),
                                _tools.calls_field(m), problems)
     turns = [m for m in msgs if m.role == "assistant"]
     if turns and all(m.weight == 0 for m in turns):
@@ -548,7 +548,7 @@ def _record_tools(record: dict, fmt: str | None, problems: list[tuple[str, str]]
     if fmt in ("messages", "conversations", "sharegpt"):
         tools = _tools.record_tools(record, problems, side.setdefault("warnings", []))
         if tools:
-            _check_special(json.dumps(tools, ensure_ascii=False), "tools", problems)
+            _check_special(_tools.render_canonical(tools), "tools", problems)
         return tools
     if fmt is not None and record.get("tools"):
         problems.append(("tools", "tools are read with messages, conversations or ShareGPT "
