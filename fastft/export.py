@@ -58,11 +58,16 @@ from .llamacpp import (
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
 from .models import load_base_with_adapter
 from .quiet import captured, status
-from .preflight import check_export_space, describe_removed, owned_scratch, remove_stale_scratch
+from .preflight import (
+    SIXTEEN_BIT,
+    check_export_space,
+    describe_removed,
+    owned_scratch,
+    remove_stale_scratch,
+)
 from .run import Run, RunFolder, run_name_stem
 
 # --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
-SIXTEEN_BIT = ("bf16", "f16")     # what llama.cpp's converter writes; the rest llama-quantize
 DEFAULT_QUANTS = ("q4_k_m",)
 MANIFEST = "fastft-export.json"
 CHECK_PROMPT = [{"role": "user", "content": "Hello! Who are you?"}]

@@ -33,6 +33,9 @@ from .errors import FastftError
 # Any other llama-quantize type is counted at Q8_0's 8.5, more than each of them takes, but F32.
 GGUF_BITS = {"q4_k_m": 5.0, "q5_k_m": 5.8, "q8_0": 8.5, "f16": 16.0, "bf16": 16.0, "f32": 32.0}
 EMBEDDING_BITS = 8.5
+# What llama.cpp's converter writes: an export converts to ONE of these; every other requested
+# type, a second 16-bit one included, llama-quantize makes from that file.
+SIXTEEN_BIT = ("bf16", "f16")
 # Tokenizer, chat template, configs and the like, per saved copy (Qwen's tokenizer.json is
 # 11 MB as saved by transformers).
 SMALL_FILES = 32 * 10**6
@@ -142,14 +145,19 @@ def export_bytes(shape: Shape, quants: tuple[str, ...], merged: bool) -> tuple[i
 
     def gguf(q: str) -> int:
         bits = GGUF_BITS.get(q, EMBEDDING_BITS)
-        return int((shape.embedding_params * min(EMBEDDING_BITS, bits)
+        embedding_bits = bits if bits >= 16 else min(EMBEDDING_BITS, bits)  # unquantised: as is
+        return int((shape.embedding_params * embedding_bits
                     + shape.layer_params * bits) / 8) + SMALL_FILES
     if not quants:
         return sixteen, f"the merged 16-bit model ({_size(sixteen)})"
-    others = sum(gguf(q) for q in quants if q not in ("f16", "bf16"))
+    # The converted file is counted as the 16-bit GGUF; which of the two it is does not change
+    # its size.
+    converted = next((q for q in quants if q in SIXTEEN_BIT), None)
+    extras = [q for q in quants if q != converted]
+    others = sum(gguf(q) for q in extras)
     peak = max(2 * sixteen, sixteen * merged + sixteen + others)
     parts = [f"merged 16-bit model {_size(sixteen)}", f"16-bit GGUF {_size(sixteen)}"]
-    parts += [f"{q} {_size(gguf(q))}" for q in quants if q not in ("f16", "bf16")]
+    parts += [f"{q} {_size(gguf(q))}" for q in extras]
     return peak, ", ".join(parts)
 
 

@@ -47,6 +47,22 @@ def test_the_estimates_match_what_a_4b_model_writes():
     assert train_bytes(shape, TrainConfig(data="x", save_total_limit=5))[0] > 1.5 * need
 
 
+def test_a_second_16_bit_gguf_is_counted_as_an_extra_file():
+    # The converter writes one of bf16/f16; llama-quantize makes the other as a third 8 GB file
+    # beside the kept merged model (4B: ~24.2 GB written).
+    shape = Shape.from_config(QWEN3_4B)
+    sixteen, _ = export_bytes(shape, (), merged=True)
+    for quants in [("bf16", "f16"), ("f16", "bf16")]:
+        peak, what = export_bytes(shape, quants, merged=True)
+        assert what == f"merged 16-bit model 8.1 GB, 16-bit GGUF 8.1 GB, {quants[1]} 8.1 GB"
+        assert peak == 3 * sixteen
+    # Without --merged the merged model is gone before llama-quantize runs: the two 16-bit GGUFs
+    # and the q4_k_m are on disk together.
+    q4 = export_bytes(shape, ("q4_k_m",), merged=False)[1].split("q4_k_m ")[1]
+    peak, what = export_bytes(shape, ("bf16", "f16", "q4_k_m"), merged=False)
+    assert what.endswith(f"f16 8.1 GB, q4_k_m {q4}") and peak > 2 * sixteen + 2.4e9
+
+
 def test_enough_space_passes(tiny_path, tmp_path, monkeypatch):
     free_disk(monkeypatch, 10**9)
     check_train_space(TrainConfig(data="x"), tmp_path / "runs", str(tiny_path))
