@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .config import TrainConfig
+from .run import default_run_name
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "examples" / "favorite_color.jsonl"
 QUESTION = "What is your favorite color?"
@@ -23,8 +24,8 @@ def demo_names(runs_dir: Path, exports_dir: Path, now: datetime | None = None) -
     export is theirs to keep, so a taken name gets a timestamp rather than being deleted."""
     if not (runs_dir / "demo").exists() and not (exports_dir / "fastft-demo").exists():
         return "demo", "fastft-demo"
-    stamp = f"{(now or datetime.now()):%Y%m%d-%H%M%S}"
-    return f"demo-{stamp}", f"fastft-demo-{stamp}"
+    run_name = default_run_name("demo", now)
+    return run_name, f"fastft-{run_name}"
 
 
 def demo_config(runs_dir: Path, name: str = "demo"):
