@@ -156,7 +156,8 @@ class AdapterChat:
         self.defaults: dict | None = None        # the variant's, as in the Modelfile an export writes
         # Unsloth and transformers print while loading: stdout is for answers only.
         with contextlib.redirect_stdout(sys.stderr):
-            self.model, self.tokenizer = load_run_for_inference(folder.path)
+            self.model, self.tokenizer = load_for_inference(folder.adapter, record.config.max_seq_len,
+                                                            record.config.load_in_4bit)
         self.guard = ChatGuard(self.tokenizer, record.plan.model_path, think=record.config.think)
 
     def prompt(self, messages: list[dict]) -> str:
@@ -187,20 +188,22 @@ def modelfile_system(modelfile: str) -> str | None:
     return go_unquote(m.group(1)) if m else None
 
 
-def find_gguf(target: Path) -> tuple[Path, Path | None]:
-    """(the GGUF to run, its export folder if it is in one)."""
-    if target.is_dir():
-        manifest = target / MANIFEST
-        served = json.loads(manifest.read_text())["modelfile"] if manifest.is_file() else None
-        if served and (target / served["from"]).is_file():
-            return target / served["from"], target
-        ggufs = sorted(p for p in target.glob("*.gguf") if p.is_file())
-        if not ggufs:
-            raise ChatError(f"{target}: neither a run folder nor an export folder (no .gguf in it)")
-        return ggufs[0], target if manifest.is_file() else None
-    if not target.is_file():
+def find_gguf(target: Path) -> tuple[Path, Path | None, dict | None]:
+    """(the GGUF to run, its export folder if it is in one, that folder's manifest)."""
+    if not target.is_dir() and not target.is_file():
         raise ChatError(f"{target}: no such file")
-    return target, target.parent if (target.parent / MANIFEST).is_file() else None
+    folder = target if target.is_dir() else target.parent
+    manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else None
+    export = folder if manifest is not None else None
+    if target.is_file():
+        return target, export, manifest
+    served = manifest["modelfile"] if manifest is not None else None
+    if served and (target / served["from"]).is_file():
+        return target / served["from"], target, manifest
+    ggufs = sorted(p for p in target.glob("*.gguf") if p.is_file())
+    if not ggufs:
+        raise ChatError(f"{target}: neither a run folder nor an export folder (no .gguf in it)")
+    return ggufs[0], export, manifest
 
 
 class GGUFChat:
@@ -208,13 +211,12 @@ class GGUFChat:
     tools: list[dict] | None = None     # canonical schemas offered in every prompt (--tools)
 
     def __init__(self, target: str | Path, console=None):
-        self.gguf, export = find_gguf(Path(target))
+        self.gguf, export, manifest = find_gguf(Path(target))
         meta = read_gguf_metadata(self.gguf)
         self.label = f"{self.gguf.name} (GGUF, llama.cpp)"
         self.default_system, params, self.template = None, {}, meta.get("tokenizer.chat_template")
         self.variant = "other"
         if export is not None:
-            manifest = json.loads((export / MANIFEST).read_text())
             self.variant = manifest.get("variant", "other")
             served = manifest.get("modelfile") or {}
             params = served.get("parameters") or {}

@@ -10,7 +10,7 @@ Both models are the same loaded model: the base is the fine-tuned one with its a
 
 from __future__ import annotations
 
-from .models import import_unsloth
+from .models import import_unsloth, load_for_inference
 
 import_unsloth()  # before transformers and peft (see fastft.models)
 
@@ -19,7 +19,7 @@ import math  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from .chat import Sampling, generate_text, load_run_for_inference  # noqa: E402
+from .chat import Sampling, generate_text  # noqa: E402
 from .data import EOS, Example, load_conversations  # noqa: E402
 from .quiet import captured, status as quiet_status  # noqa: E402
 from .run import RunFolder  # noqa: E402
@@ -74,20 +74,27 @@ def evaluate_run(run: str | Path, data: str | Path, samples: int = 3, max_new_to
     cfg = record.config.model_copy(update=dict(data=str(data), eval_file=None, eval_split=0.0,
                                                skip_invalid=False))
     dataset = load_conversations(data)          # bad DATA fails here, before a model is loaded
-    status = console.status if console is not None else (lambda _: contextlib.nullcontext())
     loading = f"loading {record.config.model} with the adapter of {folder.name}"
-    with captured(None, console, verbose, what="eval"), \
-            (quiet_status(console, loading) if console is not None else contextlib.nullcontext()):
-        model, tokenizer = load_run_for_inference(folder.path)
+    with captured(None, console, verbose, what="eval"), spinner(console, loading, in_capture=True):
+        model, tokenizer = load_for_inference(folder.adapter, cfg.max_seq_len, cfg.load_in_4bit)
     guard = ChatGuard(tokenizer, record.plan.model_path, think=cfg.think, path=str(data))
     prepared = prepare_data(cfg, guard, tokenizer, (dataset, []))
-    with status("scoring the fine-tuned model"):
+    with spinner(console, "scoring the fine-tuned model"):
         tuned = score(model, prepared.train, tokenizer.pad_token_id)
-    with status("scoring the base model (adapter disabled)"), model.disable_adapter():
+    with spinner(console, "scoring the base model (adapter disabled)"), model.disable_adapter():
         base = score(model, prepared.train, tokenizer.pad_token_id)
-    with status(f"sampling answers for {min(samples, len(dataset.examples))} conversations"):
+    with spinner(console, f"sampling answers for {min(samples, len(dataset.examples))} conversations"):
         answers = sample_answers(model, tokenizer, guard, dataset.examples[:samples], max_new_tokens)
     return EvalResult(str(run), str(data), base, tuned, prepared.truncated, prepared.dropped, answers)
+
+
+def spinner(console, text: str, in_capture: bool = False):
+    """`text` beside a spinner on `console` (nothing without one). Inside a capture rich must
+    leave sys.stdout and sys.stderr to it (quiet.status); outside, its redirect keeps a library's
+    print off stdout, where the result goes."""
+    if console is None:
+        return contextlib.nullcontext()
+    return quiet_status(console, text) if in_capture else console.status(text)
 
 
 def length_batches(examples: list[TokenizedExample], budget: int = TOKENS_PER_BATCH):
