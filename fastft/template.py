@@ -34,22 +34,23 @@ PAD = "<|endoftext|>"
 EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 THINK_TAG = re.compile(r"</?think>\s*")
-# An opening tag with no closing one after it: where the reasoning ends is unknown, so stripping
-# the tag would train the reasoning as the answer.
-UNCLOSED_THINK = re.compile(r"<think>(?!.*</think>)", re.DOTALL)
 
 
-def tangled_think(content: str) -> str | None:
-    """Why the think tags of `content` cannot be stripped safely, else None: a <think> inside a
-    think block, or a </think> that closes nothing with text on both sides ("reasoning</think>
+def tangled_think(content: str) -> tuple[str, str] | None:
+    """(why, what to do) when the think tags of `content` cannot be stripped safely, else None:
+    a <think> with no </think> after it (where the reasoning ends is unknown), a <think> inside
+    a think block, or a </think> that closes nothing with text on both sides ("reasoning</think>
     answer", as Qwen3 thinking models write it, their <think> being in the prompt). Either way
     part of the reasoning would be trained as the answer."""
+    tags = list(re.finditer(r"<(/?)think>", content))
+    if tags and not tags[-1].group(1):  # checked first: it names the tag to close
+        return "unclosed <think> (no </think> after it)", "close it"
     inside = False
-    for m in re.finditer(r"<(/?)think>", content):
+    for m in tags:
         if not m.group(1) and inside:
-            return "a <think> inside another think block"
+            return "a <think> inside another think block", "fix the tags"
         if m.group(1) and not inside and content[:m.start()].strip() and content[m.end():].strip():
-            return "a </think> with no <think> before it, between text"
+            return "a </think> with no <think> before it, between text", "fix the tags"
         inside = not m.group(1)
     return None
 
@@ -234,16 +235,11 @@ class ChatGuard:
                         "holds a <think> tag; Qwen3 Instruct-2507 is a non-thinking model "
                         "(use --think strip or --think keep)"))
                     return None
-                if self.think == "strip" and UNCLOSED_THINK.search(content):
+                if self.think == "strip" and (tangled := tangled_think(content)):
+                    why, fix = tangled
                     self.report.issues.append(DataIssue(
                         self.path, example.line, f"messages[{i}].content",
-                        "unclosed <think> (no </think> after it): the reasoning cannot be told "
-                        "from the answer; close it, or pass --think keep"))
-                    return None
-                if self.think == "strip" and (why := tangled_think(content)):
-                    self.report.issues.append(DataIssue(
-                        self.path, example.line, f"messages[{i}].content",
-                        f"{why}: the reasoning cannot be told from the answer; fix the tags, "
+                        f"{why}: the reasoning cannot be told from the answer; {fix}, "
                         f"or pass --think keep"))
                     return None
                 if self.think == "strip":

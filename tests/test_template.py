@@ -203,6 +203,26 @@ def test_strip_removes_lone_think_tags(instruct_guard, content):
     assert guard.report.data_think_stripped == 1
 
 
+UNTOLD = ": the reasoning cannot be told from the answer; "
+
+
+@pytest.mark.parametrize("content, message", [
+    ("<think>Blue, surely. Blue.", "unclosed <think> (no </think> after it)" + UNTOLD + "close it"),
+    ("<think>a</think>b<think>c", "unclosed <think> (no </think> after it)" + UNTOLD + "close it"),
+    # an unclosed tag is named before any other tangle in the same content
+    ("a</think>b<think>c", "unclosed <think> (no </think> after it)" + UNTOLD + "close it"),
+    ("<think>a<think>b</think>Blue.", "a <think> inside another think block" + UNTOLD + "fix the tags"),
+    ("<think>a</think>b</think>Blue.",
+     "a </think> with no <think> before it, between text" + UNTOLD + "fix the tags"),
+])
+def test_strip_rejects_think_tags_it_cannot_strip_safely(instruct_guard, content, message):
+    guard = instruct_guard()
+    assert guard.render(ex([U1, asst(content)], line=5)) is None
+    issue, = guard.report.issues
+    assert (issue.line, issue.field) == (5, "messages[1].content")
+    assert issue.message == message + ", or pass --think keep"
+
+
 def test_strip_counts_examples_not_blocks(instruct_guard):
     guard = instruct_guard()
     think = "<think>hmm</think>\n\n"
