@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .config import TrainConfig, flag_names, resolve_config, to_toml
+from .config import TrainConfig, flag_names, literal_choices, resolve_config, switch_names, to_toml
 from .distributed import rank_failed
 from .errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError
 
@@ -119,25 +119,20 @@ def _option(name: str, field):
             shown = "on" if default else "off"
         help_text += f" [default: {shown}]"
     if field.annotation is bool:
-        spelling = "/".join(flags) if len(flags) == 2 else f"{flags[0]}/--no-{flags[0][2:]}"
-        return click.option(spelling, name, default=None, help=help_text)
-    choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
+        return click.option("/".join(switch_names(name)), name, default=None, help=help_text)
+    choices = literal_choices(field.annotation)
     metavar = "[" + "|".join(choices) + "]" if choices else _metavar(field.annotation)
     return click.option(flags[0], name, default=None, metavar=metavar, help=help_text)
 
 
 def given_flag(key: str, value) -> str:
     """The spelling of option `key` that gives `value` (--16bit for load_in_4bit=False)."""
-    names = flag_names(key)
-    if value is False:
-        return names[1] if len(names) == 2 else f"--no-{names[0][2:]}"
-    return names[0]
+    return switch_names(key)[1] if value is False else flag_names(key)[0]
 
 
 def _metavar(annotation) -> str:
     base = {int: "INT", float: "FLOAT"}
-    words = [w for t in typing.get_args(annotation) if typing.get_origin(t) is typing.Literal
-             for w in typing.get_args(t)]   # int or "auto": INT|auto
+    words = [w for t in typing.get_args(annotation) for w in literal_choices(t)]   # int or "auto": INT|auto
     for t in (annotation, *typing.get_args(annotation)):
         if t in base:
             return "|".join([base[t], *words])

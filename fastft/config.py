@@ -183,6 +183,17 @@ def flag_names(key: str) -> list[str]:
     return extra.get("flag", f"--{key.replace('_', '-')}").split("/")
 
 
+def switch_names(key: str) -> list[str]:
+    """A switch's spellings, on then off: ["--4bit", "--16bit"], or ["--x", "--no-x"]."""
+    flags = flag_names(key)
+    return flags if len(flags) == 2 else [flags[0], f"--no-{flags[0][2:]}"]
+
+
+def literal_choices(annotation) -> tuple:
+    """The values of a Literal type (its choices); () for any other type."""
+    return get_args(annotation) if get_origin(annotation) is Literal else ()
+
+
 def to_toml(cfg: TrainConfig | None = None, annotate: bool = False) -> str:
     """The config as TOML, each option under its help text (`annotate`: and its flag, choices
     and default, a blank line apart); unset optional values are commented."""
@@ -216,10 +227,8 @@ def _about(key: str, f) -> str:
     """`--rank; default 16`, `--scheduler: one of linear, cosine, ...; default "cosine"`."""
     if key == "data":
         return "required: here, or as DATA on the command line (fastft train DATA)"
-    flags = flag_names(key)
-    if f.annotation is bool and len(flags) == 1:
-        flags.append(f"--no-{flags[0][2:]}")
-    choices = get_args(f.annotation) if get_origin(f.annotation) is Literal else ()
+    flags = switch_names(key) if f.annotation is bool else flag_names(key)
+    choices = literal_choices(f.annotation)
     about = "/".join(flags) + (f": one of {', '.join(choices)}" if choices else "")
     return about + (f"; default {toml_value(f.default)}" if f.default is not None else "; unset by default")
 
