@@ -170,16 +170,17 @@ def _torch_checks() -> list[Check]:
     cuda = torch.version.cuda
     built = f"torch built for CUDA {cuda}" if cuda else "torch built for CPU only"
     if not torch.cuda.is_available():
-        if shutil.which("nvidia-smi"):   # a GPU and a driver, that this torch cannot use
+        # nvidia-smi is asked once: it can take up to its 20 s timeout.
+        driver = f"driver {_driver_version()}" if shutil.which("nvidia-smi") else None
+        if driver:   # a GPU and a driver, that this torch cannot use
             gpu = Check("gpu", "warn", "NVIDIA GPU present, but torch cannot use it",
-                        f"{built}, driver {_driver_version()}: install a torch build for this "
+                        f"{built}, {driver}: install a torch build for this "
                         f"driver, e.g. FASTFT_TORCH=\"torch==X --index-url URL\" bash install.sh")
         else:
             gpu = Check("gpu", "warn", "none (CPU only)",
                         "real models need a CUDA GPU (8 GB or more); the built-in tiny model "
                         "trains on CPU (fastft demo)")
-        driver = f"driver {_driver_version()}" if shutil.which("nvidia-smi") else "no NVIDIA driver"
-        return [gpu, Check("driver / CUDA", "ok", f"{driver}; {built}")]
+        return [gpu, Check("driver / CUDA", "ok", f"{driver or 'no NVIDIA driver'}; {built}")]
     props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
     names = ", ".join(f"{p.name}" for p in props)
     vram = min(p.total_memory for p in props) / 2**30

@@ -123,6 +123,24 @@ def test_ollama_on_path(tmp_path, monkeypatch):
     assert row == {"name": "ollama", "status": "ok", "value": str(fake), "hint": ""}
 
 
+def test_a_gpu_torch_cannot_use_names_the_driver_asking_nvidia_smi_once(tmp_path, monkeypatch):
+    """A driver (nvidia-smi on PATH) but a torch without CUDA: both rows give the driver, and
+    nvidia-smi, which may take up to its 20 s timeout, runs once."""
+    import torch
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f'#!/bin/sh\necho call >> "{calls}"\necho 555.42\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu, driver = doctor._torch_checks()
+    assert (gpu.status, gpu.value) == ("warn", "NVIDIA GPU present, but torch cannot use it")
+    assert ", driver 555.42: install a torch build" in gpu.hint
+    assert driver.value.startswith("driver 555.42; torch built for")
+    assert calls.read_text().splitlines() == ["call"]
+
+
 def test_ollama_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))   # nothing there
     row = checks(run_doctor("--json"))["ollama"]
