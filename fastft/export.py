@@ -385,8 +385,8 @@ def write_docs(plan: ExportPlan) -> None:
         if plan.modelfile is not None:
             (plan.stage / "Modelfile").write_text(plan.modelfile.text, encoding="utf-8")
         (plan.stage / "README.md").write_text(readme_text(
-            plan.name, plan.info, plan.ggufs, plan.opts.merged, plan.modelfile, plan.first_gguf,
-            MANIFEST), encoding="utf-8")
+            plan.name, plan.info, plan.ggufs, plan.opts.merged, plan.modelfile, MANIFEST),
+            encoding="utf-8")
         files = plan.hashes.table(plan.stage)
     (plan.stage / MANIFEST).write_text(json.dumps(_manifest(plan, files), indent=2,
                                                   ensure_ascii=False) + "\n", encoding="utf-8")

@@ -25,9 +25,11 @@ def _ollama_section(name: str, modelfile, first_gguf: str) -> list[str]:
 
 
 def readme_text(name: str, info, ggufs: dict[str, Path], merged: bool, modelfile,
-                first_gguf: str | None, manifest: str) -> str:
+                manifest: str) -> str:
     """README.md for export `name` of run `info` (a fastft.run.Run): `ggufs` maps quant -> file,
-    `modelfile` is the rendered Modelfile (None without GGUF), `manifest` the manifest's name."""
+    the first being the one the Modelfile serves; `modelfile` is the rendered Modelfile (None
+    without GGUF), `manifest` the manifest's name."""
+    first_gguf = next(iter(ggufs.values())).name if ggufs else None
     family = FAMILIES.get(info.variant, FAMILIES["other"])
     lines = [f"# {name}", "",
              f"Fine-tuned from `{info.model}` ({family.label}) by fastft "
@@ -38,7 +40,7 @@ def readme_text(name: str, info, ggufs: dict[str, Path], merged: bool, modelfile
         lines += ["## Files", "", "| file | quantisation |", "|---|---|"]
         lines += [f"| `{p.name}` | {q.upper()} |" for q, p in ggufs.items()]
         lines += ["", "Any llama.cpp tool loads them, e.g. "
-                  f"`llama-cli -m {next(iter(ggufs.values())).name}`.", ""]
+                  f"`llama-cli -m {first_gguf}`.", ""]
     if merged:
         lines += ["`merged/` holds the 16-bit merged model (safetensors) for transformers, "
                   "vLLM and other tools.", ""]

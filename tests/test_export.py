@@ -189,6 +189,20 @@ def test_export_folder(exported):
     assert f"ollama run {NAME}" in readme
 
 
+def test_readme_names_the_first_gguf_as_the_one_served(tmp_path):
+    from types import SimpleNamespace
+
+    from fastft.export_readme import readme_text
+    info = SimpleNamespace(variant="other", model="m", run_dir=tmp_path / "r")
+    modelfile = SimpleNamespace(template=None, system_mode="SYSTEM")
+    ggufs = {q: tmp_path / f"{NAME}.{q.upper()}.gguf" for q in ("q8_0", "q4_k_m")}
+    text = readme_text(NAME, info, ggufs, False, modelfile, MANIFEST)
+    assert f"The Modelfile serves `{NAME}.Q8_0.gguf`; to serve another" in text
+    assert f"`llama-cli -m {NAME}.Q8_0.gguf`." in text
+    assert "| `fastft-tiny.Q4_K_M.gguf` | Q4_K_M |" in text
+    assert "ollama" not in readme_text(NAME, info, {}, True, None, MANIFEST)
+
+
 # -- merge once, convert once, quantize from that one file ----------------------------------------
 
 @pytest.mark.slow
