@@ -35,7 +35,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field as dc_field
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 from .errors import FastftError
 from . import tools as _tools
@@ -543,10 +543,10 @@ def _check_turns(msgs: list[_Msg], end_field: str, problems: list[tuple[str, str
 
 
 def _record_tools(record: dict, fmt: str | None, problems: list[tuple[str, str]],
-                  side: dict) -> list[dict] | None:
+                  warnings: list[tuple[str, str]]) -> list[dict] | None:
     """The record's tool schemas (canonical), for the formats that carry tool calls."""
     if fmt in ("messages", "conversations", "sharegpt"):
-        tools = _tools.record_tools(record, problems, side.setdefault("warnings", []))
+        tools = _tools.record_tools(record, problems, warnings)
         if tools:
             _check_special(_tools.render_canonical(tools), "tools", problems)
         return tools
@@ -556,18 +556,25 @@ def _record_tools(record: dict, fmt: str | None, problems: list[tuple[str, str]]
     return None
 
 
-def _analyse(record: Any, side: dict | None = None
-             ) -> tuple[str | None, list[dict[str, str]], list[tuple[str, str]], tuple[int, ...]]:
-    """Return (format, messages, problems, indexes of weight-0 messages) for a decoded record;
-    ``side`` receives the record's "tools" and the "warnings" about it."""
-    side = {} if side is None else side
+class _Analysis(NamedTuple):
+    """What _analyse makes of a decoded record: messages only when ``problems`` is empty."""
+    format: str | None
+    problems: list[tuple[str, str]]
+    messages: Sequence[dict] = ()
+    no_loss: tuple[int, ...] = ()  # indexes of the weight-0 assistant messages
+    tools: list[dict] | None = None
+    warnings: Sequence[tuple[str, str]] = ()
+
+
+def _analyse(record: Any) -> _Analysis:
     problems: list[tuple[str, str]] = []
     if not isinstance(record, dict):
         problems.append(("<record>", f"expected a JSON object, got {_type_name(record)}"))
-        return None, [], problems, ()
+        return _Analysis(None, problems)
     fmt = _classify(record)
     msgs, end_field = _messages_of(record, fmt, problems)
-    side["tools"] = _record_tools(record, fmt, problems, side)
+    warnings: list[tuple[str, str]] = []
+    tools = _record_tools(record, fmt, problems, warnings)
     if msgs:
         _check_content(msgs, fmt, end_field, problems)
     if problems or not msgs:
@@ -576,13 +583,14 @@ def _analyse(record: Any, side: dict | None = None
         # Order problems are independent of content problems; still report the first.
         if msgs and fmt != "alpaca":
             _check_turns(msgs, end_field, problems)
-        return fmt, [], problems, ()
+        return _Analysis(fmt, problems)
     _check_turns(msgs, end_field, problems)
     if problems:
-        return fmt, [], problems, ()
-    _tools.check_calls(msgs, side["tools"], side.setdefault("warnings", []))
+        return _Analysis(fmt, problems)
+    _tools.check_calls(msgs, tools, warnings)
     no_loss = tuple(i for i, m in enumerate(msgs) if m.weight == 0 and m.role == "assistant")
-    return fmt, [{"role": m.role, "content": m.content, **m.extra} for m in msgs], problems, no_loss
+    return _Analysis(fmt, problems, [{"role": m.role, "content": m.content, **m.extra} for m in msgs],
+                     no_loss, tools, warnings)
 
 
 def normalise_record(record: dict) -> tuple[str, list[dict]]:
@@ -591,12 +599,12 @@ def normalise_record(record: dict) -> tuple[str, list[dict]]:
     Raises RecordError for an invalid record; its ``field``/``message`` is the
     first problem and ``problems`` lists all of them.
     """
-    fmt, messages, problems, _ = _analyse(record)
-    if problems:
-        f, m = problems[0]
-        raise RecordError(f, m, problems)
-    assert fmt is not None
-    return fmt, messages
+    a = _analyse(record)
+    if a.problems:
+        f, m = a.problems[0]
+        raise RecordError(f, m, a.problems)
+    assert a.format is not None
+    return a.format, a.messages
 
 
 # --------------------------------------------------------------------------
@@ -706,17 +714,16 @@ class _Collector:
         problems = [("<json>", f"duplicate key {_safe(k)!r}") for k in dups]
         problems += [(f, "invalid unicode (lone surrogate): not encodable as UTF-8")
                      for f in _surrogates(record)]
-        side: dict = {}
         if not problems:
-            fmt, messages, problems, no_loss = _analyse(record, side)
+            a = _analyse(record)
+            problems = a.problems
         if problems:
             for f, m in problems:
                 self.issue(line, f, m)
             self.dataset.skipped += 1
             return
-        self.dataset.warnings += [DataIssue(self.dataset.path, line, f, m)
-                                  for f, m in side.get("warnings", [])]
-        self.dataset.examples.append(Example(messages, line, fmt, no_loss, side.get("tools")))
+        self.dataset.warnings += [DataIssue(self.dataset.path, line, f, m) for f, m in a.warnings]
+        self.dataset.examples.append(Example(a.messages, line, a.format, a.no_loss, a.tools))
 
     def bad_record(self, line: int, field: str, message: str) -> None:
         self.issue(line, field, message)
