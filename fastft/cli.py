@@ -180,8 +180,6 @@ def data_preview(file, n, index, as_json, **flags):
     """Show FILE's examples as training sees them: the guarded chat template with trained tokens
     highlighted and masked ones dimmed, what the guard removed or keeps, and a token-length
     histogram against --max-seq-len."""
-    import json
-
     from .preview import build_preview, print_preview
 
     cfg = resolve_config(file, None, flags)
@@ -190,7 +188,7 @@ def data_preview(file, n, index, as_json, **flags):
     if as_json:
         click.echo(json.dumps(p.to_dict(), ensure_ascii=False, indent=2))
     else:
-        print_preview(p, Console())  # a result: stdout
+        print_preview(p, out)  # a result: stdout
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -424,10 +422,9 @@ def evaluate(run, data, samples, max_new_tokens, as_json, verbose):
     result = evaluate_run(run, data, samples=samples, max_new_tokens=max_new_tokens,
                           console=console, verbose=verbose)
     if as_json:
-        import json
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
-        print_eval(result, Console())   # results: stdout
+        print_eval(result, out)   # results: stdout
 
 
 # -- demo ---------------------------------------------------------------------------------------
