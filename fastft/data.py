@@ -865,7 +865,7 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
 
 
 def empty_message(dataset: Dataset) -> str:
-    """Why a dataset without issues has no examples."""
+    """Why a dataset has no examples: every record was skipped for its issues, or it has none."""
     return "no examples: the file is empty" if not dataset.skipped else "no valid examples"
 
 
@@ -877,10 +877,6 @@ def load_conversations(path: str | os.PathLike, skip_invalid: bool = False) -> D
     if dataset.issues and not skip_invalid:
         raise DataError(dataset.path, dataset.issues)
     if not dataset.examples:
-        issues = list(dataset.issues)
-        issues.append(
-            DataIssue(dataset.path, 1, "<file>",
-                      "no valid examples" if dataset.issues else empty_message(dataset))
-        )
-        raise DataError(dataset.path, issues)
+        raise DataError(dataset.path,
+                        [*dataset.issues, DataIssue(dataset.path, 1, "<file>", empty_message(dataset))])
     return dataset
