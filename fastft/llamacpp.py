@@ -118,6 +118,13 @@ def _runs(exe: Path) -> bool:
     return p.returncode == 0 or "usage" in (p.stdout + p.stderr).lower()
 
 
+def _find_tool(root: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of `names` that runs, each looked for at `root`'s top level, then where
+    llama.cpp's cmake build puts it (build/bin)."""
+    return next((d / n for n in names for d in (root, root / "build" / "bin") if _runs(d / n)),
+                None)
+
+
 def _inspect(root: Path, origin: str) -> LlamaCpp | None:
     """The tools in `root`, or None unless it holds the converter and a working llama-quantize."""
     if not (root / CONVERTER).is_file():
@@ -126,9 +133,7 @@ def _inspect(root: Path, origin: str) -> LlamaCpp | None:
     quantize = root / QUANTIZE
     if not _runs(quantize):
         return None
-    runners = [d / n for n in RUNNERS for d in (root, root / "build" / "bin")]
-    runner = next((r for r in runners if _runs(r)), None)
-    return LlamaCpp(root, quantize, runner, origin)
+    return LlamaCpp(root, quantize, _find_tool(root, RUNNERS), origin)
 
 
 def find_llama_cpp() -> LlamaCpp | None:
@@ -169,10 +174,8 @@ def ensure_llama_cpp(console=None, need_runner: bool = True) -> LlamaCpp:
 def ensure_chat_runner(console=None) -> Path:
     """llama-completion: the one beside the llama.cpp in use, else built in fastft's cache."""
     found = find_llama_cpp()
-    if found is not None:
-        for exe in (found.root / CHAT_RUNNER, found.root / "build" / "bin" / CHAT_RUNNER):
-            if _runs(exe):
-                return exe
+    if found is not None and (exe := _find_tool(found.root, (CHAT_RUNNER,))) is not None:
+        return exe
     return build_llama_cpp(console, BUILD_TARGETS + (CHAT_RUNNER,)).root / CHAT_RUNNER
 
 

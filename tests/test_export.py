@@ -584,3 +584,28 @@ def test_missing_build_tools_are_named(monkeypatch):
         lc.ensure_llama_cpp()
     msg = str(e.value)
     assert "cmake" in msg and "C++ compiler" in msg and "UNSLOTH_LLAMA_CPP_PATH" in msg
+
+
+def test_runners_are_found_at_the_top_level_then_in_build_bin(tmp_path, monkeypatch):
+    """The export's check runner and chat's llama-completion are looked for the same way: each
+    name at the folder's top level (Unsloth's layout), then in cmake's build/bin."""
+    import fastft.llamacpp as lc
+
+    def tool(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+        return path
+    (tmp_path / lc.CONVERTER).write_text("")
+    tool(tmp_path / lc.QUANTIZE)
+    assert lc._inspect(tmp_path, "test").runner is None
+    in_bin = tool(tmp_path / "build" / "bin" / "llama-completion")
+    assert lc._inspect(tmp_path, "test").runner == in_bin
+    monkeypatch.setattr(lc, "find_llama_cpp", lambda: lc._inspect(tmp_path, "test"))
+    assert lc.ensure_chat_runner() == in_bin
+    top = tool(tmp_path / "llama-completion")
+    assert lc.ensure_chat_runner() == top
+    # llama-simple comes first among the check's runners, wherever it is.
+    assert lc._inspect(tmp_path, "test").runner == top
+    simple = tool(tmp_path / "build" / "bin" / "llama-simple")
+    assert lc._inspect(tmp_path, "test").runner == simple
