@@ -31,7 +31,7 @@ MODES = ("unsloth", "false", "true")
 # unit of hidden size: 58.8 GiB peak at 8 x 2048 tokens on the Qwen3-4B shape (36 layers,
 # hidden 2560, 4-bit, LoRA r16 on all projections; H100, 2026-11-27) gives 39.5.
 ACTIVATION_BYTES = 40
-_GC_VALUE = {"unsloth": "unsloth", "true": True, "false": False}  # Unsloth's spelling of each mode
+UNSLOTH_GC = {"unsloth": "unsloth", "true": True, "false": False}  # Unsloth's spelling of each mode
 _RANK = {"unsloth": 0, "true": 1, "false": 2}  # activation memory each mode keeps on the GPU
 
 
@@ -142,13 +142,18 @@ def mode_order(modes: list[str], predicted_false_gib: float, budget_gib: float,
     is predicted to fit the whole effective batch, it is the likely winner (no recompute, no
     offload) and is measured first; otherwise the leanest mode goes first. Either way the
     choice is made on measurements (`decide`)."""
-    if "false" not in modes or predicted_false_gib + reserve_gib > budget_gib * (1 - HEADROOM):
+    if "false" not in modes or not _within(predicted_false_gib, budget_gib, reserve_gib):
         return modes
     return ["false"] + [m for m in modes if m != "false"]
 
 
 def fits(m: Measurement, budget_gib: float, reserve_gib: float = 0.0) -> bool:
-    return m.peak_gib is not None and m.peak_gib + reserve_gib <= budget_gib * (1 - HEADROOM)
+    return m.peak_gib is not None and _within(m.peak_gib, budget_gib, reserve_gib)
+
+
+def _within(peak_gib: float, budget_gib: float, reserve_gib: float) -> bool:
+    """A peak, plus the optimizer's reserve, leaves HEADROOM of the budget free."""
+    return peak_gib + reserve_gib <= budget_gib * (1 - HEADROOM)
 
 
 def _fastest(ms: list[Measurement]) -> Measurement | None:
@@ -201,8 +206,8 @@ def set_checkpointing(model, mode: str) -> None:
     import torch.utils.checkpoint as ck
     from unsloth_zoo import gradient_checkpointing as ugc
 
-    if mode not in _GC_VALUE:
-        raise ValueError(f"checkpointing mode {mode!r}: expected one of {', '.join(_GC_VALUE)}")
+    if mode not in UNSLOTH_GC:
+        raise ValueError(f"checkpointing mode {mode!r}: expected one of {', '.join(UNSLOTH_GC)}")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     on_gpu = torch.cuda.is_available()
     if mode == "unsloth" and on_gpu:
@@ -222,7 +227,7 @@ def set_checkpointing(model, mode: str) -> None:
     base._set_gradient_checkpointing(enable=mode != "false", gradient_checkpointing_func=func)
     if mode != "false" and on_gpu and not _has_input_grad_hook(base):
         base.enable_input_require_grads()  # reentrant checkpointing needs inputs that require grad
-    model._unsloth_gradient_checkpointing = _GC_VALUE[mode]
+    model._unsloth_gradient_checkpointing = UNSLOTH_GC[mode]
 
 
 def _has_input_grad_hook(base) -> bool:
@@ -233,7 +238,7 @@ def _has_input_grad_hook(base) -> bool:
 def checkpointing_mode(model) -> str:
     """The mode set by get_peft_model or the last set_checkpointing ("unsloth" if unrecorded)."""
     value = model.__dict__.get("_unsloth_gradient_checkpointing", "unsloth")
-    return next((k for k, v in _GC_VALUE.items() if v is value or v == value), DEFAULT_MODE)
+    return next((k for k, v in UNSLOTH_GC.items() if v is value or v == value), DEFAULT_MODE)
 
 
 # -- the probe ---------------------------------------------------------------------------------
@@ -289,13 +294,8 @@ def _search(probe, modes, paddings, effective, budget, reserve, deadline) -> lis
         return ms
     best = decide(ms, effective, budget, reserve)
     probe.use(best.checkpointing)
-    other = Measurement(best.micro_batch, rest[0], best.checkpointing,
-                        probe.peak(best.micro_batch, rest[0]), None)
-    ms.append(other)
-    if fits(other, budget, reserve):
-        other.tokens_per_s, peak = probe.time(other.micro_batch, other.padding_free)
-        other.peak_gib = None if other.tokens_per_s is None else max(other.peak_gib, peak)
-    probe.say(other.label())
+    for m in _largest_fit(probe, best.checkpointing, [best.micro_batch], rest[:1], budget, reserve, ms):
+        _time(probe, m)
     return ms
 
 
@@ -325,10 +325,15 @@ def _search_modes(probe, modes, paddings, effective, budget, reserve, deadline) 
             continue
         fitted[mode] = fitting[0].micro_batch
         for m in fitting:
-            m.tokens_per_s, peak = probe.time(m.micro_batch, m.padding_free)
-            m.peak_gib = None if m.tokens_per_s is None else max(m.peak_gib, peak)
-            probe.say(m.label())
+            _time(probe, m)
     return ms
+
+
+def _time(probe, m: Measurement) -> None:
+    """Time a candidate that fits, keep the higher of its two peaks, and report it."""
+    m.tokens_per_s, peak = probe.time(m.micro_batch, m.padding_free)
+    m.peak_gib = None if m.tokens_per_s is None else max(m.peak_gib, peak)
+    probe.say(m.label())
 
 
 def _largest_fit(probe, mode, sizes, paddings, budget, reserve, ms) -> list[Measurement]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from . import distributed  # noqa: E402
+from .autobatch import DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, set_checkpointing  # noqa: E402
 from .cache import building, sha256_file  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
@@ -202,7 +203,6 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
     plan = saved_plan or distributed.from_main(   # auto-tune on rank 0, its plan for every rank
         lambda: plan_batches(cfg, ref.path, model, tokenizer, data, ui, distributed.world().size))
     if plan.gradient_checkpointing != first_mode:
-        from .autobatch import set_checkpointing
         set_checkpointing(model, plan.gradient_checkpointing)
     trainer, metrics = make_trainer(cfg, plan, model, tokenizer, data, folder)
 
@@ -284,8 +284,9 @@ class SaveEveryMinutes(TrainerCallback):
         self.last = time.monotonic()
 
     def on_step_end(self, args, state, control, **kw):
-        # With --gpus N every rank saves at the same step, when any rank's clock says so.
-        if distributed.any_rank(self.seconds > 0 and time.monotonic() - self.last >= self.seconds):
+        # With --gpus N every rank saves at the same step, when any rank's clock says so; with
+        # --save-minutes 0 (the same on every rank) there is nothing to agree on.
+        if self.seconds > 0 and distributed.any_rank(time.monotonic() - self.last >= self.seconds):
             control.should_save = True
 
     def on_save(self, args, state, control, **kw):
@@ -409,7 +410,7 @@ def data_info(cfg: TrainConfig, data: PreparedData) -> DataInfo:
 
 def _initial_checkpointing(cfg: TrainConfig) -> str:
     """The checkpointing LoRA is attached with; auto-tune may switch it afterwards."""
-    return "unsloth" if cfg.gradient_checkpointing == "auto" else cfg.gradient_checkpointing
+    return DEFAULT_MODE if cfg.gradient_checkpointing == "auto" else cfg.gradient_checkpointing
 
 
 def attach_lora(model, cfg: TrainConfig, checkpointing: str):
@@ -417,7 +418,7 @@ def attach_lora(model, cfg: TrainConfig, checkpointing: str):
     return unsloth.FastLanguageModel.get_peft_model(
         model, r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules), bias="none",
-        use_gradient_checkpointing={"true": True, "false": False}.get(checkpointing, checkpointing),
+        use_gradient_checkpointing=UNSLOTH_GC[checkpointing],
         random_state=cfg.seed, use_rslora=cfg.rslora, use_dora=cfg.dora)
 
 
@@ -427,7 +428,6 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     With `world_size` GPUs, each GPU's share of the effective batch (fastft.launch)."""
     import torch
 
-    from .autobatch import choose_optimizer
     from .batching import grouped_batches, pad_waste, random_batches
     from .launch import per_device_batch
     on_gpu = torch.cuda.is_available()
@@ -441,10 +441,8 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     if cfg.packing:
         padding_free = None  # TRL's packing decides its own collation
     elif on_gpu and cfg.auto_batch:
-        from .autobatch import autotune
-        fixed = None if cfg.gradient_checkpointing == "auto" else cfg.gradient_checkpointing
-        tuned = autotune(model, tokenizer, data.train, cfg, ui=ui, fixed_checkpointing=fixed,
-                         optim=optim)
+        tuned = autotune(model, tokenizer, data.train, cfg, ui=ui,
+                         fixed_checkpointing=cfg.gradient_checkpointing, optim=optim)
         batch_size, grad_accum = tuned.batch_size, tuned.grad_accum
         padding_free, checkpointing, tuning = tuned.padding_free, tuned.checkpointing, tuned.to_dict()
         ui.status(tuned.describe())
