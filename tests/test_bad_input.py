@@ -95,6 +95,29 @@ def test_issue_is_reported_with_its_location(name, expected):
     assert any(expected in issue for issue in issues_of(name)), issues_of(name)
 
 
+GOOD_LINE = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+
+
+@pytest.mark.parametrize("array", [False, True], ids=["jsonl", "array"])
+@pytest.mark.parametrize("escape, field", [
+    ("\\ud800", "messages[1].content"),
+    ("\\uDFFF", "messages[1].content"),
+    ("\\uDbFf", "messages[1].content"),
+    ("\\\\uD800", None),          # an escaped backslash, then the text "uD800": no surrogate
+    ("\\ud83d\\ude00", None),     # a surrogate pair: the emoji, valid
+])
+def test_lone_surrogate_escapes_are_found_in_both_layouts(tmp_path, array, escape, field):
+    bad = GOOD_LINE.replace('"yo"', f'"yo {escape}"')
+    p = tmp_path / ("d.json" if array else "d.jsonl")
+    p.write_text(f"[{GOOD_LINE},\n{bad}]" if array else f"{GOOD_LINE}\n{bad}\n", encoding="utf-8")
+    ds = read_dataset(p)
+    if field is None:
+        assert ds.issues == [] and len(ds.examples) == 2
+    else:
+        (issue,) = ds.issues
+        assert (issue.line, issue.field) == (2, field) and "lone surrogate" in issue.message
+
+
 def test_the_rest_of_the_file_is_still_checked_after_a_huge_number():
     ds = read_dataset(BAD / "size-int-5000-digits.jsonl")
     assert [e.line for e in ds.examples] == [1, 3]
