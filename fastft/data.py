@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import hashlib
 import json
 import os
 import re
@@ -124,6 +125,7 @@ class Dataset:
     issues: list[DataIssue] = dc_field(default_factory=list)  # in file order
     warnings: list[DataIssue] = dc_field(default_factory=list)  # worth a look; the record is kept
     skipped: int = 0  # records dropped because they had issues
+    sha256: str = ""  # of the bytes read: what a run records, and what its resume compares
 
     @property
     def formats(self) -> collections.Counter:
@@ -706,8 +708,8 @@ def _surrogates(value: Any) -> list[str]:
 
 
 class _Collector:
-    def __init__(self, path: str):
-        self.dataset = Dataset(path=path)
+    def __init__(self, path: str, sha256: str):
+        self.dataset = Dataset(path=path, sha256=sha256)
 
     def issue(self, line: int, field: str, message: str) -> None:
         self.dataset.issues.append(DataIssue(self.dataset.path, line, field, message))
@@ -853,11 +855,12 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
     problem = _whole_file_problem(spath, raw)
     if problem:
         raise DataError(spath, [DataIssue(spath, 0, "<file>", problem)])
+    sha256 = hashlib.sha256(raw).hexdigest()
     if raw.startswith(_BOM):
         raw = raw[len(_BOM):]
     lines, bad_list = _decode_lines(raw)
     bad = dict(bad_list)
-    out = _Collector(spath)
+    out = _Collector(spath, sha256)
     text = "\n".join(lines)
     first = _WS.match(text, 0).end()
     if text[first:first + 1] == "[":

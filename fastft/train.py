@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 
 from . import distributed  # noqa: E402
 from .autobatch import DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, set_checkpointing  # noqa: E402
-from .cache import building, sha256_file  # noqa: E402
+from .cache import building  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError, is_out_of_memory  # noqa: E402
@@ -116,7 +116,7 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
             require_tensorboard()
         checkpoint = folder.last_checkpoint()  # None (killed before one was saved): from step 0
         loaded = load_data(saved.config)
-        if sha256_file(saved.config.data) != saved.data.sha256:
+        if loaded[0].sha256 != saved.data.sha256:
             raise TrainError(f"{saved.config.data} changed since {folder.name} started (sha256 "
                              f"differs); resuming would train on other data: start a new run")
         if main:
@@ -396,7 +396,7 @@ def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
     if not train:
         raise TrainError(f"{cfg.data}: no example has a trainable token within --max-seq-len "
                          f"{cfg.max_seq_len}")
-    return PreparedData(train, evals, t1 + t2, d1 + d2, sha256_file(cfg.data), len(train_ds.examples))
+    return PreparedData(train, evals, t1 + t2, d1 + d2, train_ds.sha256, len(train_ds.examples))
 
 
 def data_info(cfg: TrainConfig, data: PreparedData) -> DataInfo:

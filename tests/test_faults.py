@@ -15,7 +15,7 @@ from datetime import datetime
 import pytest
 from rich.console import Console
 
-from conftest import EXAMPLE
+from conftest import EXAMPLE, write_run
 from fastft.errors import TrainError
 from fastft.cache import sha256_file
 from fastft.run import RunFolder, checkpoint_step
@@ -87,6 +87,13 @@ def _wait_for_first_step(proc, metrics, timeout=600):
 
 
 @pytest.mark.slow
+def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path):
+    # the recorded sha256 ("0" * 64) is not the data file's: resuming would train on other data
+    run = write_run(tmp_path / "runs" / "r", status="interrupted")
+    with pytest.raises(TrainError, match="changed since r started"):
+        resume(str(run))
+
+
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_to_the_end(tmp_path):
     max_steps = 30
     cmd = [sys.executable, "-m", "fastft.cli", "train", str(EXAMPLE), "--model", "tiny",

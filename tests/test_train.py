@@ -1,5 +1,6 @@
 """`fastft train` on the tiny model through the real Unsloth code path (CPU)."""
 
+import hashlib
 import json
 import shutil
 
@@ -47,6 +48,7 @@ def test_training_lowers_the_loss_and_writes_the_run(trained):
     assert meta["config"]["load_in_4bit"] is cfg.load_in_4bit
     assert meta["config"]["rank"] == 16 and meta["config"]["alpha"] == 32
     assert meta["data"]["examples"] == 100 and len(meta["data"]["sha256"]) == 64
+    assert meta["data"]["sha256"] == hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
     assert meta["versions"]["unsloth"] and meta["final"]["tokens_per_s"] > 0
     assert (run.parent / "latest").resolve() == run.resolve()
 
