@@ -247,8 +247,8 @@ def _hf_cache() -> Check:
 
 
 def _offline() -> Check:
-    on = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-          if os.environ.get(v, "").lower() in ("1", "true", "yes", "on")]
+    from .models import offline_vars
+    on = offline_vars()
     if not on:
         return Check("offline mode", "ok", "off")
     return Check("offline mode", "ok", f"on ({', '.join(on)})",

@@ -6,6 +6,7 @@ peft and trl; weights are safetensors only; remote code is never trusted.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,12 @@ from pathlib import Path
 from .tiny import is_tiny, tiny_model_path
 
 LOADING_RULES = dict(trust_remote_code=False, use_safetensors=True)
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")   # either keeps the hub libraries offline
+
+
+def offline_vars() -> list[str]:
+    """The variables of OFFLINE_VARS that are set on, as huggingface_hub reads them."""
+    return [v for v in OFFLINE_VARS if os.environ.get(v, "").lower() in ("1", "true", "yes", "on")]
 
 
 def import_unsloth():

@@ -36,7 +36,7 @@ from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError, is_out_of_memory  # noqa: E402
 from .faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
-from .models import load_model, resolve_model  # noqa: E402
+from .models import load_model, offline_vars, resolve_model  # noqa: E402
 from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
 from .quiet import move_log  # noqa: E402
 from .preflight import check_train_space  # noqa: E402
@@ -175,8 +175,7 @@ def _load(cfg: TrainConfig, ui):
     except OSError as e:  # huggingface_hub's and transformers' lookup errors are OSErrors
         if ref.is_local:
             raise
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-        why = ("offline and not in the local cache" if offline or "connect" in str(e)
+        why = ("offline and not in the local cache" if offline_vars() or "connect" in str(e)
                else str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise TrainError(f"cannot load {cfg.model}: {why}; download it once while online "
                          f"(unset HF_HUB_OFFLINE) or give a local folder with --model") from None
