@@ -46,6 +46,7 @@ from .gguf import read_gguf_metadata
 from .llamacpp import LlamaCppError, ensure_chat_runner, log_tail
 from .modelfile import FAMILIES, SAMPLING_KEYS, parse_modelfile, sampling_defaults
 from .models import load_for_inference
+from .procs import dying_with_parent
 from .quiet import captured
 from .run import RunFolder
 from .template import ChatGuard, template_text
@@ -259,7 +260,7 @@ class GGUFChat:
             # llama.cpp drops one final newline from a prompt file; the prompt ends in one.
             prompt_file.write_text(self.prompt(messages) + "\n", encoding="utf-8")
             with open(log, "wb") as err:
-                proc = subprocess.Popen(self.command(prompt_file, sampling), stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(dying_with_parent(self.command(prompt_file, sampling)), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=err)
             try:
                 text = relay_llama_output(proc.stdout, write)

@@ -8,6 +8,7 @@ line (exit 1); anything else is a bug, logged with its traceback (exit 70).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 import typing
@@ -20,8 +21,10 @@ from rich.markup import escape
 
 from . import __version__
 from .config import TrainConfig, flag_names, literal_choices, resolve_config, switch_names, to_toml
-from .distributed import rank_failed
-from .errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError
+from . import signals
+from .distributed import rank_failed, world
+from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
+from .signals import terminate_as_interrupt
 
 console = Console(stderr=True)   # diagnostics: progress, status, warnings, errors
 out = Console()                  # results: summaries and reports (NO_COLOR is honoured by both)
@@ -31,23 +34,43 @@ class FastftGroup(click.Group):
     """Turns fastft's own errors into one line and exit 1, and any other error into a short
     'this is a bug' message with the traceback in a log file, and exit 70."""
 
+    argv: list[str] = []
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        self.argv = list(args)   # as given: parsing consumes them before a usage error is raised
+        return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            # A rank of a --gpus run keeps SIGTERM's default: torchrun sends it to stop a rank
+            # when another failed; the launcher passes a user's SIGTERM on as SIGINT.
+            with terminate_as_interrupt(enabled=world().size == 1):
+                return super().invoke(ctx)
         except FastftError as e:
             if not rank_failed(e, EXIT_USER_ERROR):   # one of N training processes: the launcher says it
-                console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+                console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             ctx.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt as e:
-            if not rank_failed(e, EXIT_INTERRUPTED):
-                console.print("[bold red]interrupted[/]", highlight=False)
-            ctx.exit(EXIT_INTERRUPTED)
+            if not rank_failed(e, signals.exit_code(e)):
+                console.print(f"[bold red]{signals.describe(signals.signal_of(e))}[/]",
+                              highlight=False)
+            ctx.exit(signals.exit_code(e))
+        except click.UsageError as e:
+            e.message += _dash_file_hint(self.argv)
+            raise
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
             if not rank_failed(e, EXIT_INTERNAL_ERROR):
                 report_bug(e, debug=ctx.params.get("debug", False))
             ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def _dash_file_hint(args: list[str]) -> str:
+    """A file whose name starts with '-' reads as an option: say how to name it instead."""
+    files = [a for a in args if a.startswith("-") and os.path.exists(a)]
+    return (f"\n(to name the file {files[0]!r}, write ./{files[0]} or put -- before it)"
+            if files else "")
 
 
 def report_bug(e: BaseException, debug: bool) -> Path | None:
@@ -86,7 +109,8 @@ def main(debug):
       fastft doctor                    can this machine train and export? what to do if not
 
     Exit codes: 0 ok, 1 bad input/config/state (the message says which), 2 bad usage,
-    70 internal error (a bug: the traceback goes to a log file), 130 interrupted.
+    70 internal error (a bug: the traceback goes to a log file), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM; training saves a checkpoint first, as for Ctrl-C).
     """
 
 
@@ -248,10 +272,10 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
             result = stop   # reported once the libraries' output is off the terminal again
     if isinstance(e := result, training.TrainInterrupted):
         saved = f"checkpoint {e.checkpoint.name} saved" if e.checkpoint else "no checkpoint saved"
-        console.print(f"[bold yellow]interrupted[/] at step {e.step}, {escape(saved)}; continue "
-                      f"with:\n  fastft train --resume {escape(str(e.folder.path))}", highlight=False,
-                      soft_wrap=True)
-        sys.exit(EXIT_INTERRUPTED)
+        console.print(f"[bold yellow]{signals.describe(e.signum)}[/] at step {e.step}, "
+                      f"{escape(saved)}; continue with:\n  fastft train --resume "
+                      f"{escape(str(e.folder.path))}", highlight=False, soft_wrap=True)
+        sys.exit(128 + e.signum)
     if result.record.final is None:   # a rank other than 0 (--gpus N): rank 0 reports the run
         return
     if as_json:

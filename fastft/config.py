@@ -10,6 +10,7 @@ loaded. Cheap to import: no torch, no transformers.
 from __future__ import annotations
 
 import re
+import types
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -258,9 +259,65 @@ def load_toml(path: str) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
+# A TOML value's type, as TOML names it, and the Python types tomllib gives each.
+_TOML_TYPES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+               list: "an array", dict: "a table"}
+
+
+def _accepts(annotation, value) -> bool:
+    """Whether a TOML value is of a type field `annotation` takes as it is. Flags arrive as text
+    and are converted by pydantic; a TOML file says its types, and `lr = true` must not become
+    lr 1.0 (pydantic's lax mode reads a boolean as 1)."""
+    if annotation is Any:
+        return True
+    if _is_union(annotation):
+        return any(_accepts(a, value) for a in get_args(annotation))
+    if choices := literal_choices(annotation):
+        return any(type(value) is type(c) for c in choices)
+    if annotation is type(None):
+        return False                     # TOML has no null: leave the key out instead
+    if get_origin(annotation) is tuple:  # a list of strings, or one comma-separated string
+        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    if annotation is float:
+        return type(value) in (int, float)
+    return type(value) is annotation
+
+
+def _is_union(annotation) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType)
+
+
+def _expected(annotation) -> str:
+    args = [a for a in get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
+    words = []
+    for a in args:
+        if choices := literal_choices(a):
+            words.append("one of " + ", ".join(f'"{c}"' for c in choices))
+        elif get_origin(a) is tuple:
+            words.append("an array of strings")
+        else:
+            words.append({bool: "true or false", int: "an integer", float: "a number",
+                          str: "a string"}.get(a, str(a)))
+    return " or ".join(words)
+
+
+def check_toml_types(values: dict, path: str) -> None:
+    """Every known key of a TOML config holds a value of its option's type (unknown keys are
+    TrainConfig's to report); raise ConfigError naming each key, what it takes, and what it got."""
+    fields = TrainConfig.model_fields
+    wrong = [f"{key}: expected {_expected(fields[key].annotation)}, got "
+             f"{_TOML_TYPES.get(type(v), type(v).__name__)} ({toml_value(v) if type(v) in _TOML_TYPES else v})"
+             for key, v in values.items() if key in fields and not _accepts(fields[key].annotation, v)]
+    if wrong:
+        raise ConfigError(f"{path}: wrong type" + (f" for {wrong[0]}" if len(wrong) == 1 else
+                                                   "s:\n  " + "\n  ".join(wrong)))
+
+
 def resolve_config(data: str | None, config_file: str | None, flags: dict) -> TrainConfig:
     """Defaults, overridden by the TOML file, overridden by the flags given on the command line."""
     values = load_toml(config_file) if config_file else {}
+    if config_file:
+        check_toml_types(values, config_file)
     values.update({k: v for k, v in flags.items() if v is not None})
     if data:
         values["data"] = data

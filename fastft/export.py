@@ -65,6 +65,7 @@ from .preflight import (
     owned_scratch,
     remove_stale_scratch,
 )
+from .procs import dying_with_parent
 from .run import Run, RunFolder, run_name_stem
 
 # --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
@@ -253,13 +254,81 @@ def normalise_quants(quants, types: dict[str, str] | None = None) -> tuple[str, 
     return tuple(out)
 
 
-def _final_folder(opts: ExportOptions, name: str) -> Path:
+def _final_folder(opts: ExportOptions, name: str, run: Run) -> Path:
     final = (Path(opts.out) if opts.out else Path(opts.exports_dir) / name).absolute()
-    if final.exists() and not opts.force:
-        raise ExportError(f"{final} already exists; pass --force to replace it")
-    if final.exists() and not final.is_dir():
-        raise ExportError(f"{final} exists and is not a folder")
+    _refuse_protected(final, run)
+    _check_parent(final)
+    if final.exists() or final.is_symlink():
+        if not opts.force:
+            raise ExportError(f"{final} already exists; pass --force to replace it")
+        _check_replaceable(final)
     return final
+
+
+def _protected(run: Run) -> list[tuple[str, Path]]:
+    """What an output folder must never be or contain: replacing it would delete it."""
+    data = run.record.config.data
+    return [("the run being exported", run.run_dir), ("the runs folder", run.run_dir.parent),
+            ("the training data", Path(data)), ("the current directory", Path.cwd()),
+            ("your home directory", Path.home()), ("the root directory", Path("/"))]
+
+
+def _refuse_protected(final: Path, run: Run) -> None:
+    real = final.resolve()
+    for what, path in _protected(run):
+        path = path.resolve()
+        if real == path or real in path.parents:
+            held = "is" if real == path else "holds"
+            raise ExportError(f"--out {final} {held} {what} ({path}); an export needs a folder "
+                              f"of its own, e.g. --out exports/{final.name or 'NAME'}")
+
+
+def _check_parent(final: Path) -> None:
+    """The nearest existing folder above `final` must be a writable folder (not /dev/null)."""
+    parent = final.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExportError(f"--out {final}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"--out {final}: cannot write in {parent} (permission denied); "
+                          f"choose a folder you can write to")
+
+
+def _check_replaceable(final: Path) -> None:
+    """--force replaces a previous export and nothing else: a folder whose every file its
+    manifest lists, unchanged (size, and SHA-256 for files small enough to hash at once)."""
+    if not final.is_dir():
+        raise ExportError(f"{final} exists and is not a folder; --force replaces only a "
+                          f"previous export")
+    files = [p for p in final.rglob("*") if not p.is_dir()]
+    if not files:
+        return                               # an empty folder: nothing to lose
+    try:
+        listed = json.loads((final / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ExportError(f"--force replaces only a previous fastft export, and {final} is not "
+                          f"one (no readable {MANIFEST}); choose another --out, or move its "
+                          f"files away yourself") from None
+    foreign = [str(p.relative_to(final)) for p in files if not _written_by_export(p, final, listed)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ExportError(f"--force replaces only what fastft wrote, and {final} holds files "
+                          f"that are not in its {MANIFEST} as exported (added or edited): "
+                          f"{shown}; move them away, or choose another --out")
+
+
+HASH_LIMIT = 4 * 2**20   # a Modelfile or README edited by hand keeps its size only by chance
+
+
+def _written_by_export(path: Path, folder: Path, listed: dict) -> bool:
+    rel = str(path.relative_to(folder))
+    if rel == MANIFEST:
+        return True
+    entry = listed.get(rel) if isinstance(listed, dict) else None
+    if not isinstance(entry, dict) or path.is_symlink() or entry.get("bytes") != path.stat().st_size:
+        return False
+    return path.stat().st_size > HASH_LIMIT or entry.get("sha256") == sha256_file(path)
 
 
 def _render_modelfile(plan: ExportPlan) -> Modelfile | None:
@@ -284,16 +353,17 @@ def _render_modelfile(plan: ExportPlan) -> Modelfile | None:
 def make_plan(opts: ExportOptions) -> ExportPlan:
     """Everything decidable before a slow step; raises ExportError on bad input."""
     info = read_run(opts.run)
+    name = opts.name or default_name(info.run_dir)
+    if not NAME_RE.match(name):
+        raise ExportError(f"invalid --name {name!r}: use letters, digits, '.', '_', '-' "
+                          f"(at most 80, starting with a letter or digit)")
+    final = _final_folder(opts, name, info)
     quants = normalise_quants(opts.gguf)
     if not quants and not opts.merged:
         raise ExportError("nothing to export: give --gguf QUANT and/or --merged")
     if opts.create:
         _check_ollama(quants)
-    name = opts.name or default_name(info.run_dir)
-    if not NAME_RE.match(name):
-        raise ExportError(f"invalid --name {name!r}: use letters, digits, '.', '_', '-' "
-                          f"(at most 80, starting with a letter or digit)")
-    plan = ExportPlan(opts, info, quants, name, _final_folder(opts, name), modelfile=None)
+    plan = ExportPlan(opts, info, quants, name, final, modelfile=None)
     plan.modelfile = _render_modelfile(plan)
     check_export_space(info.model_path, quants, opts.merged, plan.final)
     return plan
@@ -424,7 +494,7 @@ def ollama_create(result: ExportResult, console) -> None:
     """`ollama create NAME -f Modelfile` in the finished export folder."""
     cmd = [shutil.which("ollama") or "ollama", "create", result.name, "-f", "Modelfile"]
     with status(console, f"ollama create {result.name}"):
-        p = subprocess.run(cmd, cwd=result.out_dir, capture_output=True, text=True, errors="replace")
+        p = subprocess.run(dying_with_parent(cmd), cwd=result.out_dir, capture_output=True, text=True, errors="replace")
     if p.returncode != 0:
         tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-10:])
         raise ExportError(f"`ollama create {result.name} -f Modelfile` failed (exit {p.returncode}) "

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .config import TrainConfig, parse_gpus
 from .distributed import LAUNCH_DIR_ENV, mismatch, world
-from .errors import ConfigError, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError
+from .errors import ConfigError, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
 
 TORCHRUN = "torch.distributed.run"   # the module behind the `torchrun` script
 CPU_ENV = "FASTFT_DDP_ON_CPU"   # =1: --gpus N without a GPU runs N CPU processes (gloo; CI, debugging)
@@ -84,13 +84,15 @@ def command(nprocs: int, argv: list[str], python: str = sys.executable) -> list[
 
 
 def failure_message(failures: list[dict], nprocs: int, returncode: int, folder: Path,
-                    interrupted: bool) -> tuple[str | None, int]:
+                    interrupted: int | None) -> tuple[str | None, int]:
     """(the one line to print, or None; the exit code) once torchrun has ended unsuccessfully,
     worded as one process words its own failure. The first process to fail caused it; the
-    others were stopped, or failed waiting for it."""
+    others were stopped, or failed waiting for it. `interrupted`: the signal that asked the
+    launch to stop, if one did (the exit code is then 128 + its number)."""
+    stopped = 128 + (interrupted or signal.SIGINT)
     if not failures:
         if interrupted:   # rank 0 said where it stopped and how to resume
-            return None, EXIT_INTERRUPTED
+            return None, stopped
         return (f"internal error: a training process died without a message (torchrun exit "
                 f"{returncode}; killed "
                 f"by the system, e.g. out of host memory?); each process's output is in {folder}",
@@ -99,7 +101,7 @@ def failure_message(failures: list[dict], nprocs: int, returncode: int, folder: 
     who = f"rank {f['rank']} of {nprocs}" + (f" (GPU {f['local_rank']})" if f.get("gpu") else "")
     others = f"the other process{'es were' if nprocs > 2 else ' was'} stopped"
     if f["kind"] == "interrupted":
-        return "interrupted", EXIT_INTERRUPTED
+        return "interrupted", stopped
     if f["kind"] == "error":
         return f"error: {f['message']}", EXIT_USER_ERROR
     if f["kind"] == "oom":
@@ -207,9 +209,9 @@ def rank_env(folder: Path) -> dict:
     return env
 
 
-def run(cmd: list[str], env: dict, folder: Path, verbose: bool = False) -> tuple[int, bool]:
+def run(cmd: list[str], env: dict, folder: Path, verbose: bool = False) -> tuple[int, int | None]:
     """Run torchrun (its own messages to torchrun.log), relaying rank 0's stdout and stderr as
-    they are written. Returns (exit code, whether a signal asked it to stop)."""
+    they are written. Returns (exit code, the signal that asked it to stop, if one did)."""
     tails = [_Tail(folder / "rank0.stdout", sys.stdout), _Tail(folder / "rank0.stderr", sys.stderr)]
     if verbose:
         tails.append(_Tail(folder / "torchrun.log", sys.stderr))
@@ -226,7 +228,7 @@ def run(cmd: list[str], env: dict, folder: Path, verbose: bool = False) -> tuple
             time.sleep(0.05)
     for t in tails:     # a killed rank 0 can leave a progress bar mid-line: our message starts anew
         t.end_line()
-    return proc.returncode, forward.count > 0
+    return proc.returncode, forward.first
 
 
 class _Tail:
@@ -264,14 +266,15 @@ class _Tail:
 
 class _Forward(contextlib.AbstractContextManager):
     """While torchrun runs in a session of its own (so a terminal's Ctrl-C reaches it once, from
-    us): SIGINT is passed on as SIGINT (torchrun hands it to every rank: each saves a checkpoint
-    at the end of its step and stops), SIGTERM and SIGHUP as SIGTERM; a second signal kills
-    torchrun, and its ranks die with it (fastft.distributed.attach)."""
+    us): SIGINT and SIGTERM are passed on as SIGINT (every rank saves a checkpoint at the end of
+    its step and stops, as one process does for either), SIGHUP as SIGTERM (no terminal is left
+    to report to: stop at once); a second signal kills torchrun, and its ranks die with it
+    (fastft.distributed.attach). `first`: the first signal received, if any."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, proc: subprocess.Popen):
-        self.proc, self.count, self.saved = proc, 0, {}
+        self.proc, self.count, self.saved, self.first = proc, 0, {}, None
 
     def __enter__(self):
         with contextlib.suppress(ValueError):   # not the main thread: nothing to forward
@@ -285,8 +288,9 @@ class _Forward(contextlib.AbstractContextManager):
 
     def _handle(self, signum, frame):
         self.count += 1
+        self.first = self.first or signum
         sig = signal.SIGKILL if self.count > 1 else (
-            signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+            signal.SIGTERM if signum == signal.SIGHUP else signal.SIGINT)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
 

@@ -19,13 +19,16 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import building, cache_dir
 from .errors import FastftError
 from .faults import fault_point
+from .procs import dying_with_parent
 
 # The sdist whose vendored llama.cpp we build and whose vocab/templates the tiny model uses.
 # Pinned: llama.cpp's converter must know Qwen3's pre-tokenizer hash, and a newer release may
@@ -50,7 +53,7 @@ def llama_cpp_source() -> Path:
         if not tarball:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
                    "--quiet", "-d", dl, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(dying_with_parent(cmd), capture_output=True, text=True)
             found = sorted(Path(dl).glob("llama_cpp_python-*.tar.gz"))
             if proc.returncode != 0 or not found:
                 raise LlamaCppError(
@@ -240,8 +243,8 @@ def _run_logged(cmd: list[str], what: str, console=None) -> None:
                         console=console, transient=False)
     with progress:
         task = progress.add_task(what, total=100)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace")
+        proc = subprocess.Popen(dying_with_parent(cmd, group=True), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
         try:
             for line in proc.stdout:
                 tail.append(line.rstrip())
@@ -250,7 +253,7 @@ def _run_logged(cmd: list[str], what: str, console=None) -> None:
                     progress.update(task, completed=int(m.group(1)))
             rc = proc.wait()
         except BaseException:
-            proc.kill()
+            proc.terminate()   # the supervisor kills the build's whole process group
             proc.wait()
             raise
         if rc == 0:
@@ -330,7 +333,7 @@ def convert_to_gguf(llama: LlamaCpp, model_dir: Path, outfile: Path, outtype: st
     cmd = [sys.executable, str(llama.converter), str(model_dir), "--outfile", str(outfile),
            "--outtype", outtype, "--model-name", name]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT)
     try:
         fault_point("convert")
         rc = proc.wait()
@@ -349,21 +352,38 @@ class _Quantize:
     dst: Path
     log: Path
     proc: subprocess.Popen | None = None
-    started: float = 0.0
+    seconds: float = 0.0
+    started: threading.Event = field(default_factory=threading.Event)
+    stopped: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, llama: LlamaCpp, src: Path, threads: int) -> None:
-        with open(self.log, "ab") as out:   # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [str(llama.quantize), str(src), str(self.dst), self.qtype, str(threads)],
-                stdout=out, stderr=subprocess.STDOUT)
-        self.started = time.perf_counter()
+    def run(self, llama: LlamaCpp, src: Path, threads: int) -> None:
+        """Start it (unless stopped first), wait for it, raise if it failed. In a pool thread,
+        which stays alive while the child runs (the child's parent-death signal follows the
+        thread that started it)."""
+        t = time.perf_counter()
+        try:
+            with self.lock:
+                if self.stopped:
+                    return
+                with open(self.log, "ab") as out:   # the child keeps its own copy of the descriptor
+                    self.proc = subprocess.Popen(
+                        dying_with_parent([llama.quantize, src, self.dst, self.qtype, threads]),
+                        stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            self.started.set()                      # (or failed to start: nobody waits in vain)
+        rc = self.proc.wait()
+        if rc != 0 or not self.dst.is_file():
+            if self.stopped:
+                return
+            raise LlamaCppError(f"{QUANTIZE} to {self.qtype} failed (exit {rc}):\n{log_tail(self.log)}")
+        self.seconds = time.perf_counter() - t
 
-    def result(self) -> float:
-        """Seconds it ran, once it has exited successfully."""
-        if self.proc.returncode != 0 or not self.dst.is_file():
-            raise LlamaCppError(f"{QUANTIZE} to {self.qtype} failed (exit {self.proc.returncode}):"
-                                f"\n{log_tail(self.log)}")
-        return time.perf_counter() - self.started
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
 
 
 def quantize_ggufs(llama: LlamaCpp, src: Path, outputs: dict[str, Path], log_dir: Path,
@@ -380,26 +400,21 @@ def quantize_ggufs(llama: LlamaCpp, src: Path, outputs: dict[str, Path], log_dir
     the error propagates.
     """
     cpus = cpus or os.cpu_count() or 1
-    at_once = max(1, min(len(outputs), cpus))
-    waiting = [_Quantize(t, dst, log_dir / f"quantize-{t}.log") for t, dst in outputs.items()]
-    running: list[_Quantize] = []
-    seconds: dict[str, float] = {}
+    jobs = [_Quantize(t, dst, log_dir / f"quantize-{t}.log") for t, dst in outputs.items()]
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(jobs), cpus)))
     try:
-        while waiting or running:
-            while waiting and len(running) < at_once:
-                job = waiting.pop(0)
-                job.start(llama, src, threads=cpus)
-                running.append(job)
-                fault_point("quantize")
-            time.sleep(0.05)
-            for job in [j for j in running if j.proc.poll() is not None]:
-                running.remove(job)
-                seconds[job.qtype] = job.result()
+        futures = [pool.submit(job.run, llama, src, cpus) for job in jobs]
+        jobs[0].started.wait()
+        fault_point("quantize")
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        for job in jobs:
+            job.stop()
+        raise
     finally:
-        for job in running:
-            job.proc.kill()
-            job.proc.wait()
-    return seconds
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {job.qtype: job.seconds for job in jobs}
 
 
 # -- running a GGUF ----------------------------------------------------------------------------
@@ -420,7 +435,7 @@ def llama_generate(gguf_path: str | os.PathLike, prompt: str, n_tokens: int = 16
     else:
         cmd = [str(llama.runner), "-m", str(gguf_path), "-n", str(n_tokens), "-ngl", "0", prompt]
     try:
-        p = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        p = subprocess.run(dying_with_parent(cmd), capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise LlamaCppError(f"{llama.runner.name} timed out after {timeout:.0f}s on {gguf_path}") from e
     err = p.stderr.decode("utf-8", "replace")

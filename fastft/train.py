@@ -7,8 +7,8 @@ a GPU), train, save the adapter. Everything that can be checked is checked befor
 folder is created or the model is loaded; a new run that fails before its first optimizer step
 leaves no folder behind, and `runs/latest` moves to it only once it has trained a step.
 
-While training, a checkpoint is also saved every --save-minutes, and the first Ctrl-C saves one
-at the end of the current step and stops (`TrainInterrupted`; a second Ctrl-C stops at once).
+While training, a checkpoint is also saved every --save-minutes, and the first Ctrl-C or SIGTERM
+saves one at the end of the current step and stops (`TrainInterrupted`; a second stops at once).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import load_model, offline_vars, resolve_model  # noqa: E402
 from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
 from .quiet import move_log  # noqa: E402
+from .signals import STOP_SIGNALS, Terminated  # noqa: E402
 from .preflight import check_train_space  # noqa: E402
 from .run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
                   default_run_name)
@@ -57,11 +58,13 @@ class PreparedData:
 
 
 class TrainInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training after saving a checkpoint of the current step: resumable."""
+    """Ctrl-C or SIGTERM (`signum`) stopped training after saving a checkpoint of the current
+    step: resumable."""
 
-    def __init__(self, folder: RunFolder, step: int, checkpoint: Path | None):
+    def __init__(self, folder: RunFolder, step: int, checkpoint: Path | None,
+                 signum: int = signal.SIGINT):
         super().__init__(f"interrupted at step {step}")
-        self.folder, self.step, self.checkpoint = folder, step, checkpoint
+        self.folder, self.step, self.checkpoint, self.signum = folder, step, checkpoint, signum
 
 
 # -- entry points ------------------------------------------------------------------------------
@@ -105,10 +108,11 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
     main = distributed.start(None).is_main
     folder = RunFolder.open(path)
     with folder.lock() if main else contextlib.nullcontext():
+        saved = folder.read()
+        refuse_finished(folder, saved)
         if main:
             move_log(folder.train_log)
             distributed.note_run_folder(folder.path, new=False)
-        saved = folder.read()
         if saved.plan.world_size != distributed.world().size:
             raise TrainError(distributed.mismatch(folder.name, saved.plan.world_size,
                                                   distributed.world().size))
@@ -124,6 +128,16 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
             _drop_after(folder, checkpoint, ui)
         distributed.barrier()   # the others start once rank 0 has cleaned up after the checkpoint
         return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
+
+
+def refuse_finished(folder: RunFolder, saved: RunRecord) -> None:
+    """A finished run has nothing left to train: resuming it would train past its last step
+    and overwrite the adapter it finished with."""
+    if saved.status == "done":
+        steps = f" after {saved.final.global_step} steps" if saved.final else ""
+        raise TrainError(f"{folder.path} finished{steps}: nothing to resume, and it was left "
+                         f"unchanged; its adapter is in {folder.adapter}. To train more, start a "
+                         f"new run (fastft train DATA --name NEW ...)")
 
 
 def _drop_after(folder: RunFolder, checkpoint: Path | None, ui) -> None:
@@ -253,7 +267,7 @@ def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path
     state = trainer.state
     if stop.stopped and state.global_step < state.max_steps:
         _write(folder, record.model_copy(update={"status": "interrupted"}))
-        raise TrainInterrupted(folder, state.global_step, folder.last_checkpoint())
+        raise TrainInterrupted(folder, state.global_step, folder.last_checkpoint(), stop.signum)
 
 
 def out_of_memory(folder: RunFolder, record: RunRecord, step: int) -> TrainError:
@@ -293,30 +307,36 @@ class SaveEveryMinutes(TrainerCallback):
 
 
 class SaveOnInterrupt(TrainerCallback):
-    """The first Ctrl-C asks for a checkpoint at the end of the current step and a stop, instead
-    of killing the process mid-step with everything since the last checkpoint lost; a second
-    Ctrl-C interrupts at once, as usual. The previous SIGINT handler is restored afterwards."""
+    """The first Ctrl-C (or SIGTERM, in one process) asks for a checkpoint at the end of the
+    current step and a stop, instead of killing the process mid-step with everything since the
+    last checkpoint lost; a second signal interrupts at once, as usual. The previous handlers
+    are restored afterwards. Under --gpus, SIGTERM keeps the handler fastft.cli gave it: torchrun
+    sends it to stop a rank at once when another failed (a user's SIGTERM reaches the ranks as
+    SIGINT, from fastft.launch)."""
 
     def __init__(self):
         self.interrupted = False
         self.stopped = False
-        self._previous = None
+        self.signum = signal.SIGINT
+        self._previous: dict = {}
 
     @contextlib.contextmanager
     def installed(self):
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        ours = STOP_SIGNALS if distributed.world().size == 1 else (signal.SIGINT,)
+        self._previous = {s: signal.signal(s, self._handle) for s in ours}
         try:
             yield
         finally:  # None: a handler set outside Python, which cannot be put back; the default then
-            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
+            for s, previous in self._previous.items():
+                signal.signal(s, signal.SIG_DFL if previous is None else previous)
 
     def _handle(self, signum, frame):
         if self.interrupted:
-            raise KeyboardInterrupt
-        self.interrupted = True
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
+        self.interrupted, self.signum = True, signum
 
     def on_step_end(self, args, state, control, **kw):
         # torchrun passes Ctrl-C to every rank, each between other steps: they stop together.

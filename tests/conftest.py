@@ -40,6 +40,14 @@ def tokenizer_of():
     return lambda path: AutoTokenizer.from_pretrained(path)
 
 
+def mark_killed(run: Path) -> None:
+    """Make a finished run's record say what a run killed mid-training leaves: `training`."""
+    from fastft.run import RunFolder
+
+    folder = RunFolder(run)
+    folder.write(folder.read().model_copy(update={"status": "training"}))
+
+
 def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: str = "done",
               variant: str = "instruct-2507", model: str = "tiny") -> Path:
     """A run folder whose fastft.json is a valid RunRecord, for tests that need one without

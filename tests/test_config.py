@@ -84,6 +84,35 @@ def test_an_unknown_toml_key_is_an_unknown_option(runner, in_tmp, trains):
     assert trains == [] and not (in_tmp / "runs").exists()
 
 
+@pytest.mark.parametrize("toml, message", [
+    ("lr = true", "lr: expected a number, got a boolean (true)"),
+    ("epochs = false", "epochs: expected a number, got a boolean (false)"),
+    ("max_steps = true", "max_steps: expected an integer, got a boolean (true)"),
+    ("rank = 16.0", "rank: expected an integer, got a float (16.0)"),
+    ('rank = "16"', 'rank: expected an integer, got a string ("16")'),
+    ("load_in_4bit = 1", "load_in_4bit: expected true or false, got an integer (1)"),
+    ("think = 1", 'think: expected one of "strip", "keep", "error", got an integer (1)'),
+    ('target_modules = ["q_proj", 1]', "target_modules: expected an array of strings"),
+    ("gpus = true", 'gpus: expected an integer or one of "auto", got a boolean (true)'),
+])
+def test_a_toml_value_of_the_wrong_type_names_the_key_and_the_type(runner, in_tmp, trains, toml, message):
+    """TOML says its types: `lr = true` must not train at lr 1.0 (pydantic reads a boolean as 1)."""
+    (in_tmp / "run.toml").write_text(toml + "\n")
+    err = error_of(runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"]))
+    assert err.startswith("error: run.toml: wrong type for ") and message in err
+    assert trains == [] and not (in_tmp / "runs").exists()
+
+
+def test_toml_values_of_the_right_types_are_taken(runner, in_tmp, trains):
+    (in_tmp / "run.toml").write_text('lr = 1\nepochs = 2\ngpus = "auto"\nmax_steps = 5\n'
+                                     'target_modules = "q_proj,v_proj"\nvram_budget = 8\n')
+    result = runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml", "--print-config"])
+    assert result.exit_code == 0, result.output
+    printed = tomllib.loads(result.output)
+    assert (printed["lr"], printed["epochs"], printed["max_steps"]) == (1.0, 2.0, 5)
+    assert printed["target_modules"] == ["q_proj", "v_proj"]
+
+
 def test_invalid_toml_is_one_line_naming_the_file(runner, in_tmp, trains):
     (in_tmp / "run.toml").write_text("rank = \n")
     err = error_of(runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"]))

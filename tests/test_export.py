@@ -87,7 +87,11 @@ def record_processes(mp: pytest.MonkeyPatch) -> list[subprocess.Popen]:
 
 
 def argv(proc: subprocess.Popen) -> list[str]:
-    return [str(proc.args)] if isinstance(proc.args, (str, bytes)) else [str(x) for x in proc.args]
+    """The command a process runs (without fastft.procs' parent-death trampoline)."""
+    from fastft.procs import command_of
+
+    return [str(proc.args)] if isinstance(proc.args, (str, bytes)) else command_of(
+        [str(x) for x in proc.args])
 
 
 class Spy:
@@ -129,8 +133,7 @@ def export_spied(opts: ExportOptions):
 @pytest.fixture(scope="session")
 def spied_export(run_dir, llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports") / NAME
-    out.mkdir()
-    (out / "stale.txt").write_text("from an older export")   # --force replaces the folder
+    previous_export(out, {"stale.txt": "from an older export"})   # --force replaces it
     old = os.environ.get("HF_TOKEN")
     os.environ["HF_TOKEN"] = SECRET                          # must not end up in any file
     try:
@@ -339,12 +342,10 @@ def test_quantize_failure_or_interrupt_stops_the_others(fake_llama, tmp_path, mo
     assert len(started) == 2 and all(p.returncode is not None for p in started)
 
     started.clear()
-    real_sleep = llamacpp.time.sleep
 
-    def interrupted(s):
-        real_sleep(s)
+    def interrupted(point):   # Ctrl-C while llama-quantize runs
         raise KeyboardInterrupt
-    monkeypatch.setattr(llamacpp.time, "sleep", interrupted)
+    monkeypatch.setattr(llamacpp, "fault_point", interrupted)
     with pytest.raises(KeyboardInterrupt):
         quantize_ggufs(llama, src, {"Q8_0": tmp_path / "c.gguf"}, tmp_path, cpus=2)
     assert len(started) == 1 and started[0].returncode is not None   # killed, not left running
@@ -507,6 +508,80 @@ def test_existing_folder_is_kept_without_force(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["r"]
 
 
+def previous_export(folder: Path, files: dict[str, str]) -> Path:
+    """A folder as an earlier export left it: `files` and a manifest that lists them."""
+    from fastft.cache import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    listed = {n: {"sha256": sha256_file(folder / n), "bytes": (folder / n).stat().st_size}
+              for n in files}
+    (folder / MANIFEST).write_text(json.dumps({"files": listed}))
+    return folder
+
+
+def trained_run(tmp_path: Path) -> Path:
+    run = write_run(tmp_path / "project" / "runs" / "r")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    return run
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["runs folder", "run", "run's parent's parent", "cwd", "home",
+                                   "root", "latest link"])
+def test_force_never_replaces_a_folder_holding_the_run_data_or_cwd(where, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fastft.cli import main
+
+    run = trained_run(tmp_path)
+    project = run.parent.parent
+    (project / "notes.txt").write_text("my notes")
+    (run.parent / "latest").symlink_to(run.name)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("HOME", str(project))
+    out = {"runs folder": run.parent, "run": run, "run's parent's parent": project, "cwd": ".",
+           "home": "~", "root": "/", "latest link": run.parent / "latest"}[where]
+    out = os.path.expanduser(str(out))
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(main, ["export", str(run), "--gguf", "q8_0", "--out", out,
+                                       "--force"])
+    assert result.exit_code == 1, result.output
+    assert "an export needs a folder of its own" in result.output
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["user folder", "extra file", "edited Modelfile", "no manifest"])
+def test_force_replaces_only_a_previous_export_as_fastft_wrote_it(case, tmp_path):
+    run = trained_run(tmp_path)
+    out = previous_export(tmp_path / "exports" / "m", {"Modelfile": "FROM m.gguf\n", "README.md": "x"})
+    if case == "user folder":
+        (out / MANIFEST).unlink()
+        (out / "Modelfile").unlink()
+        (out / "data.jsonl").write_text("{}")
+    elif case == "extra file":
+        (out / "notes.txt").write_text("mine")
+    elif case == "edited Modelfile":
+        (out / "Modelfile").write_text("FROM m.gguf\nPARAMETER temperature 0\n")
+    else:
+        (out / MANIFEST).unlink()
+    before = snapshot(out)
+    with pytest.raises(ExportError, match="--force replaces only"):
+        export_run(ExportOptions(run=str(run), gguf=(), merged=True, out=str(out), force=True))
+    assert snapshot(out) == before
+
+
+def test_out_under_a_file_is_one_error(tmp_path):
+    run = trained_run(tmp_path)
+    with pytest.raises(ExportError, match="/dev/null is not a folder"):
+        export_run(ExportOptions(run=str(run), gguf=(), merged=True, out="/dev/null/m"))
+
+
 def test_bad_input_fails_fast(tmp_path):
     with pytest.raises(RunFolderError, match="fastft.json"):
         export_run(ExportOptions(run=str(tmp_path / "nope")))
@@ -529,8 +604,7 @@ def test_interrupted_export_leaves_no_final_files(run_dir, llama, tmp_path, monk
     import fastft.export
 
     out = tmp_path / "exports" / NAME
-    out.mkdir(parents=True)
-    (out / "keep.txt").write_text("previous export")
+    previous_export(out, {"keep.txt": "previous export"})
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
@@ -539,7 +613,7 @@ def test_interrupted_export_leaves_no_final_files(run_dir, llama, tmp_path, monk
         export_run(ExportOptions(run=str(run_dir), gguf=("q8_0",), merged=True, out=str(out),
                                  name=NAME, force=True))
     assert [p.name for p in out.parent.iterdir()] == [NAME]          # no scratch left behind
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["fastft-export.json", "keep.txt"]
     assert (out / "keep.txt").read_text() == "previous export"
 
 

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from conftest import EXAMPLE, write_run
+from conftest import EXAMPLE, mark_killed, write_run
 from fastft.errors import TrainError
 from fastft.cache import sha256_file
 from fastft.run import RunFolder, checkpoint_step
@@ -54,6 +55,7 @@ def test_resume_skips_an_incomplete_checkpoint_and_records_each_step_once(tmp_pa
     # Killed while saving checkpoint-6: its trainer_state.json (written last) never came.
     (run / "checkpoints" / "checkpoint-6" / "trainer_state.json").unlink()
     shutil.rmtree(run / "adapter")
+    mark_killed(run)
     assert steps(run) == [1, 2, 3, 4, 5, 6]
 
     ui, handler = RecordingUI(), signal.getsignal(signal.SIGINT)
@@ -231,7 +233,7 @@ def assert_nothing_partial(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGKILL"])
 @pytest.mark.parametrize("where", list(TRAIN_POINTS))
 def test_train_killed_resumes_to_the_same_result(where, sig, baseline, tmp_path):
     point, nth = TRAIN_POINTS[where]
@@ -239,12 +241,14 @@ def test_train_killed_resumes_to_the_same_result(where, sig, baseline, tmp_path)
     killed = run_killed(["train", str(EXAMPLE), "--name", "f", "--runs-dir", str(run.parent),
                          *MATRIX_FLAGS], f"{point}:{sig}:{nth}", tmp_path)
     folder = RunFolder(run)
-    if sig == "SIGINT":   # saved a checkpoint of the step it was in, said how to resume
-        assert killed.returncode == 130, killed.stderr[-3000:]
+    if sig != "SIGKILL":   # saved a checkpoint of the step it was in, said how to resume
+        assert killed.returncode == 128 + signal.Signals[sig], killed.stderr[-3000:]
         assert f"fastft train --resume {run}" in killed.stderr
+        assert ("terminated (SIGTERM) at step" in killed.stderr) == (sig == "SIGTERM")
         assert folder.read().status == "interrupted"
     else:
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    sig = "SIGINT" if sig == "SIGTERM" else sig   # SIGTERM stops where Ctrl-C does
     saved = [checkpoint_step(p) for p in folder.checkpoints()]
     expected = {("before-first-checkpoint", "SIGINT"): [2], ("before-first-checkpoint", "SIGKILL"): [],
                 ("mid-step", "SIGINT"): [3, 5], ("mid-step", "SIGKILL"): [3],
@@ -285,15 +289,17 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     args = ["export", str(baseline.run_dir), "--gguf", "q4_k_m", "--out", str(final), "--name",
             "m", "--no-check"]
     left = None      # the scratch folder the previous SIGKILL left behind
-    for fault in ["convert:SIGINT", "convert:SIGKILL", "quantize:SIGINT", "quantize:SIGKILL"]:
+    for fault in ["convert:SIGINT", "convert:SIGTERM", "convert:SIGKILL", "quantize:SIGINT",
+                  "quantize:SIGTERM", "quantize:SIGKILL"]:
         killed = run_killed(args, fault, tmp_path)
         scratch = sorted(p.name for p in exports.glob(".tmp-*"))
         assert not final.exists(), fault
         if left:
             assert f"removed stale {left}" in killed.stderr, (fault, killed.stderr[-3000:])
-        if fault.endswith("SIGINT"):
-            assert killed.returncode == 130, (fault, killed.stderr[-3000:])
-            assert scratch == [], fault          # Ctrl-C cleans up after itself
+        if not fault.endswith("SIGKILL"):
+            sig = signal.Signals[fault.split(":")[1]]
+            assert killed.returncode == 128 + sig, (fault, killed.stderr[-3000:])
+            assert scratch == [], fault          # Ctrl-C and SIGTERM clean up after themselves
             left = None
         else:
             assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr[-3000:])
@@ -316,6 +322,39 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     assert manifest["files"][gguf.name]["sha256"] == sha256_file(gguf)
     assert read_gguf_metadata(gguf)["general.name"] == "m"
     assert result.checks and result.checks[0].file == gguf.name   # llama.cpp loaded it
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of the live processes whose arguments contain `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            stat = (cmdline.parent / "stat").read_text()
+        except OSError:
+            continue                      # exited meanwhile
+        if stat.split(") ")[-1].startswith("Z"):
+            continue                      # a zombie: dead, waiting for its parent to reap it
+        if any(text.encode() in a for a in argv):
+            found.append(" ".join(a.decode(errors="replace") for a in argv))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_export_takes_its_converter_with_it(baseline, tmp_path):
+    """SIGKILL of `fastft export` alone (not its process group, as the OOM killer or `kill -9
+    PID` do) while llama.cpp's converter runs: the converter dies with it instead of writing on
+    into a scratch folder nobody owns."""
+    exports = tmp_path / "exports"
+    proc = subprocess.run([sys.executable, "-m", "fastft.cli", "export", str(baseline.run_dir),
+                           "--gguf", "q8_0", "--out", str(exports / "m"), "--name", "m", "--no-check"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"FASTFT_FAULT": "convert:SIGKILL"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    deadline = time.monotonic() + 2     # the kernel signals the child as its parent exits
+    while (left := processes_mentioning(str(exports))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == []
 
 
 @pytest.mark.parametrize("error", [
@@ -343,3 +382,18 @@ def test_out_of_memory_in_training_is_one_line_with_what_to_change(tmp_path, mon
     msg = str(e.value)
     assert "out of GPU memory at step 3" in msg and "--batch-size" in msg and "\n" not in msg
     assert RunFolder(tmp_path / "runs" / "oom").read().status == "failed"
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from fastft.cli import main
+
+    run = write_run(tmp_path / "runs" / "done")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"the finished weights")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert result.exit_code == 1, result.output
+    assert f"{run} finished" in result.output and "nothing to resume" in result.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -7,6 +7,7 @@ SHA-256 of its LoRA weights when training ends; FASTFT_FAULT_RANK=R keeps FASTFT
 only. The runs use the tiny model through its folder, so FASTFT_CACHE can be a fresh one.
 """
 
+import signal
 import json
 import os
 import subprocess
@@ -111,7 +112,7 @@ def test_one_gpu_trains_in_this_process(monkeypatch):
 
 
 def two_gpu_run(tmp_path) -> Path:
-    run = write_run(tmp_path / "runs" / "two")
+    run = write_run(tmp_path / "runs" / "two", status="interrupted")
     record = json.loads((run / "fastft.json").read_text())
     record["plan"].update(world_size=2, launcher="torchrun", batch_size=4, grad_accum=1)
     (run / "fastft.json").write_text(json.dumps(record))
@@ -165,7 +166,7 @@ def test_the_failure_message_names_the_rank_and_the_cause(tmp_path):
     assert code == 70 and line.startswith("internal error on rank 1 of 4 (a bug")
     assert "the other processes were stopped" in line and str(tmp_path / "failure-rank1.json") in line
     assert failure_message([], 2, 1, tmp_path, True) == (None, 130)   # rank 0 said how to resume
-    assert failure_message([f("interrupted", "interrupted")], 2, 1, tmp_path, True) == ("interrupted", 130)
+    assert failure_message([f("interrupted", "interrupted")], 2, 1, tmp_path, signal.SIGINT) == ("interrupted", 130)
     line, code = failure_message([], 2, -9, tmp_path, False)
     assert code == 70 and line.startswith("internal error: a training process died without a")
     assert str(tmp_path) in line

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from conftest import EXAMPLE
+from conftest import EXAMPLE, mark_killed
 from fastft import plot
 from fastft.config import TrainConfig
 from fastft.errors import TrainError
@@ -138,5 +138,6 @@ def test_training_and_resume_write_loss_png(tmp_path):
 
     shutil.rmtree(folder.checkpoints_dir / "checkpoint-6")
     folder.loss_png.unlink()
+    mark_killed(folder.path)
     resume(str(folder.path))
     assert_shows_curves(folder.loss_png, evals=True)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import EXAMPLE
+from conftest import EXAMPLE, mark_killed
 from fastft.data import Example
 from fastft.template import ChatGuard
 from fastft.config import TrainConfig
@@ -140,6 +140,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     shutil.rmtree(run / "adapter")
     lines = (run / "metrics.jsonl").read_text().splitlines()[:4]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    mark_killed(run)
 
     resumed = resume(str(run))
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
