@@ -30,11 +30,15 @@ Only the standard library is used here.
 from __future__ import annotations
 
 import bisect
+import codecs
 import collections
 import hashlib
 import json
 import os
 import re
+import shlex
+import stat
+import unicodedata
 from dataclasses import dataclass, field as dc_field
 from typing import Any, NamedTuple, Sequence
 
@@ -73,6 +77,18 @@ IM_END = EOS = "<|im_end|>"   # ChatML's turn end: the EOS a Qwen3 chat model mu
 
 # How many issues DataError's message lists before summarising the rest.
 MAX_LISTED_ISSUES = 50
+
+# The file is read whole, and its bytes, their decoded text and the parsed records are all held
+# at once (several times its size in memory): past 4 GiB that exhausts an ordinary machine
+# before any report, so a larger file is refused up front, with this limit named.
+MAX_DATA_BYTES = 4 * 1024**3
+
+# Messages in one conversation above which it is reported (a warning, kept): real dialogues
+# are far shorter, and the chat-template guard renders one prefix per assistant turn.
+MAX_TURNS = 1000
+
+# Characters of a value a message quotes: one 200,000-character value must not make a 200 kB line.
+PREVIEW_CHARS = 80
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -115,7 +131,7 @@ class DataIssue:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+        return f"{shown_path(self.path)}:{self.line}: {self.field}: {self.message}"
 
 
 @dataclass
@@ -143,7 +159,7 @@ class DataError(FastftError, ValueError):
 
     def _render(self) -> str:
         n = len(self.issues)
-        head = f"{self.path}: {n} problem{'s' if n != 1 else ''} in dataset:"
+        head = f"{shown_path(self.path)}: {n} problem{'s' if n != 1 else ''} in dataset:"
         lines = [head]
         lines.extend(f"  {issue}" for issue in self.issues[:MAX_LISTED_ISSUES])
         if n > MAX_LISTED_ISSUES:
@@ -171,6 +187,20 @@ class RecordError(ValueError):
         return (type(self), (self.field, self.message, self.problems))
 
 
+def shown_path(path: str) -> str:
+    """``path`` as a message shows it: quoted (Python string escapes) when it holds a newline or
+    another unprintable character, which would break the one-line ``file:line:`` format."""
+    return path if path.isprintable() else repr(path)
+
+
+def quote(value: Any) -> str:
+    """``value`` quoted (repr) in a message, cut to a preview of PREVIEW_CHARS characters."""
+    if isinstance(value, str) and len(value) > PREVIEW_CHARS:
+        return f"{value[:PREVIEW_CHARS]!r}… ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= PREVIEW_CHARS else f"{text[:PREVIEW_CHARS]}… ({len(text):,} characters)"
+
+
 # --------------------------------------------------------------------------
 # Record normalisation
 # --------------------------------------------------------------------------
@@ -194,11 +224,20 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: only whitespace and invisible format characters
+    (Unicode category Cf: U+200B zero width space, U+2060 word joiner, U+FEFF, ...)."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)  # stops at a visible one
+
+
 def _check_text(value: Any, what: str = "string") -> str | None:
     """Problem with a content-like value, or None when it is a non-empty string."""
     if isinstance(value, str):
-        if not value.strip():
-            return "empty" if not value else "empty (only whitespace)"
+        if not value:
+            return "empty"
+        if _blank(value):
+            return ("empty (only whitespace)" if not value.strip() else
+                    f"empty (only whitespace and invisible characters, e.g. U+{ord(value.strip()[0]):04X})")
         return None
     hint = ""
     if isinstance(value, list):
@@ -226,8 +265,8 @@ def _weight(item: dict, item_field: str, problems: list[tuple[str, str]]) -> int
     w = item.get("weight", 1)
     if type(w) in (int, float) and w in (0, 1):  # type(): True/False are not weights
         return int(w)
-    shown = repr(w) if type(w) in (int, float) else _type_name(w)
-    problems.append((f"{item_field}.weight", f"weight must be 0 or 1, got {shown[:40]}"))
+    shown = quote(w) if type(w) in (int, float) else _type_name(w)
+    problems.append((f"{item_field}.weight", f"weight must be 0 or 1, got {shown}"))
     return 1
 
 
@@ -295,12 +334,14 @@ def _role_of(item: dict, role_key: str, role_map: dict[str, str] | None, role_fi
     roles = role_map if role_map is not None else {r: r for r in ROLES}
     role = roles.get(raw)
     if role is None:
-        problems.append((role_field, f"unknown role {raw!r}; allowed: {', '.join(roles)}"))
+        problems.append((role_field, f"unknown role {quote(raw)}; allowed: {', '.join(roles)}"))
     return role
 
 
-def _keys(record: dict) -> str:
-    return ", ".join(repr(k) for k in record) if record else "none"
+def _keys(record: dict, listed: int = 10) -> str:
+    """The record's keys, quoted; the first ``listed`` of them when there are more."""
+    keys = ", ".join(quote(k) for k in list(record)[:listed]) if record else "none"
+    return keys if len(record) <= listed else f"{keys}, … ({len(record):,} keys)"
 
 
 def _check_order(msgs: list[_Msg], end_field: str, problems: list[tuple[str, str]]) -> None:
@@ -369,12 +410,9 @@ def _parse_chatml(text: str, problems: list[tuple[str, str]]) -> list[_Msg] | No
         start = text.find(IM_START, pos)
         stray = text[pos:] if start < 0 else text[pos:start]
         if stray.strip():
-            snippet = stray.strip()
-            if len(snippet) > 40:
-                snippet = snippet[:37] + "..."
             problems.append(
                 ("text", f"text outside {IM_START}...{IM_END} blocks at character "
-                         f"{pos + (len(stray) - len(stray.lstrip()))}: {snippet!r}")
+                         f"{pos + (len(stray) - len(stray.lstrip()))}: {quote(stray.strip())}")
             )
             return None
         if start < 0:
@@ -392,9 +430,9 @@ def _parse_chatml(text: str, problems: list[tuple[str, str]]) -> list[_Msg] | No
         role: str | None = raw_role if raw_role in ROLES else None
         if role is None:
             problems.append(
-                (here, f"unknown role {raw_role!r}; allowed: {', '.join(ROLES)}")
+                (here, f"unknown role {quote(raw_role)}; allowed: {', '.join(ROLES)}")
             )
-        if not content.strip():
+        if _blank(content):
             problems.append((here, "empty content"))
         msgs.append(_Msg(role, content, here, here))
         block += 1
@@ -402,6 +440,24 @@ def _parse_chatml(text: str, problems: list[tuple[str, str]]) -> list[_Msg] | No
         if pos >= n:
             break
     return msgs
+
+
+# The keys that make a record one format, for telling a record that holds two (one would be read,
+# the other silently dropped). 'prompt' alone is left out: it is a common extra column next to
+# 'messages' (UltraChat), so 'completion' marks that format; 'text' is often a pre-rendered copy
+# of the same conversation, read only when no other format is there.
+_FORMAT_KEYS = {"messages": ("messages",), "conversations": ("conversations",),
+                "alpaca": ("instruction", "output"), "prompt_completion": ("completion",)}
+
+
+def _two_formats(record: dict) -> str | None:
+    """Why ``record`` holds more than one format (naming the keys of each), or None."""
+    found = ["/".join(repr(k) for k in keys if k in record) for keys in _FORMAT_KEYS.values()]
+    first, second, *_ = [*filter(None, found), None, None]
+    if second is None:
+        return None
+    return (f"two formats in one record, {first} and {second}: fastft would read only {first} "
+            f"and drop the other; keep one format per record")
 
 
 def _classify(record: dict) -> str | None:
@@ -466,7 +522,7 @@ def _alpaca_messages(record: dict, problems: list[tuple[str, str]]) -> list[_Msg
     """An Alpaca record (instruction, optional input and system, output) as messages."""
     msgs: list[_Msg] = []
     system = record.get("system")
-    if system is not None and not (isinstance(system, str) and not system.strip()):
+    if system is not None and not (isinstance(system, str) and _blank(system)):
         problem = _check_text(system)
         if problem:
             problems.append(("system", problem))
@@ -575,6 +631,9 @@ def _analyse(record: Any) -> _Analysis:
     if not isinstance(record, dict):
         problems.append(("<record>", f"expected a JSON object, got {_type_name(record)}"))
         return _Analysis(None, problems)
+    two = _two_formats(record)
+    if two:
+        return _Analysis(None, [("<record>", two)])
     fmt = _classify(record)
     msgs, end_field = _messages_of(record, fmt, problems)
     warnings: list[tuple[str, str]] = []
@@ -592,6 +651,10 @@ def _analyse(record: Any) -> _Analysis:
     if problems:
         return _Analysis(fmt, problems)
     _tools.check_calls(msgs, tools, warnings)
+    if len(msgs) > MAX_TURNS:
+        warnings.append((end_field, f"{len(msgs):,} messages in one conversation (over {MAX_TURNS:,}): "
+                                    f"many conversations joined into one? It is slow to check and "
+                                    f"to train; split it into conversations"))
     no_loss = tuple(i for i, m in enumerate(msgs) if m.weight == 0 and m.role == "assistant")
     return _Analysis(fmt, problems, [{"role": m.role, "content": m.content, **m.extra} for m in msgs],
                      no_loss, tools, warnings)
@@ -716,7 +779,7 @@ class _Collector:
 
     def record(self, record: Any, line: int, dups: list[str], text: str) -> None:
         """Add the decoded ``record`` read from ``text`` (its JSON) at ``line``."""
-        problems = [("<json>", f"duplicate key {_safe(k)!r}") for k in dups]
+        problems = [("<json>", f"duplicate key {quote(k)}") for k in dups]
         if _SURROGATE_ESCAPE.search(text):  # walking every string is a third of the reading time
             problems += [(f, "invalid unicode (lone surrogate): not encodable as UTF-8")
                          for f in _surrogates(record)]
@@ -737,6 +800,7 @@ class _Collector:
 
 
 def _read_jsonl(lines: list[str], bad: dict[int, str], out: _Collector) -> None:
+    looked = False  # for a pretty-printed file, at the first line that is no JSON
     for number, line in enumerate(lines, start=1):
         if number in bad:
             out.bad_record(number, "<line>", bad[number])
@@ -745,9 +809,30 @@ def _read_jsonl(lines: list[str], bad: dict[int, str], out: _Collector) -> None:
             continue
         record, _, dups, error = _decode(line)
         if error:
+            if not looked:
+                looked = True
+                _refuse_pretty_printed(lines, number, out)
             out.bad_record(number, "<json>", error)
             continue
         out.record(record, number, dups, line)
+
+
+def _refuse_pretty_printed(lines: list[str], number: int, out: _Collector) -> None:
+    """Raise one DataError, instead of an "invalid JSON" per line, when the record that fails at
+    line ``number`` is whole JSON spread over several lines (a pretty-printed file)."""
+    if not lines[number - 1].lstrip().startswith("{"):
+        return
+    rest = "\n".join(lines[number - 1:])
+    _, end, _, error = _decode(rest, _WS.match(rest).end())
+    if error:
+        return
+    last = number + rest.count("\n", 0, end)
+    if last == number:  # whole JSON on its line, then more: not a record over several lines
+        return
+    out.issue(number, "<json>", f"JSONL is one JSON record per line; this file looks pretty-printed "
+                                f"(the record at line {number} spans lines {number}-{last}): write "
+                                f"one record per line, e.g. {_command('jq -c .', out.dataset.path, 'oneline')}")
+    raise DataError(out.dataset.path, out.dataset.issues)
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -807,6 +892,46 @@ def _read_json_array(text: str, lines: list[str], bad: dict[int, str], out: _Col
         fail(pos, "extra data after the closing ']'")
 
 
+def _command(tool: str, path: str, tag: str) -> str:
+    """A suggested shell command that writes a converted copy of ``path``: ``tool path >
+    path.TAG.ext``, quoted for the shell (a name a message cannot show whole becomes FILE)."""
+    path = path if path.isprintable() else "FILE"
+    root, ext = os.path.splitext(path)
+    return f"{tool} {shlex.quote(path)} > {shlex.quote(f'{root}.{tag}{ext}')}"
+
+
+# UTF-32 first: the UTF-32LE byte order mark (FF FE 00 00) begins with UTF-16LE's (FF FE).
+_WIDE_ENCODINGS = (("UTF-32LE", codecs.BOM_UTF32_LE), ("UTF-32BE", codecs.BOM_UTF32_BE),
+                   ("UTF-16LE", codecs.BOM_UTF16_LE), ("UTF-16BE", codecs.BOM_UTF16_BE))
+
+
+def _wide_encoding(raw: bytes) -> tuple[str, str] | None:
+    """(encoding, how it was told) of UTF-16/UTF-32 text, by its byte order mark, else by its
+    first character: JSON starts with '{', '[' or a space, which read in the wrong width (or
+    from UTF-8 bytes) decodes to another character or to none."""
+    for name, bom in _WIDE_ENCODINGS:
+        if raw.startswith(bom):
+            return name, f"byte order mark {bom.hex(' ').upper()}"
+    for name, _ in _WIDE_ENCODINGS:
+        try:
+            first = raw[:4].decode(name)[:1]
+        except UnicodeDecodeError:
+            continue
+        if first and first in "{[ \t\r\n":
+            return name, "no byte order mark"
+    return None
+
+
+def _encoding_problem(path: str, raw: bytes) -> str | None:
+    """Why the file is no UTF-8 but UTF-16/UTF-32 text, with the iconv command that converts it."""
+    wide = _wide_encoding(raw)
+    if wide is None:
+        return None
+    name, how = wide
+    return (f"{name} encoded ({how}); fastft reads UTF-8: convert it, e.g. "
+            f"{_command(f'iconv -f {name} -t UTF-8', path, 'utf8')}")
+
+
 # Files that are not text at all, by their first bytes: one message for the file, rather than
 # one "invalid UTF-8"/"invalid JSON" per line of compressed or columnar bytes.
 _MAGIC = (
@@ -816,10 +941,6 @@ _MAGIC = (
               "pandas.read_parquet(path).to_json(out, orient='records', lines=True)"),
     (b"PK\x03\x04", "a zip archive (or .xlsx); fastft reads JSONL or a JSON array: extract "
                     "or export it first"),
-    (b"\xff\xfe", "UTF-16 encoded (byte order mark FF FE); fastft reads UTF-8: convert it, "
-                  "e.g. iconv -f UTF-16 -t UTF-8"),
-    (b"\xfe\xff", "UTF-16 encoded (byte order mark FE FF); fastft reads UTF-8: convert it, "
-                  "e.g. iconv -f UTF-16 -t UTF-8"),
 )
 _TABULAR = {".csv": "a CSV file", ".tsv": "a TSV file", ".parquet": "a Parquet file",
             ".arrow": "an Arrow file", ".xlsx": "an Excel file", ".gz": "a gzip-compressed file"}
@@ -830,6 +951,9 @@ def _whole_file_problem(path: str, raw: bytes) -> str | None:
     for magic, message in _MAGIC:
         if raw.startswith(magic):
             return message
+    encoding = _encoding_problem(path, raw)
+    if encoding:
+        return encoding
     if b"\x00" in raw[:65536]:  # text never holds NUL; UTF-16/32 without a BOM and binaries do
         return ("a binary file (it holds NUL bytes), or UTF-16/UTF-32 text; fastft reads "
                 "UTF-8 JSONL or a JSON array")
@@ -840,6 +964,40 @@ def _whole_file_problem(path: str, raw: bytes) -> str | None:
     return None
 
 
+# What a path is when it is no regular file: reading a FIFO with no writer waits forever, and a
+# device such as /dev/zero never ends.
+_NOT_A_FILE = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+               (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n:,} bytes"
+
+
+def _read_bytes(path: str) -> bytes:
+    """The bytes of ``path``; DataError when it is no regular file or is over MAX_DATA_BYTES.
+    The kind is told by os.stat before opening: opening a FIFO waits for a writer."""
+    def refuse(message: str):
+        raise DataError(path, [DataIssue(path, 0, "<file>", message)]) from None
+
+    try:
+        st = os.stat(path)
+        kind = next((what for test, what in _NOT_A_FILE if test(st.st_mode)), None)
+        if kind:
+            refuse(f"cannot read: {kind}, not a regular file; give a JSONL or JSON file "
+                   f"(data from a pipe: save it to a file first)")
+        raw = b""
+        if st.st_size <= MAX_DATA_BYTES:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_DATA_BYTES + 1)  # bounded still: the file may grow meanwhile
+    except OSError as e:  # missing, unreadable: the user's to fix, not a traceback
+        refuse(f"cannot read: {e.strerror}")
+    if max(st.st_size, len(raw)) > MAX_DATA_BYTES:
+        refuse(f"over the {_size(MAX_DATA_BYTES)} fastft reads (it holds the file in memory): "
+               f"train on a part of it")
+    return raw
+
+
 def read_dataset(path: str | os.PathLike) -> Dataset:
     """Read every record of ``path`` and collect all problems.
 
@@ -847,11 +1005,7 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
     DataError only when the file cannot be read or, as a whole, parsed (a broken JSON array).
     """
     spath = os.fspath(path)
-    try:
-        with open(spath, "rb") as f:
-            raw = f.read()
-    except OSError as e:  # missing, a folder, unreadable: the user's to fix, not a traceback
-        raise DataError(spath, [DataIssue(spath, 0, "<file>", f"cannot read: {e.strerror}")]) from None
+    raw = _read_bytes(spath)
     problem = _whole_file_problem(spath, raw)
     if problem:
         raise DataError(spath, [DataIssue(spath, 0, "<file>", problem)])

@@ -10,8 +10,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .data import DataError, DataIssue, Dataset, empty_message, read_dataset
+from .data import DataIssue, Dataset, empty_message, read_dataset, shown_path
+from .errors import FastftError
 from .template import ChatGuard, GuardReport, tokenize_rendered
+
+
+class TokenizerError(FastftError):
+    """The --model's tokenizer cannot be loaded: a model problem, not the dataset's."""
 
 
 @dataclass
@@ -75,11 +80,23 @@ def load_tokenizer(model: str):
         return tok, ref.path, None
     except (OSError, ValueError) as e:
         if detect_variant(ref.path) == OTHER:
-            raise DataError(model, [DataIssue(model, 0, "--model", f"cannot load its tokenizer: {e}")])
+            raise TokenizerError(f"cannot load the tokenizer of {model}: {_why_not(ref, e)}") from None
         from .tiny import tiny_model_path
         note = (f"{model} is out of reach ({type(e).__name__}); counted with the Qwen3 "
                 f"vocabulary of the built-in tiny model (same tokenizer)")
         return AutoTokenizer.from_pretrained(tiny_model_path("tiny")), ref.path, note
+
+
+def _why_not(ref, e: Exception) -> str:
+    """Why the tokenizer of ``ref`` did not load, and what to do, in one line."""
+    if ref.is_local:
+        return ("the folder holds no usable tokenizer (tokenizer.json, tokenizer_config.json); "
+                "give a model's folder, or a hub id, with --model")
+    from .models import offline_vars
+    text = str(e).strip()
+    why = ("offline and not in the local cache" if offline_vars() or "connect" in text
+           else text.splitlines()[0] if text else type(e).__name__)
+    return f"{why}; check the name, download it once while online, or give a local folder with --model"
 
 
 def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip",
@@ -111,7 +128,7 @@ def print_check(result: CheckResult, console: Console) -> None:
         console.print(f"[yellow]![/] {escape(str(warning))}", highlight=False)
     if len(ds.warnings) > 50:
         console.print(f"[yellow]… and {len(ds.warnings) - 50} more warnings[/]")
-    t = Table(title=f"Dataset {ds.path}", show_header=False, title_justify="left")
+    t = Table(title=f"Dataset {escape(shown_path(ds.path))}", show_header=False, title_justify="left")
     t.add_row("format", ", ".join(f"{k} ({v})" for k, v in ds.formats.most_common()) or "-")
     t.add_row("examples", f"{len(ds.examples)} valid, {len(ds.issues)} problems in {ds.skipped} records")
     turns = [len(e.messages) for e in ds.examples]

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import shlex
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastft import datacheck
+from fastft import data, datacheck
 from fastft.cli import main
 from fastft.data import DataError, load_conversations, read_dataset
 from fastft.errors import FastftError
@@ -88,8 +93,22 @@ def issues_of(name: str) -> list[str]:
     ("struct-every-weight-zero.jsonl", ":2: messages: every assistant message has weight 0"),
     ("file-parquet-magic.parquet", ":0: <file>: a Parquet file; fastft reads JSONL"),
     ("file-gzip.jsonl.gz", ":0: <file>: a gzip-compressed file"),
-    ("file-utf16-le-bom.jsonl", ":0: <file>: UTF-16 encoded"),
+    ("file-utf16-le-bom.jsonl", ":0: <file>: UTF-16LE encoded (byte order mark FF FE);"),
+    ("file-utf16-no-bom.jsonl", ":0: <file>: UTF-16LE encoded (no byte order mark);"),
+    ("file-utf32-le-bom.jsonl", ":0: <file>: UTF-32LE encoded (byte order mark FF FE 00 00);"),
+    ("file-utf32-be-bom.jsonl", ":0: <file>: UTF-32BE encoded (byte order mark 00 00 FE FF);"),
+    ("file-utf32-le-no-bom.jsonl", "iconv -f UTF-32LE -t UTF-8 "),
+    ("file-utf32-be-no-bom.jsonl", "iconv -f UTF-32BE -t UTF-8 "),
     ("file-csv.csv", ":0: <file>: a CSV file"),
+    ("json-pretty-printed.jsonl", ":1: <json>: JSONL is one JSON record per line; this file looks "
+                                  "pretty-printed (the record at line 1 spans lines 1-12)"),
+    ("struct-two-formats-messages-and-alpaca.jsonl",
+     ":2: <record>: two formats in one record, 'messages' and 'instruction'/'output'"),
+    ("struct-answer-only-invisible-chars.jsonl",
+     ":2: messages[1].content: empty (only whitespace and invisible characters, e.g. U+200B)"),
+    ("struct-answer-only-invisible-chars.jsonl", ":3: output: empty (only whitespace and invisible"),
+    ("size-value-60k-chars.jsonl", f":2: messages[0].role: unknown role {'u' * 80!r}… (60,000 characters);"),
+    ("size-value-60k-chars.jsonl", f"keys found: {'k' * 80!r}… (60,000 characters);"),
 ])
 def test_issue_is_reported_with_its_location(name, expected):
     assert any(expected in issue for issue in issues_of(name)), issues_of(name)
@@ -118,6 +137,25 @@ def test_lone_surrogate_escapes_are_found_in_both_layouts(tmp_path, array, escap
         assert (issue.line, issue.field) == (2, field) and "lone surrogate" in issue.message
 
 
+@pytest.mark.skipif(shutil.which("iconv") is None, reason="no iconv here")
+@pytest.mark.parametrize("name", [n for n in FILES if n.startswith(("file-utf16", "file-utf32"))])
+def test_the_suggested_iconv_command_converts_the_file(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)    # the command names the file as given: its copy here
+    shutil.copy(BAD / name, name)
+    with pytest.raises(DataError) as err:
+        read_dataset(name)
+    command = err.value.issues[0].message.split("e.g. ", 1)[1]
+    subprocess.run(command, shell=True, check=True)
+    converted = read_dataset(shlex.split(command)[-1])
+    assert len(converted.examples) >= 1 and not converted.issues
+
+
+def test_a_long_value_is_quoted_as_a_short_preview(in_bad):
+    result = CliRunner().invoke(main, ["data", "check", "size-value-60k-chars.jsonl", "--model", "tiny"])
+    assert result.exit_code == 1 and "(60,000 characters)" in result.output
+    assert len(result.output) < 3000
+
+
 def test_the_rest_of_the_file_is_still_checked_after_a_huge_number():
     ds = read_dataset(BAD / "size-int-5000-digits.jsonl")
     assert [e.line for e in ds.examples] == [1, 3]
@@ -132,10 +170,61 @@ def test_empty_file_says_so_and_is_never_ready(name, in_bad):
     assert "ready" not in result.output
 
 
-def test_dev_null_is_empty_not_ready(cached_tokenizer, monkeypatch):
+# -- what is no regular file: a FIFO waits for a writer forever, /dev/zero never ends -------------
+
+@pytest.fixture
+def hang_guard():
+    """A hang (the bug these tests pin) fails the test instead of stalling the suite."""
+    def hung(*_):
+        raise AssertionError("reading the data hung")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_a_device_is_refused(device, hang_guard):
+    result = CliRunner().invoke(main, ["data", "check", device, "--model", "tiny"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{device}:0: <file>: cannot read: a device, not a regular file" in result.output
+
+
+def test_a_fifo_with_no_writer_is_refused(tmp_path, hang_guard):
+    fifo = tmp_path / "d.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="cannot read: a named pipe \\(FIFO\\), not a regular file"):
+        read_dataset(fifo)
+
+
+def test_a_file_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_DATA_BYTES", 100)
+    p = tmp_path / "d.jsonl"
+    p.write_text(GOOD_LINE * 2)
+    with pytest.raises(DataError, match="d.jsonl:0: <file>: over the 100 bytes fastft reads"):
+        read_dataset(p)
+
+
+def test_a_file_name_with_a_newline_keeps_one_problem_per_line(tmp_path, monkeypatch, cached_tokenizer):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datacheck, "load_tokenizer", cached_tokenizer)
-    result = CliRunner().invoke(main, ["data", "check", "/dev/null", "--model", "tiny"])
-    assert result.exit_code == 1 and "no examples" in result.output and "ready" not in result.output
+    Path("a\nb.jsonl").write_text(GOOD_LINE + "\n" + GOOD_LINE.replace('"user"', '"usr"') + "\n")
+    result = CliRunner().invoke(main, ["data", "check", "a\nb.jsonl", "--model", "tiny"])
+    assert result.exit_code == 1
+    assert "✗ 'a\\nb.jsonl':2: messages[0].role: unknown role 'usr'" in result.output
+
+
+def test_a_conversation_of_over_max_turns_is_a_warning(tmp_path):
+    turns = [{"role": r, "content": "x"} for r in ("user", "assistant")] * (data.MAX_TURNS // 2 + 1)
+    p = tmp_path / "d.jsonl"
+    p.write_text(GOOD_LINE + "\n" + json.dumps({"messages": turns}) + "\n")
+    ds = read_dataset(p)
+    assert len(ds.examples) == 2 and not ds.issues
+    (warning,) = ds.warnings
+    assert str(warning).startswith(f"{p}:2: messages: {data.MAX_TURNS + 2:,} messages in one conversation")
+    p.write_text(json.dumps({"messages": turns[:data.MAX_TURNS]}) + "\n")
+    assert read_dataset(p).warnings == []
 
 
 def test_a_binary_file_gets_one_message_not_one_per_line(tmp_path):

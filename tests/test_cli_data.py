@@ -67,6 +67,20 @@ def row(output: str, key: str) -> str:
     return m.group(1)
 
 
+# -- a model problem is no dataset problem -------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["EMPTY_FOLDER", "no-such-org/no-such-model"])
+def test_a_tokenizer_that_cannot_load_is_a_model_problem(runner, in_tmp, model, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if model == "EMPTY_FOLDER":
+        model = str(in_tmp / "empty-model")
+        Path(model).mkdir()
+    result = runner.invoke(main, ["data", "check", str(EXAMPLE), "--model", model])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"error: cannot load the tokenizer of {model}: " in " ".join(result.output.split())
+    assert "dataset" not in result.output and "--model:" not in result.output
+
+
 # -- data check on the demo data ------------------------------------------------------------------
 
 def test_report_on_stdout_and_in_output(runner):

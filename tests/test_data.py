@@ -165,6 +165,11 @@ def test_formats_constant():
         ({"messages": [{"role": "bot", "content": "x"}, A]}, "messages[0].role", ["unknown role 'bot'", "system, user, assistant"]),
         ({"messages": [U, {"role": "assistant", "content": ""}]}, "messages[1].content", ["empty"]),
         ({"messages": [U, {"role": "assistant", "content": "  \n"}]}, "messages[1].content", ["empty"]),
+        ({"messages": [U, {"role": "assistant", "content": "\u2060\ufeff"}]}, "messages[1].content", ["empty", "invisible", "U+2060"]),
+        ({"messages": [{"role": "user", "content": " \u200b"}, A]}, "messages[0].content", ["empty", "invisible", "U+200B"]),
+        ({"messages": [U, A], "output": "O"}, "<record>", ["two formats", "'messages' and 'output'", "read only 'messages'"]),
+        ({"conversations": [U, A], "prompt": "p", "completion": "c"}, "<record>", ["two formats", "'conversations' and 'completion'"]),
+        ({"instruction": "I", "output": "O", "completion": "c"}, "<record>", ["'instruction'/'output' and 'completion'"]),
         ({"messages": [U, {"role": "assistant", "content": None}]}, "messages[1].content", ["got null"]),
         ({"messages": [U, {"role": "assistant", "content": 42}]}, "messages[1].content", ["got int"]),
         ({"messages": [U, {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}, "messages[1].content", ["got list"]),
@@ -204,6 +209,15 @@ def test_normalise_record_errors(record, field, words):
     assert err.value.field == field
     for w in words:
         assert w in err.value.message, (w, err.value.message)
+
+
+@pytest.mark.parametrize("record", [
+    {"messages": [U, A], "prompt": "the first user turn"},    # UltraChat's layout: 'prompt' alone is a column
+    {"messages": [U, A], "text": "<|im_start|>user\nx<|im_end|>"},  # a pre-rendered copy of the same
+    {"messages": [U, {"role": "assistant", "content": "\u200bBlue"}]},   # visible text after an invisible one
+])
+def test_records_that_stay_valid(record):
+    assert normalise_record(record)[0] == "messages"
 
 
 def test_record_error_lists_independent_problems():
