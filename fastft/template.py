@@ -8,13 +8,16 @@ Shared by training, chat and export. For Qwen3 Instruct-2507 (a non-thinking mod
   blocks inside the data: strip (default), keep, or error;
 - sets EOS to `<|im_end|>` (the turn end the server stops on) and a pad token distinct from EOS
   (padding with EOS masks EOS out of the labels, and the model never learns to stop);
-- checks train/serve parity for every assistant turn: the conversation before it, rendered with
-  `add_generation_prompt=True` (what a server sends), must be an exact prefix of the training text.
+- checks train/serve parity for the assistant turns: the conversation before one, rendered with
+  `add_generation_prompt=True` (what a server sends), must be an exact prefix of the training
+  text (every answer of a conversation of up to EXACT_TURNS + 1; of a longer one, the first
+  EXACT_TURNS and the last exactly, and those between must start with the same header).
 Thinking and hybrid models keep their own template and their think blocks.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -31,6 +34,12 @@ OTHER = "other"
 THINK_POLICIES = ("strip", "keep", "error")
 
 PAD = "<|endoftext|>"
+# Parity is checked by rendering the serving prompt before each answer, which costs a render of
+# the conversation so far: quadratic in its length. The first EXACT_TURNS answers and the last
+# are checked so (what a template does differently happens at the ends: the system turn, the
+# first answers, the last answer's think block); the answers between are found by their header
+# in the training text, so a 10,000-turn conversation costs ~35 renders, not 5,000.
+EXACT_TURNS = 32
 EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 THINK_TAG = re.compile(r"</?think>\s*")
@@ -128,8 +137,11 @@ def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bo
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = []
+    starts = [s for s, _ in r.assistant_spans]   # sorted, disjoint: only the last one starting
+                                                 # at or before a token can hold it
     for tid, (a, b) in zip(ids, enc["offset_mapping"]):
-        inside = any(s <= a and b <= e for s, e in r.assistant_spans)
+        k = bisect.bisect_right(starts, a) - 1
+        inside = k >= 0 and b <= r.assistant_spans[k][1]
         labels.append(tid if (train_on_all or inside) else -100)
     truncated = len(ids) > max_seq_len
     spans = [tuple(o) for o in enc["offset_mapping"][:max_seq_len]] if offsets else None
@@ -275,23 +287,28 @@ class ChatGuard:
             return None
         text, removed = self._render(messages, generation_prompt=False, tools=example.tools)
         self.report.empty_think_removed += bool(removed)
-        spans = []
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            prefix = self.prompt(messages[:i], example.tools)
-            if not text.startswith(prefix):
-                at = next((k for k, (a, b) in enumerate(zip(prefix, text)) if a != b), len(text))
-                self.report.issues.append(DataIssue(
-                    self.path, example.line, f"messages[{i}]",
-                    f"train/serve mismatch: the serving prompt differs from the training text at "
-                    f"character {at} (served {prefix[at:at + 30]!r}, trained {text[at:at + 30]!r})"))
-                return None
-            start = len(prefix) if not spans else max(len(prefix), spans[-1][1])
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        exact = set(turns[:EXACT_TURNS] + turns[-1:])
+        spans, header, last = [], None, 0
+        for i in turns:
+            if i in exact:
+                prefix = self.prompt(messages[:i], example.tools)
+                if not text.startswith(prefix):
+                    self._mismatch(example, i, prefix, text)
+                    return None
+                start = max(len(prefix), last)
+                header = header or self._header(messages[:i], prefix, example.tools)
+            else:   # between the exact ends of a long conversation: the turn's header, found
+                found = text.find(header, last) if header else -1
+                if found < 0:
+                    self._mismatch(example, i, text[:last] + (header or ""), text)
+                    return None
+                start = found + len(header)
             end = text.find(EOS, start)
             end = len(text) if end < 0 else end + len(EOS)
             if text.startswith("\n", end):
                 end += 1
+            last = end
             if i not in example.no_loss:  # a "weight": 0 turn is context only: no span, no loss
                 spans.append((start, end))
         if self.non_thinking and self.think != "keep" and THINK_TAG.search(text):
@@ -299,6 +316,18 @@ class ChatGuard:
                 self.path, example.line, "<template>", "rendered text still holds a think tag"))
             return None
         return Rendered(example.line, text, spans)
+
+    def _header(self, before: list[dict], prompt: str, tools) -> str | None:
+        """What the generation prompt adds before an answer ("<|im_start|>assistant\\n")."""
+        context = self._render(before, generation_prompt=False, tools=tools)[0] if before else ""
+        return prompt[len(context):] or None if prompt.startswith(context) else None
+
+    def _mismatch(self, example: Example, i: int, prefix: str, text: str) -> None:
+        at = next((k for k, (a, b) in enumerate(zip(prefix, text)) if a != b), len(text))
+        self.report.issues.append(DataIssue(
+            self.path, example.line, f"messages[{i}]",
+            f"train/serve mismatch: the serving prompt differs from the training text at "
+            f"character {at} (served {prefix[at:at + 30]!r}, trained {text[at:at + 30]!r})"))
 
     def render_all(self, examples: Iterable[Example]) -> list[Rendered]:
         """Render every example; problems are collected in `self.report.issues`, not raised."""

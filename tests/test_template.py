@@ -422,3 +422,27 @@ def test_multi_turn_has_two_spans_with_exact_text(instruct_guard):
     assert r.text[s2:e2] == A2["content"] + EOS + "\n"
     between = r.text[e1:s2]
     assert between == "<|im_start|>user\n" + U2["content"] + EOS + "\n<|im_start|>assistant\n"
+
+
+def test_a_long_conversation_gets_the_spans_an_exact_check_of_every_turn_gives(
+        instruct_guard, monkeypatch):
+    """Past the first EXACT_TURNS answers (rendered exactly) the answers are found by their
+    header, so checking a 10,000-turn conversation is linear; the spans must be the same as
+    rendering the serving prompt before every answer."""
+    import fastft.template as T
+
+    messages = [m for i in range(3 * T.EXACT_TURNS) for m in (
+        {"role": "user", "content": f"question {i}?"},
+        {"role": "assistant", "content": f"answer {i}" + ("\n" * (i % 3))})]
+    example = ex([{"role": "system", "content": "Be brief."}, *messages])
+    guard = instruct_guard()
+    renders = []
+    monkeypatch.setattr(guard, "prompt", lambda *a, real=guard.prompt: renders.append(1) or real(*a))
+    fast = guard.render(example)
+    assert len(renders) == T.EXACT_TURNS + 1            # not one per answer
+    monkeypatch.setattr(T, "EXACT_TURNS", 10**6)
+    exact = guard.render(example)
+    assert fast.text == exact.text and fast.assistant_spans == exact.assistant_spans
+    assert len(fast.assistant_spans) == len(messages) // 2
+    answer = [fast.text[a:b] for a, b in fast.assistant_spans][40]
+    assert answer.startswith("answer 40") and answer.endswith("<|im_end|>\n")
