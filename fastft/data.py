@@ -42,7 +42,7 @@ import unicodedata
 from dataclasses import dataclass, field as dc_field
 from typing import Any, NamedTuple, Sequence
 
-from .errors import FastftError
+from .errors import FastftError, quote
 from . import tools as _tools
 
 __all__ = [
@@ -84,11 +84,9 @@ MAX_LISTED_ISSUES = 50
 MAX_DATA_BYTES = 4 * 1024**3
 
 # Messages in one conversation above which it is reported (a warning, kept): real dialogues
-# are far shorter, and the chat-template guard renders one prefix per assistant turn.
+# are far shorter: such a record is usually many conversations joined into one.
 MAX_TURNS = 1000
 
-# Characters of a value a message quotes: one 200,000-character value must not make a 200 kB line.
-PREVIEW_CHARS = 80
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -191,14 +189,6 @@ def shown_path(path: str) -> str:
     """``path`` as a message shows it: quoted (Python string escapes) when it holds a newline or
     another unprintable character, which would break the one-line ``file:line:`` format."""
     return path if path.isprintable() else repr(path)
-
-
-def quote(value: Any) -> str:
-    """``value`` quoted (repr) in a message, cut to a preview of PREVIEW_CHARS characters."""
-    if isinstance(value, str) and len(value) > PREVIEW_CHARS:
-        return f"{value[:PREVIEW_CHARS]!r}… ({len(value):,} characters)"
-    text = repr(value)
-    return text if len(text) <= PREVIEW_CHARS else f"{text[:PREVIEW_CHARS]}… ({len(text):,} characters)"
 
 
 # --------------------------------------------------------------------------

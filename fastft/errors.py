@@ -8,6 +8,8 @@ Each stage keeps its own subclass next to its code (`data.DataError`, `template.
 
 from __future__ import annotations
 
+from typing import Any
+
 # Exit codes, documented in the README: 0 ok, 1 a FastftError (bad input, config or state),
 # 2 a usage error (click's own), 70 an internal error (EX_SOFTWARE from sysexits.h), 130 Ctrl-C.
 EXIT_USER_ERROR = 1
@@ -35,3 +37,15 @@ class TrainError(FastftError):
 
 class RunFolderError(FastftError):
     """A run folder is missing, malformed, of a newer schema, or in use by another process."""
+
+
+# Characters of a value a message quotes: one 200,000-character value must not make a 200 kB line.
+PREVIEW_CHARS = 80
+
+
+def quote(value: Any) -> str:
+    """``value`` quoted (repr) in a message, cut to a preview of PREVIEW_CHARS characters."""
+    if isinstance(value, str) and len(value) > PREVIEW_CHARS:
+        return f"{value[:PREVIEW_CHARS]!r}… ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= PREVIEW_CHARS else f"{text[:PREVIEW_CHARS]}… ({len(text):,} characters)"

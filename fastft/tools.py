@@ -33,6 +33,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import quote
+
 # Roles on top of system/user/assistant. "function_call" is only a reading role: the message
 # becomes an assistant message with tool_calls.
 TOOL = "tool"
@@ -182,7 +184,7 @@ def _call(call: Any, where: str, problems: Problems) -> dict:
         problems.append((where, f"expected a tool call object, got {_kind(call)}"))
         return {}
     if call.get("type", "function") != "function":
-        problems.append((f"{where}.type", f"only function calls are supported, got {call['type']!r}"))
+        problems.append((f"{where}.type", f"only function calls are supported, got {quote(call['type'])}"))
     fn, fn_where = call, where
     if "function" in call:
         fn, fn_where = call["function"], f"{where}.function"
@@ -268,7 +270,7 @@ def _ids_problem(m, before: list) -> str | None:
     ids = [c.get("id") for c in turn.extra["tool_calls"] if c.get("id")] if turn else []
     if call_id is None or not ids or call_id in ids:
         return None
-    return f"tool_call_id {call_id!r} matches no call of the assistant turn before it ({', '.join(ids)})"
+    return f"tool_call_id {quote(call_id)} matches no call of the assistant turn before it ({', '.join(ids)})"
 
 
 def _tool_turn_problem(msgs: list, i: int) -> tuple[str, str] | None:
@@ -370,7 +372,7 @@ def _required(value: Any, names: dict, where: str, s: _Schema) -> list[str]:
         return []
     for r in value:
         if r not in names:
-            s.problems.append((where, f"{r!r} is not among the parameters' properties"))
+            s.problems.append((where, f"{quote(r)} is not among the parameters' properties"))
     return value
 
 
@@ -435,7 +437,7 @@ def record_tools(record: dict, problems: Problems, warnings: Problems) -> list[d
             continue
         name = out["function"]["name"]
         if name and name in names:
-            problems.append((f"tools[{i}].function.name", f"a second tool named {name!r}"))
+            problems.append((f"tools[{i}].function.name", f"a second tool named {quote(name)}"))
         names.add(name)
         tools.append(out)
         if s.dropped:
@@ -461,5 +463,5 @@ def check_calls(msgs: list, tools: list[dict] | None, warnings: Problems) -> Non
             name = call.get("function", {}).get("name")
             if name and name not in offered:
                 warnings.append((f"{calls_field(m)}[{j}].function.name",
-                                 f"calls {name!r}, which the record's tools do not offer"
+                                 f"calls {quote(name)}, which the record's tools do not offer"
                                  + ("" if tools else " (it has no tools)")))
