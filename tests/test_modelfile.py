@@ -24,7 +24,7 @@ from fastft.modelfile import (
     unrepresentable,
 )
 import ollama_contract as ollama
-from ollama_contract import OllamaError, system_from_modelfile, template_from_modelfile
+from ollama_contract import OllamaError
 from fastft.template import HYBRID, INSTRUCT_2507, OTHER, THINKING
 from fastft.template import template_text
 
@@ -112,25 +112,74 @@ def test_parser_ends_triple_quotes_at_a_line_ending_in_them():
     assert got[1:] == [("system", "a"), ("temperature", '9"""')]
 
 
+def variant_modelfile(variant, system=None):
+    return render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512, system=system)
+
+
+def hostile_modelfile(text: str):
+    return render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=INSTRUCT_2507, num_ctx=512,
+                            system=text)
+
+
+OK_SYSTEM = ('"""', 'x"""y', 'a"', '"a', '"""x\ny"""', "a\n\"\"\"b", "tab\t", "crlf\r\n")
+
+# Modelfiles whose parse by fastft and by ollama must agree (and do, error or commands).
+PARSER_CASES = [
+    '# comment\nFROM ./m.gguf\nTEMPLATE """a\n  b\n"""\nPARAMETER stop "<|im_end|>"\n'
+    'PARAMETER num_ctx 512\nSYSTEM plain words here\nMESSAGE user "hi there"\n',
+    "FROM x\nBOGUS y\n", 'FROM x\nSYSTEM """never closed\n', "SYSTEM no from\n",
+    "FROM x\nFR0M y\n", "FROM x\nPARAMETER stop-at 1\n", "FROM x\nMESSAGE us3r hi\n",
+    "FROM x\nPARAMETER num_ctx2 1\n", 'FROM x\nSYSTEM """a"""\nPARAMETER temperature 9"""\n',
+    "\ufeffFROM x\n", "FROM x", "from x\nparameter Stop a\n", "FROM x\nMESSAGE system hi\nMESSAGE tool hi\n",
+    "FROM x\nPARAMETER\n", "FROM x\n  SYSTEM  padded  \n", 'FROM x\nSYSTEM "a\\"b"\n', "FROM x\r\nSYSTEM a\r\n",
+    *(f"FROM x\nSYSTEM {quote(ok)}\n" for ok in OK_SYSTEM),
+    *(f"FROM x\nSYSTEM {q}{t}{q}\n" for t in HOSTILE for q in ('"""', '"', "")),
+]
+
+
+@pytest.fixture(scope="module")
+def ollama_parsed() -> dict:
+    """Every Modelfile this module has ollama parse, parsed in one run: text -> result."""
+    texts = [hostile_modelfile(t).text for t in HOSTILE] + PARSER_CASES + \
+        [variant_modelfile(v).text for v in (INSTRUCT_2507, HYBRID, THINKING)]
+    return dict(zip(texts, ollama.parse_many(texts)))
+
+
 @pytest.mark.parametrize("text", HOSTILE)
-def test_hostile_system_text_survives_or_is_built_into_the_template(text):
-    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=INSTRUCT_2507, num_ctx=512,
-                          system=text)
-    parsed = parse_modelfile(mf.text)
+def test_hostile_system_text_survives_or_is_built_into_the_template(text, ollama_parsed):
+    mf = hostile_modelfile(text)
+    ours = parse_modelfile(mf.text)
+    parsed = ollama_parsed[mf.text]["commands"]     # what ollama's parser reads
+    assert ours == parsed
     names = [k for k, _ in parsed]
     # Nothing injected: exactly our commands, once each.
     assert names.count("model") == 1 and names.count("template") == 1
     assert names.count("temperature") == 1 and dict(parsed)["temperature"] == "0.7"
-    assert template_from_modelfile(mf.text) == mf.template
+    created = ollama_parsed[mf.text]["create"]       # what `ollama create` sends
+    assert created["template"] == mf.template
     if text == "":
-        assert mf.system_mode is None and system_from_modelfile(mf.text) is None
+        assert mf.system_mode is None and created["system"] == ""
+        assert "system" not in names
     elif unrepresentable(text) is None:
         assert mf.system_mode == "SYSTEM"
-        assert system_from_modelfile(mf.text) == text
+        assert created["system"] == text
     else:
         assert mf.system_mode == "TEMPLATE"
-        assert system_from_modelfile(mf.text) is None
+        assert "system" not in names and created["system"] == ""
         assert go_literal(text) in mf.template
+
+
+def test_fastft_parser_reads_every_modelfile_as_ollamas_does(ollama_parsed):
+    """fastft.modelfile.parse_modelfile against ollama's parser.ParseFile: same commands, or
+    both refuse."""
+    for text in PARSER_CASES:
+        theirs = ollama_parsed[text]
+        try:
+            ours = parse_modelfile(text)
+        except ModelfileError as e:
+            assert "error" in theirs, (text, str(e), theirs)
+        else:
+            assert theirs.get("commands") == ours, (text, theirs)
 
 
 def test_unrepresentable_is_exactly_what_the_parser_cannot_hold():
@@ -290,14 +339,15 @@ def thinking_jinja():
 
 
 @pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID, THINKING])
-def test_template_parity_with_hf(go_render, variant):
+def test_template_parity_with_hf(go_render, ollama_parsed, variant):
     jinja = REFERENCE_JINJA[variant]() if variant in REFERENCE_JINJA else thinking_jinja()
-    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512)
-    # Parsed out of the Modelfile the way ollama's parser does: a stray newline shows up here.
-    template = template_from_modelfile(mf.text)
+    mf = variant_modelfile(variant)
+    # Parsed out of the Modelfile by ollama's parser: a stray newline shows up here.
+    template = ollama_parsed[mf.text]["create"]["template"]
     assert template == go_template(variant)
     names = list(CONVERSATIONS)
-    got = go_render.many([(template, CONVERSATIONS[n], None, None) for n in names])
+    # The whole Modelfile through ollama's parser, create request and /api/chat path.
+    got = go_render.many([ollama.chat_case(None, CONVERSATIONS[n], modelfile=mf.text) for n in names])
     for n, out in zip(names, got):
         assert out == hf_render(jinja, CONVERSATIONS[n]), n
 
@@ -330,15 +380,30 @@ def test_system_built_into_template_acts_like_a_system_message(go_render, varian
     """The fallback for an unrepresentable --system renders what SYSTEM would have."""
     text = 'def f():\n    """Doc."""\n    return "\\n"\t\u200b'
     jinja = REFERENCE_JINJA[variant]()
-    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512, system=text)
+    mf = variant_modelfile(variant, system=text)
     assert mf.system_mode == "TEMPLATE"
-    template = template_from_modelfile(mf.text)
     sys_msg = {"role": "system", "content": text}
-    for conv in ([U1], [U1, A1, U2]):
+    convs = ([U1], [U1, A1, U2], [S, U1])
+    got = go_render.many([ollama.chat_case(None, c, modelfile=mf.text) for c in convs])
+    for conv, out in zip(convs[:2], got):
         # ollama adds SYSTEM as a first message when a request has none: same prompt.
-        assert go_render(template, conv) == hf_render(jinja, [sys_msg] + conv)
+        assert out == hf_render(jinja, [sys_msg] + conv)
     # A request's own system message wins, as it does over SYSTEM.
-    assert go_render(template, [S, U1]) == hf_render(jinja, [S, U1])
+    assert got[2] == hf_render(jinja, [S, U1])
+
+
+@pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID])
+def test_system_command_acts_like_a_system_message(go_render, variant):
+    """A representable --system goes in SYSTEM; ollama's chat path puts it first."""
+    text = "You are terse.\nAnswer in one line."
+    jinja = REFERENCE_JINJA[variant]()
+    mf = variant_modelfile(variant, system=text)
+    assert mf.system_mode == "SYSTEM"
+    convs = ([U1], [U1, A1, U2], [S, U1])
+    got = go_render.many([ollama.chat_case(None, c, modelfile=mf.text) for c in convs])
+    sys_msg = {"role": "system", "content": text}
+    assert got[:2] == [hf_render(jinja, [sys_msg] + c) for c in convs[:2]]
+    assert got[2] == hf_render(jinja, [S, U1])
 
 
 def test_tools_render_as_the_hf_template_does(go_render):
