@@ -376,12 +376,15 @@ def test_hybrid_think_true_matches_enable_thinking_true(go_render):
 
 
 @pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID])
-def test_system_built_into_template_acts_like_a_system_message(go_render, variant):
-    """The fallback for an unrepresentable --system renders what SYSTEM would have."""
-    text = 'def f():\n    """Doc."""\n    return "\\n"\t\u200b'
+@pytest.mark.parametrize("text, mode", [
+    ("You are terse.\nAnswer in one line.", "SYSTEM"),
+    ('def f():\n    """Doc."""\n    return "\\n"\t\u200b', "TEMPLATE")])
+def test_system_acts_like_a_system_message(go_render, variant, text, mode):
+    """--system in SYSTEM, or built into the TEMPLATE (the fallback for an unrepresentable one),
+    renders what a system message would have."""
     jinja = REFERENCE_JINJA[variant]()
     mf = variant_modelfile(variant, system=text)
-    assert mf.system_mode == "TEMPLATE"
+    assert mf.system_mode == mode
     sys_msg = {"role": "system", "content": text}
     convs = ([U1], [U1, A1, U2], [S, U1])
     got = go_render.many([ollama.chat_case(None, c, modelfile=mf.text) for c in convs])
@@ -389,20 +392,6 @@ def test_system_built_into_template_acts_like_a_system_message(go_render, varian
         # ollama adds SYSTEM as a first message when a request has none: same prompt.
         assert out == hf_render(jinja, [sys_msg] + conv)
     # A request's own system message wins, as it does over SYSTEM.
-    assert got[2] == hf_render(jinja, [S, U1])
-
-
-@pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID])
-def test_system_command_acts_like_a_system_message(go_render, variant):
-    """A representable --system goes in SYSTEM; ollama's chat path puts it first."""
-    text = "You are terse.\nAnswer in one line."
-    jinja = REFERENCE_JINJA[variant]()
-    mf = variant_modelfile(variant, system=text)
-    assert mf.system_mode == "SYSTEM"
-    convs = ([U1], [U1, A1, U2], [S, U1])
-    got = go_render.many([ollama.chat_case(None, c, modelfile=mf.text) for c in convs])
-    sys_msg = {"role": "system", "content": text}
-    assert got[:2] == [hf_render(jinja, [sys_msg] + c) for c in convs[:2]]
     assert got[2] == hf_render(jinja, [S, U1])
 
 
