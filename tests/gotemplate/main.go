@@ -13,14 +13,14 @@
 //	   from, template, system, parameters, messages; or "create_error" when that step fails;
 //	-> {"error": "..."} when ParseFile refuses the text.
 //
-// {"mode": "render", "template": T, "system": S, "family": F, "name": N,
-//  "messages": [...], "tools": [...], "think": true|false|"high"|null}
+// {"mode": "render", "template": T, "system": S, "family": F, "name": N, "messages": [...], "tools": [...], "think": ...}
 //
 //	-> {"prompt": P}: the prompt ollama's /api/chat builds for that api.ChatRequest (messages,
-//	   tools, think are decoded as api.ChatRequest) from a model created with TEMPLATE T and
-//	   SYSTEM S (or from "modelfile": TEXT, through the parser and CreateRequest as above, which
-//	   also brings MESSAGE lines). F is the model family ollama reads from the GGUF
-//	   (general.architecture: "qwen3" for Qwen3; it turns on filterThinkTags), N the model name.
+//	   tools, think (true|false|"high"|absent) are decoded as api.ChatRequest) from a model
+//	   created with TEMPLATE T and SYSTEM S (or from "modelfile": TEXT, through the parser and
+//	   CreateRequest as above, which also brings MESSAGE lines). F is the model family ollama
+//	   reads from the GGUF (general.architecture: "qwen3" for Qwen3; it turns on
+//	   filterThinkTags), N the model name.
 //	-> {"error": "..."} where ollama would refuse the request or fail to render.
 //
 // The chat path is ollama's ChatHandler (server/routes.go) for a local GGUF model served with
@@ -128,6 +128,10 @@ func render(c Case, req api.ChatRequest) (string, error) {
 	}
 	if req.Model == "" {
 		req.Model = m.Name
+	}
+	if tmpl == "" {
+		// ollama would serve the GGUF's own chat template, which is not reproduced here.
+		return "", fmt.Errorf("no TEMPLATE")
 	}
 	t, err := template.Parse(tmpl)
 	if err != nil {
