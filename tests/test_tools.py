@@ -1,6 +1,6 @@
 """Tool calling: the formats read, the problems reported (file:line: field), the loss mask on
 tool turns, exact parity of the training text with what ollama renders from the Modelfile
-TEMPLATE (Go's text/template, tests/gotemplate), and the tiny model learning a tool call that
+TEMPLATE (by ollama's own code, tests/gotemplate), and the tiny model learning a tool call that
 comes out exactly through transformers and through the GGUF in llama.cpp.
 
 Expectations are written from the Qwen3 tool format (the `<tools>` system block, `<tool_call>`
@@ -20,7 +20,7 @@ from fastft.data import read_dataset
 from fastft.modelfile import go_template, render_modelfile
 from fastft.template import HYBRID, INSTRUCT_2507, ChatGuard, template_text, tokenize_rendered
 from fastft.tools import go_json_number
-from ollama_contract import template_from_modelfile
+from ollama_contract import chat_case, template_from_modelfile
 from test_modelfile import go_render, hf_render  # noqa: F401  (the Go renderer fixture, shared)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -496,6 +496,8 @@ def test_tiny_model_makes_the_exact_tool_call_in_transformers_and_the_gguf(tool_
     del model
 
     modelfile = (gguf.parent / "Modelfile").read_text()
-    served = go_render(template_from_modelfile(modelfile), messages, tools=raw_tools)
+    # The exported Modelfile whole, through ollama's parser, create request and /api/chat path.
+    served = go_render.many([chat_case(None, messages, raw_tools, modelfile=modelfile)])[0]
+    assert served == go_render(template_from_modelfile(modelfile), messages, tools=raw_tools)
     assert served == prompt
     assert llama_generate(gguf, served, n_tokens=48) == CALL_TEXT

@@ -1,13 +1,35 @@
-// Renders an ollama chat TEMPLATE the way ollama does, for fastft's template parity tests.
+// ollama's side of fastft's Modelfile contract, for the tests: ollama's own Modelfile parser,
+// template engine and chat-prompt path (vendored under vendor/github.com/ollama/ollama, and
+// the server functions copied verbatim in ollama_server.go), driven through JSON.
 //
-// stdin: {"template": "...", "data": {"System", "Messages", "Tools", "Response", "Think", "IsThinkSet"}}
-// (one object), or a JSON array of such objects; stdout: the rendering (a JSON array of strings
-// for an array input). Exit 1 with the error on stderr when parsing or executing fails.
+// stdin: one JSON object (a case) or a JSON array of cases; stdout: one result per case (a JSON
+// array for an array). A case's own failure (a parse error, a template that fails) is reported
+// in its result; the program exits 1 only when its input is not JSON.
 //
-// What mirrors ollama (template/template.go): Go's text/template with Option("missingkey=zero"),
-// one extra function `json` (encoding/json.Marshal), and data passed as a map whose Messages
-// and Tools are typed like ollama's api.Message and api.Tool, so field access behaves the same
-// (a misspelt field is an error, as it is in ollama). Collating messages is done by the caller.
+// {"mode": "parse", "modelfile": TEXT}
+//
+//	-> {"commands": [[name, args], ...], "create": {...}} as parser.ParseFile extracts them,
+//	   "create" being what Modelfile.CreateRequest (what `ollama create` sends) makes of them:
+//	   from, template, system, parameters, messages; or "create_error" when that step fails;
+//	-> {"error": "..."} when ParseFile refuses the text.
+//
+// {"mode": "render", "template": T, "system": S, "family": F, "name": N, "messages": [...], "tools": [...], "think": ...}
+//
+//	-> {"prompt": P}: the prompt ollama's /api/chat builds for that api.ChatRequest (messages,
+//	   tools, think (true|false|"high"|absent) are decoded as api.ChatRequest) from a model
+//	   created with TEMPLATE T and SYSTEM S (or from "modelfile": TEXT, through the parser and
+//	   CreateRequest as above, which also brings MESSAGE lines). F is the model family ollama
+//	   reads from the GGUF (general.architecture: "qwen3" for Qwen3; it turns on
+//	   filterThinkTags), N the model name.
+//	-> {"error": "..."} where ollama would refuse the request or fail to render.
+//
+// The chat path is ollama's ChatHandler (server/routes.go) for a local GGUF model served with
+// its Go TEMPLATE, in order: the thinking capability read from the template (think defaults to
+// true when the template has think tags; think=true is refused when it has none), the tools
+// capability check, the model's MESSAGEs and SYSTEM put before the request's messages,
+// filterThinkTags, then chatPrompt -> renderPrompt -> template.Execute (which collates the
+// messages). chatPrompt's truncation to num_ctx and image tags are not reproduced: the tests'
+// prompts fit, and carry no images.
 package main
 
 import (
@@ -16,164 +38,198 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"text/template"
+	"slices"
+	"strings"
+
+	"github.com/ollama/ollama/api"
+	"github.com/ollama/ollama/parser"
+	"github.com/ollama/ollama/template"
+	"github.com/ollama/ollama/types/model"
 )
 
-type ToolCallFunction struct {
-	Index     int            `json:"index"`
-	Name      string         `json:"name"`
-	Arguments map[string]any `json:"arguments"`
+type Case struct {
+	Mode      string  `json:"mode"`
+	Modelfile *string `json:"modelfile"`
+	Template  string  `json:"template"`
+	System    string  `json:"system"`
+	Family    string  `json:"family"`
+	Name      string  `json:"name"`
 }
 
-type ToolCall struct {
-	ID       string           `json:"id,omitempty"`
-	Function ToolCallFunction `json:"function"`
+type Created struct {
+	From       string         `json:"from"`
+	Template   string         `json:"template"`
+	System     string         `json:"system"`
+	Parameters map[string]any `json:"parameters"`
+	Messages   []api.Message  `json:"messages"`
 }
 
-type Message struct {
-	Role       string     `json:"role"`
-	Content    string     `json:"content"`
-	Thinking   string     `json:"thinking,omitempty"`
-	Images     []string   `json:"images,omitempty"`
-	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
-	ToolName   string     `json:"tool_name,omitempty"`
-	ToolCallID string     `json:"tool_call_id,omitempty"`
+type Result struct {
+	Commands    *[][2]string `json:"commands,omitempty"`
+	Create      *Created     `json:"create,omitempty"`
+	CreateError string       `json:"create_error,omitempty"`
+	Prompt      *string      `json:"prompt,omitempty"`
+	Error       string       `json:"error,omitempty"`
 }
 
-// The tool types mirror what ollama hands a template (template.go's templateTool, built from
-// api.Tool): parameters are a struct, not a map, so a template can only reach these fields.
-
-// PropertyType is a JSON schema "type": a string or a list of strings (api.PropertyType).
-type PropertyType []string
-
-func (pt *PropertyType) UnmarshalJSON(data []byte) error {
-	var s string
-	if err := json.Unmarshal(data, &s); err == nil {
-		*pt = []string{s}
-		return nil
-	}
-	var a []string
-	if err := json.Unmarshal(data, &a); err != nil {
-		return err
-	}
-	*pt = a
-	return nil
-}
-
-func (pt PropertyType) MarshalJSON() ([]byte, error) {
-	if len(pt) == 1 {
-		return json.Marshal(pt[0])
-	}
-	return json.Marshal([]string(pt))
-}
-
-type ToolProperty struct {
-	AnyOf       []ToolProperty          `json:"anyOf,omitempty"`
-	Type        PropertyType            `json:"type,omitempty"`
-	Items       any                     `json:"items,omitempty"`
-	Description string                  `json:"description,omitempty"`
-	Enum        []any                   `json:"enum,omitempty"`
-	Properties  map[string]ToolProperty `json:"properties,omitempty"`
-	Required    []string                `json:"required,omitempty"`
-}
-
-type ToolFunctionParameters struct {
-	Type       string                  `json:"type"`
-	Defs       any                     `json:"$defs,omitempty"`
-	Items      any                     `json:"items,omitempty"`
-	Required   []string                `json:"required,omitempty"`
-	Properties map[string]ToolProperty `json:"properties"`
-}
-
-type ToolFunction struct {
-	Name        string                 `json:"name"`
-	Description string                 `json:"description"`
-	Parameters  ToolFunctionParameters `json:"parameters"`
-}
-
-type Tool struct {
-	Type     string       `json:"type"`
-	Items    any          `json:"items,omitempty"`
-	Function ToolFunction `json:"function"`
-}
-
-type Data struct {
-	System     string     `json:"System"`
-	Messages   []*Message `json:"Messages"`
-	Tools      []Tool     `json:"Tools"`
-	Response   string     `json:"Response"`
-	Think      bool       `json:"Think"`
-	IsThinkSet bool       `json:"IsThinkSet"`
-}
-
-type Request struct {
-	Template string `json:"template"`
-	Data     Data   `json:"data"`
-}
-
-var funcs = template.FuncMap{
-	"json": func(v any) string {
-		b, _ := json.Marshal(v)
-		return string(b)
-	},
-}
-
-func render(r Request) (string, error) {
-	tmpl, err := template.New("").Option("missingkey=zero").Funcs(funcs).Parse(r.Template)
+// create runs ollama's parser and CreateRequest over a Modelfile. relativeDir is an empty
+// folder, so FROM names no file there and is kept as a name, as for a model to pull.
+func create(text string) (*parser.Modelfile, *api.CreateRequest, error, error) {
+	f, err := parser.ParseFile(strings.NewReader(text))
 	if err != nil {
-		return "", fmt.Errorf("parse: %w", err)
+		return nil, nil, err, nil
 	}
-	var tools any = r.Data.Tools
-	if len(r.Data.Tools) == 0 {
-		tools = nil // ollama passes a nil api.Tools when a request has none
-	}
-	var b bytes.Buffer
-	err = tmpl.Execute(&b, map[string]any{
-		"System":     r.Data.System,
-		"Messages":   r.Data.Messages,
-		"Tools":      tools,
-		"Response":   r.Data.Response,
-		"Think":      r.Data.Think,
-		"IsThinkSet": r.Data.IsThinkSet,
-	})
+	dir, err := os.MkdirTemp("", "gotemplate-")
 	if err != nil {
-		return "", fmt.Errorf("execute: %w", err)
+		return f, nil, nil, err
 	}
-	return b.String(), nil
+	defer os.RemoveAll(dir)
+	req, err := f.CreateRequest(dir)
+	return f, req, nil, err
+}
+
+func parse(c Case) Result {
+	if c.Modelfile == nil {
+		return Result{Error: "parse: no modelfile"}
+	}
+	f, req, perr, cerr := create(*c.Modelfile)
+	if perr != nil {
+		return Result{Error: perr.Error()}
+	}
+	commands := make([][2]string, 0, len(f.Commands))
+	for _, cmd := range f.Commands {
+		commands = append(commands, [2]string{cmd.Name, cmd.Args})
+	}
+	r := Result{Commands: &commands}
+	if cerr != nil {
+		r.CreateError = cerr.Error()
+	} else {
+		r.Create = &Created{From: req.From, Template: req.Template, System: req.System,
+			Parameters: req.Parameters, Messages: req.Messages}
+	}
+	return r
+}
+
+func render(c Case, req api.ChatRequest) (string, error) {
+	m := &Model{Name: c.Name, Config: model.ConfigV2{ModelFamily: c.Family}, System: c.System}
+	tmpl := c.Template
+	if c.Modelfile != nil {
+		_, created, perr, cerr := create(*c.Modelfile)
+		if perr != nil {
+			return "", perr
+		}
+		if cerr != nil {
+			return "", cerr
+		}
+		tmpl, m.System, m.Messages = created.Template, created.System, created.Messages
+	}
+	if m.Name == "" {
+		m.Name = "fastft-test"
+	}
+	if req.Model == "" {
+		req.Model = m.Name
+	}
+	if tmpl == "" {
+		// ollama would serve the GGUF's own chat template, which is not reproduced here.
+		return "", fmt.Errorf("no TEMPLATE")
+	}
+	t, err := template.Parse(tmpl)
+	if err != nil {
+		return "", err
+	}
+	m.Template = t
+
+	// ChatHandler (server/routes.go), from `caps := ...` to chatPrompt, for this model.
+	caps := []model.Capability{model.CapabilityCompletion}
+	if len(req.Tools) > 0 {
+		caps = append(caps, model.CapabilityTools)
+	}
+
+	modelCaps := m.Capabilities()
+	if slices.Contains(modelCaps, model.CapabilityThinking) {
+		caps = append(caps, model.CapabilityThinking)
+		if req.Think == nil {
+			req.Think = &api.ThinkValue{Value: true}
+		}
+	} else {
+		if req.Think != nil && req.Think.Bool() {
+			return "", fmt.Errorf("%q does not support thinking", req.Model)
+		}
+	}
+	// scheduleRunner (server/routes.go)
+	if err := m.CheckCapabilities(caps...); err != nil {
+		return "", fmt.Errorf("%s %w", m.Name, err)
+	}
+	if len(req.Messages) == 0 {
+		return "", fmt.Errorf("no messages (ollama only loads the model)")
+	}
+
+	msgs := append(m.Messages, req.Messages...)
+	if req.Messages[0].Role != "system" && m.System != "" {
+		msgs = append([]api.Message{{Role: "system", Content: m.System}}, msgs...)
+	}
+	msgs = filterThinkTags(msgs, m)
+
+	return renderPrompt(m, msgs, req.Tools, req.Think)
+}
+
+func run(raw json.RawMessage) Result {
+	var c Case
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return Result{Error: "input: " + err.Error()}
+	}
+	switch c.Mode {
+	case "parse":
+		return parse(c)
+	case "render":
+		var req api.ChatRequest
+		if err := json.Unmarshal(raw, &req); err != nil {
+			return Result{Error: "request: " + err.Error()}
+		}
+		prompt, err := render(c, req)
+		if err != nil {
+			return Result{Error: err.Error()}
+		}
+		return Result{Prompt: &prompt}
+	}
+	return Result{Error: fmt.Sprintf("unknown mode %q (parse or render)", c.Mode)}
 }
 
 func main() {
+	// ollama's code prints warnings with fmt.Printf (a deprecated PARAMETER): keep stdout for
+	// the results.
+	stdout := os.Stdout
+	os.Stdout = os.Stderr
+
 	in, err := io.ReadAll(os.Stdin)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	in = bytes.TrimSpace(in)
+	var out any
 	if len(in) > 0 && in[0] == '[' {
-		var reqs []Request
-		if err := json.Unmarshal(in, &reqs); err != nil {
+		var cases []json.RawMessage
+		if err := json.Unmarshal(in, &cases); err != nil {
 			fmt.Fprintln(os.Stderr, "input:", err)
 			os.Exit(1)
 		}
-		outs := make([]string, len(reqs))
-		for i, r := range reqs {
-			if outs[i], err = render(r); err != nil {
-				fmt.Fprintf(os.Stderr, "request %d: %v\n", i, err)
-				os.Exit(1)
-			}
+		results := make([]Result, len(cases))
+		for i, c := range cases {
+			results[i] = run(c)
 		}
-		json.NewEncoder(os.Stdout).Encode(outs)
-		return
+		out = results
+	} else {
+		if !json.Valid(in) {
+			fmt.Fprintln(os.Stderr, "input: not JSON")
+			os.Exit(1)
+		}
+		out = run(in)
 	}
-	var r Request
-	if err := json.Unmarshal(in, &r); err != nil {
-		fmt.Fprintln(os.Stderr, "input:", err)
-		os.Exit(1)
-	}
-	out, err := render(r)
-	if err != nil {
+	enc := json.NewEncoder(stdout)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(out); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	os.Stdout.WriteString(out)
 }
