@@ -12,8 +12,9 @@ adamw_8bit, weight_decay 0.001, seed 3407, `train_on_responses_only`, then
 
 Departures, each for a like-for-like comparison: `num_train_epochs` (not the notebook's
 max_steps=60) so it trains what `fastft train` trains; max_length=2048 (TRL's default is 1024,
-which would cut the long examples fastft trains in full); on a machine without CUDA, adamw_torch
-(8-bit AdamW needs CUDA). llama.cpp comes from UNSLOTH_LLAMA_CPP_PATH (the bench sets it).
+which would cut the long examples fastft trains in full). On a machine without CUDA (smoke tests
+only): adamw_torch (8-bit AdamW needs CUDA) and a 16-bit load (Unsloth's CPU backend cannot merge
+LoRA into a 4-bit model for GGUF). llama.cpp comes from UNSLOTH_LLAMA_CPP_PATH (the bench sets it).
 
 Writes `--result` JSON with its own stage times: imports, load (from_pretrained + get_peft_model),
 prep (template, data, trainer), train, and save_pretrained_gguf split into merge (the 16-bit
@@ -35,18 +36,43 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 TIMES: dict[str, float] = {}
+_ACTIVE: set[str] = set()
 
 
 def timed(fn, key: str):
-    """Wrap `fn` so every call adds its seconds to TIMES[key] (instrumentation only)."""
+    """Wrap `fn` so every call adds its seconds to TIMES[key] (instrumentation only); a call
+    inside another timed under the same key is not counted twice."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if key in _ACTIVE:
+            return fn(*args, **kwargs)
+        _ACTIVE.add(key)
         t = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
+            _ACTIVE.discard(key)
             TIMES[key] = TIMES.get(key, 0.0) + time.perf_counter() - t
     return wrapper
+
+
+def time_gguf_stages(cuda: bool) -> None:
+    """Time what save_pretrained_gguf calls, by wrapping the functions it looks up by module
+    name: the 16-bit merge, convert_hf_to_gguf and llama-quantize. Unsloth's GPU path
+    (unsloth.save) and its CPU backend (unsloth_zoo.cpu.loader) call different ones."""
+    import importlib
+
+    targets = [("unsloth.save", "unsloth_generic_save", "merge_s"),
+               ("unsloth.save", "convert_to_gguf", "convert_s"),
+               ("unsloth.save", "quantize_gguf", "quantize_s")]
+    if not cuda:
+        targets += [("unsloth_zoo.cpu.loader", "_merged_copy", "merge_s"),
+                    ("unsloth_zoo.llama_cpp", "convert_to_gguf", "convert_s"),
+                    ("unsloth_zoo.llama_cpp", "quantize_gguf", "quantize_s")]
+    for module, name, key in targets:
+        mod = importlib.import_module(module)
+        if hasattr(mod, name):
+            setattr(mod, name, timed(getattr(mod, name), key))
 
 
 def write(path: Path, data: dict) -> None:
@@ -60,16 +86,20 @@ def run(a) -> dict:
     # -- the notebook, cell by cell --------------------------------------------------------------
     from unsloth import FastLanguageModel  # first: Unsloth patches transformers and TRL on import
     import torch
-    import unsloth.save
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
     from unsloth.chat_templates import (get_chat_template, standardize_data_formats,
                                         train_on_responses_only)
     TIMES["imports_s"] = time.perf_counter() - T0
 
+    cuda = torch.cuda.is_available()
+    notes = [] if cuda else [
+        "no CUDA: optim adamw_8bit -> adamw_torch",
+        "no CUDA: load_in_4bit=False (Unsloth's CPU backend cannot merge LoRA into a 4-bit "
+        "model for GGUF)"]
     t = time.perf_counter()
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=a.model, max_seq_length=a.max_seq_length, load_in_4bit=True,
+        model_name=a.model, max_seq_length=a.max_seq_length, load_in_4bit=cuda,
         load_in_8bit=False, full_finetuning=False)
     model = FastLanguageModel.get_peft_model(
         model, r=a.rank, lora_alpha=a.alpha, lora_dropout=0, bias="none",
@@ -88,8 +118,6 @@ def run(a) -> dict:
         return {"text": texts}
 
     dataset = dataset.map(formatting_prompts_func, batched=True)
-    cuda = torch.cuda.is_available()
-    notes = [] if cuda else ["no CUDA: optim adamw_8bit -> adamw_torch"]
     trainer = SFTTrainer(
         model=model, tokenizer=tokenizer, train_dataset=dataset, eval_dataset=None,
         args=SFTConfig(
@@ -119,10 +147,7 @@ def run(a) -> dict:
     stats = trainer.train()
     TIMES["train_s"] = time.perf_counter() - t
 
-    # save_pretrained_gguf's parts, timed by wrapping the functions it calls by module name.
-    for name, key in (("unsloth_generic_save", "merge_s"), ("convert_to_gguf", "convert_s"),
-                      ("quantize_gguf", "quantize_s")):
-        setattr(unsloth.save, name, timed(getattr(unsloth.save, name), key))
+    time_gguf_stages(cuda)
     gguf_dir = a.out_dir / "model"
     t = time.perf_counter()
     model.save_pretrained_gguf(str(gguf_dir), tokenizer, quantization_method="q4_k_m")
