@@ -303,20 +303,21 @@ def test_ttfc_chart(tmp_path):
 
 @pytest.mark.slow
 def test_ttfc_tiny_fastft_end_to_end(tmp_path):
-    """The real `fastft train` + `fastft export` pair on the tiny model, cold then warm."""
+    """The real `fastft train` + `fastft export` pair on the tiny model, one cold run (a warm
+    one would double the ~100 s this takes on 2 cores; the stage bookkeeping is the same)."""
     from fastft.llamacpp import ensure_llama_cpp
 
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "bench" / "ttfc.py"), "--shape", "tiny", "--only", "fastft",
            "--scenarios", "favorite", "--max-steps", "2", "--out", str(out), "--work",
            str(tmp_path / "work"), "--llama-cpp", str(ensure_llama_cpp().root), "--quiet",
-           "--no-import-warmup"]
+           "--no-import-warmup", "--runs-per", "1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     (result,) = out.glob("*-ttfc.json")
     s = json.loads(result.read_text())
     assert s["status"] == "done" and s["shape"] == "tiny" and s["recipes"] == ["fastft"]
-    assert [(r["recipe"], r["attempt"]) for r in s["runs"]] == [("fastft", "cold"), ("fastft", "warm")]
+    assert [(r["recipe"], r["attempt"]) for r in s["runs"]] == [("fastft", "cold")]
     for r in s["runs"]:
         assert r["status"] == "ok" and r["steps"] == 2
         check_ttfc_run(r)
