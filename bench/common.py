@@ -59,6 +59,41 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (logged) when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: writing an SVG chart instead of PNG")
+        return None
+    return plt
+
+
+def print_rows(title: str, columns: list[str], rows: list[list[str]], left=()) -> None:
+    """A table on stdout: rich's when installed, else aligned plain text. `left`: the columns
+    aligned left (the others are numbers, aligned right)."""
+    import shutil
+
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for c in columns:
+            t.add_column(c, justify="left" if c in left else "right")
+        for row in rows:
+            t.add_row(*row)
+        Console(stderr=False, width=max(160, shutil.get_terminal_size().columns)).print(t)
+    except ImportError:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        print(title)
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
 # -- the Qwen vocabulary, offline --------------------------------------------------------------
 
 def _llama_cpp_tarballs() -> list[Path]:
@@ -92,6 +127,20 @@ def ensure_llama_cpp_source() -> None:
                 raise RuntimeError(f"{tb}: not a llama.cpp source tarball with the Qwen2 vocab")
         return
     # Nothing local: fastft will try PyPI (works on the CPU machines, not on the GPU host).
+
+
+def llama_cpp_root(fallback_cache: str) -> Path:
+    """A built llama.cpp (converter, llama-quantize and llama-simple): the user's
+    (UNSLOTH_LLAMA_CPP_PATH) or fastft's cached one (waiting for a build in progress there),
+    else one built from the offline source into `fallback_cache` (used as FASTFT_CACHE)."""
+    from fastft.cache import cache_dir
+    from fastft.llamacpp import LLAMA_CPP_PYTHON_VERSION, ensure_llama_cpp
+
+    if not (os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
+            or (cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}").is_dir()):
+        os.environ["FASTFT_CACHE"] = fallback_cache
+    ensure_llama_cpp_source()
+    return ensure_llama_cpp().root
 
 
 def tiny_model_dir() -> Path:

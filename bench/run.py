@@ -33,7 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BENCH, REPO, WORK, log, versions, write_json  # noqa: E402
+from bench.common import BENCH, REPO, WORK, log, print_rows, pyplot, versions, write_json  # noqa: E402
 
 EFFECTIVE_BATCH = 8
 # The speed issue's targets. Speed-up is fastft's defaults vs classic, both on the same data:
@@ -99,15 +99,17 @@ def _on_signal(signum, frame):
 
 
 def run_cmd(tag: str, cmd: list[str], logfile: Logfile, timeout: float | None,
-            watch: Path | None = None, echo: bool = True) -> tuple[int, list[str], float]:
+            watch: Path | None = None, echo: bool = True, env: dict | None = None,
+            cwd: Path | None = None) -> tuple[int, list[str], float]:
     """Run `cmd`, streaming its output (prefixed) to stderr and the log; returns (rc, tail, seconds).
 
     rc is -9 when the timeout killed it. `watch`: a metrics.jsonl to echo step lines from.
+    `env` (default child_env()) and `cwd` (default the repo root) are the child's.
     """
     log(f"[{tag}] $ {' '.join(cmd)}")
     logfile.write(f"\n===== [{tag}] {' '.join(cmd)}\n")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd or REPO, env=env or child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace",
                             start_new_session=True, preexec_fn=_die_with_parent)
     _ACTIVE.add(proc)
@@ -330,22 +332,7 @@ def print_table(summary: dict) -> None:
     rows = table_rows(summary["results"])
     title = (f"fastft bench: {summary['shape']}, {summary.get('data', {}).get('dist', '?')} data, "
              f"{summary['steps']} steps, {summary['gpu_name']}, {summary['date']}")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        t = Table(title=title, title_justify="left")
-        for c in COLUMNS:
-            t.add_column(c, justify="left" if c in ("recipe", "micro x accum", "status") else "right")
-        for row in rows:
-            t.add_row(*row)
-        Console(stderr=False, width=max(160, shutil.get_terminal_size().columns)).print(t)
-    except ImportError:
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-        print(title)
-        print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
-        for row in rows:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print_rows(title, COLUMNS, rows, left=("recipe", "micro x accum", "status"))
     for name, t in summary["targets"].items():
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
         val = "-" if t["value"] is None else (f"{t['value']:.3g}" if isinstance(t["value"], float) else t["value"])
@@ -363,12 +350,8 @@ def write_chart(summary: dict, path: Path) -> Path | None:
     alloc = [r.get("peak_mem_alloc_gib") or 0 for r in rs]
     resv = [r.get("peak_mem_reserved_gib") or 0 for r in rs]
     title = f"{summary['shape']} QLoRA, {summary['steps']} steps, {summary['gpu_name']} ({summary['date']})"
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib missing: writing an SVG chart instead of PNG")
+    plt = pyplot()
+    if plt is None:  # no matplotlib: the same chart as SVG
         path = path.with_suffix(".svg")
         path.write_text(_svg_chart(names, tps, alloc, resv, title))
         return path
@@ -468,6 +451,24 @@ def plan(a, cuda: bool, quiet: bool = False) -> list[dict]:
     return recipes
 
 
+def make_model(shape: str, work: Path, logfile, remaining, echo: bool) -> Path:
+    """The benchmark's model (bench/make_model.py, in a subprocess), built once into --work."""
+    rc, tail, _ = run_cmd("make_model", [sys.executable, str(BENCH / "make_model.py"), "--shape",
+                                         shape, "--out-dir", str(work / "models")], logfile,
+                          timeout=remaining(), echo=echo)
+    if rc != 0:
+        raise SystemExit("building the model failed:\n" + "\n".join(tail[-30:]))
+    return Path(next(l.strip() for l in reversed(tail) if Path(l.strip()).is_dir()))
+
+
+def free_stem(out: Path, stem: str, suffix: str = ".json") -> str:
+    """`stem`, or `stem-2`, `stem-3`, ... : the first whose `suffix` file is not yet in `out`."""
+    base, n = stem, 2
+    while (out / f"{stem}{suffix}").exists():
+        stem, n = f"{base}-{n}", n + 1
+    return stem
+
+
 def make_data(work: Path, dist: str, tokens: int, n: int, seed: int, model: Path, logfile,
               remaining, echo: bool) -> Path:
     """The benchmark's JSONL (bench/make_data.py), made once per shape of data and kept in --work."""
@@ -539,10 +540,7 @@ def main(argv=None) -> int:
 
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}-{gpu_slug(gpu and gpu['name'])}"
-    n = 2
-    while (out / f"{stem}.json").exists():
-        stem, n = f"{date}-{gpu_slug(gpu and gpu['name'])}-{n}", n + 1
+    stem = free_stem(out, f"{date}-{gpu_slug(gpu and gpu['name'])}")
     result_path, chart_path = out / f"{stem}.json", out / f"{stem}.png"
     logfile = Logfile(out / f"{stem}.log")
     echo = not a.quiet
@@ -567,13 +565,7 @@ def main(argv=None) -> int:
     try:
         # 1. model and data (each in a subprocess: this process never touches the GPU)
         t = time.perf_counter()
-        models = work / "models"
-        rc, tail, _ = run_cmd("make_model", [sys.executable, str(BENCH / "make_model.py"), "--shape",
-                                             a.shape, "--out-dir", str(models)], logfile,
-                              timeout=remaining(), echo=echo)
-        if rc != 0:
-            raise SystemExit("building the model failed:\n" + "\n".join(tail[-30:]))
-        model = Path(next(l.strip() for l in reversed(tail) if Path(l.strip()).is_dir()))
+        model = make_model(a.shape, work, logfile, remaining, echo)
         summary["timings"]["model_s"] = time.perf_counter() - t
         summary["model"] = str(model)
 

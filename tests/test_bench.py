@@ -230,3 +230,102 @@ def test_plan_selects_recipes():
     a.only = "nope"
     with pytest.raises(SystemExit):
         bench_run.plan(a, cuda=True)
+
+
+# -- bench/ttfc.py: time to first chat ---------------------------------------------------------
+
+from bench import ttfc  # noqa: E402
+
+
+def check_ttfc_run(r):
+    """Every stage present, each phase's stages adding up to its wall time, the totals adding up."""
+    assert set(r["stages"]) == set(ttfc.STAGES)
+    assert sum(r["stages"].values()) == pytest.approx(r["end_to_end_s"], abs=1e-6)
+    assert r["train_wall_s"] + r["export_wall_s"] == pytest.approx(r["end_to_end_s"], abs=1e-6)
+    assert sum(r["phases"]["train"].values()) == pytest.approx(r["train_wall_s"], abs=1e-6)
+    assert sum(r["phases"]["export"].values()) == pytest.approx(r["export_wall_s"], abs=1e-6)
+
+
+def test_ttfc_stages_add_up():
+    record = {"timings": {"load_s": 5.0, "train_s": 20.0, "total_s": 75.0},
+              "plan": {"tuning": {"probe_s": 46.0}}}
+    manifest = {"timings": {"load_s": 50.0, "merge_s": 24.0, "convert_s": 55.0, "quantize_s": 35.0,
+                            "quantize_q4_k_m_s": 35.0, "check_s": 6.0, "docs_s": 1.0}}
+    f = {**{"status": "ok"}, **ttfc.totals(ttfc.fastft_stages(115.0, record, 180.0, manifest))}
+    f["phases"] = ttfc.fastft_stages(115.0, record, 180.0, manifest)
+    check_ttfc_run(f)
+    assert f["stages"]["startup"] == pytest.approx(40.0 + 9.0)  # 115-75, 180-171
+    assert f["stages"]["probe"] == 46.0 and f["stages"]["save"] == pytest.approx(4.0)
+    assert f["stages"]["load"] == 55.0 and f["stages"]["quantize"] == 35.0  # not twice
+    assert f["end_to_end_s"] == 295.0
+
+    nb_t = {"imports_s": 30.0, "load_s": 10.0, "prep_s": 3.0, "train_s": 40.0, "merge_s": 30.0,
+            "convert_s": 50.0, "quantize_s": 30.0, "save_gguf_s": 115.0, "total_s": 198.0}
+    n = {"phases": ttfc.notebook_stages(200.0, nb_t)}
+    n.update(ttfc.totals(n["phases"]))
+    check_ttfc_run(n)
+    assert n["export_wall_s"] == 115.0 and n["stages"]["save"] == pytest.approx(5.0)
+    assert n["stages"]["startup"] == pytest.approx(32.0)  # imports + 2 s outside the script
+    assert n["stages"]["probe"] == 0.0 and n["stages"]["check"] == 0.0
+
+    runs = [{"scenario": "favorite", "recipe": "fastft", "attempt": "cold", "status": "ok", **f},
+            {"scenario": "favorite", "recipe": "notebook", "attempt": "cold", "status": "ok", **n},
+            {"scenario": "favorite", "recipe": "fastft", "attempt": "warm", "status": "ok", **f},
+            {"scenario": "favorite", "recipe": "notebook", "attempt": "warm", "status": "error"}]
+    (ratio,) = ttfc.ratios(runs)
+    assert ratio["attempt"] == "cold" and ratio["notebook_over_fastft"] == pytest.approx(200 / 295)
+    rows = ttfc.table_rows(runs)
+    assert all(len(r) == len(ttfc.COLUMNS) for r in rows) and rows[-1][-1] == "error"
+
+
+def test_ttfc_selection_and_order():
+    a = Namespace(only="fastft", scenarios="favorite")
+    assert ttfc.select(a) == (["fastft"], ["favorite"])
+    assert ttfc.select(Namespace(only=None, scenarios=None)) == (list(ttfc.RECIPES), list(ttfc.SCENARIOS))
+    assert ttfc.select(Namespace(only="longtail,notebook", scenarios=None)) == (["notebook"], ["longtail"])
+    with pytest.raises(SystemExit):
+        ttfc.select(Namespace(only="nope", scenarios=None))
+    ids = [r["id"] for r in ttfc.plan_runs(["fastft", "notebook"], ["favorite"], 2)]
+    assert ids == ["favorite-fastft-cold", "favorite-notebook-cold",
+                   "favorite-fastft-warm", "favorite-notebook-warm"]
+
+
+def test_ttfc_chart(tmp_path):
+    st = {s: 1.0 for s in ttfc.STAGES}
+    run = {"scenario": "favorite", "recipe": "fastft", "attempt": "cold", "status": "ok",
+           "stages": st, "end_to_end_s": 11.0}
+    summary = {"shape": "tiny", "gpu_name": "CPU", "date": "2026-12-05", "runs": [run, run]}
+    path = ttfc.write_chart(summary, tmp_path / "c.png")
+    assert path.exists() and path.stat().st_size > 1000
+    svg = ttfc.svg_stacked(["a", "b"], [st, st], "t")
+    assert svg.startswith("<svg") and svg.count("<rect") == 2 * len(st) + len(st)
+
+
+@pytest.mark.slow
+def test_ttfc_tiny_fastft_end_to_end(tmp_path):
+    """The real `fastft train` + `fastft export` pair on the tiny model, one cold run (a warm
+    one would double the ~100 s this takes on 2 cores; the stage bookkeeping is the same)."""
+    from fastft.llamacpp import ensure_llama_cpp
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "bench" / "ttfc.py"), "--shape", "tiny", "--only", "fastft",
+           "--scenarios", "favorite", "--max-steps", "2", "--out", str(out), "--work",
+           str(tmp_path / "work"), "--llama-cpp", str(ensure_llama_cpp().root), "--quiet",
+           "--no-import-warmup", "--runs-per", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (result,) = out.glob("*-ttfc.json")
+    s = json.loads(result.read_text())
+    assert s["status"] == "done" and s["shape"] == "tiny" and s["recipes"] == ["fastft"]
+    assert [(r["recipe"], r["attempt"]) for r in s["runs"]] == [("fastft", "cold")]
+    for r in s["runs"]:
+        assert r["status"] == "ok" and r["steps"] == 2
+        check_ttfc_run(r)
+        assert r["fastft_timings"]["train"]["train_s"] == r["phases"]["train"]["train"]
+        assert r["fastft_timings"]["export"]["convert_s"] == r["stages"]["convert"]
+        assert any(name.endswith(".Q4_K_M.gguf") for name in r["ggufs"])
+        assert r["commands"][0][2:4] == ["fastft.cli", "train"]
+    assert s["ratios"] == []
+    assert (out / result.name.replace(".json", ".png")).exists()
+    assert (out / result.name.replace(".json", ".log")).stat().st_size > 0
+    assert "end to end" in proc.stdout
