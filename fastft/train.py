@@ -569,6 +569,13 @@ def _trainer_class():
                 self._tokens = None
             return super()._maybe_log_save_evaluate(*args, **kwargs)
 
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            # Two schedules need an argument transformers has no default for; the decay
+            # length is in steps, known only here.
+            self.args.lr_scheduler_kwargs = scheduler_kwargs(self.args.lr_scheduler_type,
+                                                             num_training_steps)
+            return super().create_scheduler(num_training_steps, optimizer)
+
         def _load_optimizer_and_scheduler(self, checkpoint):
             with _optimizer_state_to_cpu(self.args.world_size > 1 and self.args.device.type == "cpu"):
                 return super()._load_optimizer_and_scheduler(checkpoint)
@@ -583,6 +590,17 @@ def _trainer_class():
             return super()._save_optimizer_and_scheduler(output_dir)
 
     return FastftTrainer
+
+
+def scheduler_kwargs(scheduler, steps: int) -> dict:
+    """cosine_with_min_lr ends at 10% of --lr; warmup_stable_decay decays over the last 10% of
+    the steps (as in its paper); the other schedules need nothing more."""
+    name = getattr(scheduler, "value", scheduler)
+    if name == "cosine_with_min_lr":
+        return {"min_lr_rate": 0.1}
+    if name == "warmup_stable_decay":
+        return {"num_decay_steps": max(1, steps // 10)}
+    return {}
 
 
 STAGING = ".tmp"   # inside checkpoints/; a resume removes what a killed save left there
