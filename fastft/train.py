@@ -36,7 +36,7 @@ from .data import Dataset, Example, load_conversations  # noqa: E402
 from .errors import TrainError, is_out_of_memory  # noqa: E402
 from .faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
-from .models import load_model, offline_vars, resolve_model  # noqa: E402
+from .models import check_model, hub_problem, load_model, resolve_model  # noqa: E402
 from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
 from .quiet import move_log  # noqa: E402
 from .preflight import check_train_space  # noqa: E402
@@ -69,7 +69,7 @@ class TrainInterrupted(KeyboardInterrupt):
 def train(cfg: TrainConfig, ui=None) -> Run:
     """A new run. Data, names and a local model folder are checked before the run folder exists;
     if the run fails before its first optimizer step, the folder is removed again."""
-    check_model_name(cfg.model)
+    check_model(cfg.model)
     if cfg.tensorboard:
         require_tensorboard()
     main = distributed.start(cfg.gpus).is_main   # with --gpus N: one of N processes
@@ -155,17 +155,6 @@ def _drop_after(folder: RunFolder, checkpoint: Path | None, ui) -> None:
     truncate_after(folder.metrics_file, step)
 
 
-def check_model_name(name: str) -> None:
-    """A name that looks like a path must be an existing folder: otherwise it would be taken
-    for a hub id and fail later, after the run folder exists, with a confusing hub error. (A
-    hub id is `owner/name`, so one '/' alone does not make a path.)"""
-    pathlike = (name.startswith((".", "/", "~")) or name.count("/") > 1
-                or (os.sep != "/" and os.sep in name))
-    if pathlike and not Path(name).expanduser().is_dir():
-        what = "not a folder" if Path(name).expanduser().exists() else "no such folder"
-        raise TrainError(f"--model {name}: {what}")
-
-
 def _load(cfg: TrainConfig, ui):
     """(ref, model, tokenizer); a hub model that cannot be fetched is one clear error."""
     ref = resolve_model(cfg.model)
@@ -175,10 +164,9 @@ def _load(cfg: TrainConfig, ui):
     except OSError as e:  # huggingface_hub's and transformers' lookup errors are OSErrors
         if ref.is_local:
             raise
-        why = ("offline and not in the local cache" if offline_vars() or "connect" in str(e)
-               else str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise TrainError(f"cannot load {cfg.model}: {why}; download it once while online "
-                         f"(unset HF_HUB_OFFLINE) or give a local folder with --model") from None
+        why = hub_problem(cfg.model) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise TrainError(f"cannot load {cfg.model}: {why}; check the hub id (owner/name) or give "
+                         f"a local folder with --model") from None
 
 
 def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
@@ -413,12 +401,25 @@ def _initial_checkpointing(cfg: TrainConfig) -> str:
 
 
 def attach_lora(model, cfg: TrainConfig, checkpointing: str):
+    check_target_modules(model, cfg)
     unsloth = import_unsloth()
     return unsloth.FastLanguageModel.get_peft_model(
         model, r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules), bias="none",
         use_gradient_checkpointing=UNSLOTH_GC[checkpointing],
         random_state=cfg.seed, use_rslora=cfg.rslora, use_dora=cfg.dora)
+
+
+def check_target_modules(model, cfg: TrainConfig) -> None:
+    """Each --target-modules name is a module of the model: peft fails with a traceback when
+    none is, and silently skips the ones that are not."""
+    import torch
+    leaves = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules()}
+    unknown = [t for t in cfg.target_modules if t not in leaves]
+    if unknown:
+        linear = sorted(n for n, m in leaves.items() if isinstance(m, torch.nn.Linear) and n != "lm_head")
+        raise TrainError(f"--target-modules {','.join(unknown)}: no such module in {cfg.model}; "
+                         f"its linear modules are {','.join(linear)}")
 
 
 def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: PreparedData, ui,

@@ -53,3 +53,63 @@ def test_out_of_range_numbers_name_their_option(runner, tmp_path, flag, value, m
     result = runner.invoke(main, train_args(tmp_path, flag, value))
     assert message in error_line(result)
     assert not (tmp_path / "runs").exists()
+
+
+def nothing_created(tmp_path) -> bool:
+    runs = tmp_path / "runs"
+    return not runs.exists() or not any(runs.iterdir())
+
+
+def test_target_modules_the_model_lacks_are_listed_against_its_own(runner, tmp_path):
+    result = runner.invoke(main, train_args(tmp_path, "--target-modules", "q_proj,qkv", "--max-steps", "1"))
+    line = error_line(result)
+    assert "--target-modules qkv: no such module in tiny; its linear modules are " in line
+    assert "q_proj" in line.split("are ")[1] and "lm_head" not in line
+    assert nothing_created(tmp_path)
+
+
+@pytest.mark.parametrize("files, missing", [
+    ([], "no config.json and no *.safetensors weights"),
+    (["config.json"], "no *.safetensors weights"),
+    (["model.safetensors", "notes.txt"], "no config.json"),
+])
+def test_a_folder_that_holds_no_model_is_refused_first(runner, tmp_path, files, missing):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in files:
+        (model / name).write_text("{}")
+    line = error_line(runner.invoke(main, train_args(tmp_path, "--model", str(model))))
+    assert f"--model {model}: not a model folder ({missing}); give a folder written by " in line
+    assert nothing_created(tmp_path)
+
+
+def closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_uncached_hub_model_without_network_fails_fast_saying_so(runner, tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    port = closed_port()   # the hub as HF_ENDPOINT names it, where nothing listens: no network
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    line = error_line(runner.invoke(main, train_args(tmp_path, "--model", "fastft-test/not-cached")))
+    assert time.monotonic() - t0 < 30
+    assert (f"--model fastft-test/not-cached: not in the local Hugging Face cache, and no network "
+            f"(127.0.0.1:{port} cannot be reached): connect to download fastft-test/not-cached "
+            f"once; or give a local folder with --model") in line
+    assert "HF_HUB_OFFLINE" not in line and nothing_created(tmp_path)
+
+
+def test_an_uncached_hub_model_in_offline_mode_names_the_variable(runner, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    line = error_line(runner.invoke(main, train_args(tmp_path, "--model", "fastft-test/not-cached")))
+    assert "TRANSFORMERS_OFFLINE=1 is set (offline mode): unset it to download" in line
+    assert nothing_created(tmp_path)
