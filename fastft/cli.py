@@ -53,11 +53,11 @@ class FastftGroup(click.Group):
 def report_bug(e: BaseException, debug: bool) -> Path | None:
     from .cache import cache_dir
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    log = cache_dir() / "logs" / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
     try:
+        log = cache_dir() / "logs" / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"fastft {__version__}\n{' '.join(sys.argv)}\n\n{text}", encoding="utf-8")
-    except OSError:
+    except (OSError, FastftError):   # no usable cache folder: the message alone
         log = None
     if debug:
         console.print(text, markup=False, highlight=False)
@@ -342,6 +342,7 @@ def doctor(as_json):
 def init(path, force):
     """Write PATH (default: fastft.toml), a commented TOML of every training option at its
     default, for `fastft train --config PATH`."""
+    from .cache import folder_problem
     from .config import annotated_toml
     from .errors import ConfigError
     from .run import write_text_atomic
@@ -351,6 +352,8 @@ def init(path, force):
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
     if not target.parent.is_dir():
         raise ConfigError(f"{path}: no folder {target.parent}")
+    if problem := folder_problem(target.parent):
+        raise ConfigError(f"cannot write {path}: {problem}; give a PATH in a folder you can write to")
     write_text_atomic(target, annotated_toml())
     click.echo(f"wrote {path}: edit it, then run  fastft train --config {path}")
 

@@ -29,6 +29,7 @@ from typing import Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .cache import folder_problem
 from .config import RUN_NAME_PATTERN, TrainConfig
 from .errors import RunFolderError
 
@@ -164,6 +165,8 @@ class RunFolder:
         if not NAME_RE.fullmatch(name):
             raise RunFolderError(f"invalid run name {name!r}: use letters, digits, '.', '_', '-' "
                                  f"(at most 100, starting with a letter or digit; not {LATEST!r})")
+        if problem := folder_problem(runs_dir):
+            raise RunFolderError(f"--runs-dir {runs_dir}: {problem}; give a folder fastft can write to")
         folder = cls(Path(runs_dir).absolute() / name)
         if folder.path.exists() and not folder.abandoned() and (
                 not folder.path.is_dir() or any(folder.path.iterdir())):

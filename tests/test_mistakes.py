@@ -113,3 +113,54 @@ def test_an_uncached_hub_model_in_offline_mode_names_the_variable(runner, tmp_pa
     line = error_line(runner.invoke(main, train_args(tmp_path, "--model", "fastft-test/not-cached")))
     assert "TRANSFORMERS_OFFLINE=1 is set (offline mode): unset it to download" in line
     assert nothing_created(tmp_path)
+
+
+def read_only_folder(tmp_path):
+    """A folder this process cannot write in; None where permissions do not stop it (root)."""
+    import os
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return None if os.access(folder, os.W_OK) else folder
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "read-only", "proc"])
+def test_a_runs_dir_that_cannot_hold_runs_is_refused_first(runner, tmp_path, where):
+    from pathlib import Path
+    (tmp_path / "f").write_text("mine")
+    runs_dir, problem = {
+        "file": lambda: (tmp_path / "f", "is a file, not a folder"),
+        "under-file": lambda: (tmp_path / "f" / "runs", f"{tmp_path / 'f'} is a file, not a folder"),
+        "read-only": lambda: (read_only_folder(tmp_path), f"{tmp_path / 'ro'} is not writable"),
+        "proc": lambda: (Path("/proc/sys/fastft-runs"), "/proc/sys is not writable"),   # even for root
+    }[where]()
+    if runs_dir is None:
+        pytest.skip("permissions do not stop root")
+    args = train_args(tmp_path, "--runs-dir", str(runs_dir), "--max-steps", "1")
+    line = error_line(runner.invoke(main, args))
+    assert f"--runs-dir {runs_dir}: {problem}; give a folder fastft can write to" in line
+    assert (tmp_path / "f").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"] + ["ro"] * (where == "read-only")
+
+
+@pytest.mark.parametrize("var, cache", [("FASTFT_CACHE", "f"), ("XDG_CACHE_HOME", "f/fastft")])
+def test_a_cache_path_that_is_a_file_is_named(runner, tmp_path, monkeypatch, var, cache):
+    (tmp_path / "f").write_text("mine")
+    monkeypatch.delenv("FASTFT_CACHE", raising=False)
+    monkeypatch.setenv(var, str(tmp_path / "f"))
+    line = error_line(runner.invoke(main, ["data", "check", str(EXAMPLE), "--model", "tiny"]))
+    problem = "is a file, not a folder" if cache == "f" else f"{tmp_path / 'f'} is a file, not a folder"
+    assert (f"fastft's cache folder {tmp_path / cache} (from {var}): {problem}; set FASTFT_CACHE "
+            f"to a folder") in line
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+@pytest.mark.parametrize("where", ["read-only", "proc"])
+def test_init_into_a_folder_it_cannot_write_is_one_line(runner, tmp_path, where):
+    from pathlib import Path
+    folder = read_only_folder(tmp_path) if where == "read-only" else Path("/proc/sys")
+    if folder is None:
+        pytest.skip("permissions do not stop root")
+    line = error_line(runner.invoke(main, ["init", str(folder / "fastft.toml")]))
+    assert f"cannot write {folder / 'fastft.toml'}: {folder} is not writable; give a PATH in a folder" in line
+    assert not (folder / "fastft.toml").exists()
