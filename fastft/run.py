@@ -283,6 +283,20 @@ class RunFolder:
             yield
 
 
+def read_trained(path: str | os.PathLike, command: str) -> Run:
+    """The run folder `path` (symlinks such as runs/latest resolved), refused unless it has a
+    trained adapter: what export, chat and eval read."""
+    folder = RunFolder.open(path)
+    record = folder.read()
+    if not (folder.adapter / "adapter_config.json").is_file():
+        why = f" (its status is {record.status!r})" if record.status != "done" else ""
+        resume = (f"; finish it with fastft train --resume {folder.path}"
+                  if record.status != "done" else "")
+        raise RunFolderError(f"{folder.path}: no trained adapter in {folder.adapter}{why}; "
+                             f"{command} runs after `fastft train` finishes{resume}")
+    return Run(folder, record)
+
+
 def _complete(checkpoint: Path) -> bool:
     """Its trainer_state.json is there and whole: the Trainer writes it in place, so a kill or a
     power cut while writing it can leave it cut short or empty."""

@@ -164,3 +164,16 @@ def test_init_into_a_folder_it_cannot_write_is_one_line(runner, tmp_path, where)
     line = error_line(runner.invoke(main, ["init", str(folder / "fastft.toml")]))
     assert f"cannot write {folder / 'fastft.toml'}: {folder} is not writable; give a PATH in a folder" in line
     assert not (folder / "fastft.toml").exists()
+
+
+@pytest.mark.parametrize("command", [["eval", "{run}", str(EXAMPLE)], ["chat", "{run}", "-p", "hi"],
+                                     ["export", "{run}"]])
+def test_a_run_without_an_adapter_is_refused_by_every_reader(runner, tmp_path, command):
+    from conftest import write_run
+    run = write_run(tmp_path / "r", status="interrupted")
+    before = sorted(p.name for p in run.iterdir())
+    line = error_line(runner.invoke(main, [a.format(run=run) for a in command]))
+    assert (f"{run}: no trained adapter in {run / 'adapter'} (its status is 'interrupted'); "
+            f"{command[0]} runs after `fastft train` finishes; finish it with fastft train "
+            f"--resume {run}") in line
+    assert sorted(p.name for p in run.iterdir()) == before
