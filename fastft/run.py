@@ -315,8 +315,12 @@ def checkpoint_step(path: Path) -> int | None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:   # a full disk: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from .autobatch import DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, set
 from .cache import building  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
-from .errors import TrainError, is_out_of_memory  # noqa: E402
+from .errors import RunFolderError, TrainError, is_disk_full, is_out_of_memory  # noqa: E402
 from .faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from .models import check_model, hub_problem, load_model, resolve_model  # noqa: E402
@@ -80,7 +80,7 @@ def train(cfg: TrainConfig, ui=None) -> Run:
     if main:
         move_log(folder.train_log)  # the libraries' output so far, and from now on, goes there
     try:
-        with folder.lock() if main else contextlib.nullcontext():
+        with folder.lock() if main else contextlib.nullcontext(), resumable_on_disk_full(folder):
             return _execute(cfg, folder, loaded, None, None, ui, new_run=True)
     except BaseException:
         # Nothing trained yet (a load, guard or tokenisation error, an early Ctrl-C): an empty
@@ -123,7 +123,8 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
             check_train_space(saved.config, folder.path, saved.plan.model_path)
             _drop_after(folder, checkpoint, ui)
         distributed.barrier()   # the others start once rank 0 has cleaned up after the checkpoint
-        return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
+        with resumable_on_disk_full(folder):
+            return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
 
 
 def _drop_after(folder: RunFolder, checkpoint: Path | None, ui) -> None:
@@ -242,6 +243,25 @@ def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path
     if stop.stopped and state.global_step < state.max_steps:
         _write(folder, record.model_copy(update={"status": "interrupted"}))
         raise TrainInterrupted(folder, state.global_step, folder.last_checkpoint())
+
+
+@contextlib.contextmanager
+def resumable_on_disk_full(folder: RunFolder):
+    """A full disk while saving a checkpoint, the adapter or the record is no bug: the run is
+    marked interrupted, the checkpoint cut short is removed (freeing its space), and the one
+    line says how to go on."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        if distributed.world().is_main:
+            shutil.rmtree(folder.checkpoints_dir / STAGING, ignore_errors=True)
+            with contextlib.suppress(OSError, RunFolderError):   # the disk may still be full
+                folder.write(folder.read().model_copy(update={"status": "interrupted"}))
+        then = (f"once space is freed, continue with: fastft train --resume {folder.path}"
+                if folder.has_trained() else "free space, then train again")
+        raise TrainError(f"no space left on the device of {folder.path} while saving; {then}") from None
 
 
 def out_of_memory(folder: RunFolder, record: RunRecord, step: int) -> TrainError:

@@ -177,3 +177,108 @@ def test_a_run_without_an_adapter_is_refused_by_every_reader(runner, tmp_path, c
             f"{command[0]} runs after `fastft train` finishes; finish it with fastft train "
             f"--resume {run}") in line
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+def disk_full(*args, **kwargs):
+    import errno
+    import os
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def assert_resumable_after_disk_full(result, run):
+    from fastft.run import RunFolder
+    line = error_line(result)
+    assert (f"no space left on the device of {run} while saving; once space is freed, continue "
+            f"with: fastft train --resume {run}") in line
+    assert RunFolder(run).read().status == "interrupted"
+    assert [p for p in run.rglob("*") if ".tmp" in p.name] == []
+    assert RunFolder(run).incomplete_checkpoints() == []
+
+
+def test_a_disk_full_while_checkpointing_leaves_a_resumable_run(runner, tmp_path, monkeypatch):
+    import fastft.train
+
+    def fault(name):   # the checkpoint's weights are written, its trainer state not yet
+        if name == "checkpoint-write":
+            disk_full()
+    with monkeypatch.context() as m:
+        m.setattr(fastft.train, "fault_point", fault)
+        result = runner.invoke(main, train_args(tmp_path, "--max-steps", "3", "--save-steps", "2",
+                                                "--name", "full"))
+    run = tmp_path / "runs" / "full"
+    assert_resumable_after_disk_full(result, run)
+    resumed = runner.invoke(main, ["train", "--resume", str(run)])   # space freed
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((run / "fastft.json").read_text())["status"] == "done"
+
+
+def test_a_disk_full_while_saving_the_adapter_leaves_no_half_adapter(runner, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerBase
+
+    def save_half(self, directory, *args, **kwargs):
+        (Path(directory) / "tokenizer.json").write_text('{"trunc')
+        disk_full()
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", save_half)
+    result = runner.invoke(main, train_args(tmp_path, "--max-steps", "1", "--name", "full"))
+    run = tmp_path / "runs" / "full"
+    assert_resumable_after_disk_full(result, run)
+    assert not (run / "adapter").exists()
+
+
+def test_a_record_write_that_fails_leaves_no_temporary(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from fastft.run import write_text_atomic
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: Path.touch(self) or disk_full())
+    with pytest.raises(OSError):
+        write_text_atomic(tmp_path / "fastft.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- stdout that cannot be written ----------------------------------------------------------
+
+def fastft_cli(*args, env=None, **kwargs):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "fastft.cli", *args], env=env, text=True,
+                          stderr=subprocess.PIPE, **kwargs)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", str(EXAMPLE), "--print-config"],
+                                  ["init", "--help"]])
+def test_stdout_to_a_full_device_is_one_line(args):
+    with open("/dev/full", "w") as full:
+        done = fastft_cli(*args, stdout=full)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == ["error: no space left on device while writing the output "
+                                        "or a file; free space (or send the output elsewhere) and "
+                                        "run again"]
+
+
+def test_stdout_to_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+    import os
+    read, write = os.pipe()
+    os.close(read)   # the reader is gone before fastft writes, as with `| head` done early
+    done = subprocess.run([sys.executable, "-m", "fastft.cli", "train", str(EXAMPLE), "--print-config"],
+                          stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
+
+
+def test_an_ascii_only_stream_gets_ascii_marks(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "h\\u00e9"}]}\n')
+    done = fastft_cli("data", "check", str(bad), "--model", "tiny", env={"PYTHONIOENCODING": "ascii",
+                                                                      "COLUMNS": "200"},
+                      stdout=__import__("subprocess").PIPE)
+    assert done.returncode == 1, done.stderr
+    assert "x nothing to train on" in done.stdout and "x " in done.stdout
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
