@@ -7,6 +7,8 @@ line (exit 1); anything else is a bug, logged with its traceback (exit 70).
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
 import sys
 import traceback
@@ -21,7 +23,7 @@ from rich.markup import escape
 from . import __version__
 from .config import TrainConfig, flag_names, literal_choices, resolve_config, switch_names, to_toml
 from .distributed import rank_failed
-from .errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError
+from .errors import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USER_ERROR, FastftError, is_disk_full
 
 console = Console(stderr=True)   # diagnostics: progress, status, warnings, errors
 out = Console()                  # results: summaries and reports (NO_COLOR is honoured by both)
@@ -30,6 +32,20 @@ out = Console()                  # results: summaries and reports (NO_COLOR is h
 class FastftGroup(click.Group):
     """Turns fastft's own errors into one line and exit 1, and any other error into a short
     'this is a bug' message with the traceback in a log file, and exit 70."""
+
+    def main(self, *args, **kwargs):
+        ascii_fallback()
+        try:
+            try:
+                return super().main(*args, **kwargs)
+            finally:
+                sys.stdout.flush()   # now: at exit a failure would be a warning and exit 120
+        except OSError as e:   # outside a command, only stdout is written (--help, the flush)
+            if e.errno not in (errno.ENOSPC, errno.EPIPE):
+                raise
+            if e.errno == errno.ENOSPC:   # a closed pipe (`| head`) ends quietly, as in click
+                no_space()
+            sys.exit(EXIT_USER_ERROR)
 
     def invoke(self, ctx):
         try:
@@ -45,9 +61,41 @@ class FastftGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                raise   # stdout closed (`| head`): click ends quietly
+            if is_disk_full(e):   # a file or stdout: no bug, and no room for a crash log
+                no_space()
+                ctx.exit(EXIT_USER_ERROR)
             if not rank_failed(e, EXIT_INTERNAL_ERROR):
                 report_bug(e, debug=ctx.params.get("debug", False))
             ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def no_space() -> None:
+    """The line for a full device, which may be stdout's (`> /dev/full`) or a file's: the
+    OSError does not say which."""
+    console.print("[bold red]error:[/] no space left on device while writing the output or a "
+                  "file; free space (or send the output elsewhere) and run again", highlight=False,
+                  soft_wrap=True)
+
+
+# What an ASCII-only stream gets instead of the marks fastft prints (others become "?").
+ASCII_MARKS = {"✓": "+", "✗": "x", "…": "...", "—": "-", "–": "-", "•": "*", "◀": "<", "█": "#"}
+codecs.register_error("fastft-ascii", lambda err: (
+    "".join(ASCII_MARKS.get(c, "?") for c in err.object[err.start:err.end]), err.end))
+
+
+def ascii_fallback() -> None:
+    """Once, at start: stdout and stderr that cannot encode the marks (an ASCII locale,
+    PYTHONIOENCODING=ascii) write ASCII stand-ins instead of failing on the first mark."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "".join(ASCII_MARKS).encode(getattr(stream, "encoding", None) or "utf-8")
+        except UnicodeEncodeError:
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="fastft-ascii")
+        except LookupError:   # a codec Python does not know: leave the stream as it is
+            pass
 
 
 def report_bug(e: BaseException, debug: bool) -> Path | None:
