@@ -21,7 +21,8 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
-# The optimizers worth choosing for LoRA; the 8-bit ones need CUDA (CPU runs use adamw_torch).
+# The optimizers worth choosing for LoRA; bitsandbytes' (8-bit, paged) need CUDA: on CPU
+# they become adamw_torch, with a status line (fastft.autobatch.cpu_optimizer).
 Optimizer = Literal["auto", "adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torch_fused",
                     "paged_adamw_32bit", "adafactor", "lion_8bit", "paged_lion_8bit", "sgd"]
 Checkpointing = Literal["auto", "unsloth", "true", "false"]

@@ -29,7 +29,8 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from . import distributed  # noqa: E402
-from .autobatch import DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, set_checkpointing  # noqa: E402
+from .autobatch import (DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, cpu_optimizer,  # noqa: E402
+                        set_checkpointing)
 from .cache import building  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
@@ -454,8 +455,7 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     batch_size, grad_accum = per_device_batch(cfg.batch_size, cfg.grad_accum, world_size)
     cfg = cfg.model_copy(update=dict(batch_size=batch_size, grad_accum=grad_accum))  # auto-tune's
     checkpointing, tuning = _initial_checkpointing(cfg), None
-    # bitsandbytes' 8-bit AdamW needs CUDA.
-    optim = choose_optimizer(cfg.optim, model, cfg.vram_budget) if on_gpu else "adamw_torch"
+    optim = choose_optimizer(cfg.optim, model, cfg.vram_budget) if on_gpu else cpu_optimizer(cfg.optim, ui)
     # Without a measurement, padded (grouped) batches: on an H100 they beat padding-free 1.6x.
     padding_free = {"free": True, "padded": False}.get(cfg.padding, False if on_gpu else None)
     if cfg.packing:

@@ -282,3 +282,15 @@ def test_an_ascii_only_stream_gets_ascii_marks(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "x nothing to train on" in done.stdout and "x " in done.stdout
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize("optim, used, said", [
+    ("sgd", "sgd", False),
+    ("adamw_8bit", "adamw_torch", True),
+])
+def test_the_optimizer_asked_for_is_used_on_cpu_or_the_swap_is_said(runner, tmp_path, optim, used, said):
+    result = runner.invoke(main, train_args(tmp_path, "--optim", optim, "--max-steps", "1", "--name", "o"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "runs" / "o" / "fastft.json").read_text())["plan"]["optim"] == used
+    line = f"--optim {optim} needs a CUDA GPU (bitsandbytes): training on CPU with adamw_torch"
+    assert (line in " ".join(result.output.split())) == said
