@@ -125,6 +125,21 @@ def choose_optimizer(requested: str, model, vram_budget: float | None) -> str:
     return fused if optimizer_reserve_gib(model, fused) <= 0.05 * budget else "adamw_8bit"
 
 
+# bitsandbytes' optimizers: CUDA kernels only.
+CUDA_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit")
+
+
+def cpu_optimizer(requested: str, ui) -> str:
+    """On CPU: the optimizer asked for, or adamw_torch for `auto` and for one that needs CUDA
+    (said on `ui`, so that a run never trains with another optimizer in silence)."""
+    if requested == "auto":
+        return "adamw_torch"
+    if requested in CUDA_OPTIMIZERS:
+        ui.status(f"--optim {requested} needs a CUDA GPU (bitsandbytes): training on CPU with adamw_torch")
+        return "adamw_torch"
+    return requested
+
+
 def no_checkpointing_gib(model, padded_tokens: int) -> float:
     """Predicted peak GiB of a forward+backward without checkpointing: the weights already
     on the GPU plus ACTIVATION_BYTES per token, layer and hidden unit."""

@@ -11,13 +11,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import FastftError
+
+
+class CacheError(FastftError):
+    """The cache folder cannot be one: a file is where it should be."""
+
 
 def cache_dir() -> Path:
-    """`$FASTFT_CACHE`, else `$XDG_CACHE_HOME/fastft`, else `~/.cache/fastft`."""
+    """`$FASTFT_CACHE`, else `$XDG_CACHE_HOME/fastft`, else `~/.cache/fastft`. A read-only cache
+    is fine (what it holds is read), one that cannot be a folder is not."""
     if env := os.environ.get("FASTFT_CACHE"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fastft"
+        path, source = Path(env).expanduser(), "FASTFT_CACHE"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path, source = Path(base) / "fastft", "XDG_CACHE_HOME" if "XDG_CACHE_HOME" in os.environ else "HOME"
+    if problem := folder_problem(path, writable=False):
+        raise CacheError(f"fastft's cache folder {path} (from {source}): {problem}; set "
+                         f"FASTFT_CACHE to a folder")
+    return path
+
+
+def folder_problem(path: str | os.PathLike, writable: bool = True) -> str | None:
+    """Why `path` cannot be (or become) a folder to create files in: a file in the way, or the
+    nearest existing folder read-only; None when it can. Checked before anything is created."""
+    given = Path(path).absolute()
+    p = given
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return "is a file, not a folder" if p == given else f"{p} is a file, not a folder"
+    if writable and not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    return None
 
 
 @contextmanager

@@ -48,7 +48,7 @@ from .modelfile import FAMILIES, SAMPLING_KEYS, parse_modelfile, sampling_defaul
 from .models import load_for_inference
 from .procs import dying_with_parent
 from .quiet import captured
-from .run import RunFolder
+from .run import read_trained
 from .template import ChatGuard, template_text
 from .tools import record_tools
 
@@ -102,9 +102,9 @@ def resolve_sampling(defaults: dict, overrides: dict, max_new_tokens: int,
 
 def load_run_for_inference(run: str | Path, load_in_4bit: bool | None = None):
     """(model, tokenizer) of a run's base model with its adapter, ready for generation."""
-    folder = RunFolder.open(run)
-    cfg = folder.read().config
-    return load_for_inference(folder.adapter, cfg.max_seq_len,
+    trained = read_trained(run, "chat")
+    cfg = trained.record.config
+    return load_for_inference(trained.adapter_dir, cfg.max_seq_len,
                               cfg.load_in_4bit if load_in_4bit is None else load_in_4bit)
 
 
@@ -149,8 +149,8 @@ class AdapterChat:
     tools: list[dict] | None = None     # canonical schemas offered in every prompt (--tools)
 
     def __init__(self, run: str | Path):
-        folder = RunFolder.open(run)
-        record = folder.read()
+        trained = read_trained(run, "chat")
+        folder, record = trained.folder, trained.record
         self.label = f"run {folder.name} (LoRA adapter, Unsloth)"
         self.variant = record.variant
         self.default_system: str | None = None

@@ -7,6 +7,8 @@ line (exit 1); anything else is a bug, logged with its traceback (exit 70).
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
 import os
 import sys
@@ -23,7 +25,7 @@ from . import __version__
 from .config import TrainConfig, flag_names, literal_choices, resolve_config, switch_names, to_toml
 from . import signals
 from .distributed import rank_failed, world
-from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
+from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError, is_disk_full
 from .signals import terminate_as_interrupt
 
 console = Console(stderr=True)   # diagnostics: progress, status, warnings, errors
@@ -39,6 +41,20 @@ class FastftGroup(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):
         self.argv = list(args)   # as given: parsing consumes them before a usage error is raised
         return super().make_context(info_name, args, parent, **extra)
+
+    def main(self, *args, **kwargs):
+        ascii_fallback()
+        try:
+            try:
+                return super().main(*args, **kwargs)
+            finally:
+                sys.stdout.flush()   # now: at exit a failure would be a warning and exit 120
+        except OSError as e:   # outside a command, only stdout is written (--help, the flush)
+            if e.errno not in (errno.ENOSPC, errno.EPIPE):
+                raise
+            if e.errno == errno.ENOSPC:   # a closed pipe (`| head`) ends quietly, as in click
+                no_space()
+            sys.exit(EXIT_USER_ERROR)
 
     def invoke(self, ctx):
         try:
@@ -61,6 +77,11 @@ class FastftGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                raise   # stdout closed (`| head`): click ends quietly
+            if is_disk_full(e):   # a file or stdout: no bug, and no room for a crash log
+                no_space()
+                ctx.exit(EXIT_USER_ERROR)
             if not rank_failed(e, EXIT_INTERNAL_ERROR):
                 report_bug(e, debug=ctx.params.get("debug", False))
             ctx.exit(EXIT_INTERNAL_ERROR)
@@ -73,14 +94,41 @@ def _dash_file_hint(args: list[str]) -> str:
             if files else "")
 
 
+def no_space() -> None:
+    """The line for a full device, which may be stdout's (`> /dev/full`) or a file's: the
+    OSError does not say which."""
+    console.print("[bold red]error:[/] no space left on device while writing the output or a "
+                  "file; free space (or send the output elsewhere) and run again", highlight=False,
+                  soft_wrap=True)
+
+
+# What an ASCII-only stream gets instead of the marks fastft prints (others become "?").
+ASCII_MARKS = {"✓": "+", "✗": "x", "…": "...", "—": "-", "–": "-", "•": "*", "◀": "<", "█": "#"}
+codecs.register_error("fastft-ascii", lambda err: (
+    "".join(ASCII_MARKS.get(c, "?") for c in err.object[err.start:err.end]), err.end))
+
+
+def ascii_fallback() -> None:
+    """Once, at start: stdout and stderr that cannot encode the marks (an ASCII locale,
+    PYTHONIOENCODING=ascii) write ASCII stand-ins instead of failing on the first mark."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "".join(ASCII_MARKS).encode(getattr(stream, "encoding", None) or "utf-8")
+        except UnicodeEncodeError:
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="fastft-ascii")
+        except LookupError:   # a codec Python does not know: leave the stream as it is
+            pass
+
+
 def report_bug(e: BaseException, debug: bool) -> Path | None:
     from .cache import cache_dir
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    log = cache_dir() / "logs" / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
     try:
+        log = cache_dir() / "logs" / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"fastft {__version__}\n{' '.join(sys.argv)}\n\n{text}", encoding="utf-8")
-    except OSError:
+    except (OSError, FastftError):   # no usable cache folder: the message alone
         log = None
     if debug:
         console.print(text, markup=False, highlight=False)
@@ -366,6 +414,7 @@ def doctor(as_json):
 def init(path, force):
     """Write PATH (default: fastft.toml), a commented TOML of every training option at its
     default, for `fastft train --config PATH`."""
+    from .cache import folder_problem
     from .config import annotated_toml
     from .errors import ConfigError
     from .run import write_text_atomic
@@ -375,6 +424,8 @@ def init(path, force):
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
     if not target.parent.is_dir():
         raise ConfigError(f"{path}: no folder {target.parent}")
+    if problem := folder_problem(target.parent):
+        raise ConfigError(f"cannot write {path}: {problem}; give a PATH in a folder you can write to")
     write_text_atomic(target, annotated_toml())
     click.echo(f"wrote {path}: edit it, then run  fastft train --config {path}")
 

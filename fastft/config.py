@@ -22,12 +22,17 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
-# The optimizers worth choosing for LoRA; the 8-bit ones need CUDA (CPU runs use adamw_torch).
+# The optimizers worth choosing for LoRA; bitsandbytes' (8-bit, paged) need CUDA: on CPU
+# they become adamw_torch, with a status line (fastft.autobatch.cpu_optimizer).
 Optimizer = Literal["auto", "adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torch_fused",
                     "paged_adamw_32bit", "adafactor", "lion_8bit", "paged_lion_8bit", "sgd"]
 Checkpointing = Literal["auto", "unsloth", "true", "false"]
 Padding = Literal["auto", "padded", "free"]
 Think = Literal["strip", "keep", "error"]
+# Every number has a range, so a value the libraries would crash on (a seed numpy refuses, a
+# step count past what torch's int32/64 tensors hold) fails here, naming its option.
+MAX_TOKENS = 2**20
+MAX_COUNT = 2**31 - 1
 # A run name is one path component: it can never point outside the runs folder.
 RUN_NAME_PATTERN = r"^(?!latest$)[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"   # "latest" is the pointer
 
@@ -50,23 +55,24 @@ class TrainConfig(BaseModel):
                                     "RUNS_DIR/NAME. [default: <data>-<timestamp>]")
     runs_dir: str = opt("runs", "Folder that holds the runs.")
     load_in_4bit: bool = opt(True, "Load the base in 4-bit (QLoRA) or 16-bit (LoRA).", flag="--4bit/--16bit")
-    max_seq_len: int = opt(2048, "Tokens per example; longer examples are cut.", ge=16)
+    max_seq_len: int = opt(2048, "Tokens per example; longer examples are cut.", ge=16, le=MAX_TOKENS)
     # LoRA: the field's defaults (r=16, alpha=2r, no dropout, every linear projection).
-    rank: int = opt(16, "LoRA rank r.", gt=0)
-    alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha/r).", gt=0)
+    rank: int = opt(16, "LoRA rank r.", gt=0, le=4096)
+    alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha/r).", gt=0, le=65536)
     dropout: float = opt(0.0, "LoRA dropout.", ge=0, lt=1)
     target_modules: tuple[str, ...] = opt(ALL_PROJECTIONS, "Comma-separated projections to adapt.",
                                           min_length=1)
     rslora: bool = opt(False, "Rank-stabilised LoRA (scale alpha/sqrt(r)).")
     dora: bool = opt(False, "Weight-decomposed LoRA (slower).")
     # Optimisation.
-    lr: float = opt(2e-4, "Peak learning rate.", gt=0)
-    scheduler: Scheduler = opt("cosine", "Learning-rate schedule.")
+    lr: float = opt(2e-4, "Peak learning rate.", gt=0, le=10)
+    scheduler: Scheduler = opt("cosine", "Learning-rate schedule (cosine_with_min_lr ends at 10% of "
+                                          "--lr; warmup_stable_decay decays over the last 10% of steps).")
     warmup_ratio: float = opt(0.03, "Share of the steps spent warming up the learning rate.", ge=0, lt=1)
-    epochs: float = opt(3.0, "Passes over the data.", gt=0)
-    max_steps: int = opt(-1, "Stop after this many optimizer steps (overrides --epochs; -1: off).", ge=-1)
-    batch_size: int = opt(2, "Micro-batch per step; batch-size x grad-accum is the effective batch.", ge=1)
-    grad_accum: int = opt(4, "Micro-batches per optimizer step.", ge=1)
+    epochs: float = opt(3.0, "Passes over the data.", gt=0, le=100_000)
+    max_steps: int = opt(-1, "Stop after this many optimizer steps (overrides --epochs; -1: off).", ge=-1, le=MAX_COUNT)
+    batch_size: int = opt(2, "Micro-batch per step; batch-size x grad-accum is the effective batch.", ge=1, le=65536)
+    grad_accum: int = opt(4, "Micro-batches per optimizer step.", ge=1, le=65536)
     # Data-parallel through torchrun (fastft.launch): one process per GPU, each with a full copy
     # of the model; batch-size x grad-accum stays the effective batch of the whole run.
     gpus: Union[int, Literal["auto"]] = opt(1, "GPUs to train on, data-parallel: N, or auto (every "
@@ -74,7 +80,7 @@ class TrainConfig(BaseModel):
                                                "grad-accum, shared out among the GPUs.")
     auto_batch: bool = opt(True, "On a GPU, measure micro-batch, padding and checkpointing candidates "
                                  "on your data and keep the fastest that fits (same effective batch).")
-    vram_budget: Optional[float] = opt(None, "GiB of GPU memory training may use (as on a smaller card).", gt=0)
+    vram_budget: Optional[float] = opt(None, "GiB of GPU memory training may use (as on a smaller card).", gt=0, le=1_000_000)
     gradient_checkpointing: Checkpointing = opt(
         "auto", "unsloth: offload activations to CPU RAM (least VRAM); true: keep them on the GPU; "
                 "false: keep every activation (fastest, most VRAM); auto: auto-batch measures them "
@@ -82,9 +88,10 @@ class TrainConfig(BaseModel):
     optim: Optimizer = opt("auto", "Optimizer. auto: fused 32-bit AdamW on a GPU, or 8-bit AdamW "
                                    "where its moments would take over 5% of the VRAM budget; "
                                    "adamw_torch on CPU.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
-    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", gt=0)
-    seed: int = opt(42, "Random seed (data order, LoRA init, dropout).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0, le=10)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", gt=0, le=1e6)
+    seed: int = opt(42, "Random seed (data order, LoRA init, dropout).",
+                    ge=0, le=2**32 - 1)
     train_on_all: bool = opt(False, "Loss on prompts too, not only on assistant turns.")
     think: Think = opt("strip", "Think blocks in the assistant data of a non-thinking model: strip, "
                                 "keep, or reject the example.")
@@ -96,15 +103,18 @@ class TrainConfig(BaseModel):
     # Evaluation and checkpoints.
     eval_split: float = opt(0.0, "Hold out this share of the data for an eval loss each epoch.", ge=0, lt=1)
     eval_file: Optional[str] = opt(None, "Eval data file (instead of --eval-split).")
-    save_steps: Optional[int] = opt(None, "Checkpoint every N steps. [default: each epoch]", gt=0)
+    save_steps: Optional[int] = opt(None, "Checkpoint every N steps. [default: each epoch]", gt=0, le=MAX_COUNT)
     # A long epoch on a slow GPU is hours without a checkpoint; a crash would lose them all.
-    save_minutes: float = opt(10.0, "Also save a checkpoint every N minutes (0: off).", ge=0)
-    save_total_limit: int = opt(2, "Checkpoints kept (with an eval: the best and the latest).", ge=1)
+    save_minutes: float = opt(10.0, "Also save a checkpoint every N minutes (0: off).", ge=0,
+                             le=MAX_COUNT)
+    save_total_limit: int = opt(2, "Checkpoints kept (with an eval: the best and the latest).", ge=1,
+                               le=MAX_COUNT)
     # Each log reads the loss off the GPU, so the CPU waits for the GPU instead of launching
     # the next step's kernels; short examples leave an H100 waiting on the CPU. On CPU there
     # is nothing to wait for.
     logging_steps: Optional[int] = opt(None, "Log loss, learning rate and tokens/s every N steps. "
-                                             "[default: 10 on a GPU, 1 on CPU]", gt=0)
+                                             "[default: 10 on a GPU, 1 on CPU]", gt=0,
+                                             le=MAX_COUNT)
     tensorboard: bool = opt(False, "Also log loss and learning rate for TensorBoard, in "
                                    "RUN/tensorboard/ (needs the tensorboard package).")
     skip_invalid: bool = opt(False, "Drop bad records (and report them) instead of failing.")

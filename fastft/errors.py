@@ -8,6 +8,7 @@ Each stage keeps its own subclass next to its code (`data.DataError`, `template.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 # Exit codes, documented in the README: 0 ok, 1 a FastftError (bad input, config or state),
@@ -21,6 +22,20 @@ def is_out_of_memory(e: BaseException) -> bool:
     """A GPU out-of-memory error: torch.OutOfMemoryError (matched by name, so torch need not be
     imported), or a CUDA error raised as a plain RuntimeError ("CUDA error: out of memory")."""
     return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """No space left (or the disk quota reached): an OSError with ENOSPC/EDQUOT, or a library's
+    error caused by one or only saying so in its text (safetensors: "os error 28")."""
+    for _ in range(10):   # the chain of causes, which is short
+        if e is None:
+            return False
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "(os error 28)" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class FastftError(Exception):

@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 from .chat import Sampling, generate_text  # noqa: E402
 from .data import EOS, Example, load_conversations  # noqa: E402
 from .quiet import captured, status as quiet_status  # noqa: E402
-from .run import RunFolder  # noqa: E402
+from .run import read_trained  # noqa: E402
 from .template import ChatGuard, TokenizedExample  # noqa: E402
 from .train import prepare_data  # noqa: E402
 
@@ -68,8 +68,8 @@ def evaluate_run(run: str | Path, data: str | Path, samples: int = 3, max_new_to
     """Score DATA with the run's base model and with its fine-tuned one; sample answers from both
     for the first `samples` conversations. Raises DataError (file:line) on bad DATA. What the
     libraries print while the model loads goes to a log unless `verbose` (fastft.quiet)."""
-    folder = RunFolder.open(run)
-    record = folder.read()
+    trained = read_trained(run, "eval")
+    folder, record = trained.folder, trained.record
     # The run's own rendering and masking options, on DATA, all of it scored (no split).
     cfg = record.config.model_copy(update=dict(data=str(data), eval_file=None, eval_split=0.0,
                                                skip_invalid=False))

@@ -66,7 +66,7 @@ from .preflight import (
     remove_stale_scratch,
 )
 from .procs import dying_with_parent
-from .run import Run, RunFolder, run_name_stem
+from .run import Run, RunFolder, read_trained, run_name_stem
 
 # --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
 DEFAULT_QUANTS = ("q4_k_m",)
@@ -157,14 +157,7 @@ class ExportResult:
 # -- reading a run -------------------------------------------------------------------------------
 
 def read_run(path: str | os.PathLike) -> Run:
-    """The run folder `path` (symlinks such as runs/latest resolved), refused unless trained."""
-    folder = RunFolder.open(path)
-    record = folder.read()
-    if not (folder.adapter / "adapter_config.json").is_file():
-        why = f" (its status is {record.status!r})" if record.status != "done" else ""
-        raise ExportError(f"{folder.path}: no trained adapter in {folder.adapter}{why}; "
-                          f"export runs after `fastft train` finishes")
-    return Run(folder, record)
+    return read_trained(path, "export")
 
 
 # -- the plan ------------------------------------------------------------------------------------

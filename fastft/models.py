@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from .errors import TrainError
 from .tiny import is_tiny, tiny_model_path
 
 LOADING_RULES = dict(trust_remote_code=False, use_safetensors=True)
@@ -20,6 +23,73 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")   # either keeps the h
 def offline_vars() -> list[str]:
     """The variables of OFFLINE_VARS that are set on, as huggingface_hub reads them."""
     return [v for v in OFFLINE_VARS if os.environ.get(v, "").lower() in ("1", "true", "yes", "on")]
+
+
+HUB_CONNECT_TIMEOUT_S = 2.0   # the hub libraries retry for minutes before they give up
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable() -> str | None:
+    """`host:port` of the hub (huggingface_hub's ENDPOINT, so HF_ENDPOINT counts) when a
+    connection to it fails within a few seconds; None when it answers or a proxy stands between
+    (where only the proxy can tell)."""
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    if any(os.environ.get(v) for v in PROXY_VARS):
+        return None
+    try:
+        socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError:
+        return f"{host}:{port}"
+    return None
+
+
+def hub_problem(name: str) -> str | None:
+    """Why hub model `name` cannot be downloaded now (offline mode, or no network), else None."""
+    if offline := offline_vars():
+        return f"{offline[0]}={os.environ[offline[0]]} is set (offline mode): unset it to download {name}"
+    if where := hub_unreachable():
+        return f"no network ({where} cannot be reached): connect to download {name} once"
+    return None
+
+
+def check_model(name: str) -> None:
+    """Before a run folder exists: `name` is the built-in model, a folder holding a model, or a
+    hub id that is cached or can be downloaded now, so a wrong --model fails in a second, not
+    after minutes of retries or with a run folder left behind."""
+    path = Path(name).expanduser()
+    if is_tiny(name):
+        return
+    if path.is_dir():
+        return _check_model_folder(name, path)
+    # A hub id is `owner/name`, so one '/' alone does not make a path.
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or (
+            os.sep != "/" and os.sep in name):
+        raise TrainError(f"--model {name}: {'not a folder' if path.exists() else 'no such folder'}")
+    if not _cached(name) and (why := hub_problem(name)):
+        raise TrainError(f"--model {name}: not in the local Hugging Face cache, and {why}; or give "
+                         f"a local folder with --model")
+
+
+def _check_model_folder(name: str, path: Path) -> None:
+    missing = [what for what, found in (
+        ("config.json", (path / "config.json").is_file() or (path / "adapter_config.json").is_file()),
+        ("*.safetensors weights", any(path.glob("*.safetensors")))) if not found]
+    if missing:
+        raise TrainError(f"--model {name}: not a model folder (no {' and no '.join(missing)}); give "
+                         f"a folder written by save_pretrained (safetensors) or a hub id owner/name")
+
+
+def _cached(name: str) -> bool:
+    """The hub id's config is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:   # not a valid repo id: not cached, and the hub will say it is not found
+        return False
 
 
 def import_unsloth():

@@ -60,6 +60,8 @@ def captured(log: str | os.PathLike | None = None, console=None, verbose: bool =
 
     On a failure other than a FastftError the log is kept (copied to the cache if its folder was
     removed meanwhile) and its path printed; a pending log of a run that ended well is removed."""
+    # First, while nothing is redirected yet: the cache folder may be unusable (a CacheError).
+    path = None if verbose else Path(log) if log is not None else pending_log_path(what)
     _flush()
     restore_console = _pin_console(console)
     saved = os.dup(STDOUT), os.dup(STDERR)
@@ -67,7 +69,6 @@ def captured(log: str | os.PathLike | None = None, console=None, verbose: bool =
         cap = Capture(None, None, False)
         os.dup2(STDERR, STDOUT)
     else:
-        path = Path(log) if log is not None else pending_log_path(what)
         path.parent.mkdir(parents=True, exist_ok=True)
         cap = Capture(path, open(path, "a+b"), pending=log is None)
         _point_fds(cap.file)

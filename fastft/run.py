@@ -29,6 +29,7 @@ from typing import Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .cache import folder_problem
 from .config import RUN_NAME_PATTERN, TrainConfig
 from .errors import RunFolderError
 
@@ -164,6 +165,8 @@ class RunFolder:
         if not NAME_RE.fullmatch(name):
             raise RunFolderError(f"invalid run name {name!r}: use letters, digits, '.', '_', '-' "
                                  f"(at most 100, starting with a letter or digit; not {LATEST!r})")
+        if problem := folder_problem(runs_dir):
+            raise RunFolderError(f"--runs-dir {runs_dir}: {problem}; give a folder fastft can write to")
         folder = cls(Path(runs_dir).absolute() / name)
         if folder.path.exists() and not folder.abandoned() and (
                 not folder.path.is_dir() or any(folder.path.iterdir())):
@@ -280,6 +283,20 @@ class RunFolder:
             yield
 
 
+def read_trained(path: str | os.PathLike, command: str) -> Run:
+    """The run folder `path` (symlinks such as runs/latest resolved), refused unless it has a
+    trained adapter: what export, chat and eval read."""
+    folder = RunFolder.open(path)
+    record = folder.read()
+    if not (folder.adapter / "adapter_config.json").is_file():
+        why = f" (its status is {record.status!r})" if record.status != "done" else ""
+        resume = (f"; finish it with fastft train --resume {folder.path}"
+                  if record.status != "done" else "")
+        raise RunFolderError(f"{folder.path}: no trained adapter in {folder.adapter}{why}; "
+                             f"{command} runs after `fastft train` finishes{resume}")
+    return Run(folder, record)
+
+
 def _complete(checkpoint: Path) -> bool:
     """Its trainer_state.json is there and whole: the Trainer writes it in place, so a kill or a
     power cut while writing it can leave it cut short or empty."""
@@ -298,8 +315,12 @@ def checkpoint_step(path: Path) -> int | None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:   # a full disk: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,15 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from . import distributed  # noqa: E402
-from .autobatch import DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, set_checkpointing  # noqa: E402
+from .autobatch import (DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, cpu_optimizer,  # noqa: E402
+                        set_checkpointing)
 from .cache import building  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .data import Dataset, Example, load_conversations  # noqa: E402
-from .errors import TrainError, is_out_of_memory  # noqa: E402
+from .errors import RunFolderError, TrainError, is_disk_full, is_out_of_memory  # noqa: E402
 from .faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
-from .models import load_model, offline_vars, resolve_model  # noqa: E402
+from .models import check_model, hub_problem, load_model, resolve_model  # noqa: E402
 from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
 from .quiet import move_log  # noqa: E402
 from .signals import STOP_SIGNALS, Terminated  # noqa: E402
@@ -72,7 +73,7 @@ class TrainInterrupted(KeyboardInterrupt):
 def train(cfg: TrainConfig, ui=None) -> Run:
     """A new run. Data, names and a local model folder are checked before the run folder exists;
     if the run fails before its first optimizer step, the folder is removed again."""
-    check_model_name(cfg.model)
+    check_model(cfg.model)
     if cfg.tensorboard:
         require_tensorboard()
     main = distributed.start(cfg.gpus).is_main   # with --gpus N: one of N processes
@@ -83,7 +84,7 @@ def train(cfg: TrainConfig, ui=None) -> Run:
     if main:
         move_log(folder.train_log)  # the libraries' output so far, and from now on, goes there
     try:
-        with folder.lock() if main else contextlib.nullcontext():
+        with folder.lock() if main else contextlib.nullcontext(), resumable_on_disk_full(folder):
             return _execute(cfg, folder, loaded, None, None, ui, new_run=True)
     except BaseException:
         # Nothing trained yet (a load, guard or tokenisation error, an early Ctrl-C): an empty
@@ -127,7 +128,8 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
             check_train_space(saved.config, folder.path, saved.plan.model_path)
             _drop_after(folder, checkpoint, ui)
         distributed.barrier()   # the others start once rank 0 has cleaned up after the checkpoint
-        return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
+        with resumable_on_disk_full(folder):
+            return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
 
 
 def refuse_finished(folder: RunFolder, saved: RunRecord) -> None:
@@ -169,17 +171,6 @@ def _drop_after(folder: RunFolder, checkpoint: Path | None, ui) -> None:
     truncate_after(folder.metrics_file, step)
 
 
-def check_model_name(name: str) -> None:
-    """A name that looks like a path must be an existing folder: otherwise it would be taken
-    for a hub id and fail later, after the run folder exists, with a confusing hub error. (A
-    hub id is `owner/name`, so one '/' alone does not make a path.)"""
-    pathlike = (name.startswith((".", "/", "~")) or name.count("/") > 1
-                or (os.sep != "/" and os.sep in name))
-    if pathlike and not Path(name).expanduser().is_dir():
-        what = "not a folder" if Path(name).expanduser().exists() else "no such folder"
-        raise TrainError(f"--model {name}: {what}")
-
-
 def _load(cfg: TrainConfig, ui):
     """(ref, model, tokenizer); a hub model that cannot be fetched is one clear error."""
     ref = resolve_model(cfg.model)
@@ -189,10 +180,9 @@ def _load(cfg: TrainConfig, ui):
     except OSError as e:  # huggingface_hub's and transformers' lookup errors are OSErrors
         if ref.is_local:
             raise
-        why = ("offline and not in the local cache" if offline_vars() or "connect" in str(e)
-               else str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise TrainError(f"cannot load {cfg.model}: {why}; download it once while online "
-                         f"(unset HF_HUB_OFFLINE) or give a local folder with --model") from None
+        why = hub_problem(cfg.model) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise TrainError(f"cannot load {cfg.model}: {why}; check the hub id (owner/name) or give "
+                         f"a local folder with --model") from None
 
 
 def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
@@ -268,6 +258,25 @@ def fit(trainer, metrics, folder: RunFolder, record: RunRecord, checkpoint: Path
     if stop.stopped and state.global_step < state.max_steps:
         _write(folder, record.model_copy(update={"status": "interrupted"}))
         raise TrainInterrupted(folder, state.global_step, folder.last_checkpoint(), stop.signum)
+
+
+@contextlib.contextmanager
+def resumable_on_disk_full(folder: RunFolder):
+    """A full disk while saving a checkpoint, the adapter or the record is no bug: the run is
+    marked interrupted, the checkpoint cut short is removed (freeing its space), and the one
+    line says how to go on."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        if distributed.world().is_main:
+            shutil.rmtree(folder.checkpoints_dir / STAGING, ignore_errors=True)
+            with contextlib.suppress(OSError, RunFolderError):   # the disk may still be full
+                folder.write(folder.read().model_copy(update={"status": "interrupted"}))
+        then = (f"once space is freed, continue with: fastft train --resume {folder.path}"
+                if folder.has_trained() else "free space, then train again")
+        raise TrainError(f"no space left on the device of {folder.path} while saving; {then}") from None
 
 
 def out_of_memory(folder: RunFolder, record: RunRecord, step: int) -> TrainError:
@@ -433,12 +442,25 @@ def _initial_checkpointing(cfg: TrainConfig) -> str:
 
 
 def attach_lora(model, cfg: TrainConfig, checkpointing: str):
+    check_target_modules(model, cfg)
     unsloth = import_unsloth()
     return unsloth.FastLanguageModel.get_peft_model(
         model, r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules), bias="none",
         use_gradient_checkpointing=UNSLOTH_GC[checkpointing],
         random_state=cfg.seed, use_rslora=cfg.rslora, use_dora=cfg.dora)
+
+
+def check_target_modules(model, cfg: TrainConfig) -> None:
+    """Each --target-modules name is a module of the model: peft fails with a traceback when
+    none is, and silently skips the ones that are not."""
+    import torch
+    leaves = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules()}
+    unknown = [t for t in cfg.target_modules if t not in leaves]
+    if unknown:
+        linear = sorted(n for n, m in leaves.items() if isinstance(m, torch.nn.Linear) and n != "lm_head")
+        raise TrainError(f"--target-modules {','.join(unknown)}: no such module in {cfg.model}; "
+                         f"its linear modules are {','.join(linear)}")
 
 
 def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: PreparedData, ui,
@@ -453,8 +475,7 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     batch_size, grad_accum = per_device_batch(cfg.batch_size, cfg.grad_accum, world_size)
     cfg = cfg.model_copy(update=dict(batch_size=batch_size, grad_accum=grad_accum))  # auto-tune's
     checkpointing, tuning = _initial_checkpointing(cfg), None
-    # bitsandbytes' 8-bit AdamW needs CUDA.
-    optim = choose_optimizer(cfg.optim, model, cfg.vram_budget) if on_gpu else "adamw_torch"
+    optim = choose_optimizer(cfg.optim, model, cfg.vram_budget) if on_gpu else cpu_optimizer(cfg.optim, ui)
     # Without a measurement, padded (grouped) batches: on an H100 they beat padding-free 1.6x.
     padding_free = {"free": True, "padded": False}.get(cfg.padding, False if on_gpu else None)
     if cfg.packing:
@@ -589,6 +610,13 @@ def _trainer_class():
                 self._tokens = None
             return super()._maybe_log_save_evaluate(*args, **kwargs)
 
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            # Two schedules need an argument transformers has no default for; the decay
+            # length is in steps, known only here.
+            self.args.lr_scheduler_kwargs = scheduler_kwargs(self.args.lr_scheduler_type,
+                                                             num_training_steps)
+            return super().create_scheduler(num_training_steps, optimizer)
+
         def _load_optimizer_and_scheduler(self, checkpoint):
             with _optimizer_state_to_cpu(self.args.world_size > 1 and self.args.device.type == "cpu"):
                 return super()._load_optimizer_and_scheduler(checkpoint)
@@ -603,6 +631,17 @@ def _trainer_class():
             return super()._save_optimizer_and_scheduler(output_dir)
 
     return FastftTrainer
+
+
+def scheduler_kwargs(scheduler, steps: int) -> dict:
+    """cosine_with_min_lr ends at 10% of --lr; warmup_stable_decay decays over the last 10% of
+    the steps (as in its paper); the other schedules need nothing more."""
+    name = getattr(scheduler, "value", scheduler)
+    if name == "cosine_with_min_lr":
+        return {"min_lr_rate": 0.1}
+    if name == "warmup_stable_decay":
+        return {"num_decay_steps": max(1, steps // 10)}
+    return {}
 
 
 STAGING = ".tmp"   # inside checkpoints/; a resume removes what a killed save left there

@@ -586,7 +586,7 @@ def test_bad_input_fails_fast(tmp_path):
     with pytest.raises(RunFolderError, match="fastft.json"):
         export_run(ExportOptions(run=str(tmp_path / "nope")))
     run = write_run(tmp_path / "r", status="training")
-    with pytest.raises(ExportError, match="no trained adapter"):
+    with pytest.raises(RunFolderError, match="no trained adapter"):
         export_run(ExportOptions(run=str(run)))
     (run / "adapter").mkdir()
     (run / "adapter" / "adapter_config.json").write_text("{}")

@@ -143,8 +143,8 @@ def _previous_run(tmp_path):
 def test_an_uncached_hub_model_offline_is_one_error_and_leaves_no_run(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     old = _previous_run(tmp_path)
-    with pytest.raises(TrainError, match="cannot load fastft-test/not-cached: offline and not "
-                                         "in the local cache; ") as e:
+    with pytest.raises(TrainError, match="--model fastft-test/not-cached: not in the local Hugging "
+                                         "Face cache, and HF_HUB_OFFLINE=1 is set ") as e:
         train(tiny_config(tmp_path, name="hub", model="fastft-test/not-cached"))
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["latest", "old"]
