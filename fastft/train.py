@@ -108,9 +108,9 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
     ui = ui or NullUI()
     main = distributed.start(None).is_main
     folder = RunFolder.open(path)
+    refuse_finished(folder, folder.read())   # before the lock, whose file would be a change
     with folder.lock() if main else contextlib.nullcontext():
         saved = folder.read()
-        refuse_finished(folder, saved)
         if main:
             move_log(folder.train_log)
             distributed.note_run_folder(folder.path, new=False)
