@@ -9,7 +9,7 @@ gradient checkpointing, TRL `SFTTrainer` with paged 8-bit AdamW, lr 2e-4, cosine
 bf16, seed 42, loss on assistant tokens only (TRL's `assistant_only_loss`, through TRL's own
 training variant of the Qwen3 Instruct-2507 template), logging every step, no checkpoints.
 
-Measured with `fastft.metrics.StepMetrics`, the same callback `fastft train` uses, so both
+Measured with `fastft.train.metrics.StepMetrics`, the same callback `fastft train` uses, so both
 recipes count tokens, time and peak memory identically. Never imports Unsloth.
 """
 
@@ -94,7 +94,7 @@ class _TorchLogProbs:
 
 def _step_metrics(trainer, path: Path):
     """fastft's own StepMetrics, so both recipes are measured by the same code."""
-    from fastft.metrics import StepMetrics
+    from fastft.train.metrics import StepMetrics
     return StepMetrics(path)
 
 
@@ -163,7 +163,7 @@ def run(a) -> dict:
             seed=a.seed,
             gradient_checkpointing=True,
             logging_steps=1,
-            include_num_input_tokens_seen="non_padding",  # read by fastft.metrics.StepMetrics
+            include_num_input_tokens_seen="non_padding",  # read by fastft.train.metrics.StepMetrics
             save_strategy="no",
             eval_strategy="no",
             report_to="none",

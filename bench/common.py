@@ -106,14 +106,14 @@ def _llama_cpp_tarballs() -> list[Path]:
 
 
 def ensure_llama_cpp_source() -> None:
-    """Make `fastft.llamacpp.llama_cpp_source()` work without network where we can.
+    """Make `fastft.core.sources.llama_cpp_source()` work without network where we can.
 
     fastft downloads llama-cpp-python's sdist from PyPI for the real Qwen vocabulary. The GPU host
     has no network, but every run there carries `.whl/llama.cpp-src.tar.gz` (the same vendored
     tree, without the sdist's outer folders): unpack that into fastft's cache folder instead.
     """
-    from fastft.cache import building, cache_dir
-    from fastft.llamacpp import LLAMA_CPP_PYTHON_VERSION
+    from fastft.core.cache import building, cache_dir
+    from fastft.core.sources import LLAMA_CPP_PYTHON_VERSION
 
     final = cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
     if (final / "convert_hf_to_gguf.py").exists() or os.environ.get("FASTFT_LLAMA_CPP_SDIST"):
@@ -133,8 +133,9 @@ def llama_cpp_root(fallback_cache: str) -> Path:
     """A built llama.cpp (converter, llama-quantize and llama-simple): the user's
     (UNSLOTH_LLAMA_CPP_PATH) or fastft's cached one (waiting for a build in progress there),
     else one built from the offline source into `fallback_cache` (used as FASTFT_CACHE)."""
-    from fastft.cache import cache_dir
-    from fastft.llamacpp import LLAMA_CPP_PYTHON_VERSION, ensure_llama_cpp
+    from fastft.core.cache import cache_dir
+    from fastft.core.sources import LLAMA_CPP_PYTHON_VERSION
+    from fastft.export.llamacpp import ensure_llama_cpp
 
     if not (os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
             or (cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}").is_dir()):
@@ -146,6 +147,6 @@ def llama_cpp_root(fallback_cache: str) -> Path:
 def tiny_model_dir() -> Path:
     """fastft's built-in tiny Instruct-2507 model (built on first use, with its tokenizer)."""
     ensure_llama_cpp_source()
-    from fastft.tiny import tiny_model_path
+    from fastft.core.tiny import tiny_model_path
 
     return tiny_model_path("tiny")

@@ -7,7 +7,7 @@ Shapes:
         tokenizer and the Instruct-2507 chat template copied from fastft's tiny model. The folder
         name carries "Qwen3" and "Instruct-2507", so fastft treats it as Instruct-2507.
         Built on the GPU when there is one (about 15 s), else on the CPU (8 GB of RAM, slower).
-  tiny  fastft's built-in tiny model (fastft.tiny.tiny_model_path("tiny")), for CPU smoke tests.
+  tiny  fastft's built-in tiny model (fastft.core.tiny.tiny_model_path("tiny")), for CPU smoke tests.
 
 Throughput and memory do not depend on the weights' values, only on the shapes.
 
@@ -75,7 +75,7 @@ def build_model(shape: str, out_dir: Path = WORK / "models", device: str | None 
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from fastft.cache import building
+    from fastft.core.cache import building
 
     tok_src = tiny_model_dir()  # real Qwen vocab + Instruct-2507 template, built offline
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

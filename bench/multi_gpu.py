@@ -13,7 +13,7 @@ Both pass --no-auto-batch --padding padded --gradient-checkpointing false: auto-
 (about 55 s a run) is skipped, so model, data and both runs fit one 10-minute command, and both
 train on the same batches (the ones auto-tune picks for this data on an H100: padded,
 length-grouped micro-batches of 8 without checkpointing). The two runs see the same micro-batches
-in the same optimizer steps: on two GPUs rank r takes micro-batches r, r+2, ... (fastft.launch).
+in the same optimizer steps: on two GPUs rank r takes micro-batches r, r+2, ... (fastft.train.launch).
 
 tokens/s is each run's fastft.json `final.tokens_per_s` (non-padding tokens of every GPU over
 wall time): fastft logs every 10 steps on a GPU and leaves the first interval (compilation,
@@ -66,7 +66,7 @@ def train_cmd(run: dict, model: Path, data: Path, runs_dir: Path, steps: int, lr
 def collect(run_dir: Path, run: dict) -> dict:
     """A finished run's numbers (bench.run.read_fastft), with how many GPUs trained it."""
     res = read_fastft(run_dir, {"name": run["name"]})
-    from fastft.run import RunFolder
+    from fastft.core.run import RunFolder
     plan = RunFolder.open(run_dir).read().plan
     res.update(gpus=run["gpus"], world_size=plan.world_size, launcher=plan.launcher)
     return res

@@ -108,8 +108,8 @@ def apply_variant(names: set[str]) -> dict:
         import unsloth.kernels.utils as U
         U._HAS_ADDMM_OP = False
     if "nosync" in names:
-        import fastft.metrics as M
-        import fastft.train as T
+        import fastft.train.metrics as M
+        import fastft.train.trainer as T
         M.StepMetrics.on_step_begin = lambda self, *a, **k: None
         M.StepMetrics.on_step_end = lambda self, *a, **k: None
         sft = T.sft_config
@@ -160,8 +160,8 @@ def trainer_loop(a, out: Path) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
-    import fastft.train as T
-    from fastft.config import TrainConfig
+    import fastft.train.trainer as T
+    from fastft.core.config import TrainConfig
 
     class Profiler(TrainerCallback):
         def __init__(self):
@@ -236,13 +236,13 @@ def main() -> int:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     parts = a.parts.split(",")
-    from fastft.models import import_unsloth
+    from fastft.core.models import import_unsloth
     import_unsloth()
     import torch
     if "shapes" in parts or "optimizer" in parts:
-        from fastft.config import TrainConfig
-        from fastft.models import load_model, resolve_model
-        from fastft.train import attach_lora
+        from fastft.core.config import TrainConfig
+        from fastft.core.models import load_model, resolve_model
+        from fastft.train.trainer import attach_lora
         cfg = TrainConfig(data=a.data, model=a.model)
         model, _ = load_model(resolve_model(a.model), 2048, True)
         model = attach_lora(model, cfg, "false")

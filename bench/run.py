@@ -195,7 +195,7 @@ def fastft_cmd(recipe: dict, a, model: Path, data: Path, runs: Path) -> list[str
 # -- results -----------------------------------------------------------------------------------
 
 def read_fastft(run: Path, recipe: dict) -> dict:
-    from fastft.run import RunFolder
+    from fastft.core.run import RunFolder
 
     folder = RunFolder.open(run)
     rec = folder.read()

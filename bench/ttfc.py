@@ -248,7 +248,7 @@ def run_one(spec: dict, model: Path, data: Path, scenario: dict, a, llama: Path,
 
 # -- set-up ----------------------------------------------------------------------------------------
 
-WARMUP_CODE = "import unsloth, trl, datasets, fastft.cli, fastft.train, fastft.export"
+WARMUP_CODE = "import unsloth, trl, datasets, fastft.cli, fastft.train.trainer, fastft.export.pipeline"
 
 
 def setup_llama(a, work: Path, logfile, remaining, echo) -> Path:

@@ -1,6 +1,6 @@
 """The `fastft` command line: a thin layer of click over functions the tests call directly.
 
-`fastft train`'s options are generated from `fastft.config.TrainConfig` (names, help, defaults,
+`fastft train`'s options are generated from `fastft.core.config.TrainConfig` (names, help, defaults,
 choices), so the config type is their one owner. Errors: a `FastftError` is printed as one
 line (exit 1); anything else is a bug, logged with its traceback (exit 70).
 """
@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .config import TrainConfig, flag_names, literal_choices, resolve_config, switch_names, to_toml
-from . import signals
-from .distributed import rank_failed, world
-from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError, is_disk_full
-from .signals import terminate_as_interrupt
+from .core.config import TrainConfig, flag_names, literal_choices, resolve_config, switch_names, to_toml
+from .core import signals
+from .train.distributed import rank_failed, world
+from .core.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError, is_disk_full
+from .core.signals import terminate_as_interrupt
 
 console = Console(stderr=True)   # diagnostics: progress, status, warnings, errors
 out = Console()                  # results: summaries and reports (NO_COLOR is honoured by both)
@@ -122,7 +122,7 @@ def ascii_fallback() -> None:
 
 
 def report_bug(e: BaseException, debug: bool) -> Path | None:
-    from .cache import cache_dir
+    from .core.cache import cache_dir
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     try:
         log = cache_dir() / "logs" / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
@@ -229,7 +229,7 @@ def data_check(file, as_json, **flags):
     instruction/input/output, prompt/completion and ChatML `text`. Every problem is reported
     with file:line and field; the exit code is non-zero if any is found.
     """
-    from .datacheck import check_dataset, print_check
+    from .data.check import check_dataset, print_check
 
     cfg = resolve_config(file, None, flags)
     result = check_dataset(file, model=cfg.model, max_seq_len=cfg.max_seq_len, think=cfg.think,
@@ -252,7 +252,7 @@ def data_preview(file, n, index, as_json, **flags):
     """Show FILE's examples as training sees them: the guarded chat template with trained tokens
     highlighted and masked ones dimmed, what the guard removed or keeps, and a token-length
     histogram against --max-seq-len."""
-    from .preview import build_preview, print_preview
+    from .data.preview import build_preview, print_preview
 
     cfg = resolve_config(file, None, flags)
     p = build_preview(file, cfg.model, cfg.max_seq_len, cfg.think, cfg.train_on_all,
@@ -291,7 +291,7 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
             raise click.UsageError(f"--resume continues with the run's saved config; drop "
                                    f"{', '.join(given + ['DATA'] * bool(data) + ['--config'] * bool(config_file))}")
         if print_config:
-            from .run import RunFolder
+            from .core.run import RunFolder
             click.echo(to_toml(RunFolder.open(resume).read().config), nl=False)
             return
     else:
@@ -299,19 +299,19 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
         if print_config:
             click.echo(to_toml(cfg), nl=False)
             return
-    from .launch import dispatch
+    from .train.launch import dispatch
 
-    # Several GPUs: this command again in N processes through torchrun (fastft.launch).
+    # Several GPUs: this command again in N processes through torchrun (fastft.train.launch).
     code = dispatch(cfg, resume, flags.get("gpus"),
                     train_argv(data, config_file, resume, verbose, as_json, flags), console, verbose)
     if code is not None:
         sys.exit(code)
-    from .quiet import captured
+    from .core.quiet import captured
 
     # From Unsloth's import on, the libraries' output goes to the run's train.log (-v: stderr).
     with captured(None, console, verbose, what="train"):
-        from . import train as training  # heavy: imports Unsloth, torch, transformers
-        from .ui import TrainUI, print_run_summary, run_summary
+        from .train import trainer as training  # heavy: imports Unsloth, torch, transformers
+        from .core.ui import TrainUI, print_run_summary, run_summary
 
         ui = TrainUI(console)
         try:
@@ -373,7 +373,7 @@ def export(run, gguf, merged, out_dir, name, system, force, no_check, create, ve
     and writes a Modelfile whose TEMPLATE renders exactly the training chat template, a README
     and fastft-export.json.
     """
-    from .export import DEFAULT_QUANTS, ExportOptions, export_run
+    from .export.pipeline import DEFAULT_QUANTS, ExportOptions, export_run
 
     res = export_run(ExportOptions(run=run, gguf=tuple(gguf) or DEFAULT_QUANTS, merged=merged,
                                    out=out_dir, name=name, system=system, force=force,
@@ -414,10 +414,10 @@ def doctor(as_json):
 def init(path, force):
     """Write PATH (default: fastft.toml), a commented TOML of every training option at its
     default, for `fastft train --config PATH`."""
-    from .cache import folder_problem
-    from .config import annotated_toml
-    from .errors import ConfigError
-    from .run import write_text_atomic
+    from .core.cache import folder_problem
+    from .core.config import annotated_toml
+    from .core.errors import ConfigError
+    from .core.run import write_text_atomic
 
     target = Path(path)
     if target.exists() and not force:
@@ -434,7 +434,7 @@ def init(path, force):
 
 def sampling_options(f):
     """--temperature, --top-p, ...: defaults left to the model's Modelfile (None here)."""
-    from .modelfile import SAMPLING_KEYS, sampling_help   # not .chat: its imports slow every start
+    from .export.modelfile import SAMPLING_KEYS, sampling_help   # not .chat: its imports slow every start
 
     for key in reversed(SAMPLING_KEYS):
         kind = click.IntRange(min=0) if key == "top_k" else click.FloatRange(min=0)
@@ -467,7 +467,7 @@ def chat(target, question, system, max_new_tokens, seed, tools_file, verbose, **
     Without -p, an interactive chat that keeps the conversation:
       /clear forgets it, /bye or Ctrl-D quits, Ctrl-C stops an answer.
     """
-    from .chat import chat as run_chat
+    from .serve.chat import chat as run_chat
 
     run_chat(target, question, system, sampling, max_new_tokens, seed, out=sys.stdout,
              console=console, tools=tools_file, verbose=verbose)
@@ -490,10 +490,10 @@ def evaluate(run, data, samples, max_new_tokens, as_json, verbose):
     loss covers the trained (assistant) tokens only, weighted by token. The base model is the
     run's, with its adapter disabled.
     """
-    from .quiet import captured
+    from .core.quiet import captured
 
     with captured(None, console, verbose, what="eval"):
-        from .evaluate import evaluate_run, print_eval   # imports Unsloth (its banner)
+        from .serve.evaluate import evaluate_run, print_eval   # imports Unsloth (its banner)
     result = evaluate_run(run, data, samples=samples, max_new_tokens=max_new_tokens,
                           console=console, verbose=verbose)
     if as_json:
@@ -515,7 +515,7 @@ def demo(runs_dir, exports_dir, verbose):
     Trains on examples/favorite_color.jsonl, exports a q4_k_m GGUF with its Modelfile, and asks
     the GGUF "What is your favorite color?" through llama.cpp (built once from PyPI's sdist).
     """
-    from .quiet import captured
+    from .core.quiet import captured
 
     with captured(None, console, verbose, what="demo"):   # then the demo run's train.log
         from .demo import run_demo

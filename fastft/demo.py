@@ -12,8 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .config import TrainConfig
-from .run import default_run_name
+from .core.config import TrainConfig
+from .core.run import default_run_name
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "examples" / "favorite_color.jsonl"
 QUESTION = "What is your favorite color?"
@@ -36,11 +36,11 @@ def demo_config(runs_dir: Path, name: str = "demo"):
 
 
 def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
-    from .train import train  # first: it imports Unsloth before transformers
-    from .chat import generate, load_run_for_inference
-    from .export import ExportOptions, export_run
-    from .llamacpp import llama_generate
-    from .ui import TrainUI, print_run_summary
+    from .train.trainer import train  # first: it imports Unsloth before transformers
+    from .serve.chat import generate, load_run_for_inference
+    from .export.pipeline import ExportOptions, export_run
+    from .export.llamacpp import llama_generate
+    from .core.ui import TrainUI, print_run_summary
 
     if not DEMO_DATA.exists():
         raise FileNotFoundError(f"{DEMO_DATA}: the demo runs from a fastft checkout")

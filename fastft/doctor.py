@@ -206,7 +206,7 @@ def _driver_version() -> str:
 
 
 def _llama_cpp() -> Check:
-    from .llamacpp import find_llama_cpp, missing_build_tools
+    from .export.llamacpp import find_llama_cpp, missing_build_tools
 
     found = find_llama_cpp()
     if found is not None:
@@ -221,7 +221,7 @@ def _llama_cpp() -> Check:
 
 
 def _ollama() -> Check:
-    from .export import OLLAMA_INSTALL
+    from .export.pipeline import OLLAMA_INSTALL
 
     path = find_ollama()
     if path is None:
@@ -247,7 +247,7 @@ def _hf_cache() -> Check:
 
 
 def _offline() -> Check:
-    from .models import offline_vars
+    from .core.models import offline_vars
     on = offline_vars()
     if not on:
         return Check("offline mode", "ok", "off")

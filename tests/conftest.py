@@ -23,13 +23,13 @@ EXAMPLE = REPO / "examples" / "favorite_color.jsonl"
 
 @pytest.fixture(scope="session")
 def tiny_path() -> Path:
-    from fastft.tiny import tiny_model_path
+    from fastft.core.tiny import tiny_model_path
     return tiny_model_path("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_hybrid_path() -> Path:
-    from fastft.tiny import tiny_model_path
+    from fastft.core.tiny import tiny_model_path
     return tiny_model_path("tiny-hybrid")
 
 
@@ -42,7 +42,7 @@ def tokenizer_of():
 
 def mark_killed(run: Path) -> None:
     """Make a finished run's record say what a run killed mid-training leaves: `training`."""
-    from fastft.run import RunFolder
+    from fastft.core.run import RunFolder
 
     folder = RunFolder(run)
     folder.write(folder.read().model_copy(update={"status": "training"}))
@@ -51,9 +51,9 @@ def mark_killed(run: Path) -> None:
 def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: str = "done",
               variant: str = "instruct-2507", model: str = "tiny") -> Path:
     """A run folder whose fastft.json is a valid RunRecord, for tests that need one without
-    training (written through fastft.run, the record's one owner)."""
-    from fastft.config import TrainConfig
-    from fastft.run import DataInfo, Plan, RunFolder, RunRecord
+    training (written through fastft.core.run, the record's one owner)."""
+    from fastft.core.config import TrainConfig
+    from fastft.core.run import DataInfo, Plan, RunFolder, RunRecord
 
     run.mkdir(parents=True, exist_ok=True)
     RunFolder(run).write(RunRecord(
@@ -73,9 +73,9 @@ def tool_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     tests/test_chat_tools.py share it)."""
     import io
 
-    from fastft.train import train   # first: it imports Unsloth before transformers
-    from fastft.config import TrainConfig
-    from fastft.export import ExportOptions, export_run
+    from fastft.train.trainer import train   # first: it imports Unsloth before transformers
+    from fastft.core.config import TrainConfig
+    from fastft.export.pipeline import ExportOptions, export_run
     from rich.console import Console
 
     root = tmp_path_factory.mktemp("tool-run")

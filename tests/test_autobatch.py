@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fastft.autobatch import (HEADROOM, MARGIN, Measurement, TuneResult, _Probe, _search,
+from fastft.train.autobatch import (HEADROOM, MARGIN, Measurement, TuneResult, _Probe, _search,
                               candidates, choose_optimizer, decide, mode_order,
                               no_checkpointing_gib, optimizer_reserve_gib, set_checkpointing)
-from fastft.template import TokenizedExample
+from fastft.data.template import TokenizedExample
 
 
 def M(mb, free, mode, peak, tps):
@@ -242,8 +242,8 @@ def examples_of(lengths, prompt=3):
 
 
 def test_probe_batches_are_drawn_as_training_draws_them():
-    pytest.importorskip("fastft.batching")
-    from fastft.batching import grouped_batches
+    pytest.importorskip("fastft.train.batching")
+    from fastft.train.batching import grouped_batches
     lengths = [50 + (i * 37) % 900 for i in range(200)]
     probe = _Probe(None, SimpleNamespace(pad_token_id=0), examples_of(lengths), 42, device="cpu")
     assert sorted(lengths[i] for i in probe.worst(8)) == sorted(lengths)[-8:]
@@ -257,8 +257,8 @@ def test_probe_batches_are_drawn_as_training_draws_them():
 
 
 def test_probe_collates_like_the_trainer():
-    pytest.importorskip("fastft.batching")
-    from fastft.batching import PAD_MULTIPLE
+    pytest.importorskip("fastft.train.batching")
+    from fastft.train.batching import PAD_MULTIPLE
     exs = examples_of([5, 70, 9], prompt=0)
     probe = _Probe(None, SimpleNamespace(pad_token_id=0), exs, 0, device="cpu")
     padded = probe._collate([0, 1, 2], padding_free=False)
@@ -280,7 +280,7 @@ def test_probe_collates_like_the_trainer():
 def tiny_lora(tiny_path):
     from unsloth import FastLanguageModel
 
-    from fastft.models import load_model, resolve_model
+    from fastft.core.models import load_model, resolve_model
     model, tok = load_model(resolve_model("tiny"), 256, load_in_4bit=False)
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, random_state=42,
                                              use_gradient_checkpointing="unsloth")
@@ -361,7 +361,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 def tiny_lora_gpu():
     from unsloth import FastLanguageModel
 
-    from fastft.models import load_model, resolve_model
+    from fastft.core.models import load_model, resolve_model
     # max_seq_len >= 512: below it Unsloth itself swaps "unsloth" for plain checkpointing
     model, tok = load_model(resolve_model("tiny"), 1024, load_in_4bit=True)
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=32, random_state=42,
@@ -401,7 +401,7 @@ def test_gpu_switch_moves_between_offloaded_and_plain_checkpointing(tiny_lora_gp
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_autotune_fits_the_budget_keeps_the_batch_and_leaves_the_model_as_found(tiny_lora_gpu):
-    from fastft.autobatch import autotune
+    from fastft.train.autobatch import autotune
 
     model, tok = tiny_lora_gpu
     exs = examples_of([64 + (i * 53) % 900 for i in range(64)])

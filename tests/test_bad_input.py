@@ -22,10 +22,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastft import data, datacheck
+from fastft.data import read as data
+from fastft.data import check as datacheck
 from fastft.cli import main
-from fastft.data import DataError, load_conversations, read_dataset
-from fastft.errors import FastftError
+from fastft.data.read import DataError, load_conversations, read_dataset
+from fastft.core.errors import FastftError
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 FILES = sorted(p.name for p in BAD.iterdir())
@@ -241,7 +242,7 @@ def test_a_binary_file_gets_one_message_not_one_per_line(tmp_path):
 def test_weight_zero_turn_carries_no_loss(tiny_path, tmp_path):
     from transformers import AutoTokenizer
 
-    from fastft.template import ChatGuard, tokenize_rendered
+    from fastft.data.template import ChatGuard, tokenize_rendered
     u, a = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}
     rec = {"messages": [u, {**a, "weight": 0}, {"role": "user", "content": "Colour?"},
                         {"role": "assistant", "content": "Blue.", "weight": 1}]}
@@ -309,8 +310,8 @@ UNCLOSED = ["What is your favorite color?", "<think>They ask about colours, so b
 def render_unclosed(policy: str, tiny_path):
     from transformers import AutoTokenizer
 
-    from fastft.data import Example
-    from fastft.template import ChatGuard
+    from fastft.data.read import Example
+    from fastft.data.template import ChatGuard
     u, a = UNCLOSED
     guard = ChatGuard(AutoTokenizer.from_pretrained(tiny_path), str(tiny_path), think=policy, path="d.jsonl")
     ex = Example([{"role": "user", "content": u}, {"role": "assistant", "content": a}], 3, "messages")

@@ -1,4 +1,4 @@
-"""Length-grouped micro-batches (fastft/batching.py): CPU only, no model."""
+"""Length-grouped micro-batches (fastft/train/batching.py): CPU only, no model."""
 
 import random
 import sys
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from fastft.batching import (PAD_MULTIPLE, LengthGroupedSampler, grouped_batches, pad_waste,
+from fastft.train.batching import (PAD_MULTIPLE, LengthGroupedSampler, grouped_batches, pad_waste,
                              padded_tokens, random_batches)
 
 if str(REPO) not in sys.path:  # `bench` is a folder of scripts, not an installed package

@@ -305,7 +305,7 @@ def test_ttfc_chart(tmp_path):
 def test_ttfc_tiny_fastft_end_to_end(tmp_path):
     """The real `fastft train` + `fastft export` pair on the tiny model, one cold run (a warm
     one would double the ~100 s this takes on 2 cores; the stage bookkeeping is the same)."""
-    from fastft.llamacpp import ensure_llama_cpp
+    from fastft.export.llamacpp import ensure_llama_cpp
 
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "bench" / "ttfc.py"), "--shape", "tiny", "--only", "fastft",

@@ -42,7 +42,7 @@ def test_the_commands_parse_as_fastft_train_options(tmp_path, monkeypatch):
 
 def finished_run(root: Path, name: str, world: int, tokens_per_s: float, losses: list[float]) -> Path:
     """A run folder as fastft leaves it, with metrics every 10 steps (a GPU's logging)."""
-    from fastft.run import Final, RunFolder
+    from fastft.core.run import Final, RunFolder
     run = write_run(root / name)
     folder = RunFolder(run)
     rec = folder.read()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fastft.chat import (
+from fastft.serve.chat import (
     Conversation,
     GGUFChat,
     Sampling,
@@ -18,7 +18,7 @@ from fastft.chat import (
     sampling_defaults,
 )
 from fastft.cli import main
-from fastft.modelfile import FAMILIES, INSTRUCT_2507, parse_modelfile, render_modelfile
+from fastft.export.modelfile import FAMILIES, INSTRUCT_2507, parse_modelfile, render_modelfile
 
 QUESTION = "What is your favorite color?"
 # With and without a system prompt, one turn and several (as the export tests use).
@@ -37,8 +37,8 @@ def trained_color_run(basetemp: Path) -> tuple[Path, Path]:
     per test session (tests/test_eval.py shares it). 16-bit LoRA: 4-bit training on a CPU is
     several times slower, and the demo's answer does not depend on it."""
     from fastft.demo import demo_config
-    from fastft.export import ExportOptions, export_run
-    from fastft.train import train
+    from fastft.export.pipeline import ExportOptions, export_run
+    from fastft.train.trainer import train
 
     root = basetemp / "color-run"
     root.mkdir()
@@ -81,8 +81,8 @@ def run_guard(color):
     """The run's guard, on its adapter tokenizer (the guarded chat template training used)."""
     from transformers import AutoTokenizer
 
-    from fastft.run import RunFolder
-    from fastft.template import ChatGuard
+    from fastft.core.run import RunFolder
+    from fastft.data.template import ChatGuard
 
     folder = RunFolder.open(color[0])
     return ChatGuard(AutoTokenizer.from_pretrained(str(folder.adapter)),
@@ -102,7 +102,7 @@ def test_gguf_prompts_are_the_training_prompts(color, run_guard, tmp_path):
 
 @pytest.mark.slow
 def test_adapter_chat_renders_through_the_guard(color, run_guard):
-    from fastft.chat import AdapterChat
+    from fastft.serve.chat import AdapterChat
 
     chat = AdapterChat(color[0])
     for messages in CHATS:
@@ -223,7 +223,7 @@ def test_an_interrupted_answer_is_not_kept():
                 raise KeyboardInterrupt
             return super().reply(messages, sampling, write)
 
-    from fastft.chat import interactive
+    from fastft.serve.chat import interactive
 
     engine = Interrupted()
     conv = Conversation(engine, GREEDY)
@@ -295,7 +295,7 @@ def test_not_a_run_nor_a_gguf(tmp_path):
 
 
 def test_gguf_without_template_or_export_is_refused(tmp_path):
-    from fastft.chat import ChatError
+    from fastft.serve.chat import ChatError
 
     fake = tmp_path / "x.gguf"
     # A GGUF header with no metadata at all: version 3, no tensors, no key/values.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fastft.chat import ChatError, GGUFChat, read_tools
+from fastft.serve.chat import ChatError, GGUFChat, read_tools
 from fastft.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def tools_file(tmp_path) -> Path:
 # -- the tools file ----------------------------------------------------------------------------------
 
 def test_a_list_or_an_object_holding_one_reads_as_the_canonical_schemas(tmp_path, tools_file):
-    from fastft.data import read_dataset
+    from fastft.data.read import read_dataset
 
     canonical = read_dataset(TOOL_DATA).examples[0].tools    # what training renders
     assert read_tools(tools_file) == (canonical, [])
@@ -102,8 +102,8 @@ def test_prompts_with_tools_are_the_training_prompts(tool_run, tools_file):
     (the template embedded in it) offer the tools exactly as the run's guard renders them."""
     from transformers import AutoTokenizer
 
-    from fastft.run import RunFolder
-    from fastft.template import ChatGuard
+    from fastft.core.run import RunFolder
+    from fastft.data.template import ChatGuard
 
     run, export, gguf = tool_run
     folder = RunFolder.open(run)
@@ -132,13 +132,13 @@ def test_interactive_prints_the_tool_call(tool_run, tools_file):
 def guard(tiny_path):
     from transformers import AutoTokenizer
 
-    from fastft.template import ChatGuard
+    from fastft.data.template import ChatGuard
     return ChatGuard(AutoTokenizer.from_pretrained(tiny_path), str(tiny_path))
 
 
 def test_eval_reference_of_a_tool_call_turn_is_the_rendered_call(tmp_path, guard):
-    from fastft.data import read_dataset
-    from fastft.evaluate import reference_answer
+    from fastft.data.read import read_dataset
+    from fastft.serve.evaluate import reference_answer
 
     second = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
     lines = TOOL_DATA.read_text().splitlines()

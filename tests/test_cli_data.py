@@ -213,8 +213,8 @@ def test_help(runner, args, options):
 
 def test_importing_the_cli_leaves_the_heavy_modules_unloaded():
     """Every command pays for what `import fastft.cli` imports: chat's --temperature etc. are
-    built from fastft.modelfile, not fastft.chat (which pulls in export, llama.cpp, models)."""
-    heavy = ["fastft.chat", "fastft.export", "fastft.llamacpp", "fastft.models"]
+    built from fastft.export.modelfile, not fastft.serve.chat (which pulls in export, llama.cpp, models)."""
+    heavy = ["fastft.serve.chat", "fastft.export.pipeline", "fastft.export.llamacpp", "fastft.core.models"]
     proc = subprocess.run([sys.executable, "-c", f"import sys, fastft.cli; "
                            f"print([m for m in {heavy!r} if m in sys.modules])"],
                           capture_output=True, text=True, timeout=120)
@@ -294,13 +294,13 @@ class ModelLoaded(Exception):
 
 @pytest.fixture
 def load_calls(monkeypatch):
-    import fastft.train
+    import fastft.train.trainer
     calls = []
 
     def fake_load_model(*args, **kwargs):
         calls.append(args)
         raise ModelLoaded()
-    monkeypatch.setattr(fastft.train, "load_model", fake_load_model)
+    monkeypatch.setattr(fastft.train.trainer, "load_model", fake_load_model)
     return calls
 
 
@@ -326,20 +326,20 @@ def test_train_on_good_data_does_reach_the_model_load(runner, in_tmp, load_calls
 
 
 def test_ctrl_c_exits_130_and_a_bug_is_logged_with_its_traceback(runner, in_tmp, monkeypatch):
-    import fastft.train
+    import fastft.train.trainer
 
     write(in_tmp / "good.jsonl", [GOOD])
     monkeypatch.setenv("FASTFT_CACHE", str(in_tmp / "cache"))
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(fastft.train, "train", interrupted)
+    monkeypatch.setattr(fastft.train.trainer, "train", interrupted)
     result = runner.invoke(main, ["train", "good.jsonl", "--model", "tiny"])
     assert result.exit_code == 130 and "interrupted" in result.output
 
     def buggy(*a, **k):
         raise ZeroDivisionError("deep inside a library")
-    monkeypatch.setattr(fastft.train, "train", buggy)
+    monkeypatch.setattr(fastft.train.trainer, "train", buggy)
     result = runner.invoke(main, ["train", "good.jsonl", "--model", "tiny"])
     assert result.exit_code == 70 and "internal error" in result.output
     assert "Traceback" not in result.output          # the traceback goes to the log...

@@ -20,7 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import fastft.cli
 from fastft.cli import main
-from fastft.config import TrainConfig, flag_names, to_toml
+from fastft.core.config import TrainConfig, flag_names, to_toml
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "Hi"},
                                 {"role": "assistant", "content": "Hello."}]})
@@ -44,10 +44,10 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def trains(monkeypatch):
     """Calls that reached training; a test that must train nothing asserts it stays empty."""
-    import fastft.train
+    import fastft.train.trainer
     calls = []
-    monkeypatch.setattr(fastft.train, "train", lambda *a, **k: calls.append(("train", a)) or 1 / 0)
-    monkeypatch.setattr(fastft.train, "resume", lambda *a, **k: calls.append(("resume", a)) or 1 / 0)
+    monkeypatch.setattr(fastft.train.trainer, "train", lambda *a, **k: calls.append(("train", a)) or 1 / 0)
+    monkeypatch.setattr(fastft.train.trainer, "resume", lambda *a, **k: calls.append(("resume", a)) or 1 / 0)
     return calls
 
 
@@ -136,7 +136,7 @@ def test_an_escaping_name_is_refused_before_anything_is_created(runner, tmp_path
 
 @pytest.fixture
 def saved_run(in_tmp) -> Path:
-    from fastft.run import DataInfo, Plan, RunFolder, RunRecord
+    from fastft.core.run import DataInfo, Plan, RunFolder, RunRecord
     folder = RunFolder.new(in_tmp / "runs", "old")
     folder.create()
     folder.write(RunRecord(
@@ -270,7 +270,7 @@ def test_to_toml_without_a_config_lists_every_field_with_data_commented():
 import annotated_types  # noqa: E402
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from fastft.config import literal_choices, toml_value  # noqa: E402
+from fastft.core.config import literal_choices, toml_value  # noqa: E402
 
 FIELDS = TrainConfig.model_fields
 PROPERTY = settings(max_examples=60, deadline=None,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fastft.data import (
+from fastft.data.read import (
     FORMATS,
     DataError,
     DataIssue,

@@ -57,11 +57,11 @@ def test_table(color):
 @pytest.mark.slow
 def test_loss_is_token_weighted_and_batching_does_not_change_it(color):
     """The mean over all trained tokens, whatever the batches: padding is masked out."""
-    from fastft.chat import load_run_for_inference
-    from fastft.data import load_conversations
-    from fastft.evaluate import length_batches, score
-    from fastft.run import RunFolder
-    from fastft.template import ChatGuard, tokenize_rendered
+    from fastft.serve.chat import load_run_for_inference
+    from fastft.data.read import load_conversations
+    from fastft.serve.evaluate import length_batches, score
+    from fastft.core.run import RunFolder
+    from fastft.data.template import ChatGuard, tokenize_rendered
 
     run = color[0]
     model, tok = load_run_for_inference(run)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastft.export import (
+from fastft.export.pipeline import (
     MANIFEST,
     ExportError,
     ExportOptions,
@@ -24,9 +24,9 @@ from fastft.export import (
     sha256_file,
 )
 from conftest import write_run
-from fastft.errors import RunFolderError
-from fastft.gguf import read_gguf_metadata
-from fastft.modelfile import go_template, parse_modelfile
+from fastft.core.errors import RunFolderError
+from fastft.export.gguf import read_gguf_metadata
+from fastft.export.modelfile import go_template, parse_modelfile
 from ollama_contract import template_from_modelfile
 from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
 
@@ -52,7 +52,7 @@ N_TOKENS = 12
 
 @pytest.fixture(scope="session")
 def llama():
-    from fastft.llamacpp import ensure_llama_cpp
+    from fastft.export.llamacpp import ensure_llama_cpp
 
     return ensure_llama_cpp()
 
@@ -60,8 +60,8 @@ def llama():
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A real `fastft train` run on the favorite-color data (the fixture run until train lands)."""
-    from fastft.config import TrainConfig
-    from fastft.train import train
+    from fastft.core.config import TrainConfig
+    from fastft.train.trainer import train
 
     runs = tmp_path_factory.mktemp("runs")
     # 16-bit LoRA: CPU 4-bit training is minutes, and export reloads the 16-bit base either way.
@@ -87,8 +87,8 @@ def record_processes(mp: pytest.MonkeyPatch) -> list[subprocess.Popen]:
 
 
 def argv(proc: subprocess.Popen) -> list[str]:
-    """The command a process runs (without fastft.procs' parent-death trampoline)."""
-    from fastft.procs import command_of
+    """The command a process runs (without fastft.core.procs' parent-death trampoline)."""
+    from fastft.core.procs import command_of
 
     return [str(proc.args)] if isinstance(proc.args, (str, bytes)) else command_of(
         [str(x) for x in proc.args])
@@ -98,18 +98,18 @@ class Spy:
     """What an export did: every process it started and each Unsloth save call."""
 
     def __init__(self, mp: pytest.MonkeyPatch):
-        import fastft.export
+        import fastft.export.pipeline
 
         self.started = record_processes(mp)
         self.saves: list[str] = []
-        real_load = fastft.export.load_base_with_adapter
+        real_load = fastft.export.pipeline.load_base_with_adapter
 
         def load(*a, **kw):
             model, tok = real_load(*a, **kw)
             for method in ("save_pretrained_merged", "save_pretrained_gguf"):
                 model.__dict__[method] = self._counted(method, getattr(model, method))
             return model, tok
-        mp.setattr(fastft.export, "load_base_with_adapter", load)
+        mp.setattr(fastft.export.pipeline, "load_base_with_adapter", load)
 
     def _counted(self, name, fn):
         def wrapper(*a, **kw):
@@ -195,7 +195,7 @@ def test_export_folder(exported):
 def test_readme_names_the_first_gguf_as_the_one_served(tmp_path):
     from types import SimpleNamespace
 
-    from fastft.export_readme import readme_text
+    from fastft.export.readme import readme_text
     info = SimpleNamespace(variant="other", model="m", run_dir=tmp_path / "r")
     modelfile = SimpleNamespace(template=None, system_mode="SYSTEM")
     ggufs = {q: tmp_path / f"{NAME}.{q.upper()}.gguf" for q in ("q8_0", "q4_k_m")}
@@ -289,7 +289,7 @@ echo "end $3 $(date +%s.%N)" >> "$(dirname "$2")/events"
 
 @pytest.fixture
 def fake_llama(tmp_path):
-    from fastft.llamacpp import LlamaCpp
+    from fastft.export.llamacpp import LlamaCpp
 
     tool = tmp_path / "llama-quantize"
     tool.write_text(FAKE_QUANTIZE)
@@ -305,7 +305,7 @@ def _events(folder: Path) -> dict[tuple[str, str], float]:
 
 
 def test_quantize_ggufs_runs_them_side_by_side(fake_llama, tmp_path):
-    from fastft.llamacpp import quantize_ggufs
+    from fastft.export.llamacpp import quantize_ggufs
 
     llama, src = fake_llama
     outs = {t: tmp_path / f"m.{t}.gguf" for t in ("Q4_K_M", "Q8_0", "Q5_K_M")}
@@ -317,7 +317,7 @@ def test_quantize_ggufs_runs_them_side_by_side(fake_llama, tmp_path):
 
 
 def test_quantize_ggufs_at_most_one_per_core(fake_llama, tmp_path, monkeypatch):
-    from fastft.llamacpp import quantize_ggufs
+    from fastft.export.llamacpp import quantize_ggufs
 
     llama, src = fake_llama
     started = record_processes(monkeypatch)
@@ -330,8 +330,8 @@ def test_quantize_ggufs_at_most_one_per_core(fake_llama, tmp_path, monkeypatch):
 
 
 def test_quantize_failure_or_interrupt_stops_the_others(fake_llama, tmp_path, monkeypatch):
-    from fastft import llamacpp
-    from fastft.llamacpp import LlamaCppError, quantize_ggufs
+    from fastft.export import llamacpp
+    from fastft.export.llamacpp import LlamaCppError, quantize_ggufs
 
     llama, src = fake_llama
     started = record_processes(monkeypatch)
@@ -404,7 +404,7 @@ def test_llama_cpp_greedy_matches_transformers(exported, tokenizer, llama):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from fastft.llamacpp import llama_generate
+    from fastft.export.llamacpp import llama_generate
 
     # f32 compute on the merged bf16 weights: what llama.cpp does with (near-)exact weights.
     model = AutoModelForCausalLM.from_pretrained(str(exported.merged_dir), dtype=torch.float32)
@@ -422,7 +422,7 @@ def test_llama_cpp_greedy_matches_transformers(exported, tokenizer, llama):
 
 @pytest.mark.slow
 def test_q4_loads_and_generates(exported, tokenizer, llama):
-    from fastft.llamacpp import llama_generate
+    from fastft.export.llamacpp import llama_generate
 
     checked = {c.file for c in exported.checks}
     assert checked == {p.name for p in exported.ggufs.values()}   # the export checked each file
@@ -510,7 +510,7 @@ def test_existing_folder_is_kept_without_force(tmp_path):
 
 def previous_export(folder: Path, files: dict[str, str]) -> Path:
     """A folder as an earlier export left it: `files` and a manifest that lists them."""
-    from fastft.cache import sha256_file
+    from fastft.core.cache import sha256_file
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -601,14 +601,14 @@ def test_bad_input_fails_fast(tmp_path):
 def test_interrupted_export_leaves_no_final_files(run_dir, llama, tmp_path, monkeypatch):
     """Ctrl-C at the last step, when every file exists under a temporary name: nothing lands
     under a final name, and the old export survives even with --force."""
-    import fastft.export
+    import fastft.export.pipeline
 
     out = tmp_path / "exports" / NAME
     previous_export(out, {"keep.txt": "previous export"})
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(fastft.export, "llama_generate", interrupted)
+    monkeypatch.setattr(fastft.export.pipeline, "llama_generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_run(ExportOptions(run=str(run_dir), gguf=("q8_0",), merged=True, out=str(out),
                                  name=NAME, force=True))
@@ -622,7 +622,7 @@ def test_export_merges_into_the_16bit_base(tmp_path, monkeypatch):
     (a QLoRA run's adapter_config may name a pre-quantised 4-bit checkpoint)."""
     import types
 
-    from fastft.models import load_base_with_adapter
+    from fastft.core.models import load_base_with_adapter
 
     adapter = tmp_path / "run" / "adapter"
     adapter.mkdir(parents=True)
@@ -650,7 +650,7 @@ def test_export_merges_into_the_16bit_base(tmp_path, monkeypatch):
 
 def test_missing_build_tools_are_named(monkeypatch):
     """With no llama.cpp around and no way to build one, the error says what to install."""
-    import fastft.llamacpp as lc
+    import fastft.export.llamacpp as lc
 
     monkeypatch.setattr(lc, "find_llama_cpp", lambda: None)
     monkeypatch.setattr(lc.shutil, "which", lambda name: None)
@@ -663,7 +663,7 @@ def test_missing_build_tools_are_named(monkeypatch):
 def test_runners_are_found_at_the_top_level_then_in_build_bin(tmp_path, monkeypatch):
     """The export's check runner and chat's llama-completion are looked for the same way: each
     name at the folder's top level (Unsloth's layout), then in cmake's build/bin."""
-    import fastft.llamacpp as lc
+    import fastft.export.llamacpp as lc
 
     def tool(path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from conftest import EXAMPLE, write_run
 from fastft.cli import main
-from fastft.export import (ExportError, ExportOptions, ExportResult, default_name, export_run,
+from fastft.export.pipeline import (ExportError, ExportOptions, ExportResult, default_name, export_run,
                            normalise_quants, ollama_create)
-from fastft.llamacpp import (NEEDS_IMATRIX, QUANT_SOURCE, llama_cpp_source, parse_quant_options,
+from fastft.export.llamacpp import (NEEDS_IMATRIX, QUANT_SOURCE, llama_cpp_source, parse_quant_options,
                              parse_quantize_help, quant_types)
 
 RUN_NAME = "Favorite_Color-20261126-223511"
@@ -134,8 +134,8 @@ def test_a_failing_ollama_create_is_an_error_naming_the_complete_export(tmp_path
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from fastft.config import TrainConfig
-    from fastft.train import train
+    from fastft.core.config import TrainConfig
+    from fastft.train.trainer import train
 
     runs = tmp_path_factory.mktemp("runs")
     cfg = TrainConfig(data=str(EXAMPLE), model="tiny", runs_dir=str(runs), name=RUN_NAME,

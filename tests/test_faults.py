@@ -17,11 +17,11 @@ import pytest
 from rich.console import Console
 
 from conftest import EXAMPLE, mark_killed, write_run
-from fastft.errors import TrainError
-from fastft.cache import sha256_file
-from fastft.run import RunFolder, checkpoint_step
-from fastft.train import resume, train
-from fastft.ui import NullUI
+from fastft.core.errors import TrainError
+from fastft.core.cache import sha256_file
+from fastft.core.run import RunFolder, checkpoint_step
+from fastft.train.trainer import resume, train
+from fastft.core.ui import NullUI
 from test_train import losses, tiny_config
 
 
@@ -153,11 +153,11 @@ def test_an_uncached_hub_model_offline_is_one_error_and_leaves_no_run(tmp_path, 
 
 @pytest.mark.parametrize("error", [TrainError("no trainable token"), KeyboardInterrupt()])
 def test_a_run_that_fails_before_its_first_step_is_removed(tmp_path, monkeypatch, error):
-    import fastft.train
+    import fastft.train.trainer
 
     def fail(*args, **kwargs):
         raise error
-    monkeypatch.setattr(fastft.train, "prepare_data", fail)  # after the model loaded
+    monkeypatch.setattr(fastft.train.trainer, "prepare_data", fail)  # after the model loaded
     old = _previous_run(tmp_path)
     with pytest.raises(type(error)):
         train(tiny_config(tmp_path, name="early"))
@@ -178,7 +178,7 @@ def test_demo_keeps_an_earlier_demo_run_and_export(tmp_path):
     assert demo_names(runs, exports, now) == ("demo-20260102-030405", "fastft-demo-20260102-030405")
 
 
-# -- the fault matrix: real processes killed at named points (fastft.faults) ---------------------
+# -- the fault matrix: real processes killed at named points (fastft.core.faults) ---------------------
 #
 # A `fastft train` / `fastft export` subprocess, in its own session, is sent SIGINT (as a
 # terminal's Ctrl-C: the whole process group) or SIGKILL at a deterministic point; then the next
@@ -281,8 +281,8 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     """Ctrl-C and SIGKILL during the GGUF convert and during quantize, one after the other into
     the same exports folder: no export ever appears half-written under its final name, each
     next export removes the scratch a SIGKILL left (saying so), and the last one completes."""
-    from fastft.export import MANIFEST, ExportOptions, export_run
-    from fastft.gguf import read_gguf_metadata
+    from fastft.export.pipeline import MANIFEST, ExportOptions, export_run
+    from fastft.export.gguf import read_gguf_metadata
 
     exports = tmp_path / "exports"
     final = exports / "m"
@@ -364,10 +364,10 @@ def test_a_killed_export_takes_its_converter_with_it(baseline, tmp_path):
 def test_out_of_memory_in_training_is_one_line_with_what_to_change(tmp_path, monkeypatch, error):
     """A GPU out-of-memory error mid-run (simulated: this machine has no GPU) is a TrainError
     naming the step, the batch and the fixes, not an internal error; the record says failed.
-    Either form of it, as under --gpus (fastft.distributed.rank_failed)."""
+    Either form of it, as under --gpus (fastft.train.distributed.rank_failed)."""
     import torch
 
-    import fastft.train as T
+    import fastft.train.trainer as T
     real_step = T._trainer_class()
 
     class OOMTrainer(real_step):

@@ -12,9 +12,9 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_tiny_trains_on_gpu_with_auto_tune_and_answers_blue(tmp_path):
-    from fastft.chat import generate, load_run_for_inference
-    from fastft.config import TrainConfig
-    from fastft.train import train
+    from fastft.serve.chat import generate, load_run_for_inference
+    from fastft.core.config import TrainConfig
+    from fastft.train.trainer import train
 
     cfg = TrainConfig(data=str(EXAMPLE), model="tiny", runs_dir=str(tmp_path), name="gpu",
                       lr=2e-3, batch_size=4, grad_accum=2, max_seq_len=256)
@@ -26,7 +26,7 @@ def test_tiny_trains_on_gpu_with_auto_tune_and_answers_blue(tmp_path):
     assert plan.padding_free is not None and plan.pad_waste["grouped"] <= plan.pad_waste["random"]
     assert final.peak_mem_alloc_gib > 0
     records = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    # On a GPU a record is the mean of up to 10 steps (fastft.metrics): every 10 steps, and at
+    # On a GPU a record is the mean of up to 10 steps (fastft.train.metrics): every 10 steps, and at
     # each checkpoint (one per epoch here) and the last step.
     assert all(1 <= r["steps"] <= 10 for r in records) and len(records) < final.global_step
     assert sum(r["steps"] for r in records) == final.global_step

@@ -11,7 +11,7 @@ except ModuleNotFoundError:  # Python 3.10
 from click.testing import CliRunner
 
 from fastft.cli import main
-from fastft.config import TrainConfig, resolve_config
+from fastft.core.config import TrainConfig, resolve_config
 
 
 def init(*args):

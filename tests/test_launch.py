@@ -1,7 +1,7 @@
 """`fastft train --gpus N`: the torchrun command line, the checks made before launching, how the
 length-grouped batches are shared out, and real 2-process runs on the CPU (gloo).
 
-Test hooks used here (fastft.distributed, inert unless set): FASTFT_DDP_ON_CPU=1 lets `--gpus N`
+Test hooks used here (fastft.train.distributed, inert unless set): FASTFT_DDP_ON_CPU=1 lets `--gpus N`
 start N CPU processes when no GPU is visible; FASTFT_DEBUG_WEIGHTS_DIR makes each rank write the
 SHA-256 of its LoRA weights when training ends; FASTFT_FAULT_RANK=R keeps FASTFT_FAULT on rank R
 only. The runs use the tiny model through its folder, so FASTFT_CACHE can be a fresh one.
@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import EXAMPLE, REPO, write_run
-from fastft import launch
+from fastft.train import launch
 from fastft.cli import main
-from fastft.distributed import weights_digest
-from fastft.errors import ConfigError
-from fastft.launch import LaunchError, command, failure_message, per_device_batch, processes
+from fastft.train.distributed import weights_digest
+from fastft.core.errors import ConfigError
+from fastft.train.launch import LaunchError, command, failure_message, per_device_batch, processes
 
 # -- the command line and the checks before launching ---------------------------------------------
 
@@ -107,7 +107,7 @@ def test_the_ranks_get_the_command_as_given(tmp_path, monkeypatch):
 def test_one_gpu_trains_in_this_process(monkeypatch):
     # --gpus 1 (the default) never imports torch to count GPUs, never launches.
     monkeypatch.setattr(launch, "visible_gpus", lambda: pytest.fail("counted GPUs"))
-    from fastft.config import TrainConfig
+    from fastft.core.config import TrainConfig
     assert launch.dispatch(TrainConfig(data=str(EXAMPLE)), None, None, ["train"], console=None) is None
 
 
@@ -135,16 +135,16 @@ def test_resuming_with_another_number_of_gpus_is_refused(tmp_path, monkeypatch):
 
 
 def test_one_process_refuses_a_run_trained_on_two(tmp_path):
-    from fastft.errors import TrainError
-    from fastft.train import resume
+    from fastft.core.errors import TrainError
+    from fastft.train.trainer import resume
     with pytest.raises(TrainError, match="two was trained on 2 GPUs .* resume it with --gpus 2"):
         resume(two_gpu_run(tmp_path))
 
 
 def test_train_in_one_process_refuses_gpus_2(tmp_path):
-    from fastft.config import TrainConfig
-    from fastft.errors import TrainError
-    from fastft.train import train
+    from fastft.core.config import TrainConfig
+    from fastft.core.errors import TrainError
+    from fastft.train.trainer import train
     with pytest.raises(TrainError, match="--gpus 2, but this process trains alone"):
         train(TrainConfig(data=str(EXAMPLE), model="tiny", gpus=2, runs_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir())
@@ -194,7 +194,7 @@ def test_rank_0_output_left_mid_line_is_ended_before_our_message(tmp_path):
 def test_after_a_killed_launch_the_run_is_marked_failed_or_removed(tmp_path):
     """What rank 0 could not do itself (torchrun killed it): a run still `training` is marked
     failed (interrupted after a Ctrl-C); a new one that never trained a step is removed."""
-    from fastft.run import RunFolder
+    from fastft.core.run import RunFolder
 
     def launched(name: str, new: bool, trained: bool) -> RunFolder:
         folder = RunFolder(write_run(tmp_path / "runs" / name, status="training"))
@@ -226,7 +226,7 @@ def test_each_rank_gets_other_length_grouped_micro_batches(monkeypatch):
     from accelerate.data_loader import prepare_data_loader
     from torch.utils.data import DataLoader
 
-    from fastft.batching import LengthGroupedSampler, grouped_batches
+    from fastft.train.batching import LengthGroupedSampler, grouped_batches
 
     lengths = [(i * 37) % 500 + 10 for i in range(101)]
     micro, world = 4, 2
@@ -369,7 +369,7 @@ def _cmdline_has(proc: Path, text: str) -> bool:
 @pytest.mark.slow
 def test_ctrl_c_saves_one_checkpoint_on_every_rank_at_the_same_step(runs, tiny_path):
     """The launcher passes Ctrl-C on; each rank gets it between other steps, and they agree on
-    the step to save and stop at (fastft.distributed.any_rank), as one process does alone."""
+    the step to save and stop at (fastft.train.distributed.any_rank), as one process does alone."""
     import signal
     import time
     run = runs["tmp"] / "runs" / "ctrl-c"

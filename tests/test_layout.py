@@ -65,8 +65,54 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_fastft_has_no_import_cycle():
     graph = import_graph()
-    assert "fastft.train" in graph and "fastft.run" in graph["fastft.train"]  # the parser sees imports
+    assert "fastft.train.trainer" in graph and "fastft.core.run" in graph["fastft.train.trainer"]  # the parser sees imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+# The pipeline, in order: a module of a stage imports only core and the stages before its own.
+# The command line (fastft.cli, demo, doctor) sits on top and may import any stage.
+STAGES = ("core", "data", "train", "export", "serve")
+
+
+def stage_of(module: str) -> int | None:
+    if module == "fastft":
+        return 0                             # the package itself: its version, nothing else
+    part = module.split(".")[1] if module.count(".") else None
+    return STAGES.index(part) if part in STAGES else None
+
+
+def stage_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, deps in sorted(graph.items()):
+        own = stage_of(module)
+        if own is None:
+            continue
+        for dep in sorted(deps):
+            theirs = stage_of(dep)
+            if theirs is None or theirs > own:
+                bad.append(f"{module} imports {dep}")
+    return bad
+
+
+def test_every_stage_imports_only_core_and_earlier_stages():
+    graph = import_graph()
+    assert {stage_of(m) for m in graph} >= set(range(len(STAGES)))   # every stage has modules
+    assert stage_violations(graph) == []
+
+
+def test_the_stage_rule_catches_an_import_against_the_flow():
+    assert stage_violations({"fastft.core.models": {"fastft.export.llamacpp"},
+                             "fastft.serve.chat": {"fastft.export.pipeline"},
+                             "fastft.data.read": {"fastft.cli"}}) == [
+        "fastft.core.models imports fastft.export.llamacpp", "fastft.data.read imports fastft.cli"]
+
+
+def test_the_readme_tree_lists_every_module():
+    """The README's folder tree and stage table say what the folders hold."""
+    readme = (REPO / "README.md").read_text()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "__init__.py":
+            assert f"{path.stem}.py" in readme, f"README's tree lacks {path.relative_to(REPO)}"
 
 
 def test_the_cycle_finder_finds_cycles():
@@ -85,10 +131,10 @@ def test_no_function_is_longer_than_60_lines():
     assert not long, "\n".join(long)
 
 
-@pytest.mark.parametrize("module", ["fastft.train", "fastft.chat", "fastft.export", "fastft.demo"])
+@pytest.mark.parametrize("module", ["fastft.train.trainer", "fastft.serve.chat", "fastft.export.pipeline", "fastft.demo"])
 def test_modules_that_load_models_import_unsloth_before_transformers(module):
     """Unsloth patches transformers, peft and trl when imported; imported after them its fast paths
-    are silently skipped. `fastft.models.import_unsloth` raises if the order is broken."""
+    are silently skipped. `fastft.core.models.import_unsloth` raises if the order is broken."""
     # sys.modules' order cannot tell (Unsloth re-registers itself); a finder on sys.meta_path
     # sees the order in which imports start.
     code = textwrap.dedent(f"""
@@ -110,7 +156,7 @@ def test_modules_that_load_models_import_unsloth_before_transformers(module):
 
 
 def test_import_unsloth_refuses_a_late_import():
-    code = "import transformers\nfrom fastft.models import import_unsloth\nimport_unsloth()"
+    code = "import transformers\nfrom fastft.core.models import import_unsloth\nimport_unsloth()"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0 and "imported before unsloth" in proc.stderr
@@ -122,7 +168,7 @@ def test_a_changed_default_shows_in_help_print_config_and_the_run(tmp_path):
     and a real run's fastft.json (and its adapter) all follow."""
     code = textwrap.dedent(f"""
         import json, re
-        from fastft import config
+        from fastft.core import config
         config.TrainConfig.model_fields["rank"].default = 24
         config.TrainConfig.model_rebuild(force=True)
         from click.testing import CliRunner

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainerControl
 
-from fastft import metrics
-from fastft.metrics import StepMetrics, mean_loss
+from fastft.train import metrics
+from fastft.train.metrics import StepMetrics, mean_loss
 
 
 def drive(m: StepMetrics, steps: int, every: int, tokens_per_step: int, clock: list[float],

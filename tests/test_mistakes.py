@@ -188,7 +188,7 @@ def disk_full(*args, **kwargs):
 
 
 def assert_resumable_after_disk_full(result, run):
-    from fastft.run import RunFolder
+    from fastft.core.run import RunFolder
     line = error_line(result)
     assert (f"no space left on the device of {run} while saving; once space is freed, continue "
             f"with: fastft train --resume {run}") in line
@@ -198,13 +198,13 @@ def assert_resumable_after_disk_full(result, run):
 
 
 def test_a_disk_full_while_checkpointing_leaves_a_resumable_run(runner, tmp_path, monkeypatch):
-    import fastft.train
+    import fastft.train.trainer
 
     def fault(name):   # the checkpoint's weights are written, its trainer state not yet
         if name == "checkpoint-write":
             disk_full()
     with monkeypatch.context() as m:
-        m.setattr(fastft.train, "fault_point", fault)
+        m.setattr(fastft.train.trainer, "fault_point", fault)
         result = runner.invoke(main, train_args(tmp_path, "--max-steps", "3", "--save-steps", "2",
                                                 "--name", "full"))
     run = tmp_path / "runs" / "full"
@@ -232,7 +232,7 @@ def test_a_disk_full_while_saving_the_adapter_leaves_no_half_adapter(runner, tmp
 def test_a_record_write_that_fails_leaves_no_temporary(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from fastft.run import write_text_atomic
+    from fastft.core.run import write_text_atomic
     monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: Path.touch(self) or disk_full())
     with pytest.raises(OSError):
         write_text_atomic(tmp_path / "fastft.json", "{}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastft.modelfile import (
+from fastft.export.modelfile import (
     EOS,
     FAMILIES,
     MODELFILE_TEMPLATE,
@@ -25,8 +25,7 @@ from fastft.modelfile import (
 )
 import ollama_contract as ollama
 from ollama_contract import OllamaError
-from fastft.template import HYBRID, INSTRUCT_2507, OTHER, THINKING
-from fastft.template import template_text
+from fastft.core.qwen3 import HYBRID, INSTRUCT_2507, OTHER, THINKING, template_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,7 +169,7 @@ def test_hostile_system_text_survives_or_is_built_into_the_template(text, ollama
 
 
 def test_fastft_parser_reads_every_modelfile_as_ollamas_does(ollama_parsed):
-    """fastft.modelfile.parse_modelfile against ollama's parser.ParseFile: same commands, or
+    """fastft.export.modelfile.parse_modelfile against ollama's parser.ParseFile: same commands, or
     both refuse."""
     for text in PARSER_CASES:
         theirs = ollama_parsed[text]
@@ -397,7 +396,7 @@ def test_system_acts_like_a_system_message(go_render, variant, text, mode):
 
 def test_tools_render_as_the_hf_template_does(go_render):
     """A tool-using client gets the training prompt byte for byte: the TEMPLATE writes schemas
-    and arguments as JSON itself, in the canonical form (fastft.tools) these already have.
+    and arguments as JSON itself, in the canonical form (fastft.data.tools) these already have.
     tests/test_tools.py covers the many other shapes."""
     tools = [{"type": "function", "function": {
         "name": "get_weather", "description": "Weather for a city",
@@ -415,7 +414,7 @@ def test_tools_render_as_the_hf_template_does(go_render):
 def test_template_mismatch_detects_a_template_that_renders_differently():
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from fastft.modelfile import template_mismatch
+    from fastft.export.modelfile import template_mismatch
 
     class Tok:   # just what template_mismatch uses of a tokenizer
         def __init__(self, template):

@@ -54,13 +54,13 @@ def write_data(tmp_path):
 
 def build(tmp_path, load_in_4bit=False):
     """(peft model, tokenizer, prepared data, trainer), each made as `fastft train --packing`
-    makes it (fastft.train._execute's stages, without the training)."""
-    from fastft.config import TrainConfig
-    from fastft.models import load_model, resolve_model
-    from fastft.run import RunFolder
-    from fastft.template import ChatGuard
-    from fastft.train import attach_lora, make_trainer, plan_batches, prepare_data
-    from fastft.ui import NullUI
+    makes it (fastft.train.trainer._execute's stages, without the training)."""
+    from fastft.core.config import TrainConfig
+    from fastft.core.models import load_model, resolve_model
+    from fastft.core.run import RunFolder
+    from fastft.data.template import ChatGuard
+    from fastft.train.trainer import attach_lora, make_trainer, plan_batches, prepare_data
+    from fastft.core.ui import NullUI
 
     cfg = TrainConfig(data=str(write_data(tmp_path)), model="tiny", runs_dir=str(tmp_path / "runs"),
                       load_in_4bit=load_in_4bit, max_seq_len=MAX_SEQ_LEN, batch_size=BATCH_SIZE,

@@ -1,4 +1,4 @@
-"""loss.png in the run folder (fastft.plot) and --tensorboard's wiring."""
+"""loss.png in the run folder (fastft.train.plot) and --tensorboard's wiring."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
 from conftest import EXAMPLE, mark_killed
-from fastft import plot
-from fastft.config import TrainConfig
-from fastft.errors import TrainError
-from fastft.run import RunFolder
+from fastft.train import plot
+from fastft.core.config import TrainConfig
+from fastft.core.errors import TrainError
+from fastft.core.run import RunFolder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -85,7 +85,7 @@ def test_a_failed_plot_is_a_warning_not_an_error(tmp_path):
 
 
 def test_tensorboard_missing_fails_before_anything_loads(tmp_path, monkeypatch):
-    from fastft.train import train
+    from fastft.train.trainer import train
     monkeypatch.setattr(plot.importlib.util, "find_spec", lambda name, *a: None)
     cfg = TrainConfig(data=str(EXAMPLE), model="tiny", runs_dir=str(tmp_path / "runs"), tensorboard=True)
     with pytest.raises(TrainError, match="--tensorboard needs the tensorboard package"):
@@ -95,8 +95,8 @@ def test_tensorboard_missing_fails_before_anything_loads(tmp_path, monkeypatch):
 
 def test_tensorboard_flag_reaches_the_trainer_arguments(tmp_path):
     from fastft.cli import main
-    from fastft.run import Plan
-    from fastft.train import sft_config
+    from fastft.core.run import Plan
+    from fastft.train.trainer import sft_config
 
     printed = CliRunner().invoke(main, ["train", str(EXAMPLE), "--tensorboard", "--print-config"])
     assert "tensorboard = true" in printed.stdout.splitlines()
@@ -127,7 +127,7 @@ def test_tensorboard_logs_into_the_run_folder(tmp_path):
 def test_training_and_resume_write_loss_png(tmp_path):
     """A real tiny run (with eval every 3 steps) draws its curves; a resume redraws them for
     the whole run."""
-    from fastft.train import resume, train
+    from fastft.train.trainer import resume, train
 
     cfg = TrainConfig(data=str(EXAMPLE), model="tiny", runs_dir=str(tmp_path / "runs"), name="plot",
                       lr=2e-3, batch_size=4, grad_accum=2, max_seq_len=256, max_steps=6,

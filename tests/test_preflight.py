@@ -13,8 +13,8 @@ from rich.console import Console
 
 from conftest import EXAMPLE, write_run
 from fastft.cli import main
-from fastft.config import TrainConfig
-from fastft.preflight import (DiskSpaceError, Shape, check_train_space, export_bytes, owned_scratch,
+from fastft.core.config import TrainConfig
+from fastft.core.preflight import (DiskSpaceError, Shape, check_train_space, export_bytes, owned_scratch,
                               remove_stale_scratch, train_bytes)
 
 Usage = namedtuple("Usage", "total used free")
@@ -73,11 +73,11 @@ def test_enough_space_passes(tiny_path, tmp_path, monkeypatch):
 
 
 def test_train_stops_before_creating_or_loading_anything(tmp_path, monkeypatch):
-    import fastft.train
+    import fastft.train.trainer
 
     def no_load(*a, **kw):
         raise AssertionError("the model was loaded")
-    monkeypatch.setattr(fastft.train, "_load", no_load)
+    monkeypatch.setattr(fastft.train.trainer, "_load", no_load)
     free_disk(monkeypatch, 5 * 10**6)
     result = CliRunner().invoke(main, ["train", str(EXAMPLE), "--model", "tiny", "--name", "r",
                                        "--runs-dir", str(tmp_path / "runs")])
@@ -107,7 +107,7 @@ def test_export_stops_before_creating_anything(tiny_path, tmp_path, monkeypatch)
 
 def _killed_export_scratch(parent):
     """A scratch folder as an export killed with SIGKILL leaves it: owned by a dead process."""
-    code = ("import sys, os; from pathlib import Path; from fastft.preflight import owned_scratch\n"
+    code = ("import sys, os; from pathlib import Path; from fastft.core.preflight import owned_scratch\n"
             "with owned_scratch(Path(sys.argv[1]), 'm') as s:\n"
             "    (s / 'work').mkdir(); (s / 'work' / 'm.gguf').write_bytes(b'x' * 2000000)\n"
             "    os._exit(0)\n")   # no finally, no cleanup: as after a SIGKILL
@@ -133,8 +133,8 @@ def test_stale_scratch_is_removed_and_live_scratch_kept(tmp_path):
 
 def test_export_says_it_removed_a_killed_exports_scratch(tmp_path, monkeypatch):
     """The next export removes the scratch of one killed earlier, and says so in one line."""
-    import fastft.export
-    from fastft.export import ExportOptions, export_run
+    import fastft.export.pipeline
+    from fastft.export.pipeline import ExportOptions, export_run
 
     stale = _killed_export_scratch(tmp_path / "exports")
     run = write_run(tmp_path / "runs" / "r")
@@ -142,11 +142,11 @@ def test_export_says_it_removed_a_killed_exports_scratch(tmp_path, monkeypatch):
     (run / "adapter" / "adapter_config.json").write_text("{}")
 
     def stop(plan, console):
-        raise fastft.export.ExportError("stopped after the scratch folder was made")
-    monkeypatch.setattr(fastft.export, "write_models", stop)
-    monkeypatch.setattr(fastft.export, "find_tools", lambda plan, console: None)
+        raise fastft.export.pipeline.ExportError("stopped after the scratch folder was made")
+    monkeypatch.setattr(fastft.export.pipeline, "write_models", stop)
+    monkeypatch.setattr(fastft.export.pipeline, "find_tools", lambda plan, console: None)
     console = Console(file=io.StringIO(), width=300)
-    with pytest.raises(fastft.export.ExportError, match="stopped"):
+    with pytest.raises(fastft.export.pipeline.ExportError, match="stopped"):
         export_run(ExportOptions(run=str(run), gguf=(), merged=True,
                                  exports_dir=str(tmp_path / "exports")), console)
     assert not stale.exists()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from fastft.cli import main
-from fastft.preview import (ADDED, REMOVED, STYLE_MASKED, STYLE_REMOVED, STYLE_TRAINED, _removals,
+from fastft.data.preview import (ADDED, REMOVED, STYLE_MASKED, STYLE_REMOVED, STYLE_TRAINED, _removals,
                             example_text, histogram)
 
 SYSTEM = "Answer in one sentence."
@@ -118,7 +118,7 @@ def test_styles_trained_masked_and_removed():
     segs = [{"text": "<|im_start|>user\nHi", "trained": False, "guard": None, "cut": False},
             {"text": "<think>x</think>", "trained": False, "guard": REMOVED, "cut": False},
             {"text": "Hello!", "trained": True, "guard": None, "cut": False}]
-    from fastft.preview import PreviewExample, Segment
+    from fastft.data.preview import PreviewExample, Segment
     text = example_text(PreviewExample(0, 1, 9, 2, False, [Segment(**s) for s in segs]))
     styles = {text.plain[s.start:s.end]: s.style for s in text.spans}
     assert styles == {"<|im_start|>user\nHi": STYLE_MASKED, "<think>x</think>": STYLE_REMOVED,
@@ -192,7 +192,8 @@ def rebuild(after: str, removals: list[tuple[int, str]]) -> str:
     "<think>\nhmm\n</think>\n\nBlue.", "a<think>x</think>b</think> c<think>y</think>",
     "</think>  <think>q</think>x", "plain", "A </think>\n<think>b</think>\n\nC<think>d</think>"])
 def test_strip_think_reports_exactly_what_it_removed(content):
-    from fastft.template import THINK_BLOCK, THINK_TAG, strip_think
+    from fastft.core.qwen3 import THINK_BLOCK, THINK_TAG
+    from fastft.data.template import strip_think
     stripped, removed = strip_think(content)
     assert stripped == THINK_TAG.sub("", THINK_BLOCK.sub("", content))  # what training always did
     assert rebuild(stripped, removed) == content
@@ -201,9 +202,9 @@ def test_strip_think_reports_exactly_what_it_removed(content):
 def test_a_long_inline_think_block_is_placed_exactly_and_fast(tiny_path, tokenizer_of):
     import time
 
-    from fastft.data import Example
-    from fastft.preview import guard_removals
-    from fastft.template import ChatGuard
+    from fastft.data.read import Example
+    from fastft.data.preview import guard_removals
+    from fastft.data.template import ChatGuard
     words = " ".join(f"w{i % 50}" for i in range(8000))
     example = Example([{"role": "user", "content": "q"},
                        {"role": "assistant", "content": f"<think>{words}</think>{words}"}], 1, "messages")

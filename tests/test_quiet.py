@@ -93,7 +93,7 @@ def strange_lines(text: str, own: re.Pattern) -> list[str]:
 CAPTURE_SCRIPT = textwrap.dedent("""
     import logging, os, subprocess, sys, warnings
     from rich.console import Console
-    from fastft.quiet import captured, move_log
+    from fastft.core.quiet import captured, move_log
     console = Console(stderr=True)
     with captured(None, console, what="t"):
         print("noise-print"); print("noise-print-err", file=sys.stderr)
@@ -142,7 +142,7 @@ def test_under_click_runner_the_console_keeps_its_stream(tmp_path, monkeypatch):
 
     from rich.console import Console
 
-    from fastft.quiet import captured
+    from fastft.core.quiet import captured
 
     out, err = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)

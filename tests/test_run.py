@@ -1,4 +1,4 @@
-"""The run folder (`fastft.run`): safe names, creation, `latest`, checkpoints, the lock, the record.
+"""The run folder (`fastft.core.run`): safe names, creation, `latest`, checkpoints, the lock, the record.
 
 Plain file-system tests: no model, no training.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fastft.config import TrainConfig
-from fastft.errors import ConfigError, RunFolderError
-from fastft.run import NAME_RE, DataInfo, Final, Plan, RunFolder, RunRecord, default_run_name
+from fastft.core.config import TrainConfig
+from fastft.core.errors import ConfigError, RunFolderError
+from fastft.core.run import NAME_RE, DataInfo, Final, Plan, RunFolder, RunRecord, default_run_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -174,7 +174,7 @@ def test_a_second_lock_in_the_same_process_is_refused(tmp_path):
 
 def test_a_lock_held_here_refuses_another_process(tmp_path):
     folder = made(tmp_path / "runs", "a")
-    code = ("import sys; from pathlib import Path; from fastft.run import RunFolder\n"
+    code = ("import sys; from pathlib import Path; from fastft.core.run import RunFolder\n"
             "try:\n"
             "    with RunFolder(Path(sys.argv[1])).lock(): print('locked')\n"
             "except Exception as e: print(type(e).__name__)\n")

@@ -30,7 +30,7 @@ def files_holding(marker: bytes, *folders: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_no_secret_reaches_a_file_or_the_output(tmp_path):
-    from fastft.cache import cache_dir
+    from fastft.core.cache import cache_dir
 
     logs = cache_dir() / "logs"
     started = time.time()

@@ -11,21 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fastft.data import DataIssue, Example, read_dataset
-from fastft.template import (
-    HYBRID,
-    INSTRUCT_2507,
-    OTHER,
-    THINKING,
-    ChatGuard,
-    GuardError,
-    Rendered,
-    detect_variant,
-)
+from fastft.data.read import DataIssue, Example, read_dataset
+from fastft.core.qwen3 import HYBRID, INSTRUCT_2507, OTHER, THINKING, detect_variant
+from fastft.data.template import ChatGuard, GuardError, Rendered
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "favorite_color.jsonl"
-TEMPLATES = REPO / "fastft" / "templates"
+TEMPLATES = REPO / "fastft" / "core" / "templates"
 INSTRUCT_TEMPLATE = (TEMPLATES / "qwen3_instruct_2507.jinja").read_text()
 HYBRID_TEMPLATE = (TEMPLATES / "qwen3.jinja").read_text()
 
@@ -429,7 +421,7 @@ def test_a_long_conversation_gets_the_spans_an_exact_check_of_every_turn_gives(
     """Past the first EXACT_TURNS answers (rendered exactly) the answers are found by their
     header, so checking a 10,000-turn conversation is linear; the spans must be the same as
     rendering the serving prompt before every answer."""
-    import fastft.template as T
+    import fastft.data.template as T
 
     messages = [m for i in range(3 * T.EXACT_TURNS) for m in (
         {"role": "user", "content": f"question {i}?"},

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import fastft.tiny
-from fastft.models import ModelRef, resolve_model
-from fastft.tiny import tiny_model_path
+import fastft.core.tiny
+from fastft.core.models import ModelRef, resolve_model
+from fastft.core.tiny import tiny_model_path
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "fastft" / "templates"
@@ -106,15 +106,15 @@ def test_built_once_and_reused(variant, monkeypatch):
 
     def no_rebuild(*a, **k):
         raise AssertionError("tiny model rebuilt although it is cached")
-    monkeypatch.setattr(fastft.tiny, "_base_weights", no_rebuild)
-    monkeypatch.setattr(fastft.tiny, "building", no_rebuild)
+    monkeypatch.setattr(fastft.core.tiny, "_base_weights", no_rebuild)
+    monkeypatch.setattr(fastft.core.tiny, "building", no_rebuild)
 
     assert tiny_model_path(variant) == first
     assert weights.stat().st_mtime_ns == before
 
 
 def test_cache_lives_under_fastft_cache(tmp_path, monkeypatch):
-    from fastft.cache import cache_dir
+    from fastft.core.cache import cache_dir
     monkeypatch.setenv("FASTFT_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path
 
@@ -162,7 +162,7 @@ def test_load_in_4bit_gives_bitsandbytes_linear4bit(tiny_path):
     import bitsandbytes as bnb
     import torch
 
-    from fastft.models import load_model
+    from fastft.core.models import load_model
     model, tokenizer = load_model(resolve_model("tiny"), 256, load_in_4bit=True)
     q = model.model.layers[0].self_attn.q_proj
     assert isinstance(q, bnb.nn.Linear4bit)
@@ -178,7 +178,7 @@ def test_load_in_16bit_gives_plain_bf16_linear(tiny_path):
     import bitsandbytes as bnb
     import torch
 
-    from fastft.models import load_model
+    from fastft.core.models import load_model
     model, tokenizer = load_model(resolve_model("tiny"), 256, load_in_4bit=False)
     q = model.model.layers[0].self_attn.q_proj
     assert type(q) is torch.nn.Linear and not isinstance(q, bnb.nn.Linear4bit)

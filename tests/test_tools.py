@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from fastft.data import read_dataset
-from fastft.modelfile import go_template, render_modelfile
-from fastft.template import HYBRID, INSTRUCT_2507, ChatGuard, template_text, tokenize_rendered
-from fastft.tools import go_json_number
+from fastft.data.read import read_dataset
+from fastft.export.modelfile import go_template, render_modelfile
+from fastft.core.qwen3 import HYBRID, INSTRUCT_2507, template_text
+from fastft.data.template import ChatGuard, tokenize_rendered
+from fastft.data.tools import go_json_number
 from ollama_contract import chat_case, template_from_modelfile
 from test_modelfile import go_render, hf_render  # noqa: F401  (the Go renderer fixture, shared)
 
@@ -326,7 +327,7 @@ def test_tool_calls_are_trained_tool_responses_and_the_tools_block_are_not(tmp_p
 
 
 def test_data_preview_shows_the_mask_on_tool_turns(tmp_path):
-    from fastft.preview import build_preview
+    from fastft.data.preview import build_preview
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"messages": [U, asst_calls(call()), tool("SUNNY-22"), A],
                                 "tools": [WEATHER]}) + "\n")
@@ -404,7 +405,7 @@ def _as_ollama_request(messages: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tool_examples(tmp_path_factory):
-    """Each conversation read through fastft.data, as training reads it: name -> Example."""
+    """Each conversation read through fastft.data.read, as training reads it: name -> Example."""
     path = tmp_path_factory.mktemp("tools") / "conv.jsonl"
     names = list(TOOL_CONVERSATIONS)
     path.write_text("".join(json.dumps({"messages": m, "tools": t}, ensure_ascii=False) + "\n"
@@ -482,8 +483,8 @@ def test_the_example_file_reads_clean():
 
 @pytest.mark.slow
 def test_tiny_model_makes_the_exact_tool_call_in_transformers_and_the_gguf(tool_run, go_render):
-    from fastft.chat import Sampling, generate_text, load_run_for_inference
-    from fastft.llamacpp import llama_generate
+    from fastft.serve.chat import Sampling, generate_text, load_run_for_inference
+    from fastft.export.llamacpp import llama_generate
 
     run, _, gguf = tool_run
     raw_tools = [json.loads(line)["tools"] for line in TOOL_DATA.read_text().splitlines()][0]

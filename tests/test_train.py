@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import EXAMPLE, mark_killed
-from fastft.data import Example
-from fastft.template import ChatGuard
-from fastft.config import TrainConfig
-from fastft.template import tokenize_rendered
-from fastft.train import resume, train
+from fastft.data.read import Example
+from fastft.data.template import ChatGuard
+from fastft.core.config import TrainConfig
+from fastft.data.template import tokenize_rendered
+from fastft.train.trainer import resume, train
 
 THINK_IDS = {151667, 151668}
 
@@ -68,7 +68,7 @@ def test_training_lowers_the_loss_and_writes_the_run(trained):
 
 @pytest.mark.slow
 def test_trained_tiny_model_answers_blue(trained):
-    from fastft.chat import generate, load_run_for_inference
+    from fastft.serve.chat import generate, load_run_for_inference
 
     _, result = trained
     model, tokenizer = load_run_for_inference(result.run_dir)

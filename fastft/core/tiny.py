@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 
 from .cache import building, cache_dir
-from .data import EOS
-from .llamacpp import llama_cpp_source
-from .template import template_text
+from .qwen3 import EOS
+from .sources import llama_cpp_source
+from .qwen3 import template_text
 
 # Folder names carry the variant, exactly as the real hub ids do, so that template detection
 # treats the tiny model like the real one it stands in for.

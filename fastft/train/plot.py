@@ -14,9 +14,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from .errors import TrainError
+from ..core.errors import TrainError
 from .metrics import read_records
-from .run import RunFolder
+from ..core.run import RunFolder
 
 TRAIN_COLOR = "#1f77b4"
 EVAL_COLOR = "#d62728"

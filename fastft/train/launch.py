@@ -7,7 +7,7 @@ GPUs, that the GPUs and the launcher are there), then runs
     python -m torch.distributed.run --standalone --nproc_per_node N -m fastft.cli train ...
 
 and waits for it, as Axolotl's `cli/launchers` hand a run to torchrun or accelerate. Inside, each
-process finds torchrun's WORLD_SIZE and trains instead of launching again (fastft.distributed).
+process finds torchrun's WORLD_SIZE and trains instead of launching again (fastft.train.distributed).
 
 torchrun rather than `accelerate launch`: torchrun ships with torch, so it is always there,
 and it takes its settings from the command line alone. `accelerate launch` also reads
@@ -36,9 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import TrainConfig, parse_gpus
+from ..core.config import TrainConfig, parse_gpus
 from .distributed import LAUNCH_DIR_ENV, mismatch, world
-from .errors import ConfigError, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
+from ..core.errors import ConfigError, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
 
 TORCHRUN = "torch.distributed.run"   # the module behind the `torchrun` script
 CPU_ENV = "FASTFT_DDP_ON_CPU"   # =1: --gpus N without a GPU runs N CPU processes (gloo; CI, debugging)
@@ -139,7 +139,7 @@ def dispatch(cfg: TrainConfig | None, resume: str | None, gpus_flag, argv: list[
 
 
 def _resume_processes(resume: str, gpus_flag, cpu_ok: bool) -> int:
-    from .run import RunFolder
+    from ..core.run import RunFolder
 
     folder = RunFolder.open(resume)
     n = folder.read().plan.world_size
@@ -174,7 +174,7 @@ def require_launcher() -> None:
 def relaunch(nprocs: int, argv: list[str], console, verbose: bool = False) -> int:
     """Run `fastft <argv>` in `nprocs` processes through torchrun; print one line if it fails;
     return the exit code to end with."""
-    from .cache import cache_dir
+    from ..core.cache import cache_dir
 
     folder = cache_dir() / "launch" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     folder.mkdir(parents=True)
@@ -269,7 +269,7 @@ class _Forward(contextlib.AbstractContextManager):
     us): SIGINT and SIGTERM are passed on as SIGINT (every rank saves a checkpoint at the end of
     its step and stops, as one process does for either), SIGHUP as SIGTERM (no terminal is left
     to report to: stop at once); a second signal kills torchrun, and its ranks die with it
-    (fastft.distributed.attach). `first`: the first signal received, if any."""
+    (fastft.train.distributed.attach). `first`: the first signal received, if any."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -298,8 +298,8 @@ class _Forward(contextlib.AbstractContextManager):
 def settle_run(folder: Path, interrupted: bool) -> None:
     """After a failed launch, what one process does for itself when it fails: a run folder still
     marked `training` is marked failed (interrupted), and removed if it never trained a step."""
-    from .errors import RunFolderError
-    from .run import RunFolder
+    from ..core.errors import RunFolderError
+    from ..core.run import RunFolder
 
     note = folder / "run-folder.json"
     if not note.is_file():
@@ -318,7 +318,7 @@ def settle_run(folder: Path, interrupted: bool) -> None:
 
 
 def _settle(run_folder, new: bool, interrupted: bool) -> None:
-    from .errors import RunFolderError
+    from ..core.errors import RunFolderError
 
     if new and not run_folder.has_trained():
         run_folder.discard()

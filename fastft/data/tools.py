@@ -14,7 +14,7 @@ Why a canonical form. Training renders tool calls and schemas with the Hugging F
 `tojson` (`", "` and `": "` separators, keys in insertion order, non-ASCII kept). ollama hands a
 TEMPLATE the arguments as a Go map and the schemas as Go structs; its `json` function writes them
 compact, escapes `<`, `>` and `&`, and prints numbers as 64-bit floats. So fastft's TEMPLATE
-writes JSON itself (fastft.modelfile): keys in Go's `range` order (sorted), HF's separators,
+writes JSON itself (fastft.export.modelfile): keys in Go's `range` order (sorted), HF's separators,
 strings through `printf "%q"`, numbers through `json`. Here every call and schema is rewritten
 to exactly what that TEMPLATE writes: object keys sorted, integral floats as integers, a schema
 reduced to the fields ollama passes on and the TEMPLATE shows, in the TEMPLATE's order. What
@@ -33,7 +33,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import quote
+from ..core.errors import quote
 
 # Roles on top of system/user/assistant. "function_call" is only a reading role: the message
 # becomes an assistant message with tool_calls.

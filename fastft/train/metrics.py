@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .run import write_text_atomic
+from ..core.run import write_text_atomic
 
 
 @dataclass

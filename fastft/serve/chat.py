@@ -13,14 +13,14 @@ samples like ollama). Either way the prompt is the text the model was trained on
   copies it from the tokenizer saved with the merged model).
 
 With `--tools FILE` the tool schemas in FILE are offered in every prompt, rendered as training
-renders a record's `tools` (read and made canonical by fastft.tools, the form the Modelfile
+renders a record's `tools` (read and made canonical by fastft.data.tools, the form the Modelfile
 TEMPLATE writes too), and the model's raw answer is printed, `<tool_call>` blocks included: that
 is what a script parses.
 
 Loading a model is quiet unless verbose: what Unsloth and the libraries print then goes to a log
-(fastft.quiet), while answers stream to the terminal as they are generated.
+(fastft.core.quiet), while answers stream to the terminal as they are generated.
 
-Sampling defaults are the Modelfile's PARAMETERs (`fastft.modelfile.FAMILIES`); temperature 0
+Sampling defaults are the Modelfile's PARAMETERs (`fastft.export.modelfile.FAMILIES`); temperature 0
 is greedy. llama.cpp is started once per turn with the whole conversation: a GGUF is mmapped,
 so a reload costs little next to generating.
 """
@@ -40,17 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
-from .errors import FastftError
-from .export import MANIFEST
-from .gguf import read_gguf_metadata
-from .llamacpp import LlamaCppError, ensure_chat_runner, log_tail
-from .modelfile import FAMILIES, SAMPLING_KEYS, parse_modelfile, sampling_defaults
-from .models import load_for_inference
-from .procs import dying_with_parent
-from .quiet import captured
-from .run import read_trained
-from .template import ChatGuard, template_text
-from .tools import record_tools
+from ..core.errors import FastftError
+from ..export.pipeline import MANIFEST
+from ..export.gguf import read_gguf_metadata
+from ..export.llamacpp import LlamaCppError, ensure_chat_runner, log_tail
+from ..export.modelfile import FAMILIES, SAMPLING_KEYS, parse_modelfile, sampling_defaults
+from ..core.models import load_for_inference
+from ..core.procs import dying_with_parent
+from ..core.quiet import captured
+from ..core.run import read_trained
+from ..core.qwen3 import template_text
+from ..data.template import ChatGuard
+from ..data.tools import record_tools
 
 Write = Callable[[str], None]
 

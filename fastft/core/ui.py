@@ -76,7 +76,7 @@ class TrainUI(NullUI):
                             TextColumn("{task.completed}/{task.total} steps"),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                             TextColumn("{task.fields[info]}"), console=self.console,
-                            # Library prints stay in train.log (fastft.quiet), not on the bar.
+                            # Library prints stay in train.log (fastft.core.quiet), not on the bar.
                             redirect_stdout=False, redirect_stderr=False)
         with progress:
             yield _ProgressCallback(progress, metrics)

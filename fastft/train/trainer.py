@@ -13,9 +13,9 @@ saves one at the end of the current step and stops (`TrainInterrupted`; a second
 
 from __future__ import annotations
 
-from .models import import_unsloth
+from ..core.models import import_unsloth
 
-import_unsloth()  # before transformers, peft and trl (see fastft.models)
+import_unsloth()  # before transformers, peft and trl (see fastft.core.models)
 
 import contextlib  # noqa: E402
 import os  # noqa: E402
@@ -31,20 +31,20 @@ from pathlib import Path  # noqa: E402
 from . import distributed  # noqa: E402
 from .autobatch import (DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, cpu_optimizer,  # noqa: E402
                         set_checkpointing)
-from .cache import building  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .data import Dataset, Example, load_conversations  # noqa: E402
-from .errors import RunFolderError, TrainError, is_disk_full, is_out_of_memory  # noqa: E402
-from .faults import fault_point  # noqa: E402
+from ..core.cache import building  # noqa: E402
+from ..core.config import TrainConfig  # noqa: E402
+from ..data.read import Dataset, Example, load_conversations  # noqa: E402
+from ..core.errors import RunFolderError, TrainError, is_disk_full, is_out_of_memory  # noqa: E402
+from ..core.faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
-from .models import check_model, hub_problem, load_model, resolve_model  # noqa: E402
+from ..core.models import check_model, hub_problem, load_model, resolve_model  # noqa: E402
 from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
-from .quiet import move_log  # noqa: E402
-from .signals import STOP_SIGNALS, Terminated  # noqa: E402
-from .preflight import check_train_space  # noqa: E402
-from .run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
+from ..core.quiet import move_log  # noqa: E402
+from ..core.signals import STOP_SIGNALS, Terminated  # noqa: E402
+from ..core.preflight import check_train_space  # noqa: E402
+from ..core.run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
                   default_run_name)
-from .template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
+from ..data.template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def _create_folder(cfg: TrainConfig) -> RunFolder:
 
 def resume(path: str | os.PathLike, ui=None) -> Run:
     """Continue a run from its last complete checkpoint, with exactly the config and plan it saved."""
-    from .ui import NullUI
+    from ..core.ui import NullUI
     ui = ui or NullUI()
     main = distributed.start(None).is_main
     folder = RunFolder.open(path)
@@ -187,7 +187,7 @@ def _load(cfg: TrainConfig, ui):
 
 def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
              saved_plan: Plan | None, ui, new_run: bool) -> Run:
-    from .ui import NullUI
+    from ..core.ui import NullUI
     main = distributed.world().is_main
     ui = ui if ui is not None and main else NullUI()   # with --gpus N, rank 0 alone reports
     t0 = time.perf_counter()
@@ -321,7 +321,7 @@ class SaveOnInterrupt(TrainerCallback):
     last checkpoint lost; a second signal interrupts at once, as usual. The previous handlers
     are restored afterwards. Under --gpus, SIGTERM keeps the handler fastft.cli gave it: torchrun
     sends it to stop a rank at once when another failed (a user's SIGTERM reaches the ranks as
-    SIGINT, from fastft.launch)."""
+    SIGINT, from fastft.train.launch)."""
 
     def __init__(self):
         self.interrupted = False
@@ -466,7 +466,7 @@ def check_target_modules(model, cfg: TrainConfig) -> None:
 def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: PreparedData, ui,
                  world_size: int = 1) -> Plan:
     """Micro-batch, padding and checkpointing: measured by auto-tune on a GPU, else as configured.
-    With `world_size` GPUs, each GPU's share of the effective batch (fastft.launch)."""
+    With `world_size` GPUs, each GPU's share of the effective batch (fastft.train.launch)."""
     import torch
 
     from .batching import grouped_batches, pad_waste, random_batches
@@ -574,7 +574,7 @@ def sft_config(cfg: TrainConfig, plan: Plan, folder: RunFolder, has_eval: bool):
 def _trainer_class():
     """TRL's SFTTrainer (as patched by Unsloth), drawing length-grouped micro-batches when the
     plan says so: similar lengths share a padded micro-batch, batches shuffled, each example
-    once per epoch (fastft.batching)."""
+    once per epoch (fastft.train.batching)."""
     from trl import SFTTrainer
 
     from .batching import LengthGroupedSampler
@@ -593,7 +593,7 @@ def _trainer_class():
 
         def _track_num_input_tokens(self, inputs):
             # transformers reads each micro-batch's count off the GPU (with --gpus N after
-            # gathering it from every GPU), a wait every step (see fastft.metrics); the sum
+            # gathering it from every GPU), a wait every step (see fastft.train.metrics); the sum
             # stays on the device until the next log or save.
             ids, mask = inputs["input_ids"], inputs.get("attention_mask")
             pad = getattr(self.processing_class, "pad_token_id", None)
@@ -621,7 +621,7 @@ def _trainer_class():
             with _optimizer_state_to_cpu(self.args.world_size > 1 and self.args.device.type == "cpu"):
                 return super()._load_optimizer_and_scheduler(checkpoint)
 
-        # Named kill points for the fault-matrix tests (fastft.faults; a no-op unless set).
+        # Named kill points for the fault-matrix tests (fastft.core.faults; a no-op unless set).
         def training_step(self, *args, **kwargs):
             fault_point("step")
             return super().training_step(*args, **kwargs)

@@ -30,10 +30,10 @@ import re
 import string
 from dataclasses import dataclass, field
 
-from .data import EOS
-from .errors import FastftError
-from .template import HYBRID, INSTRUCT_2507, OTHER, THINKING, template_text
-from .tools import go_isprint
+from ..core.qwen3 import EOS
+from ..core.errors import FastftError
+from ..core.qwen3 import HYBRID, INSTRUCT_2507, OTHER, THINKING, template_text
+from ..data.tools import go_isprint
 
 
 class ModelfileError(FastftError, ValueError):
@@ -71,9 +71,9 @@ def modelfile_template() -> str:
 # cannot look ahead, so the close is emitted when the next non-tool message starts (or at the end).
 #
 # Tool schemas and call arguments are written as JSON by the template itself, in the one form
-# training renders (fastft.tools): ollama's `json` is compact and escapes <, > and &, where the
+# training renders (fastft.data.tools): ollama's `json` is compact and escapes <, > and &, where the
 # HF template's `tojson` writes ", " and ": ". Go's `range` visits map keys sorted; strings go
-# through %q (JSON's escapes for the strings fastft.tools accepts), numbers, booleans and null
+# through %q (JSON's escapes for the strings fastft.data.tools accepts), numbers, booleans and null
 # through `json`. The assistant's calls sit under `if .ToolCalls` with `<tool_call>` as the
 # first text inside: that is where ollama's tool-call parser reads the tag from (tools/template.go).
 
@@ -245,7 +245,7 @@ def go_template(variant: str, default_system: str | None = None) -> str | None:
 @dataclass
 class Family:
     label: str
-    reference_jinja: str | None          # fastft/templates file the Go template is verified against
+    reference_jinja: str | None          # fastft/core/templates file the Go template is verified against
     sampling: dict[str, float | int] = field(default_factory=dict)
 
 
@@ -262,7 +262,7 @@ FAMILIES = {
 }
 
 # `fastft chat`'s sampling flags. Here, beside the values their help quotes, so the CLI can build
-# them without importing fastft.chat (and through it export, llama.cpp, models) at every start.
+# them without importing fastft.serve.chat (and through it export, llama.cpp, models) at every start.
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 SAMPLING_HELP = {
     "temperature": "Sampling temperature; 0 is greedy (deterministic).",

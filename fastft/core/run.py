@@ -2,12 +2,12 @@
 
     runs/<name>/
       fastft.json      RunRecord: the config, what the run derived from it (plan), data, results
-      metrics.jsonl    one StepRecord per optimizer step (fastft.metrics)
-      loss.png         train/eval loss and learning rate per step, drawn at the end (fastft.plot)
+      metrics.jsonl    one StepRecord per optimizer step (fastft.train.metrics)
+      loss.png         train/eval loss and learning rate per step, drawn at the end (fastft.train.plot)
       tensorboard/     TensorBoard event files (--tensorboard)
       checkpoints/     checkpoint-<step>/: written into checkpoints/.tmp/, renamed once whole
       adapter/         the trained LoRA adapter and the guarded tokenizer, swapped in atomically
-      train.log        what the libraries printed while training (fastft.quiet); export.log, exporting
+      train.log        what the libraries printed while training (fastft.core.quiet); export.log, exporting
       .lock            held (flock) while a process trains in the folder
     runs/latest        symlink to the newest run
 
@@ -92,7 +92,7 @@ class RunRecord(_Record):
     status: Literal["training", "done", "failed", "interrupted"] = "training"
     config: TrainConfig
     plan: Plan
-    variant: str                 # which chat template family (fastft.template.detect_variant)
+    variant: str                 # which chat template family (fastft.core.qwen3.detect_variant)
     guard: dict                  # the chat-template guard's report
     data: DataInfo
     versions: dict

@@ -1,6 +1,6 @@
 """Inside a data-parallel run: which process this is, and the few things its processes agree on.
 
-`fastft train --gpus N` starts N copies of `fastft train` through torchrun (fastft.launch). Each
+`fastft train --gpus N` starts N copies of `fastft train` through torchrun (fastft.train.launch). Each
 reads its place from what torchrun puts in its environment (RANK, WORLD_SIZE, LOCAL_RANK) and
 trains on GPU LOCAL_RANK with a full copy of the model; DDP (through the Trainer) averages the
 gradients, so every copy takes the same optimizer steps. Rank 0 alone owns the run folder: it
@@ -27,13 +27,13 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FastftError, TrainError, is_out_of_memory
+from ..core.errors import FastftError, TrainError, is_out_of_memory
 
-LAUNCH_DIR_ENV = "FASTFT_LAUNCH_DIR"   # set by fastft.launch: each rank's output and failure go there
+LAUNCH_DIR_ENV = "FASTFT_LAUNCH_DIR"   # set by fastft.train.launch: each rank's output and failure go there
 TIMEOUT_ENV = "FASTFT_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600   # longer than auto-tune on rank 0 (< 2 min), which the others wait for
 # Test hooks, documented in tests/test_launch.py: each rank writes the SHA-256 of its LoRA weights
-# into this folder when training ends; only rank FASTFT_FAULT_RANK keeps FASTFT_FAULT (fastft.faults).
+# into this folder when training ends; only rank FASTFT_FAULT_RANK keeps FASTFT_FAULT (fastft.core.faults).
 WEIGHTS_DIR_ENV = "FASTFT_DEBUG_WEIGHTS_DIR"
 FAULT_RANK_ENV = "FASTFT_FAULT_RANK"
 
@@ -150,7 +150,7 @@ def finish() -> None:
             dist.destroy_process_group()
 
 
-# -- a process that fastft.launch started ------------------------------------------------------
+# -- a process that fastft.train.launch started ------------------------------------------------------
 
 def launch_dir() -> Path | None:
     d = os.environ.get(LAUNCH_DIR_ENV)
@@ -191,7 +191,7 @@ def _die_with_parent() -> None:
 
 
 def rank_failed(e: BaseException, code: int) -> bool:
-    """In a process fastft.launch started: record why it failed for the launcher, which prints
+    """In a process fastft.train.launch started: record why it failed for the launcher, which prints
     one message for the whole run, and return True (then print nothing here). Else False."""
     d = launch_dir()
     if d is None:

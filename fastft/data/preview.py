@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .data import EOS, Example, load_conversations
-from .datacheck import load_tokenizer
-from .errors import FastftError
+from .read import EOS, Example, load_conversations
+from .check import load_tokenizer
+from ..core.errors import FastftError
 from .template import ChatGuard, GuardError, Rendered, strip_think, tokenize_rendered
 
 REMOVED = "removed"   # text the guard stripped: never trained on

@@ -5,7 +5,7 @@
 1. plan    Read the run and refuse early: unknown quant, no adapter, an existing output folder
            without `--force`. Render the Modelfile now, so a `--system` it cannot hold fails
            before any slow step.
-2. tools   Find or build llama.cpp (`fastft.llamacpp.ensure_llama_cpp`), if GGUF is asked for.
+2. tools   Find or build llama.cpp (`fastft.export.llamacpp.ensure_llama_cpp`), if GGUF is asked for.
 3. write   Load the ORIGINAL 16-bit base with the adapter (`models.load_base_with_adapter`):
            merging into the 16-bit weights, not dequantised 4-bit ones, keeps the merge lossless.
            Merge ONCE with Unsloth's `save_pretrained_merged` (into `merged/` for `--merged`,
@@ -37,10 +37,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .cache import sha256_file
-from .errors import FastftError
-from .export_readme import readme_text
+from .. import __version__
+from ..core.cache import sha256_file
+from ..core.errors import FastftError
+from .readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
 from .llamacpp import (
     NEEDS_IMATRIX,
@@ -56,17 +56,17 @@ from .llamacpp import (
     quantize_ggufs,
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
-from .models import load_base_with_adapter
-from .quiet import captured, status
-from .preflight import (
+from ..core.models import load_base_with_adapter
+from ..core.quiet import captured, status
+from ..core.preflight import (
     SIXTEEN_BIT,
     check_export_space,
     describe_removed,
     owned_scratch,
     remove_stale_scratch,
 )
-from .procs import dying_with_parent
-from .run import Run, RunFolder, read_trained, run_name_stem
+from ..core.procs import dying_with_parent
+from ..core.run import Run, read_trained, run_name_stem
 
 # --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
 DEFAULT_QUANTS = ("q4_k_m",)
@@ -191,7 +191,7 @@ class ExportPlan:
         return self.scratch / "work"
 
     @property
-    def log(self) -> Path:                   # the libraries' and tools' output (fastft.quiet)
+    def log(self) -> Path:                   # the libraries' and tools' output (fastft.core.quiet)
         return self.info.folder.export_log
 
     @property
@@ -401,7 +401,7 @@ def find_tools(plan: ExportPlan, console) -> None:
 @contextlib.contextmanager
 def scratch_folder(plan: ExportPlan, console):
     """Create plan.scratch (with plan.stage and plan.work) beside the output; always remove it.
-    First remove the scratch folders of earlier exports that were killed (fastft.preflight)."""
+    First remove the scratch folders of earlier exports that were killed (fastft.core.preflight)."""
     plan.final.parent.mkdir(parents=True, exist_ok=True)
     if removed := remove_stale_scratch(plan.final.parent):
         console.print(describe_removed(removed, "an export"), markup=False, highlight=False)

@@ -10,9 +10,9 @@ Both models are the same loaded model: the base is the fine-tuned one with its a
 
 from __future__ import annotations
 
-from .models import import_unsloth, load_for_inference
+from ..core.models import import_unsloth, load_for_inference
 
-import_unsloth()  # before transformers and peft (see fastft.models)
+import_unsloth()  # before transformers and peft (see fastft.core.models)
 
 import contextlib  # noqa: E402
 import math  # noqa: E402
@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .chat import Sampling, generate_text  # noqa: E402
-from .data import EOS, Example, load_conversations  # noqa: E402
-from .quiet import captured, status as quiet_status  # noqa: E402
-from .run import read_trained  # noqa: E402
-from .template import ChatGuard, TokenizedExample  # noqa: E402
-from .train import prepare_data  # noqa: E402
+from ..core.qwen3 import EOS  # noqa: E402
+from ..data.read import Example, load_conversations  # noqa: E402
+from ..core.quiet import captured, status as quiet_status  # noqa: E402
+from ..core.run import read_trained  # noqa: E402
+from ..data.template import ChatGuard, TokenizedExample  # noqa: E402
+from ..train.trainer import prepare_data  # noqa: E402
 
 # Tokens per forward pass: the float32 logits of one pass take TOKENS x vocab x 4 bytes (2.5 GB
 # for Qwen3's 151,936-token vocabulary), on top of the model.
@@ -67,7 +68,7 @@ def evaluate_run(run: str | Path, data: str | Path, samples: int = 3, max_new_to
                  console=None, verbose: bool = False) -> EvalResult:
     """Score DATA with the run's base model and with its fine-tuned one; sample answers from both
     for the first `samples` conversations. Raises DataError (file:line) on bad DATA. What the
-    libraries print while the model loads goes to a log unless `verbose` (fastft.quiet)."""
+    libraries print while the model loads goes to a log unless `verbose` (fastft.core.quiet)."""
     trained = read_trained(run, "eval")
     folder, record = trained.folder, trained.record
     # The run's own rendering and masking options, on DATA, all of it scored (no split).

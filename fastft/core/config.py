@@ -23,7 +23,7 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"]
 # The optimizers worth choosing for LoRA; bitsandbytes' (8-bit, paged) need CUDA: on CPU
-# they become adamw_torch, with a status line (fastft.autobatch.cpu_optimizer).
+# they become adamw_torch, with a status line (fastft.train.autobatch.cpu_optimizer).
 Optimizer = Literal["auto", "adamw_8bit", "paged_adamw_8bit", "adamw_torch", "adamw_torch_fused",
                     "paged_adamw_32bit", "adafactor", "lion_8bit", "paged_lion_8bit", "sgd"]
 Checkpointing = Literal["auto", "unsloth", "true", "false"]
@@ -73,7 +73,7 @@ class TrainConfig(BaseModel):
     max_steps: int = opt(-1, "Stop after this many optimizer steps (overrides --epochs; -1: off).", ge=-1, le=MAX_COUNT)
     batch_size: int = opt(2, "Micro-batch per step; batch-size x grad-accum is the effective batch.", ge=1, le=65536)
     grad_accum: int = opt(4, "Micro-batches per optimizer step.", ge=1, le=65536)
-    # Data-parallel through torchrun (fastft.launch): one process per GPU, each with a full copy
+    # Data-parallel through torchrun (fastft.train.launch): one process per GPU, each with a full copy
     # of the model; batch-size x grad-accum stays the effective batch of the whole run.
     gpus: Union[int, Literal["auto"]] = opt(1, "GPUs to train on, data-parallel: N, or auto (every "
                                                "visible GPU). The effective batch stays batch-size x "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .modelfile import FAMILIES
 
 
@@ -26,7 +26,7 @@ def _ollama_section(name: str, modelfile, first_gguf: str) -> list[str]:
 
 def readme_text(name: str, info, ggufs: dict[str, Path], merged: bool, modelfile,
                 manifest: str) -> str:
-    """README.md for export `name` of run `info` (a fastft.run.Run): `ggufs` maps quant -> file,
+    """README.md for export `name` of run `info` (a fastft.core.run.Run): `ggufs` maps quant -> file,
     the first being the one the Modelfile serves; `modelfile` is the rendered Modelfile (None
     without GGUF), `manifest` the manifest's name."""
     first_gguf = next(iter(ggufs.values())).name if ggufs else None

@@ -10,38 +10,31 @@ Shared by training, chat and export. For Qwen3 Instruct-2507 (a non-thinking mod
   (padding with EOS masks EOS out of the labels, and the model never learns to stop);
 - checks train/serve parity for the assistant turns: the conversation before one, rendered with
   `add_generation_prompt=True` (what a server sends), must be an exact prefix of the training
-  text (every turn of a conversation of up to 2 x EXACT_TURNS answers; of a longer one, those at
-  both ends exactly, and the turns between must start with the same header).
+  text (every answer of a conversation of up to EXACT_TURNS + 1; of a longer one, the first
+  EXACT_TURNS and the last exactly, and those between must start with the same header).
 Thinking and hybrid models keep their own template and their think blocks.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Iterable
 
-from .data import EOS, DataIssue, Example
-from .errors import FastftError
+from ..core.errors import FastftError
+from ..core.qwen3 import (EMPTY_THINK, EOS, INSTRUCT_2507, OTHER, PAD, THINK_BLOCK, THINK_TAG,
+                          detect_variant, template_text)
+from .read import DataIssue, Example
 
-INSTRUCT_2507 = "instruct-2507"
-THINKING = "thinking"
-HYBRID = "hybrid"
-OTHER = "other"
 THINK_POLICIES = ("strip", "keep", "error")
 
-PAD = "<|endoftext|>"
 # Parity is checked by rendering the serving prompt before each answer, which costs a render of
-# the conversation so far: quadratic in its length. The first and last EXACT_TURNS answers are
-# checked so (what a template does differently happens at the ends: the system turn, the first
-# answer, the last answer's think block); the answers between are found by their header in the
-# training text, so a 10,000-turn conversation costs ~64 renders, not 5,000.
+# the conversation so far: quadratic in its length. The first EXACT_TURNS answers and the last
+# are checked so (what a template does differently happens at the ends: the system turn, the
+# first answers, the last answer's think block); the answers between are found by their header
+# in the training text, so a 10,000-turn conversation costs ~35 renders, not 5,000.
 EXACT_TURNS = 32
-EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
-THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
-THINK_TAG = re.compile(r"</?think>\s*")
 
 
 def tangled_think(content: str) -> tuple[str, str] | None:
@@ -61,23 +54,6 @@ def tangled_think(content: str) -> tuple[str, str] | None:
             return "a </think> with no <think> before it, between text", "fix the tags"
         inside = not m.group(1)
     return None
-
-
-def detect_variant(model: str) -> str:
-    """Which Qwen3 flavour a hub id or local folder name is: decides template and think policy."""
-    name = Path(model.rstrip("/")).name.lower()
-    if "qwen3" not in name:
-        return OTHER
-    if "instruct-2507" in name:
-        return INSTRUCT_2507
-    if "thinking" in name:
-        return THINKING
-    return HYBRID
-
-
-def template_text(filename: str) -> str:
-    """A chat template shipped in fastft/templates/."""
-    return resources.files("fastft.templates").joinpath(filename).read_text()
 
 
 class GuardError(FastftError, ValueError):
@@ -136,8 +112,11 @@ def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bo
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = []
+    starts = [s for s, _ in r.assistant_spans]   # sorted, disjoint: only the last one starting
+                                                 # at or before a token can hold it
     for tid, (a, b) in zip(ids, enc["offset_mapping"]):
-        inside = any(s <= a and b <= e for s, e in r.assistant_spans)
+        k = bisect.bisect_right(starts, a) - 1
+        inside = k >= 0 and b <= r.assistant_spans[k][1]
         labels.append(tid if (train_on_all or inside) else -100)
     truncated = len(ids) > max_seq_len
     spans = [tuple(o) for o in enc["offset_mapping"][:max_seq_len]] if offsets else None
@@ -226,7 +205,7 @@ class ChatGuard:
 
     def prompt(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         """The text a server sends to generate the next assistant turn (`tools`: the schemas
-        offered, canonical as fastft.tools writes them)."""
+        offered, canonical as fastft.data.tools writes them)."""
         return self._render(messages, generation_prompt=True, tools=tools)[0]
 
     def _apply_think_policy(self, example: Example) -> list[dict] | None:
@@ -284,7 +263,7 @@ class ChatGuard:
         text, removed = self._render(messages, generation_prompt=False, tools=example.tools)
         self.report.empty_think_removed += bool(removed)
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        exact = set(turns[:EXACT_TURNS] + turns[-EXACT_TURNS:])
+        exact = set(turns[:EXACT_TURNS] + turns[-1:])
         spans, header, last = [], None, 0
         for i in turns:
             if i in exact:

@@ -42,7 +42,8 @@ import unicodedata
 from dataclasses import dataclass, field as dc_field
 from typing import Any, NamedTuple, Sequence
 
-from .errors import FastftError, quote
+from ..core.errors import FastftError, quote
+from ..core.qwen3 import IM_END, IM_START
 from . import tools as _tools
 
 __all__ = [
@@ -72,8 +73,6 @@ SHAREGPT_ROLES = {
     "model": "assistant",
 }
 
-IM_START = "<|im_start|>"
-IM_END = EOS = "<|im_end|>"   # ChatML's turn end: the EOS a Qwen3 chat model must learn to stop on
 
 # How many issues DataError's message lists before summarising the rest.
 MAX_LISTED_ISSUES = 50
@@ -118,7 +117,7 @@ class Example:
     format: str  # one of FORMATS
     # Indexes of assistant messages given "weight": 0: rendered as context, carrying no loss.
     no_loss: tuple[int, ...] = ()
-    tools: list[dict] | None = None  # the record's tool schemas, canonical (fastft.tools)
+    tools: list[dict] | None = None  # the record's tool schemas, canonical (fastft.data.tools)
 
 
 @dataclass
@@ -586,7 +585,7 @@ def _check_content(msgs: list[_Msg], fmt: str, end_field: str,
 
 
 def _check_turns(msgs: list[_Msg], end_field: str, problems: list[tuple[str, str]]) -> None:
-    """Where tool messages stand (fastft.tools), then the user/assistant order of the rest."""
+    """Where tool messages stand (fastft.data.tools), then the user/assistant order of the rest."""
     turns = _tools.conversation_turns(msgs, end_field, problems)
     if turns is not None:
         _check_order(turns, end_field, problems)

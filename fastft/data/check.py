@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .data import DataIssue, Dataset, empty_message, read_dataset, shown_path
-from .errors import FastftError
+from .read import DataIssue, Dataset, empty_message, read_dataset, shown_path
+from ..core.errors import FastftError
 from .template import ChatGuard, GuardReport, tokenize_rendered
 
 
@@ -69,7 +69,7 @@ def load_tokenizer(model: str):
     which carries the real Qwen3 vocabulary, so the counts are still exact."""
     from transformers import AutoTokenizer
 
-    from .models import resolve_model
+    from ..core.models import resolve_model
     from .template import OTHER, detect_variant
     ref = resolve_model(model)
     try:
@@ -81,7 +81,7 @@ def load_tokenizer(model: str):
     except (OSError, ValueError) as e:
         if detect_variant(ref.path) == OTHER:
             raise TokenizerError(f"cannot load the tokenizer of {model}: {_why_not(ref, e)}") from None
-        from .tiny import tiny_model_path
+        from ..core.tiny import tiny_model_path
         note = (f"{model} is out of reach ({type(e).__name__}); counted with the Qwen3 "
                 f"vocabulary of the built-in tiny model (same tokenizer)")
         return AutoTokenizer.from_pretrained(tiny_model_path("tiny")), ref.path, note
@@ -92,7 +92,7 @@ def _why_not(ref, e: Exception) -> str:
     if ref.is_local:
         return ("the folder holds no usable tokenizer (tokenizer.json, tokenizer_config.json); "
                 "give a model's folder, or a hub id, with --model")
-    from .models import offline_vars
+    from ..core.models import offline_vars
     text = str(e).strip()
     why = ("offline and not in the local cache" if offline_vars() or "connect" in text
            else text.splitlines()[0] if text else type(e).__name__)
