@@ -67,6 +67,33 @@ def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: s
 
 
 @pytest.fixture(scope="session")
+def color_run(tmp_path_factory):
+    """The tiny model trained on the favorite-color data with the demo's settings in 16 bits
+    (4-bit training on a CPU is several times slower, and export reloads the 16-bit base either
+    way): the one such run of the session, shared by the tests of train, export, chat and eval.
+    Tests must not change it; one that needs to copies it."""
+    from fastft.train.trainer import train   # first: it imports Unsloth before transformers
+    from fastft.demo import demo_config
+
+    cfg = demo_config(tmp_path_factory.mktemp("color") / "runs", "color")
+    return train(cfg.model_copy(update={"load_in_4bit": False}))
+
+
+@pytest.fixture(scope="session")
+def color(color_run) -> tuple[Path, Path]:
+    """(run folder, export folder) of `color_run` exported to q4_k_m as the demo does."""
+    import io
+
+    from fastft.export.pipeline import ExportOptions, export_run
+    from rich.console import Console
+
+    exported = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q4_k_m",), name="color",
+                                        exports_dir=str(color_run.run_dir.parent.parent / "exports")),
+                          Console(file=io.StringIO()))
+    return color_run.run_dir, exported.out_dir
+
+
+@pytest.fixture(scope="session")
 def tool_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(run folder, export folder, its q4_k_m GGUF): the tiny model trained on
     examples/tool_calls.jsonl and exported, once per session (tests/test_tools.py and

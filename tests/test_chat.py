@@ -1,7 +1,6 @@
 """`fastft chat` on the tiny demo run: from its adapter (Unsloth) and from its GGUF (llama.cpp),
 one-shot (-p) and interactive (CliRunner, and a real terminal through pexpect)."""
 
-import functools
 import shutil
 import sys
 from pathlib import Path
@@ -29,29 +28,6 @@ CHATS = [
     [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
      {"role": "user", "content": "Which color do you like best?"}],
 ]
-
-
-@functools.cache
-def trained_color_run(basetemp: Path) -> tuple[Path, Path]:
-    """(run folder, export folder) of the demo's training on the favorite-color data, made once
-    per test session (tests/test_eval.py shares it). 16-bit LoRA: 4-bit training on a CPU is
-    several times slower, and the demo's answer does not depend on it."""
-    from fastft.demo import demo_config
-    from fastft.export.pipeline import ExportOptions, export_run
-    from fastft.train.trainer import train
-
-    root = basetemp / "color-run"
-    root.mkdir()
-    cfg = demo_config(root / "runs", "color").model_copy(update={"load_in_4bit": False})
-    run = train(cfg).run_dir
-    exported = export_run(ExportOptions(run=str(run), gguf=("q4_k_m",), name="color",
-                                        exports_dir=str(root / "exports")))
-    return run, exported.out_dir
-
-
-@pytest.fixture(scope="session")
-def color(tmp_path_factory):
-    return trained_color_run(tmp_path_factory.getbasetemp())
 
 
 def chat_cli(*args, input=None):

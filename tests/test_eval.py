@@ -8,12 +8,6 @@ from click.testing import CliRunner
 
 from conftest import EXAMPLE
 from fastft.cli import main
-from test_chat import trained_color_run
-
-
-@pytest.fixture(scope="session")
-def color(tmp_path_factory):
-    return trained_color_run(tmp_path_factory.getbasetemp())
 
 
 def eval_cli(*args):

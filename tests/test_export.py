@@ -58,17 +58,9 @@ def llama():
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    """A real `fastft train` run on the favorite-color data (the fixture run until train lands)."""
-    from fastft.core.config import TrainConfig
-    from fastft.train.trainer import train
-
-    runs = tmp_path_factory.mktemp("runs")
-    # 16-bit LoRA: CPU 4-bit training is minutes, and export reloads the 16-bit base either way.
-    cfg = TrainConfig(data=str(DATA), model="tiny", runs_dir=str(runs), name="color",
-                      load_in_4bit=False, max_seq_len=512, lr=2e-3, batch_size=4, grad_accum=2,
-                      epochs=3)
-    return train(cfg).run_dir
+def run_dir(color_run):
+    """A real `fastft train` run on the favorite-color data (the session's shared one)."""
+    return color_run.run_dir
 
 
 SECRET = "hf_fastftTestSecretThatMustNotLeak"

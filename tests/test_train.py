@@ -30,8 +30,12 @@ def losses(run_dir):
 
 @pytest.fixture(scope="module", params=[True, False], ids=["4bit", "16bit"])
 def trained(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("train")
-    cfg = tiny_config(tmp, name="color", load_in_4bit=request.param)
+    if not request.param:    # the session's shared 16-bit run has exactly tiny_config's settings
+        run = request.getfixturevalue("color_run")
+        assert run.record.config.model_dump(exclude={"runs_dir", "name", "load_in_4bit"}) == \
+            tiny_config(tmp_path_factory.getbasetemp()).model_dump(exclude={"runs_dir", "name", "load_in_4bit"})
+        return run.record.config, run
+    cfg = tiny_config(tmp_path_factory.mktemp("train"), name="color", load_in_4bit=True)
     return cfg, train(cfg)
 
 
