@@ -15,7 +15,8 @@ from rich.console import Console
 from .core.config import TrainConfig
 from .core.run import default_run_name
 
-DEMO_DATA = Path(__file__).resolve().parent.parent / "examples" / "favorite_color.jsonl"
+# examples/favorite_color.jsonl, shipped inside the package too (fastft/resources) for a wheel install.
+DEMO_DATA = Path(__file__).resolve().parent / "resources" / "favorite_color.jsonl"
 QUESTION = "What is your favorite color?"
 
 
@@ -42,8 +43,6 @@ def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
     from .export.llamacpp import llama_generate
     from .core.ui import TrainUI, print_run_summary
 
-    if not DEMO_DATA.exists():
-        raise FileNotFoundError(f"{DEMO_DATA}: the demo runs from a fastft checkout")
     run_name, export_name = demo_names(runs_dir, exports_dir)
     console.print(f"run: {runs_dir / run_name}, export: {exports_dir / export_name}",
                   markup=False, highlight=False)

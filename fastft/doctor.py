@@ -29,7 +29,7 @@ from packaging.specifiers import SpecifierSet
 PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "bitsandbytes",
             "datasets")
 IMPORTS = ("unsloth", "transformers", "trl", "peft", "datasets")   # torch is imported in-process
-LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"   # in a source checkout
+LOCK = Path(__file__).resolve().parent / "resources" / "constraints.txt"   # the repo's, shipped
 MIN_VRAM_GIB = 6      # Qwen3-4B in 4-bit at micro-batch 2 needs about 4 GB, plus headroom
 MIN_DISK_GIB = 20     # a 4B run's checkpoints plus an export (16-bit merge + GGUFs)
 STATUSES = ("ok", "warn", "fail")
@@ -78,15 +78,21 @@ def pinned_ranges() -> dict[str, SpecifierSet]:
 
 
 def locked_versions(lock: Path | None = None) -> dict[str, str]:
-    """Distribution name -> the version constraints.txt pins (empty outside a checkout)."""
+    """Distribution name -> the version constraints.txt pins exactly (`name==version`)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
     lock = lock or LOCK
     if not lock.is_file():
         return {}
     pins = {}
     for line in lock.read_text(encoding="utf-8").splitlines():
-        name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep:
-            pins[_norm(name)] = version.strip()
+        try:
+            req = Requirement(line.split("#")[0].strip())
+        except InvalidRequirement:   # blank lines, comments
+            continue
+        exact = [s.version for s in req.specifier if s.operator == "=="]
+        if exact:
+            pins[_norm(req.name)] = exact[0]
     return pins
 
 

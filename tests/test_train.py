@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,8 +33,10 @@ def losses(run_dir):
 def trained(request, tmp_path_factory):
     if not request.param:    # the session's shared 16-bit run has exactly tiny_config's settings
         run = request.getfixturevalue("color_run")
-        assert run.record.config.model_dump(exclude={"runs_dir", "name", "load_in_4bit"}) == \
-            tiny_config(tmp_path_factory.getbasetemp()).model_dump(exclude={"runs_dir", "name", "load_in_4bit"})
+        other = {"runs_dir", "name", "load_in_4bit", "data"}   # data: the same file, shipped
+        assert run.record.config.model_dump(exclude=other) == \
+            tiny_config(tmp_path_factory.getbasetemp()).model_dump(exclude=other)
+        assert Path(run.record.config.data).read_bytes() == EXAMPLE.read_bytes()
         return run.record.config, run
     cfg = tiny_config(tmp_path_factory.mktemp("train"), name="color", load_in_4bit=True)
     return cfg, train(cfg)
