@@ -207,19 +207,24 @@ def literal_choices(annotation) -> tuple:
 
 def to_toml(cfg: TrainConfig | None = None, annotate: bool = False) -> str:
     """The config as TOML, each option under its help text (`annotate`: and its flag, choices
-    and default, a blank line apart); unset optional values are commented."""
+    and default, a blank line apart); unset optional values are commented. tomlkit writes the
+    values, so every string is escaped as TOML requires (control characters included)."""
+    import tomlkit
+
     values = cfg.to_dict() if cfg is not None else {}
-    out = []
+    doc = tomlkit.document()
     for key, f in TrainConfig.model_fields.items():
-        out.append(f"# {f.description}")
         if annotate:
-            out[-1:] = ["", out[-1], f"# {_about(key, f)}"]
+            doc.add(tomlkit.nl())
+        doc.add(tomlkit.comment(f.description))
+        if annotate:
+            doc.add(tomlkit.comment(_about(key, f)))
         value = values[key] if cfg is not None else (None if f.is_required() else f.default)
         if value is None:
-            out.append(f"# {key} =")
+            doc.add(tomlkit.comment(f"{key} ="))
         else:
-            out.append(f"{key} = {toml_value(value)}")
-    return "\n".join(out) + "\n"
+            doc.add(key, list(value) if isinstance(value, tuple) else value)
+    return doc.as_string()
 
 
 INIT_HEADER = """\
@@ -245,14 +250,9 @@ def _about(key: str, f) -> str:
 
 
 def toml_value(v: Any) -> str:
-    import json
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    # Strings and numbers: JSON's spelling is valid TOML, as long as non-ASCII characters are
-    # written as themselves (JSON's \ud83d-style surrogate escapes are not TOML).
-    return json.dumps(v, ensure_ascii=False)
+    """One value as TOML writes it (tomlkit: strings escaped as TOML requires)."""
+    import tomlkit
+    return tomlkit.item(list(v) if isinstance(v, tuple) else v).as_string()
 
 
 def load_toml(path: str) -> dict:
