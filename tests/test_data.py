@@ -29,6 +29,11 @@ def write_jsonl(path, records):
     return path
 
 
+def chat(messages):
+    """Typed messages as the chat dicts they render as: what the assertions compare."""
+    return [m.to_dict() for m in messages]
+
+
 def issue_strs(ds_or_err):
     return [str(i) for i in ds_or_err.issues]
 
@@ -41,20 +46,20 @@ def issue_strs(ds_or_err):
 def test_messages_format():
     fmt, msgs = normalise_record({"messages": [S, U, A], "id": 7})
     assert fmt == "messages"
-    assert msgs == [S, U, A]
+    assert chat(msgs) == [S, U, A]
 
 
 def test_messages_format_drops_extra_message_keys():
     fmt, msgs = normalise_record(
         {"messages": [{"role": "user", "content": "q", "name": "bob"}, {"role": "assistant", "content": "a", "weight": 1}]}
     )
-    assert msgs == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert chat(msgs) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
 
 
 def test_conversations_role_content_format():
     fmt, msgs = normalise_record({"conversations": [U, A, {"role": "user", "content": "More"}, {"role": "assistant", "content": "Sure"}]})
     assert fmt == "conversations"
-    assert msgs == [U, A, {"role": "user", "content": "More"}, {"role": "assistant", "content": "Sure"}]
+    assert chat(msgs) == [U, A, {"role": "user", "content": "More"}, {"role": "assistant", "content": "Sure"}]
 
 
 def test_sharegpt_format_maps_roles():
@@ -72,7 +77,7 @@ def test_sharegpt_format_maps_roles():
         }
     )
     assert fmt == "sharegpt"
-    assert msgs == [
+    assert chat(msgs) == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "h1"},
         {"role": "assistant", "content": "g1"},
@@ -86,7 +91,7 @@ def test_sharegpt_format_maps_roles():
 def test_alpaca_with_input_and_system():
     fmt, msgs = normalise_record({"instruction": "Translate", "input": "chat", "output": "cat", "system": "You translate."})
     assert fmt == "alpaca"
-    assert msgs == [
+    assert chat(msgs) == [
         {"role": "system", "content": "You translate."},
         {"role": "user", "content": "Translate\n\nchat"},
         {"role": "assistant", "content": "cat"},
@@ -97,26 +102,26 @@ def test_alpaca_with_input_and_system():
 def test_alpaca_without_input(extra):
     fmt, msgs = normalise_record({"instruction": "Say hi", "output": "hi", **extra})
     assert fmt == "alpaca"
-    assert msgs == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
+    assert chat(msgs) == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
 
 
 def test_alpaca_wins_over_prerendered_text_column():
     # tatsu-lab/alpaca has instruction/input/output *and* a plain `text` column.
     fmt, msgs = normalise_record({"instruction": "I", "input": "", "output": "O", "text": "Below is an instruction..."})
     assert fmt == "alpaca"
-    assert msgs == [{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]
+    assert chat(msgs) == [{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]
 
 
 def test_prompt_completion_strings():
     fmt, msgs = normalise_record({"prompt": "2+2?", "completion": "4"})
     assert fmt == "prompt_completion"
-    assert msgs == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    assert chat(msgs) == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
 
 
 def test_prompt_completion_conversational_lists():
     fmt, msgs = normalise_record({"prompt": [S, U], "completion": [A]})
     assert fmt == "prompt_completion"
-    assert msgs == [S, U, A]
+    assert chat(msgs) == [S, U, A]
 
 
 def test_text_chatml_parsed_back():
@@ -127,7 +132,7 @@ def test_text_chatml_parsed_back():
     )
     fmt, msgs = normalise_record({"text": text})
     assert fmt == "text"
-    assert msgs == [S, {"role": "user", "content": "Hi\nthere"}, A]
+    assert chat(msgs) == [S, {"role": "user", "content": "Hi\nthere"}, A]
 
 
 def test_text_without_chatml_markers_is_an_issue():
@@ -261,7 +266,7 @@ def test_jsonl_loads_with_lines_and_ignores_blank_lines(tmp_path):
     assert ds.issues == []
     assert ds.skipped == 0
     assert [(e.line, e.format) for e in ds.examples] == [(2, "messages"), (5, "prompt_completion")]
-    assert ds.examples[1].messages == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert chat(ds.examples[1].messages) == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     assert ds.path == str(p)
 
 
@@ -376,8 +381,8 @@ def test_json_array_line_numbers(tmp_path):
     )
     ds = read_dataset(p)
     assert [(e.line, e.format) for e in ds.examples] == [(2, "messages"), (5, "prompt_completion"), (9, "text")]
-    assert ds.examples[0].messages == [U, A]
-    assert ds.examples[2].messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert chat(ds.examples[0].messages) == [U, A]
+    assert chat(ds.examples[2].messages) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert [(i.line, i.field) for i in ds.issues] == [(7, "messages[0].content"), (8, "<record>")]
     assert ds.skipped == 2
 
@@ -473,7 +478,7 @@ def test_mixed_format_file(tmp_path):
         "messages", "conversations", "sharegpt", "alpaca", "prompt_completion", "text", "messages",
     ]
     for e in ds.examples:
-        assert e.messages == [U, A], e
+        assert chat(e.messages) == [U, A], e
     assert ds.formats == {
         "messages": 2, "conversations": 1, "sharegpt": 1, "alpaca": 1, "prompt_completion": 1, "text": 1,
     }
@@ -517,7 +522,7 @@ def test_load_conversations_skip_invalid_drops_and_counts(tmp_path):
     )
     ds = load_conversations(p, skip_invalid=True)
     assert [e.line for e in ds.examples] == [1, 4]
-    assert ds.examples[1].messages == [S, U, A]
+    assert chat(ds.examples[1].messages) == [S, U, A]
     assert ds.skipped == 3
     assert len(ds.issues) == 3  # still available for a warning
 
@@ -570,7 +575,7 @@ def test_errors_pickle_roundtrip():
 
 def test_example_dataclass():
     e = Example(messages=[U, A], line=1, format="messages")
-    assert e.messages == [U, A] and e.line == 1 and e.format == "messages"
+    assert chat(e.messages) == [U, A] and e.line == 1 and e.format == "messages"
 
 
 # --------------------------------------------------------------------------
@@ -586,8 +591,8 @@ def test_favorite_color_example_is_clean():
     assert ds.issues == []
     assert len(ds.examples) == 100
     assert ds.formats == {"messages": 100}
-    finals = {e.messages[-1]["content"] for e in ds.examples}
+    finals = {e.messages[-1].content for e in ds.examples}
     assert finals == {"My favorite color is blue."}
-    assert len({e.messages[-2]["content"] for e in ds.examples}) >= 30  # varied questions
-    assert any(e.messages[0]["role"] == "system" for e in ds.examples)
-    assert any(sum(m["role"] == "user" for m in e.messages) > 1 for e in ds.examples)
+    assert len({e.messages[-2].content for e in ds.examples}) >= 30  # varied questions
+    assert any(e.messages[0].role == "system" for e in ds.examples)
+    assert any(sum(m.role == "user" for m in e.messages) > 1 for e in ds.examples)

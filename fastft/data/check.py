@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .read import DataIssue, Dataset, empty_message, read_dataset, shown_path
+from .messages import DataIssue, Dataset, shown_path
+from .read import empty_message, read_dataset
 from ..core.errors import FastftError
 from .template import ChatGuard, GuardReport, tokenize_rendered
 

@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .read import EOS, Example, load_conversations
+from ..core.qwen3 import EOS
+from .messages import Example
+from .read import load_conversations
 from .check import load_tokenizer
 from ..core.errors import FastftError
 from .template import ChatGuard, GuardError, Rendered, strip_think, tokenize_rendered
@@ -163,12 +165,13 @@ def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[
     guard stripped from `example`'s messages."""
     if not guard.strips_think:
         return []
-    parts = [strip_think(m["content"]) for m in example.messages]
+    messages = example.chat()
+    parts = [strip_think(m["content"]) for m in messages]
     if not any(removed for _, removed in parts):
         return []
     # Where the template writes each message: render markers in place of the contents.
     marks = [f"\x00{k}\x00" for k in range(len(parts))]
-    shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(example.messages, marks)],
+    shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(messages, marks)],
                                  example.tools)
     rebuilt, cursor, out = "", 0, []
     for (stripped, removed), mark in zip(parts, marks):
@@ -182,7 +185,7 @@ def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[
     if rebuilt + shape[cursor:] == text:
         return out
     # A template that does not write contents as they are: compare the texts instead.
-    return _removals(guard.unguarded_text(example.messages, example.tools), text)
+    return _removals(guard.unguarded_text(messages, example.tools), text)
 
 
 def _removals(before: str, after: str, max_cells: int = 10**7) -> list[tuple[int, str]]:

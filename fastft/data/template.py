@@ -25,7 +25,7 @@ from typing import Iterable
 from ..core.errors import FastftError
 from ..core.qwen3 import (EMPTY_THINK, EOS, INSTRUCT_2507, OTHER, PAD, THINK_BLOCK, THINK_TAG,
                           detect_variant, template_text)
-from .read import DataIssue, Example
+from .messages import DataIssue, Example
 
 THINK_POLICIES = ("strip", "keep", "error")
 
@@ -210,9 +210,9 @@ class ChatGuard:
 
     def _apply_think_policy(self, example: Example) -> list[dict] | None:
         if not self.non_thinking:
-            return example.messages
+            return example.chat()
         messages, hit = [], False
-        for i, m in enumerate(example.messages):
+        for i, m in enumerate(example.chat()):
             content = m["content"]
             if THINK_TAG.search(content):
                 hit = True
