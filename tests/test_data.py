@@ -596,3 +596,107 @@ def test_favorite_color_example_is_clean():
     assert len({e.messages[-2].content for e in ds.examples}) >= 30  # varied questions
     assert any(e.messages[0].role == "system" for e in ds.examples)
     assert any(sum(m.role == "user" for m in e.messages) > 1 for e in ds.examples)
+
+
+# --------------------------------------------------------------------------
+# One transform per format, in one table (fastft.data.formats)
+# --------------------------------------------------------------------------
+
+
+def transformed(record):
+    """The typed messages a record's format transform makes, with no problem noted."""
+    from fastft.data.formats import detect
+    problems = []
+    msgs = detect(record).transform(record, problems)
+    assert problems == []
+    return msgs
+
+
+def test_openai_messages_transform_keeps_tool_calls_and_weights():
+    from fastft.data.messages import Message
+    calls = [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}, "id": "c1"}]
+    msgs = transformed({"messages": [U, {"role": "assistant", "content": None, "tool_calls": calls,
+                                         "weight": 0},
+                                     {"role": "tool", "content": "ok", "name": "f", "tool_call_id": "c1"},
+                                     A]})
+    assert msgs == [Message("user", "Hi"), Message("assistant", "", tool_calls=calls, weight=0),
+                    Message("tool", "ok", tool_call_id="c1", name="f"), Message("assistant", "Hello!")]
+    assert msgs[1].where.role == "messages[1].role" and not msgs[1].trained and msgs[3].trained
+
+
+def test_conversations_transform():
+    from fastft.data.messages import Message
+    assert transformed({"conversations": [S, U, A]}) == [
+        Message("system", "Be nice."), Message("user", "Hi"), Message("assistant", "Hello!")]
+
+
+def test_sharegpt_transform_maps_every_role_including_tool_roles():
+    from fastft.data.messages import Message
+    msgs = transformed({"conversations": [
+        {"from": "human", "value": "weather?"},
+        {"from": "function_call", "value": '{"name": "w", "arguments": {}}'},
+        {"from": "observation", "value": "sunny"},
+        {"from": "gpt", "value": "Sunny."}]})
+    assert [m.role for m in msgs] == ["user", "assistant", "tool", "assistant"]
+    assert msgs[1].tool_calls == [{"type": "function", "function": {"name": "w", "arguments": {}}}]
+    assert msgs[0] == Message("user", "weather?") and msgs[0].where.content == "conversations[0].value"
+
+
+def test_alpaca_transform_joins_instruction_and_input():
+    from fastft.data.messages import Message
+    assert transformed({"instruction": "Translate", "input": "chat", "output": "cat", "system": "s"}) == [
+        Message("system", "s"), Message("user", "Translate\n\nchat"), Message("assistant", "cat")]
+
+
+def test_prompt_completion_transform():
+    from fastft.data.messages import Message
+    assert transformed({"prompt": "2+2?", "completion": "4"}) == [
+        Message("user", "2+2?"), Message("assistant", "4")]
+    assert transformed({"prompt": [S, U], "completion": [A]}) == [
+        Message("system", "Be nice."), Message("user", "Hi"), Message("assistant", "Hello!")]
+
+
+def test_chatml_text_transform():
+    from fastft.data.messages import Message
+    text = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+    assert transformed({"text": text}) == [Message("user", "Hi"), Message("assistant", "Hello!")]
+
+
+def test_the_format_table_covers_every_format_data_check_accepts(tmp_path):
+    from fastft.data.formats import FORMAT_TABLE, detect
+    assert tuple(f.name for f in FORMAT_TABLE) == FORMATS
+    records = {"messages": {"messages": [U, A]}, "conversations": {"conversations": [U, A]},
+               "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}]},
+               "alpaca": {"instruction": "I", "output": "O"},
+               "prompt_completion": {"prompt": "P", "completion": "C"},
+               "text": {"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHey<|im_end|>\n"}}
+    assert set(records) == set(FORMATS)
+    assert {name: detect(r).name for name, r in records.items()} == {n: n for n in records}
+    ds = read_dataset(write_jsonl(tmp_path / "all.jsonl", list(records.values())))
+    assert not ds.issues and set(ds.formats) == set(FORMATS)
+
+
+def test_example_no_loss_comes_from_the_message_weights():
+    e = Example(messages=[U, {**A, "weight": 0}, U, A], line=1, format="messages")
+    assert e.no_loss == (1,) and e.chat()[1] == A
+
+
+# --------------------------------------------------------------------------
+# render -> tokenise -> mask: one function, the same ids and labels as before
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["favorite_color.jsonl", "tool_calls.jsonl"])
+def test_encode_all_gives_the_ids_and_labels_of_before(name, tiny_path):
+    """tests/data/encode_baseline.json: (line, truncated, sha256 of [ids, labels]) of each
+    example, saved from render_all + tokenize_rendered before encode_all existed (cut at 128)."""
+    import hashlib
+    from transformers import AutoTokenizer
+    from fastft.data.template import ChatGuard, encode_all
+    baseline = json.loads((Path(__file__).parent / "data" / "encode_baseline.json").read_text())[name]
+    guard = ChatGuard(AutoTokenizer.from_pretrained(tiny_path), str(tiny_path), path=name)
+    encoded = encode_all(guard, read_dataset(EXAMPLES_DIR / name).examples, 128, strict=True)
+    got = [[e.tokens.line, e.truncated, hashlib.sha256(json.dumps(
+        [e.tokens.input_ids, e.tokens.labels]).encode()).hexdigest()[:16]] for e in encoded]
+    assert got == baseline
+    assert all(e.trained == sum(label != -100 for label in e.tokens.labels) for e in encoded)

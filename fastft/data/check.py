@@ -13,7 +13,7 @@ from rich.table import Table
 from .messages import DataIssue, Dataset, shown_path
 from .read import empty_message, read_dataset
 from ..core.errors import FastftError
-from .template import ChatGuard, GuardReport, tokenize_rendered
+from .template import ChatGuard, GuardReport, encode_all
 
 
 class TokenizerError(FastftError):
@@ -110,11 +110,10 @@ def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip
         return result
     tokenizer, model_path, result.tokenizer_note = load_tokenizer(model)
     guard = ChatGuard(tokenizer, model_path, think=think, path=str(path))
-    for r in guard.render_all(ds.examples):
-        # Uncut, as training would see it before --max-seq-len: the table reports what is cut.
-        tok, _ = tokenize_rendered(r, tokenizer, max_seq_len=sys.maxsize)
-        result.lengths.append(len(tok.input_ids))
-        result.trained.append(sum(label != -100 for label in tok.labels))
+    # Uncut, as training would see it before --max-seq-len: the table reports what is cut.
+    for e in filter(None, encode_all(guard, ds.examples, max_seq_len=sys.maxsize)):
+        result.lengths.append(e.length)
+        result.trained.append(e.trained)
     result.guard = guard.report
     return result
 

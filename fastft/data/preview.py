@@ -1,7 +1,7 @@
 """`fastft data preview`: examples as training sees them, with the loss mask on the text.
 
-Each example goes through the same steps as `fastft train`'s data preparation: the chat-template
-guard renders it (`ChatGuard.render`) and `tokenize_rendered` gives every token its label. The
+Each example goes through the same step as `fastft train`'s data preparation, `encode_all`: the
+chat-template guard renders it (`ChatGuard.render`) and every token gets its label. The
 preview then maps the labels back onto the text (trained tokens highlighted, masked ones dimmed),
 puts back what the guard stripped (think blocks, shown struck through), marks the EOS that ends
 each trained turn (the stop token the guard sets and keeps in the loss), and draws a histogram
@@ -11,7 +11,6 @@ of token lengths over the whole file against --max-seq-len.
 from __future__ import annotations
 
 import difflib
-import sys
 from dataclasses import asdict, dataclass, field
 
 from rich.console import Console
@@ -23,7 +22,7 @@ from .messages import Example
 from .read import load_conversations
 from .check import load_tokenizer
 from ..core.errors import FastftError
-from .template import ChatGuard, GuardError, Rendered, strip_think, tokenize_rendered
+from .template import ChatGuard, Rendered, encode_all, strip_think
 
 REMOVED = "removed"   # text the guard stripped: never trained on
 ADDED = "added"       # the EOS the guard sets and keeps in the loss, so the model learns to stop
@@ -95,31 +94,17 @@ def build_preview(path: str, model: str, max_seq_len: int, think: str = "strip",
     tokenizer, model_path, note = load_tokenizer(model)
     guard = ChatGuard(tokenizer, model_path, think=think, path=str(path))
     chosen = [index] if index is not None else range(min(n, len(ds.examples)))
-    shown = {i: None for i in chosen}
-    lengths: list[int] = []
-    trained = masked = dropped = 0
-    for i, example in enumerate(ds.examples):
-        r = guard.render(example)
-        if r is None:
-            continue
-        # Uncut, for the histogram; the labels training keeps are the first max_seq_len.
-        tok, _ = tokenize_rendered(r, tokenizer, sys.maxsize, train_on_all, offsets=i in shown)
-        kept = tok.labels[:max_seq_len]
-        n_trained = sum(label != -100 for label in kept)
-        trained += n_trained
-        masked += len(kept) - n_trained
-        dropped += not n_trained
-        lengths.append(len(tok.input_ids))
-        if i in shown:
-            shown[i] = PreviewExample(i, r.line, len(tok.input_ids), n_trained,
-                                      len(tok.input_ids) > max_seq_len,
-                                      segments(r, guard_removals(guard, example, r.text),
-                                               tok.offsets, tok.labels, max_seq_len))
-    if guard.report.issues and not skip_invalid:
-        raise GuardError("\n".join(str(i) for i in guard.report.issues))
-    return Preview(str(path), max_seq_len, len(lengths), trained, masked,
-                   sum(n > max_seq_len for n in lengths), dropped,
-                   [e for e in shown.values() if e is not None], histogram(lengths, max_seq_len),
+    encoded = encode_all(guard, ds.examples, max_seq_len, train_on_all, strict=not skip_invalid,
+                         offsets=chosen)
+    done = [e for e in encoded if e is not None]
+    lengths = [e.length for e in done]   # uncut, for the histogram
+    shown = [PreviewExample(i, e.rendered.line, e.length, e.trained, e.truncated,
+                            segments(e.rendered, guard_removals(guard, ds.examples[i], e.rendered.text),
+                                     e.tokens.offsets, e.tokens.labels, max_seq_len))
+             for i, e in enumerate(encoded) if i in chosen and e is not None]
+    return Preview(str(path), max_seq_len, len(done), sum(e.trained for e in done),
+                   sum(e.masked for e in done), sum(e.truncated for e in done),
+                   sum(not e.trained for e in done), shown, histogram(lengths, max_seq_len),
                    guard.report.lines(),
                    [str(i) for i in ds.issues + guard.report.issues], note)
 
