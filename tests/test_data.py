@@ -700,3 +700,22 @@ def test_encode_all_gives_the_ids_and_labels_of_before(name, tiny_path):
         [e.tokens.input_ids, e.tokens.labels]).encode()).hexdigest()[:16]] for e in encoded]
     assert got == baseline
     assert all(e.trained == sum(label != -100 for label in e.tokens.labels) for e in encoded)
+
+
+def test_guard_report_entries_are_typed_and_print_as_before():
+    from fastft.data.template import GuardEntry, GuardReport
+    r = GuardReport("instruct-2507", template_replaced=True, eos_set="<eos>", pad_set="<none>",
+                    empty_think_removed=3, data_think_stripped=2, data_think_kept=0)
+    entries = r.entries()
+    assert entries[-2:] == [GuardEntry("template think blocks", "removed from 3 examples", 3),
+                            GuardEntry("data think blocks", "stripped from 2 examples", 2)]
+    assert r.lines() == [
+        "model variant: instruct-2507",
+        "chat template: replaced with Qwen3 Instruct-2507's (tokenizer shipped another)",
+        "EOS: '<eos>' -> '<|im_end|>'",
+        "pad: '<none>' -> '<|endoftext|>' (must differ from EOS)",
+        "template think blocks: removed from 3 examples",
+        "data think blocks: stripped from 2 examples"]
+    assert [(e.what, e.count) for e in GuardReport("other", data_think_kept=4).entries()] == [
+        ("model variant", None), ("data think blocks", 4)]
+    assert GuardReport("other", data_think_kept=4).lines()[-1] == "data think blocks: kept in 4 examples (--think keep)"

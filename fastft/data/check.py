@@ -143,9 +143,8 @@ def print_check(result: CheckResult, console: Console) -> None:
         t.add_row(f"over --max-seq-len {result.max_seq_len}",
                   f"[yellow]{over}[/] (cut when training)" if over else "0")
     if result.guard:
-        for line in result.guard.lines():
-            key, _, value = line.partition(": ")
-            t.add_row(key, value)
+        for entry in result.guard.entries():
+            t.add_row(entry.what, entry.detail)
     if result.tokenizer_note:
         t.add_row("note", result.tokenizer_note)
     console.print(t)

@@ -22,7 +22,7 @@ from .messages import Example
 from .read import load_conversations
 from .check import load_tokenizer
 from ..core.errors import FastftError
-from .template import ChatGuard, Rendered, encode_all, strip_think
+from .template import ChatGuard, GuardEntry, Rendered, encode_all, strip_think
 
 REMOVED = "removed"   # text the guard stripped: never trained on
 ADDED = "added"       # the EOS the guard sets and keeps in the loss, so the model learns to stop
@@ -73,12 +73,13 @@ class Preview:
     dropped: int                 # no trained token left after the cut: training drops them
     shown: list[PreviewExample] = field(default_factory=list)
     histogram: list[Bucket] = field(default_factory=list)
-    guard: list[str] = field(default_factory=list)      # the guard's summary lines
+    guard: list[GuardEntry] = field(default_factory=list)   # the guard's summary
     skipped: list[str] = field(default_factory=list)    # records dropped (--skip-invalid)
     note: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # The guard's summary as the lines it prints: the JSON has always held them so.
+        return asdict(self) | {"guard": [str(e) for e in self.guard]}
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def build_preview(path: str, model: str, max_seq_len: int, think: str = "strip",
     return Preview(str(path), max_seq_len, len(done), sum(e.trained for e in done),
                    sum(e.masked for e in done), sum(e.truncated for e in done),
                    sum(not e.trained for e in done), shown, histogram(lengths, max_seq_len),
-                   guard.report.lines(),
+                   guard.report.entries(),
                    [str(i) for i in ds.issues + guard.report.issues], note)
 
 
@@ -275,9 +276,8 @@ def summary_table(p: Preview) -> Table:
     t.add_row("truncated", f"[yellow]{p.truncated}[/]" if p.truncated else "0")
     if p.dropped:
         t.add_row("dropped", f"[yellow]{p.dropped}[/] (no trained token left after the cut)")
-    for line in p.guard:
-        key, _, value = line.partition(": ")
-        t.add_row(key, Text(value))
+    for entry in p.guard:
+        t.add_row(entry.what, Text(entry.detail))
     if p.skipped:
         t.add_row("skipped", f"[yellow]{len(p.skipped)}[/] (--skip-invalid)")
     if p.note:

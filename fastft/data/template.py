@@ -163,6 +163,18 @@ def encode_all(guard: ChatGuard, examples: Sequence[Example], max_seq_len: int,
             for i, r in enumerate(rendered)]
 
 
+@dataclass(frozen=True)
+class GuardEntry:
+    """One fact of the guard's summary: a table shows `what` beside `detail`; `count` is the
+    number of examples it concerns, for the facts that count examples."""
+    what: str
+    detail: str
+    count: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.detail}"
+
+
 @dataclass
 class GuardReport:
     variant: str
@@ -177,22 +189,25 @@ class GuardReport:
     def to_dict(self) -> dict:
         return asdict(self) | {"issues": [str(i) for i in self.issues]}
 
+    def entries(self) -> list[GuardEntry]:
+        """The summary, one fact per entry (the facts that did not happen left out)."""
+        out = [GuardEntry("model variant", self.variant)]
+        if self.template_replaced:
+            out.append(GuardEntry("chat template", "replaced with Qwen3 Instruct-2507's "
+                                                   "(tokenizer shipped another)"))
+        if self.eos_set:
+            out.append(GuardEntry("EOS", f"{self.eos_set!r} -> {EOS!r}"))
+        if self.pad_set:
+            out.append(GuardEntry("pad", f"{self.pad_set!r} -> {PAD!r} (must differ from EOS)"))
+        counted = (("template think blocks", "removed from {} examples", self.empty_think_removed),
+                   ("data think blocks", "stripped from {} examples", self.data_think_stripped),
+                   ("data think blocks", "kept in {} examples (--think keep)", self.data_think_kept))
+        out += [GuardEntry(what, detail.format(n), n) for what, detail, n in counted if n]
+        return out
+
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
-        out = [f"model variant: {self.variant}"]
-        if self.template_replaced:
-            out.append("chat template: replaced with Qwen3 Instruct-2507's (tokenizer shipped another)")
-        if self.eos_set:
-            out.append(f"EOS: {self.eos_set!r} -> {EOS!r}")
-        if self.pad_set:
-            out.append(f"pad: {self.pad_set!r} -> {PAD!r} (must differ from EOS)")
-        if self.empty_think_removed:
-            out.append(f"template think blocks: removed from {self.empty_think_removed} examples")
-        if self.data_think_stripped:
-            out.append(f"data think blocks: stripped from {self.data_think_stripped} examples")
-        if self.data_think_kept:
-            out.append(f"data think blocks: kept in {self.data_think_kept} examples (--think keep)")
-        return out
+        return [str(e) for e in self.entries()]
 
 
 class ChatGuard:
