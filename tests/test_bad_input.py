@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fastft.data import read as data
+from fastft.data import files as datafiles, validate as datavalidate
 from fastft.data import check as datacheck
 from fastft.cli import main
 from fastft.data.read import DataError, load_conversations, read_dataset
@@ -200,7 +200,7 @@ def test_a_fifo_with_no_writer_is_refused(tmp_path, hang_guard):
 
 
 def test_a_file_over_the_size_limit_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_DATA_BYTES", 100)
+    monkeypatch.setattr(datafiles, "MAX_DATA_BYTES", 100)
     p = tmp_path / "d.jsonl"
     p.write_text(GOOD_LINE * 2)
     with pytest.raises(DataError, match="d.jsonl:0: <file>: over the 100 bytes fastft reads"):
@@ -217,14 +217,14 @@ def test_a_file_name_with_a_newline_keeps_one_problem_per_line(tmp_path, monkeyp
 
 
 def test_a_conversation_of_over_max_turns_is_a_warning(tmp_path):
-    turns = [{"role": r, "content": "x"} for r in ("user", "assistant")] * (data.MAX_TURNS // 2 + 1)
+    turns = [{"role": r, "content": "x"} for r in ("user", "assistant")] * (datavalidate.MAX_TURNS // 2 + 1)
     p = tmp_path / "d.jsonl"
     p.write_text(GOOD_LINE + "\n" + json.dumps({"messages": turns}) + "\n")
     ds = read_dataset(p)
     assert len(ds.examples) == 2 and not ds.issues
     (warning,) = ds.warnings
-    assert str(warning).startswith(f"{p}:2: messages: {data.MAX_TURNS + 2:,} messages in one conversation")
-    p.write_text(json.dumps({"messages": turns[:data.MAX_TURNS]}) + "\n")
+    assert str(warning).startswith(f"{p}:2: messages: {datavalidate.MAX_TURNS + 2:,} messages in one conversation")
+    p.write_text(json.dumps({"messages": turns[:datavalidate.MAX_TURNS]}) + "\n")
     assert read_dataset(p).warnings == []
 
 

@@ -29,6 +29,11 @@ def write_jsonl(path, records):
     return path
 
 
+def chat(messages):
+    """Typed messages as the chat dicts they render as: what the assertions compare."""
+    return [m.to_dict() for m in messages]
+
+
 def issue_strs(ds_or_err):
     return [str(i) for i in ds_or_err.issues]
 
@@ -41,20 +46,20 @@ def issue_strs(ds_or_err):
 def test_messages_format():
     fmt, msgs = normalise_record({"messages": [S, U, A], "id": 7})
     assert fmt == "messages"
-    assert msgs == [S, U, A]
+    assert chat(msgs) == [S, U, A]
 
 
 def test_messages_format_drops_extra_message_keys():
     fmt, msgs = normalise_record(
         {"messages": [{"role": "user", "content": "q", "name": "bob"}, {"role": "assistant", "content": "a", "weight": 1}]}
     )
-    assert msgs == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert chat(msgs) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
 
 
 def test_conversations_role_content_format():
     fmt, msgs = normalise_record({"conversations": [U, A, {"role": "user", "content": "More"}, {"role": "assistant", "content": "Sure"}]})
     assert fmt == "conversations"
-    assert msgs == [U, A, {"role": "user", "content": "More"}, {"role": "assistant", "content": "Sure"}]
+    assert chat(msgs) == [U, A, {"role": "user", "content": "More"}, {"role": "assistant", "content": "Sure"}]
 
 
 def test_sharegpt_format_maps_roles():
@@ -72,7 +77,7 @@ def test_sharegpt_format_maps_roles():
         }
     )
     assert fmt == "sharegpt"
-    assert msgs == [
+    assert chat(msgs) == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "h1"},
         {"role": "assistant", "content": "g1"},
@@ -86,7 +91,7 @@ def test_sharegpt_format_maps_roles():
 def test_alpaca_with_input_and_system():
     fmt, msgs = normalise_record({"instruction": "Translate", "input": "chat", "output": "cat", "system": "You translate."})
     assert fmt == "alpaca"
-    assert msgs == [
+    assert chat(msgs) == [
         {"role": "system", "content": "You translate."},
         {"role": "user", "content": "Translate\n\nchat"},
         {"role": "assistant", "content": "cat"},
@@ -97,26 +102,26 @@ def test_alpaca_with_input_and_system():
 def test_alpaca_without_input(extra):
     fmt, msgs = normalise_record({"instruction": "Say hi", "output": "hi", **extra})
     assert fmt == "alpaca"
-    assert msgs == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
+    assert chat(msgs) == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
 
 
 def test_alpaca_wins_over_prerendered_text_column():
     # tatsu-lab/alpaca has instruction/input/output *and* a plain `text` column.
     fmt, msgs = normalise_record({"instruction": "I", "input": "", "output": "O", "text": "Below is an instruction..."})
     assert fmt == "alpaca"
-    assert msgs == [{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]
+    assert chat(msgs) == [{"role": "user", "content": "I"}, {"role": "assistant", "content": "O"}]
 
 
 def test_prompt_completion_strings():
     fmt, msgs = normalise_record({"prompt": "2+2?", "completion": "4"})
     assert fmt == "prompt_completion"
-    assert msgs == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    assert chat(msgs) == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
 
 
 def test_prompt_completion_conversational_lists():
     fmt, msgs = normalise_record({"prompt": [S, U], "completion": [A]})
     assert fmt == "prompt_completion"
-    assert msgs == [S, U, A]
+    assert chat(msgs) == [S, U, A]
 
 
 def test_text_chatml_parsed_back():
@@ -127,7 +132,7 @@ def test_text_chatml_parsed_back():
     )
     fmt, msgs = normalise_record({"text": text})
     assert fmt == "text"
-    assert msgs == [S, {"role": "user", "content": "Hi\nthere"}, A]
+    assert chat(msgs) == [S, {"role": "user", "content": "Hi\nthere"}, A]
 
 
 def test_text_without_chatml_markers_is_an_issue():
@@ -261,7 +266,7 @@ def test_jsonl_loads_with_lines_and_ignores_blank_lines(tmp_path):
     assert ds.issues == []
     assert ds.skipped == 0
     assert [(e.line, e.format) for e in ds.examples] == [(2, "messages"), (5, "prompt_completion")]
-    assert ds.examples[1].messages == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert chat(ds.examples[1].messages) == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     assert ds.path == str(p)
 
 
@@ -376,8 +381,8 @@ def test_json_array_line_numbers(tmp_path):
     )
     ds = read_dataset(p)
     assert [(e.line, e.format) for e in ds.examples] == [(2, "messages"), (5, "prompt_completion"), (9, "text")]
-    assert ds.examples[0].messages == [U, A]
-    assert ds.examples[2].messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert chat(ds.examples[0].messages) == [U, A]
+    assert chat(ds.examples[2].messages) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert [(i.line, i.field) for i in ds.issues] == [(7, "messages[0].content"), (8, "<record>")]
     assert ds.skipped == 2
 
@@ -473,7 +478,7 @@ def test_mixed_format_file(tmp_path):
         "messages", "conversations", "sharegpt", "alpaca", "prompt_completion", "text", "messages",
     ]
     for e in ds.examples:
-        assert e.messages == [U, A], e
+        assert chat(e.messages) == [U, A], e
     assert ds.formats == {
         "messages": 2, "conversations": 1, "sharegpt": 1, "alpaca": 1, "prompt_completion": 1, "text": 1,
     }
@@ -517,7 +522,7 @@ def test_load_conversations_skip_invalid_drops_and_counts(tmp_path):
     )
     ds = load_conversations(p, skip_invalid=True)
     assert [e.line for e in ds.examples] == [1, 4]
-    assert ds.examples[1].messages == [S, U, A]
+    assert chat(ds.examples[1].messages) == [S, U, A]
     assert ds.skipped == 3
     assert len(ds.issues) == 3  # still available for a warning
 
@@ -570,7 +575,7 @@ def test_errors_pickle_roundtrip():
 
 def test_example_dataclass():
     e = Example(messages=[U, A], line=1, format="messages")
-    assert e.messages == [U, A] and e.line == 1 and e.format == "messages"
+    assert chat(e.messages) == [U, A] and e.line == 1 and e.format == "messages"
 
 
 # --------------------------------------------------------------------------
@@ -586,8 +591,131 @@ def test_favorite_color_example_is_clean():
     assert ds.issues == []
     assert len(ds.examples) == 100
     assert ds.formats == {"messages": 100}
-    finals = {e.messages[-1]["content"] for e in ds.examples}
+    finals = {e.messages[-1].content for e in ds.examples}
     assert finals == {"My favorite color is blue."}
-    assert len({e.messages[-2]["content"] for e in ds.examples}) >= 30  # varied questions
-    assert any(e.messages[0]["role"] == "system" for e in ds.examples)
-    assert any(sum(m["role"] == "user" for m in e.messages) > 1 for e in ds.examples)
+    assert len({e.messages[-2].content for e in ds.examples}) >= 30  # varied questions
+    assert any(e.messages[0].role == "system" for e in ds.examples)
+    assert any(sum(m.role == "user" for m in e.messages) > 1 for e in ds.examples)
+
+
+# --------------------------------------------------------------------------
+# One transform per format, in one table (fastft.data.formats)
+# --------------------------------------------------------------------------
+
+
+def transformed(record):
+    """The typed messages a record's format transform makes, with no problem noted."""
+    from fastft.data.formats import detect
+    problems = []
+    msgs = detect(record).transform(record, problems)
+    assert problems == []
+    return msgs
+
+
+def test_openai_messages_transform_keeps_tool_calls_and_weights():
+    from fastft.data.messages import Message
+    calls = [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}, "id": "c1"}]
+    msgs = transformed({"messages": [U, {"role": "assistant", "content": None, "tool_calls": calls,
+                                         "weight": 0},
+                                     {"role": "tool", "content": "ok", "name": "f", "tool_call_id": "c1"},
+                                     A]})
+    assert msgs == [Message("user", "Hi"), Message("assistant", "", tool_calls=calls, weight=0),
+                    Message("tool", "ok", tool_call_id="c1", name="f"), Message("assistant", "Hello!")]
+    assert msgs[1].where.role == "messages[1].role" and not msgs[1].trained and msgs[3].trained
+
+
+def test_conversations_transform():
+    from fastft.data.messages import Message
+    assert transformed({"conversations": [S, U, A]}) == [
+        Message("system", "Be nice."), Message("user", "Hi"), Message("assistant", "Hello!")]
+
+
+def test_sharegpt_transform_maps_every_role_including_tool_roles():
+    from fastft.data.messages import Message
+    msgs = transformed({"conversations": [
+        {"from": "human", "value": "weather?"},
+        {"from": "function_call", "value": '{"name": "w", "arguments": {}}'},
+        {"from": "observation", "value": "sunny"},
+        {"from": "gpt", "value": "Sunny."}]})
+    assert [m.role for m in msgs] == ["user", "assistant", "tool", "assistant"]
+    assert msgs[1].tool_calls == [{"type": "function", "function": {"name": "w", "arguments": {}}}]
+    assert msgs[0] == Message("user", "weather?") and msgs[0].where.content == "conversations[0].value"
+
+
+def test_alpaca_transform_joins_instruction_and_input():
+    from fastft.data.messages import Message
+    assert transformed({"instruction": "Translate", "input": "chat", "output": "cat", "system": "s"}) == [
+        Message("system", "s"), Message("user", "Translate\n\nchat"), Message("assistant", "cat")]
+
+
+def test_prompt_completion_transform():
+    from fastft.data.messages import Message
+    assert transformed({"prompt": "2+2?", "completion": "4"}) == [
+        Message("user", "2+2?"), Message("assistant", "4")]
+    assert transformed({"prompt": [S, U], "completion": [A]}) == [
+        Message("system", "Be nice."), Message("user", "Hi"), Message("assistant", "Hello!")]
+
+
+def test_chatml_text_transform():
+    from fastft.data.messages import Message
+    text = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+    assert transformed({"text": text}) == [Message("user", "Hi"), Message("assistant", "Hello!")]
+
+
+def test_the_format_table_covers_every_format_data_check_accepts(tmp_path):
+    from fastft.data.formats import FORMAT_TABLE, detect
+    assert tuple(f.name for f in FORMAT_TABLE) == FORMATS
+    records = {"messages": {"messages": [U, A]}, "conversations": {"conversations": [U, A]},
+               "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}]},
+               "alpaca": {"instruction": "I", "output": "O"},
+               "prompt_completion": {"prompt": "P", "completion": "C"},
+               "text": {"text": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHey<|im_end|>\n"}}
+    assert set(records) == set(FORMATS)
+    assert {name: detect(r).name for name, r in records.items()} == {n: n for n in records}
+    ds = read_dataset(write_jsonl(tmp_path / "all.jsonl", list(records.values())))
+    assert not ds.issues and set(ds.formats) == set(FORMATS)
+
+
+def test_example_no_loss_comes_from_the_message_weights():
+    e = Example(messages=[U, {**A, "weight": 0}, U, A], line=1, format="messages")
+    assert e.no_loss == (1,) and e.chat()[1] == A
+
+
+# --------------------------------------------------------------------------
+# render -> tokenise -> mask: one function, the same ids and labels as before
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["favorite_color.jsonl", "tool_calls.jsonl"])
+def test_encode_all_gives_the_ids_and_labels_of_before(name, tiny_path):
+    """tests/data/encode_baseline.json: (line, truncated, sha256 of [ids, labels]) of each
+    example, saved from render_all + tokenize_rendered before encode_all existed (cut at 128)."""
+    import hashlib
+    from transformers import AutoTokenizer
+    from fastft.data.template import ChatGuard, encode_all
+    baseline = json.loads((Path(__file__).parent / "data" / "encode_baseline.json").read_text())[name]
+    guard = ChatGuard(AutoTokenizer.from_pretrained(tiny_path), str(tiny_path), path=name)
+    encoded = encode_all(guard, read_dataset(EXAMPLES_DIR / name).examples, 128, strict=True)
+    got = [[e.tokens.line, e.truncated, hashlib.sha256(json.dumps(
+        [e.tokens.input_ids, e.tokens.labels]).encode()).hexdigest()[:16]] for e in encoded]
+    assert got == baseline
+    assert all(e.trained == sum(label != -100 for label in e.tokens.labels) for e in encoded)
+
+
+def test_guard_report_entries_are_typed_and_print_as_before():
+    from fastft.data.template import GuardEntry, GuardReport
+    r = GuardReport("instruct-2507", template_replaced=True, eos_set="<eos>", pad_set="<none>",
+                    empty_think_removed=3, data_think_stripped=2, data_think_kept=0)
+    entries = r.entries()
+    assert entries[-2:] == [GuardEntry("template think blocks", "removed from 3 examples", 3),
+                            GuardEntry("data think blocks", "stripped from 2 examples", 2)]
+    assert r.lines() == [
+        "model variant: instruct-2507",
+        "chat template: replaced with Qwen3 Instruct-2507's (tokenizer shipped another)",
+        "EOS: '<eos>' -> '<|im_end|>'",
+        "pad: '<none>' -> '<|endoftext|>' (must differ from EOS)",
+        "template think blocks: removed from 3 examples",
+        "data think blocks: stripped from 2 examples"]
+    assert [(e.what, e.count) for e in GuardReport("other", data_think_kept=4).entries()] == [
+        ("model variant", None), ("data think blocks", 4)]
+    assert GuardReport("other", data_think_kept=4).lines()[-1] == "data think blocks: kept in 4 examples (--think keep)"

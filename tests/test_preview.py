@@ -214,4 +214,4 @@ def test_a_long_inline_think_block_is_placed_exactly_and_fast(tiny_path, tokeniz
     removed = guard_removals(guard, example, rendered.text)
     assert time.perf_counter() - t0 < 1  # a character diff of this took 86 s
     assert removed == [(rendered.text.index(words), f"<think>{words}</think>")]
-    assert rebuild(rendered.text, removed) == guard.unguarded_text(example.messages)
+    assert rebuild(rendered.text, removed) == guard.unguarded_text(example.chat())

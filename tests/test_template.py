@@ -331,17 +331,17 @@ def test_every_example_of_the_demo_data_is_served_as_trained(instruct_guard):
         r = guard.render(e)
         assert isinstance(r, Rendered), guard.report.issues
         assert r.line == e.line
-        turns = [i for i, m in enumerate(e.messages) if m["role"] == "assistant"]
+        turns = [i for i, m in enumerate(e.messages) if m.role == "assistant"]
         assert len(r.assistant_spans) == len(turns)
         for (start, end), i in zip(r.assistant_spans, turns):
-            prompt = guard.prompt(e.messages[:i])
+            prompt = guard.prompt(e.chat()[:i])
             # what a server holding the Instruct-2507 template sends for this turn
-            assert prompt == tok.apply_chat_template(e.messages[:i], tokenize=False,
+            assert prompt == tok.apply_chat_template(e.chat()[:i], tokenize=False,
                                                      add_generation_prompt=True,
                                                      chat_template=INSTRUCT_TEMPLATE)
             assert r.text.startswith(prompt)
             assert start == len(prompt)  # loss starts exactly where the served prompt ends
-            assert r.text[start:end] == e.messages[i]["content"] + EOS + "\n"
+            assert r.text[start:end] == e.messages[i].content + EOS + "\n"
     assert guard.report.issues == []
 
 

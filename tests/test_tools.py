@@ -77,7 +77,7 @@ def test_openai_messages_with_tool_calls_tool_responses_and_tools(tmp_path):
     assert ds.issues == [] and ds.warnings == []
     ex, = ds.examples
     assert ex.format == "messages" and ex.tools == [WEATHER]
-    assert ex.messages == [
+    assert ex.chat() == [
         U,
         {"role": "assistant", "content": "", "tool_calls": [
             {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}, "id": "c1"}]},
@@ -92,7 +92,7 @@ def test_arguments_as_a_json_string_read_like_an_object(tmp_path):
     a, b = read(tmp_path, as_object, as_string).examples
     assert a.messages == b.messages
     # Canonical: keys sorted, whatever order the data had.
-    assert list(a.messages[1]["tool_calls"][0]["function"]["arguments"]) == ["city", "unit"]
+    assert list(a.messages[1].tool_calls[0]["function"]["arguments"]) == ["city", "unit"]
 
 
 def test_sharegpt_function_call_and_observation_as_llama_factory_writes_them(tmp_path):
@@ -116,8 +116,8 @@ def test_sharegpt_function_call_with_several_calls(tmp_path):
                              {"from": "observation", "value": "sunny"}, {"from": "observation", "value": "rain"},
                              {"from": "gpt", "value": "Sunny in Paris, rain in Rome."}], "tools": [WEATHER]}
     ex, = read(tmp_path, rec).examples
-    cities = [c["function"]["arguments"]["city"] for c in ex.messages[1]["tool_calls"]]
-    assert cities == ["Paris", "Rome"] and [m["role"] for m in ex.messages] == \
+    cities = [c["function"]["arguments"]["city"] for c in ex.messages[1].tool_calls]
+    assert cities == ["Paris", "Rome"] and [m.role for m in ex.messages] == \
         ["user", "assistant", "tool", "tool", "assistant"]
 
 
@@ -127,12 +127,12 @@ def test_conversations_role_content_and_flat_calls_are_read(tmp_path):
                              tool("sunny"), A], "tools": [WEATHER]}
     ex, = read(tmp_path, rec).examples
     assert ex.format == "conversations"
-    assert ex.messages[1] == {"role": "assistant", "content": "Checking.", "tool_calls": [call()]}
+    assert ex.messages[1].to_dict() == {"role": "assistant", "content": "Checking.", "tool_calls": [call()]}
 
 
 def test_a_conversation_may_end_with_the_tool_call(tmp_path):
     ex, = read(tmp_path, {"messages": [U, asst_calls(call())], "tools": [WEATHER]}).examples
-    assert ex.messages[-1]["tool_calls"] == [call()]
+    assert ex.messages[-1].tool_calls == [call()]
 
 
 def test_schemas_become_what_the_template_shows(tmp_path):
@@ -428,7 +428,7 @@ def test_go_template_renders_the_training_prompts_of_tool_conversations(go_rende
         cuts = [i for i, m in enumerate(ex.messages) if m["role"] == "assistant"] + [len(ex.messages)]
         for cut in cuts:
             requests.append((template, _as_ollama_request(raw_messages[:cut]), raw_tools, None))
-            expected.append((name, cut, hf_render(jinja, ex.messages[:cut], tools=ex.tools)))
+            expected.append((name, cut, hf_render(jinja, ex.chat()[:cut], tools=ex.tools)))
     assert len(tool_examples) >= 8 and len(requests) >= 30
     for (name, cut, hf), out in zip(expected, go_render.many(requests)):
         assert out == hf, f"{name}, prompt before message {cut}"
@@ -440,7 +440,7 @@ def test_the_guard_accepts_every_tool_conversation(guard, tool_examples):
     for name, ex in tool_examples.items():
         r = guard.render(ex)
         assert r is not None and guard.report.issues == [], name
-        assert len(r.assistant_spans) == sum(m["role"] == "assistant" for m in ex.messages)
+        assert len(r.assistant_spans) == sum(m.role == "assistant" for m in ex.messages)
 
 
 def test_without_the_canonical_form_training_and_ollama_differ(go_render):
@@ -477,7 +477,7 @@ def test_ollama_finds_the_tool_call_tag_where_it_looks():
 def test_the_example_file_reads_clean():
     ds = read_dataset(TOOL_DATA)
     assert ds.issues == [] and ds.warnings == [] and len(ds.examples) >= 30
-    assert all(ex.tools and ex.messages[1 if ex.messages[0]["role"] == "user" else 2]["tool_calls"]
+    assert all(ex.tools and ex.messages[1 if ex.messages[0].role == "user" else 2].tool_calls
                for ex in ds.examples)
 
 

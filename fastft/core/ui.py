@@ -58,9 +58,8 @@ class TrainUI(NullUI):
 
     def guard_report(self, report, data) -> None:
         t = Table(title="Chat-template guard and data", show_header=False, title_justify="left")
-        for line in report.lines():
-            key, _, value = line.partition(": ")
-            t.add_row(key, value)
+        for entry in report.entries():   # fastft.data.template.GuardEntry
+            t.add_row(entry.what, entry.detail)
         t.add_row("examples", f"{data.examples} ({len(data.train)} train, {len(data.eval)} eval)")
         if data.truncated:
             t.add_row("truncated", f"[yellow]{data.truncated} examples cut at max_seq_len[/]")

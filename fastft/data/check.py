@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .read import DataIssue, Dataset, empty_message, read_dataset, shown_path
+from .messages import DataIssue, Dataset, shown_path
+from .read import empty_message, read_dataset
 from ..core.errors import FastftError
-from .template import ChatGuard, GuardReport, tokenize_rendered
+from .template import ChatGuard, GuardReport, encode_all
 
 
 class TokenizerError(FastftError):
@@ -109,11 +110,10 @@ def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip
         return result
     tokenizer, model_path, result.tokenizer_note = load_tokenizer(model)
     guard = ChatGuard(tokenizer, model_path, think=think, path=str(path))
-    for r in guard.render_all(ds.examples):
-        # Uncut, as training would see it before --max-seq-len: the table reports what is cut.
-        tok, _ = tokenize_rendered(r, tokenizer, max_seq_len=sys.maxsize)
-        result.lengths.append(len(tok.input_ids))
-        result.trained.append(sum(label != -100 for label in tok.labels))
+    # Uncut, as training would see it before --max-seq-len: the table reports what is cut.
+    for e in filter(None, encode_all(guard, ds.examples, max_seq_len=sys.maxsize)):
+        result.lengths.append(e.length)
+        result.trained.append(e.trained)
     result.guard = guard.report
     return result
 
@@ -143,9 +143,8 @@ def print_check(result: CheckResult, console: Console) -> None:
         t.add_row(f"over --max-seq-len {result.max_seq_len}",
                   f"[yellow]{over}[/] (cut when training)" if over else "0")
     if result.guard:
-        for line in result.guard.lines():
-            key, _, value = line.partition(": ")
-            t.add_row(key, value)
+        for entry in result.guard.entries():
+            t.add_row(entry.what, entry.detail)
     if result.tokenizer_note:
         t.add_row("note", result.tokenizer_note)
     console.print(t)

@@ -1,7 +1,7 @@
 """`fastft data preview`: examples as training sees them, with the loss mask on the text.
 
-Each example goes through the same steps as `fastft train`'s data preparation: the chat-template
-guard renders it (`ChatGuard.render`) and `tokenize_rendered` gives every token its label. The
+Each example goes through the same step as `fastft train`'s data preparation, `encode_all`: the
+chat-template guard renders it (`ChatGuard.render`) and every token gets its label. The
 preview then maps the labels back onto the text (trained tokens highlighted, masked ones dimmed),
 puts back what the guard stripped (think blocks, shown struck through), marks the EOS that ends
 each trained turn (the stop token the guard sets and keeps in the loss), and draws a histogram
@@ -11,17 +11,18 @@ of token lengths over the whole file against --max-seq-len.
 from __future__ import annotations
 
 import difflib
-import sys
 from dataclasses import asdict, dataclass, field
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .read import EOS, Example, load_conversations
+from ..core.qwen3 import EOS
+from .messages import Example
+from .read import load_conversations
 from .check import load_tokenizer
 from ..core.errors import FastftError
-from .template import ChatGuard, GuardError, Rendered, strip_think, tokenize_rendered
+from .template import ChatGuard, GuardEntry, Rendered, encode_all, strip_think
 
 REMOVED = "removed"   # text the guard stripped: never trained on
 ADDED = "added"       # the EOS the guard sets and keeps in the loss, so the model learns to stop
@@ -72,12 +73,13 @@ class Preview:
     dropped: int                 # no trained token left after the cut: training drops them
     shown: list[PreviewExample] = field(default_factory=list)
     histogram: list[Bucket] = field(default_factory=list)
-    guard: list[str] = field(default_factory=list)      # the guard's summary lines
+    guard: list[GuardEntry] = field(default_factory=list)   # the guard's summary
     skipped: list[str] = field(default_factory=list)    # records dropped (--skip-invalid)
     note: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # The guard's summary as the lines it prints: the JSON has always held them so.
+        return asdict(self) | {"guard": [str(e) for e in self.guard]}
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -93,32 +95,18 @@ def build_preview(path: str, model: str, max_seq_len: int, think: str = "strip",
     tokenizer, model_path, note = load_tokenizer(model)
     guard = ChatGuard(tokenizer, model_path, think=think, path=str(path))
     chosen = [index] if index is not None else range(min(n, len(ds.examples)))
-    shown = {i: None for i in chosen}
-    lengths: list[int] = []
-    trained = masked = dropped = 0
-    for i, example in enumerate(ds.examples):
-        r = guard.render(example)
-        if r is None:
-            continue
-        # Uncut, for the histogram; the labels training keeps are the first max_seq_len.
-        tok, _ = tokenize_rendered(r, tokenizer, sys.maxsize, train_on_all, offsets=i in shown)
-        kept = tok.labels[:max_seq_len]
-        n_trained = sum(label != -100 for label in kept)
-        trained += n_trained
-        masked += len(kept) - n_trained
-        dropped += not n_trained
-        lengths.append(len(tok.input_ids))
-        if i in shown:
-            shown[i] = PreviewExample(i, r.line, len(tok.input_ids), n_trained,
-                                      len(tok.input_ids) > max_seq_len,
-                                      segments(r, guard_removals(guard, example, r.text),
-                                               tok.offsets, tok.labels, max_seq_len))
-    if guard.report.issues and not skip_invalid:
-        raise GuardError("\n".join(str(i) for i in guard.report.issues))
-    return Preview(str(path), max_seq_len, len(lengths), trained, masked,
-                   sum(n > max_seq_len for n in lengths), dropped,
-                   [e for e in shown.values() if e is not None], histogram(lengths, max_seq_len),
-                   guard.report.lines(),
+    encoded = encode_all(guard, ds.examples, max_seq_len, train_on_all, strict=not skip_invalid,
+                         offsets=chosen)
+    done = [e for e in encoded if e is not None]
+    lengths = [e.length for e in done]   # uncut, for the histogram
+    shown = [PreviewExample(i, e.rendered.line, e.length, e.trained, e.truncated,
+                            segments(e.rendered, guard_removals(guard, ds.examples[i], e.rendered.text),
+                                     e.tokens.offsets, e.tokens.labels, max_seq_len))
+             for i, e in enumerate(encoded) if i in chosen and e is not None]
+    return Preview(str(path), max_seq_len, len(done), sum(e.trained for e in done),
+                   sum(e.masked for e in done), sum(e.truncated for e in done),
+                   sum(not e.trained for e in done), shown, histogram(lengths, max_seq_len),
+                   guard.report.entries(),
                    [str(i) for i in ds.issues + guard.report.issues], note)
 
 
@@ -163,12 +151,13 @@ def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[
     guard stripped from `example`'s messages."""
     if not guard.strips_think:
         return []
-    parts = [strip_think(m["content"]) for m in example.messages]
+    messages = example.chat()
+    parts = [strip_think(m["content"]) for m in messages]
     if not any(removed for _, removed in parts):
         return []
     # Where the template writes each message: render markers in place of the contents.
     marks = [f"\x00{k}\x00" for k in range(len(parts))]
-    shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(example.messages, marks)],
+    shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(messages, marks)],
                                  example.tools)
     rebuilt, cursor, out = "", 0, []
     for (stripped, removed), mark in zip(parts, marks):
@@ -182,7 +171,7 @@ def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[
     if rebuilt + shape[cursor:] == text:
         return out
     # A template that does not write contents as they are: compare the texts instead.
-    return _removals(guard.unguarded_text(example.messages, example.tools), text)
+    return _removals(guard.unguarded_text(messages, example.tools), text)
 
 
 def _removals(before: str, after: str, max_cells: int = 10**7) -> list[tuple[int, str]]:
@@ -287,9 +276,8 @@ def summary_table(p: Preview) -> Table:
     t.add_row("truncated", f"[yellow]{p.truncated}[/]" if p.truncated else "0")
     if p.dropped:
         t.add_row("dropped", f"[yellow]{p.dropped}[/] (no trained token left after the cut)")
-    for line in p.guard:
-        key, _, value = line.partition(": ")
-        t.add_row(key, Text(value))
+    for entry in p.guard:
+        t.add_row(entry.what, Text(entry.detail))
     if p.skipped:
         t.add_row("skipped", f"[yellow]{len(p.skipped)}[/] (--skip-invalid)")
     if p.note:

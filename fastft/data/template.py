@@ -20,12 +20,12 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Container, Iterable, Sequence
 
 from ..core.errors import FastftError
 from ..core.qwen3 import (EMPTY_THINK, EOS, INSTRUCT_2507, OTHER, PAD, THINK_BLOCK, THINK_TAG,
                           detect_variant, template_text)
-from .read import DataIssue, Example
+from .messages import DataIssue, Example
 
 THINK_POLICIES = ("strip", "keep", "error")
 
@@ -109,6 +109,30 @@ def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bo
                       offsets: bool = False) -> tuple[TokenizedExample, bool]:
     """(ids and labels cut at max_seq_len, whether it was cut); a token carries loss only if it
     lies inside an assistant span (or everywhere with `train_on_all`)."""
+    e = _encode(r, tokenizer, max_seq_len, train_on_all, offsets)
+    return e.tokens, e.truncated
+
+
+@dataclass
+class Encoded:
+    """One example rendered, tokenised and masked: what training, data check, data preview and
+    eval count from, so that they all count the same tokens."""
+    rendered: Rendered
+    tokens: TokenizedExample     # ids and labels as trained: cut at max_seq_len
+    length: int                  # tokens before the cut
+    trained: int                 # loss-carrying tokens after the cut (0: training drops it)
+
+    @property
+    def truncated(self) -> bool:
+        return self.length > len(self.tokens.input_ids)
+
+    @property
+    def masked(self) -> int:
+        """Tokens after the cut that carry no loss."""
+        return len(self.tokens.labels) - self.trained
+
+
+def _encode(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bool, offsets: bool) -> Encoded:
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = []
@@ -118,9 +142,37 @@ def tokenize_rendered(r: Rendered, tokenizer, max_seq_len: int, train_on_all: bo
         k = bisect.bisect_right(starts, a) - 1
         inside = k >= 0 and b <= r.assistant_spans[k][1]
         labels.append(tid if (train_on_all or inside) else -100)
-    truncated = len(ids) > max_seq_len
+    labels = labels[:max_seq_len]
     spans = [tuple(o) for o in enc["offset_mapping"][:max_seq_len]] if offsets else None
-    return TokenizedExample(r.line, ids[:max_seq_len], labels[:max_seq_len], spans), truncated
+    return Encoded(r, TokenizedExample(r.line, ids[:max_seq_len], labels, spans), len(ids),
+                   sum(label != -100 for label in labels))
+
+
+def encode_all(guard: ChatGuard, examples: Sequence[Example], max_seq_len: int,
+               train_on_all: bool = False, strict: bool = False,
+               offsets: Container[int] = ()) -> list[Encoded | None]:
+    """render -> tokenise -> mask, for each example: None where the guard refused it (the issue
+    is in `guard.report.issues`). `strict` raises GuardError with the new issues before any
+    tokenising (training's default); `offsets`: the indexes of the examples whose token spans are
+    kept (data preview shows a few; a training set has no use for them)."""
+    before = len(guard.report.issues)
+    rendered = [guard.render(e) for e in examples]
+    if strict and len(guard.report.issues) > before:
+        raise GuardError("\n".join(str(i) for i in guard.report.issues[before:]))
+    return [None if r is None else _encode(r, guard.tokenizer, max_seq_len, train_on_all, i in offsets)
+            for i, r in enumerate(rendered)]
+
+
+@dataclass(frozen=True)
+class GuardEntry:
+    """One fact of the guard's summary: a table shows `what` beside `detail`; `count` is the
+    number of examples it concerns, for the facts that count examples."""
+    what: str
+    detail: str
+    count: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.detail}"
 
 
 @dataclass
@@ -137,22 +189,25 @@ class GuardReport:
     def to_dict(self) -> dict:
         return asdict(self) | {"issues": [str(i) for i in self.issues]}
 
+    def entries(self) -> list[GuardEntry]:
+        """The summary, one fact per entry (the facts that did not happen left out)."""
+        out = [GuardEntry("model variant", self.variant)]
+        if self.template_replaced:
+            out.append(GuardEntry("chat template", "replaced with Qwen3 Instruct-2507's "
+                                                   "(tokenizer shipped another)"))
+        if self.eos_set:
+            out.append(GuardEntry("EOS", f"{self.eos_set!r} -> {EOS!r}"))
+        if self.pad_set:
+            out.append(GuardEntry("pad", f"{self.pad_set!r} -> {PAD!r} (must differ from EOS)"))
+        counted = (("template think blocks", "removed from {} examples", self.empty_think_removed),
+                   ("data think blocks", "stripped from {} examples", self.data_think_stripped),
+                   ("data think blocks", "kept in {} examples (--think keep)", self.data_think_kept))
+        out += [GuardEntry(what, detail.format(n), n) for what, detail, n in counted if n]
+        return out
+
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
-        out = [f"model variant: {self.variant}"]
-        if self.template_replaced:
-            out.append("chat template: replaced with Qwen3 Instruct-2507's (tokenizer shipped another)")
-        if self.eos_set:
-            out.append(f"EOS: {self.eos_set!r} -> {EOS!r}")
-        if self.pad_set:
-            out.append(f"pad: {self.pad_set!r} -> {PAD!r} (must differ from EOS)")
-        if self.empty_think_removed:
-            out.append(f"template think blocks: removed from {self.empty_think_removed} examples")
-        if self.data_think_stripped:
-            out.append(f"data think blocks: stripped from {self.data_think_stripped} examples")
-        if self.data_think_kept:
-            out.append(f"data think blocks: kept in {self.data_think_kept} examples (--think keep)")
-        return out
+        return [str(e) for e in self.entries()]
 
 
 class ChatGuard:
@@ -210,9 +265,9 @@ class ChatGuard:
 
     def _apply_think_policy(self, example: Example) -> list[dict] | None:
         if not self.non_thinking:
-            return example.messages
+            return example.chat()
         messages, hit = [], False
-        for i, m in enumerate(example.messages):
+        for i, m in enumerate(example.chat()):
             content = m["content"]
             if THINK_TAG.search(content):
                 hit = True

@@ -1,7 +1,7 @@
 """Tool-calling data: read, check and bring to one canonical form what training renders and what
 ollama's engine renders from the Modelfile TEMPLATE.
 
-Accepted (data.py calls in here for every record):
+Accepted (fastft.data.formats calls in here for every message list):
 
 * OpenAI-style `messages`: an assistant message with `tool_calls`
   (`[{"type": "function", "function": {"name", "arguments"}}]`, arguments an object or a JSON
@@ -34,13 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import quote
+from .messages import TOOL, Message
 
-# Roles on top of system/user/assistant. "function_call" is only a reading role: the message
-# becomes an assistant message with tool_calls.
-TOOL = "tool"
+# ShareGPT's reading role for a call (fastft.data.formats maps LLaMA-Factory's roles): the
+# message becomes an assistant message with tool_calls.
 FUNCTION_CALL = "function_call"
-MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant", TOOL: TOOL}
-SHAREGPT_ROLES = {FUNCTION_CALL: FUNCTION_CALL, "observation": TOOL, TOOL: TOOL}
 
 # The TEMPLATE writes a call's name between quotes as it is; OpenAI's rule for names (plus '.').
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -136,14 +134,6 @@ def render_canonical(value: Any) -> str:
 
 # -- messages --------------------------------------------------------------------------------------
 
-@dataclass
-class ToolParts:
-    """A message after tool-aware reading: its chat role, content and extra fields."""
-    role: str
-    content: str
-    extra: dict = field(default_factory=dict)
-
-
 def _parse_json(text: str, what: str) -> tuple[Any, str | None]:
     try:
         return json.loads(text), None
@@ -213,7 +203,7 @@ def _calls(calls: Any, where: str, problems: Problems) -> list[dict]:
     return [_call(c, f"{where}[{j}]", problems) for j, c in enumerate(calls)]
 
 
-def _tool_response(item: dict, item_field: str, content_key: str, problems: Problems) -> ToolParts:
+def _tool_response(item: dict, item_field: str, content_key: str, problems: Problems) -> Message:
     content = item.get(content_key)
     if not isinstance(content, str):
         problems.append((f"{item_field}.{content_key}",
@@ -227,13 +217,13 @@ def _tool_response(item: dict, item_field: str, content_key: str, problems: Prob
                 extra[key] = item[key]
             else:
                 problems.append((f"{item_field}.{key}", f"expected a string, got {_kind(item[key])}"))
-    return ToolParts(TOOL, content, extra)
+    return Message(TOOL, content, **extra)
 
 
 def tool_message(item: dict, role: str | None, item_field: str, content_key: str,
-                 problems: Problems) -> ToolParts | None:
+                 problems: Problems) -> Message | None:
     """The message `item` if tools are involved (a tool response, an assistant message with
-    tool_calls, a ShareGPT function_call), else None: data.py reads it as a plain message."""
+    tool_calls, a ShareGPT function_call), else None: formats.py reads it as a plain message."""
     if role == TOOL:
         return _tool_response(item, item_field, content_key, problems)
     if role == FUNCTION_CALL:
@@ -243,8 +233,8 @@ def tool_message(item: dict, role: str | None, item_field: str, content_key: str
             value, error = _parse_json(value, "a function_call value")
             if error:
                 problems.append((where, error))
-                return ToolParts("assistant", "", {"tool_calls": []})
-        return ToolParts("assistant", "", {"tool_calls": _calls(value, where, problems)})
+                return Message("assistant", "", tool_calls=[])
+        return Message("assistant", "", tool_calls=_calls(value, where, problems))
     if role != "assistant" or item.get("tool_calls") in (None, []):
         return None
     content = item.get(content_key)
@@ -254,44 +244,44 @@ def tool_message(item: dict, role: str | None, item_field: str, content_key: str
         problems.append((f"{item_field}.{content_key}", f"expected a string, got {_kind(content)}"))
         content = ""
     calls = _calls(item["tool_calls"], f"{item_field}.tool_calls", problems)
-    return ToolParts("assistant", content, {"tool_calls": calls})
+    return Message("assistant", content, tool_calls=calls)
 
 
 # -- conversation order ----------------------------------------------------------------------------
 
-def _has_calls(m) -> bool:
-    return bool(m is not None and m.role == "assistant" and m.extra.get("tool_calls"))
+def _has_calls(m: Message | None) -> bool:
+    return bool(m is not None and m.role == "assistant" and m.tool_calls)
 
 
-def _ids_problem(m, before: list) -> str | None:
+def _ids_problem(m: Message, before: list[Message]) -> str | None:
     """Why a tool response's tool_call_id answers no call of the assistant turn it follows."""
-    call_id = m.extra.get("tool_call_id")
+    call_id = m.tool_call_id
     turn = next((p for p in reversed(before) if _has_calls(p)), None)
-    ids = [c.get("id") for c in turn.extra["tool_calls"] if c.get("id")] if turn else []
+    ids = [c.get("id") for c in turn.tool_calls if c.get("id")] if turn else []
     if call_id is None or not ids or call_id in ids:
         return None
     return f"tool_call_id {quote(call_id)} matches no call of the assistant turn before it ({', '.join(ids)})"
 
 
-def _tool_turn_problem(msgs: list, i: int) -> tuple[str, str] | None:
+def _tool_turn_problem(msgs: list[Message], i: int) -> tuple[str, str] | None:
     """The first order problem a tool exchange has at message i, or None."""
     m = msgs[i]
     prev = msgs[i - 1] if i else None
     nxt = msgs[i + 1] if i + 1 < len(msgs) else None
     if m.role == TOOL:
         if not (_has_calls(prev) or (prev is not None and prev.role == TOOL)):
-            return m.role_field, ("a tool response must follow an assistant message with "
+            return m.where.role, ("a tool response must follow an assistant message with "
                                   "tool_calls (or another tool response)")
         if nxt is not None and nxt.role not in (TOOL, "assistant"):
-            return nxt.role_field, f"expected an assistant message after tool responses, got {nxt.role}"
+            return nxt.where.role, f"expected an assistant message after tool responses, got {nxt.role}"
         problem = _ids_problem(m, msgs[:i])
-        return (m.role_field.rpartition(".")[0] + ".tool_call_id", problem) if problem else None
+        return (m.where.role.rpartition(".")[0] + ".tool_call_id", problem) if problem else None
     if _has_calls(m) and nxt is not None and nxt.role != TOOL:
-        return nxt.role_field, f"expected tool responses after an assistant message with tool_calls, got {nxt.role}"
+        return nxt.where.role, f"expected tool responses after an assistant message with tool_calls, got {nxt.role}"
     return None
 
 
-def conversation_turns(msgs: list, end_field: str, problems: Problems) -> list | None:
+def conversation_turns(msgs: list[Message], end_field: str, problems: Problems) -> list[Message] | None:
     """Check where tool messages stand; return the messages left for the plain user/assistant
     order check (each assistant tool call answered by tool responses folds into the assistant
     message after it), or None when a problem was found."""
@@ -449,17 +439,17 @@ def record_tools(record: dict, problems: Problems, warnings: Problems) -> list[d
     return tools
 
 
-def calls_field(m) -> str:
+def calls_field(m: Message) -> str:
     """The field holding a message's tool calls: `tool_calls`, or a ShareGPT function_call's value."""
-    return m.content_field if m.content_field.endswith(".value") else \
-        m.role_field.rpartition(".")[0] + ".tool_calls"
+    return m.where.content if m.where.content.endswith(".value") else \
+        m.where.role.rpartition(".")[0] + ".tool_calls"
 
 
-def check_calls(msgs: list, tools: list[dict] | None, warnings: Problems) -> None:
+def check_calls(msgs: list[Message], tools: list[dict] | None, warnings: Problems) -> None:
     """Warn about each call to a function the record's tools do not offer."""
     offered = {t["function"]["name"] for t in tools or []}
     for m in msgs:
-        for j, call in enumerate(m.extra.get("tool_calls", [])):
+        for j, call in enumerate(m.tool_calls or []):
             name = call.get("function", {}).get("name")
             if name and name not in offered:
                 warnings.append((f"{calls_field(m)}[{j}].function.name",

@@ -145,12 +145,13 @@ def sample_answers(model, tokenizer, guard: ChatGuard, examples: list[Example],
     greedy = Sampling.deterministic(max_new_tokens)
     out = []
     for ex in examples:
-        last = max(i for i, m in enumerate(ex.messages) if m["role"] == "assistant")
-        prompt = guard.prompt(ex.messages[:last], ex.tools)
+        messages = ex.chat()
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt = guard.prompt(messages[:last], ex.tools)
         tuned = generate_text(model, tokenizer, prompt, greedy).strip()
         with model.disable_adapter():
             base = generate_text(model, tokenizer, prompt, greedy).strip()
-        out.append(Sample(ex.line, ex.messages[:last], reference_answer(guard, ex, last), base, tuned))
+        out.append(Sample(ex.line, messages[:last], reference_answer(guard, ex, last), base, tuned))
     return out
 
 
@@ -158,13 +159,13 @@ def reference_answer(guard: ChatGuard, ex: Example, last: int) -> str:
     """The assistant turn `last` of `ex` as the model should write it: its content, or for a
     turn with tool calls the text training renders for it (the `<tool_call>` blocks, in the
     canonical JSON), which is what a fine-tuned model answers."""
-    message = ex.messages[last]
-    if not message.get("tool_calls"):
-        return message["content"]
-    prompt = guard.prompt(ex.messages[:last], ex.tools)
-    text = guard.unguarded_text(ex.messages[:last + 1], ex.tools)
+    message, messages = ex.messages[last], ex.chat()
+    if not message.tool_calls:
+        return message.content
+    prompt = guard.prompt(messages[:last], ex.tools)
+    text = guard.unguarded_text(messages[:last + 1], ex.tools)
     if not text.startswith(prompt):   # the guard rejects such data before eval gets here
-        return message["content"]
+        return message.content
     return text[len(prompt):].split(EOS, 1)[0].strip()
 
 

@@ -44,7 +44,7 @@ from ..core.signals import STOP_SIGNALS, Terminated  # noqa: E402
 from ..core.preflight import check_train_space  # noqa: E402
 from ..core.run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
                   default_run_name)
-from ..data.template import ChatGuard, GuardError, TokenizedExample, tokenize_rendered  # noqa: E402
+from ..data.template import ChatGuard, TokenizedExample, encode_all  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 
@@ -405,19 +405,10 @@ def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
 
     def tokenise(exs: list[Example], path: str) -> tuple[list[TokenizedExample], int, int]:
         guard.path = path
-        before = len(guard.report.issues)
-        rendered = guard.render_all(exs)
-        if len(guard.report.issues) > before and not cfg.skip_invalid:
-            raise GuardError("\n".join(str(i) for i in guard.report.issues[before:]))
-        out, truncated, dropped = [], 0, 0
-        for r in rendered:
-            tok, was_cut = tokenize_rendered(r, tokenizer, cfg.max_seq_len, cfg.train_on_all)
-            truncated += was_cut
-            if all(label == -100 for label in tok.labels):
-                dropped += 1
-                continue
-            out.append(tok)
-        return out, truncated, dropped
+        done = [e for e in encode_all(guard, exs, cfg.max_seq_len, cfg.train_on_all,
+                                      strict=not cfg.skip_invalid) if e is not None]
+        out = [e.tokens for e in done if e.trained]   # no trained token left: dropped
+        return out, sum(e.truncated for e in done), len(done) - len(out)
 
     train, t1, d1 = tokenise(examples, cfg.data)
     evals, t2, d2 = tokenise(eval_examples, cfg.eval_file or cfg.data)
