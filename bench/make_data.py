@@ -164,7 +164,7 @@ def make_data(out: Path, n: int = 256, tokens: int | None = None, seed: int = 0,
     tok = tokenizer if tokenizer is not None else load_tokenizer(None)
     maker = Maker(tok)
     rng = random.Random(seed)
-    tmpl = (Path(__file__).resolve().parents[1] / "fastft" / "templates" /
+    tmpl = (Path(__file__).resolve().parents[1] / "fastft" / "core" / "templates" /
             "qwen3_instruct_2507.jinja").read_text()
     lengths, rows = [], []
     for i, target in enumerate(targets):

@@ -15,7 +15,7 @@ if str(REPO) not in sys.path:  # `bench` is a folder of scripts, not an installe
 from bench import run as bench_run  # noqa: E402
 from bench.make_data import TOLERANCE, main as make_data_main, make_data, target_lengths  # noqa: E402
 
-CHAT_TEMPLATE = (REPO / "fastft" / "templates" / "qwen3_instruct_2507.jinja").read_text()
+CHAT_TEMPLATE = (REPO / "fastft" / "core" / "templates" / "qwen3_instruct_2507.jinja").read_text()
 
 
 def rendered_lengths(path, tok):

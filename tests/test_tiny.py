@@ -13,7 +13,7 @@ from fastft.core.models import ModelRef, resolve_model
 from fastft.core.tiny import tiny_model_path
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "fastft" / "templates"
+TEMPLATES = REPO / "fastft" / "core" / "templates"
 VOCAB = 151936  # Qwen3's embedding rows (config.vocab_size of every Qwen3 model)
 
 # Qwen3's special tokens at their ids in the released tokenizer.
