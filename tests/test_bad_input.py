@@ -285,9 +285,12 @@ def test_random_json_lines_raise_only_data_error(tmp_path_factory, values):
     if not isinstance(values[0], list):  # a leading '[' makes the file a JSON array: may be broken
         read_dataset(p)                  # decodable JSONL: problems are issues, never raised
     try:
-        load_conversations(p)
-    except DataError:
-        pass
+        dataset = load_conversations(p)
+    except DataError as e:               # names the file, and a line when it is one record's
+        assert "d.jsonl" in str(e)
+    else:                                # what passes is a conversation training can use
+        assert dataset.examples and all(
+            any(m.role == "assistant" for m in ex.messages) for ex in dataset.examples)
 
 
 @PROPERTY
@@ -298,8 +301,8 @@ def test_random_bytes_raise_only_data_error(tmp_path_factory, data):
     for read in (read_dataset, load_conversations):
         try:
             read(p)
-        except DataError:
-            pass
+        except DataError as e:
+            assert "d.jsonl" in str(e)
 
 
 # -- an unclosed <think> under --think strip -------------------------------------------------------

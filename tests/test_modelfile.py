@@ -13,7 +13,6 @@ import pytest
 
 from fastft.export.modelfile import (
     EOS,
-    FAMILIES,
     MODELFILE_TEMPLATE,
     ModelfileError,
     go_literal,
@@ -223,10 +222,17 @@ def test_other_variant_has_no_template_and_bad_names_fail():
             render_modelfile(name=bad, gguf="m.gguf", variant=INSTRUCT_2507, num_ctx=512)
 
 
-def test_hybrid_sampling_is_qwen3_thinking_mode():
-    assert FAMILIES[HYBRID].sampling["temperature"] == 0.6
-    assert FAMILIES[INSTRUCT_2507].sampling == dict(temperature=0.7, top_p=0.8, top_k=20,
-                                                    min_p=0, repeat_penalty=1)
+# Qwen's recommended sampling, from the model cards (Qwen3-4B-Instruct-2507; Qwen3-4B in
+# thinking mode, the hybrid's default): what an exported Modelfile must carry as PARAMETERs.
+QWEN_CARDS = {INSTRUCT_2507: {"temperature": "0.7", "top_p": "0.8", "top_k": "20", "min_p": "0"},
+              HYBRID: {"temperature": "0.6", "top_p": "0.95", "top_k": "20", "min_p": "0"}}
+
+
+@pytest.mark.parametrize("variant", sorted(QWEN_CARDS))
+def test_the_modelfile_carries_qwens_recommended_sampling(variant):
+    mf = render_modelfile(name="m", gguf="m.gguf", variant=variant, num_ctx=512)
+    params = {k: v for k, v in parse_modelfile(mf.text) if k in QWEN_CARDS[variant]}
+    assert params == QWEN_CARDS[variant]
 
 
 # What ollama's template package executes a `.Messages` TEMPLATE with, probed with ollama's code.
