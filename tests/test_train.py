@@ -190,3 +190,18 @@ def test_eval_file_is_evaluated_each_epoch(tmp_path):
     assert result.record.data.eval == 5 and result.record.data.train == 100
     final = json.loads((result.run_dir / "fastft.json").read_text())["final"]
     assert len(final["eval_losses"]) == 2 and final["eval_loss"] == final["eval_losses"][-1] > 0
+
+
+# Golden numbers of the tiny favorite-color run (the demo's settings, 16-bit, seed 42): the first
+# losses and the token counts, as CPU training gives them (deterministic: bit for bit on the CI
+# machine, and across sessions). A change to data reading, the template, the mask, LoRA's
+# initialisation or the data order moves them; the tolerance leaves room for other CPUs' kernels.
+GOLDEN_FIRST_LOSSES = [16.954387664794922, 16.4171142578125, 13.967988967895508]
+GOLDEN_TOKENS = {"train_tokens": 3161, "trained_tokens": 1003, "examples": 100, "truncated": 0}
+
+
+@pytest.mark.slow
+def test_the_tiny_run_reproduces_its_golden_losses_and_mask_counts(color_run):
+    assert losses(color_run.run_dir)[:3] == pytest.approx(GOLDEN_FIRST_LOSSES, rel=1e-3)
+    data = color_run.record.data
+    assert {k: getattr(data, k) for k in GOLDEN_TOKENS} == GOLDEN_TOKENS
