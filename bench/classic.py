@@ -191,7 +191,7 @@ def run(a) -> dict:
         train_s = time.perf_counter() - t1
         eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
 
-    s = metrics.summary()
+    s = metrics.summary().model_dump()
     records = [asdict(r) for r in metrics.records]
     return {
         "recipe": a.name,

@@ -209,7 +209,7 @@ def read_fastft(run: Path, recipe: dict) -> dict:
         "recipe": recipe["name"], "status": "ok",
         "micro_batch": plan.batch_size, "grad_accum": plan.grad_accum,
         "padding_free": plan.padding_free, "checkpointing": plan.gradient_checkpointing,
-        "pad_waste": plan.pad_waste, "tuning": plan.tuning,
+        **plan.model_dump(mode="json", include={"pad_waste", "tuning"}),
         "steps": final.steps or len(records), "timed_steps": final.timed_steps,
         "tokens_per_s": final.tokens_per_s, "seconds_per_step": final.seconds_per_step,
         "peak_mem_alloc_gib": final.peak_mem_alloc_gib,
@@ -218,7 +218,7 @@ def read_fastft(run: Path, recipe: dict) -> dict:
         "losses": [r.get("loss") for r in records], "records": records,
         "vram_budget": rec.config.vram_budget, "auto_batch": rec.config.auto_batch,
         "optim": plan.optim, "final": final.model_dump(), "timings": rec.timings,
-        "versions": rec.versions, "hardware": rec.hardware,
+        **rec.model_dump(mode="json", include={"versions", "hardware"}),
         "run_dir": str(run),
     }
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+from .core.run import package_version  # the one reading of versions, also fastft.json's
+
 # The libraries training needs, as their distributions are named; each must be installed and
 # inside the version range fastft declares (pyproject.toml, read back from fastft's metadata).
 PACKAGES = ("torch", "unsloth", "unsloth_zoo", "trl", "transformers", "peft", "bitsandbytes",
@@ -59,13 +61,6 @@ class Report:
 
 
 # -- probes (small functions, so tests can replace one) ---------------------------------------------
-
-def package_version(name: str) -> str | None:
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-
 
 def pinned_ranges() -> dict[str, SpecifierSet]:
     """Distribution name -> the version range fastft declares for it."""

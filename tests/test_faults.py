@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import train_hooks
 from rich.console import Console
 
 from conftest import EXAMPLE, mark_killed, write_run
@@ -212,7 +213,7 @@ def run_killed(args: list[str], fault: str, cwd) -> subprocess.CompletedProcess:
     """`fastft ARGS` with FASTFT_FAULT=fault, in its own session (the fault signals its group)."""
     proc = subprocess.Popen([sys.executable, "-m", "fastft.cli", *args], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env=os.environ | {"FASTFT_FAULT": fault, "COLUMNS": "200"})
+                            env=train_hooks.env(FASTFT_FAULT=fault, COLUMNS="200"))
     try:
         out, err = proc.communicate(timeout=300)
     finally:

@@ -22,8 +22,8 @@ def test_tiny_trains_on_gpu_with_auto_tune_and_answers_blue(tmp_path):
     plan, final = result.record.plan, result.record.final
     # auto-tune keeps the effective batch of 8, and records what it measured
     assert plan.batch_size * plan.grad_accum == 8
-    assert plan.tuning and plan.tuning["measurements"] and plan.tuning["probe_s"] < 60
-    assert plan.padding_free is not None and plan.pad_waste["grouped"] <= plan.pad_waste["random"]
+    assert plan.tuning and plan.tuning.measurements and plan.tuning.probe_s < 60
+    assert plan.padding_free is not None and plan.pad_waste.grouped <= plan.pad_waste.random
     assert final.peak_mem_alloc_gib > 0
     records = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     # On a GPU a record is the mean of up to 10 steps (fastft.train.metrics): every 10 steps, and at

@@ -1,10 +1,10 @@
 """`fastft train --gpus N`: the torchrun command line, the checks made before launching, how the
 length-grouped batches are shared out, and real 2-process runs on the CPU (gloo).
 
-Test hooks used here (fastft.train.distributed, inert unless set): FASTFT_DDP_ON_CPU=1 lets `--gpus N`
-start N CPU processes when no GPU is visible; FASTFT_DEBUG_WEIGHTS_DIR makes each rank write the
-SHA-256 of its LoRA weights when training ends; FASTFT_FAULT_RANK=R keeps FASTFT_FAULT on rank R
-only. The runs use the tiny model through its folder, so FASTFT_CACHE can be a fresh one.
+FASTFT_DDP_ON_CPU=1 (fastft.train.launch) lets `--gpus N` start N CPU processes when no GPU is
+visible. Test hooks (tests/train_hooks.py, on the ranks' PYTHONPATH): FASTFT_DEBUG_WEIGHTS_DIR makes
+each rank write the SHA-256 of its LoRA weights when training ends; FASTFT_FAULT_RANK=R keeps
+FASTFT_FAULT on rank R only. The runs use the tiny model through its folder, so FASTFT_CACHE can be a fresh one.
 """
 
 import signal
@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import train_hooks
 from click.testing import CliRunner
 
 from conftest import EXAMPLE, REPO, write_run
 from fastft.train import launch
 from fastft.cli import main
-from fastft.train.distributed import weights_digest
+from fastft.train.distributed import RankFailure, RunNote
+from train_hooks import weights_digest
 from fastft.core.errors import ConfigError
 from fastft.train.launch import LaunchError, command, failure_message, per_device_batch, processes
 
@@ -152,7 +154,7 @@ def test_train_in_one_process_refuses_gpus_2(tmp_path):
 
 def test_the_failure_message_names_the_rank_and_the_cause(tmp_path):
     def f(kind, message, rank=1, t=2.0, gpu=True):
-        return {"rank": rank, "local_rank": rank, "gpu": gpu, "kind": kind, "message": message, "time": t}
+        return RankFailure(rank=rank, local_rank=rank, gpu=gpu, kind=kind, message=message, time=t)
 
     oom = f("oom", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     peer = f("internal", "RuntimeError: Connection closed by peer", rank=0, t=3.0)
@@ -191,6 +193,20 @@ def test_rank_0_output_left_mid_line_is_ended_before_our_message(tmp_path):
     assert sink.buffer.getvalue() == b"training 3/6 steps\r\ndone\n"
 
 
+def test_a_rank_failure_is_written_by_the_rank_and_read_by_the_launcher(tmp_path, monkeypatch):
+    from fastft.train.distributed import LAUNCH_DIR_ENV, rank_failed
+
+    monkeypatch.setenv(LAUNCH_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert rank_failed(RuntimeError("boom"), 70)
+    [failure] = RankFailure.read_all(tmp_path)
+    assert (failure.rank, failure.world, failure.kind, failure.code) == (1, 2, "internal", 70)
+    assert failure.message == "RuntimeError: boom" and "RuntimeError: boom" in failure.traceback
+    line, code = failure_message([failure], 2, 1, tmp_path, None)
+    assert code == 70 and line.startswith("internal error on rank 1 of 2 (a bug")
+
+
 def test_after_a_killed_launch_the_run_is_marked_failed_or_removed(tmp_path):
     """What rank 0 could not do itself (torchrun killed it): a run still `training` is marked
     failed (interrupted after a Ctrl-C); a new one that never trained a step is removed."""
@@ -202,7 +218,8 @@ def test_after_a_killed_launch_the_run_is_marked_failed_or_removed(tmp_path):
             folder.metrics_file.write_text('{"step": 1, "loss": 1.0}\n')
         note = tmp_path / name
         note.mkdir()
-        (note / "run-folder.json").write_text(json.dumps({"path": str(folder.path), "new": new}))
+        RunNote(str(folder.path), new).write(note)
+        assert json.loads((note / "run-folder.json").read_text()) == {"path": str(folder.path), "new": new}
         return folder
 
     for name, new, trained, interrupted, status in [("a", True, True, False, "failed"),
@@ -264,8 +281,9 @@ def fastft(*args, env: dict, cwd: Path, timeout: int = 300) -> subprocess.Comple
 
 
 def python_path() -> str:
-    """The repo first, then what the host had (the GPU host installs with --target)."""
-    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    """The test hooks and the repo first, then what the host had (the GPU host installs with
+    --target)."""
+    return train_hooks.env()["PYTHONPATH"]
 
 
 def tiny_args(tiny_path, runs: Path, name: str, *extra) -> list[str]:

@@ -52,14 +52,14 @@ def test_summary_leaves_out_every_interval_holding_a_warm_up_step(clock):
     drive(m, 30, every=10, tokens_per_step=100, clock=clock)
     m.records[0].seconds = 50.0          # compilation in the first interval
     s = m.summary(skip=2)
-    assert s["timed_steps"] == 20 and s["tokens_per_s"] == pytest.approx(100.0)
-    assert s["steps"] == 30 and s["last_loss"] == pytest.approx(-20.0)
+    assert s.timed_steps == 20 and s.tokens_per_s == pytest.approx(100.0)
+    assert s.steps == 30 and s.last_loss == pytest.approx(-20.0)
 
 
 def test_summary_per_step_records_skip_exactly_the_first_steps(clock):
     m = StepMetrics()
     drive(m, 5, every=1, tokens_per_step=100, clock=clock)
-    assert m.summary(skip=2)["timed_steps"] == 3
+    assert m.summary(skip=2).timed_steps == 3
 
 
 def test_mean_loss_weights_each_record_by_its_steps(tmp_path):

@@ -199,12 +199,14 @@ def assert_resumable_after_disk_full(result, run):
 
 def test_a_disk_full_while_checkpointing_leaves_a_resumable_run(runner, tmp_path, monkeypatch):
     import fastft.train.trainer
+    import train_hooks
 
     def fault(name):   # the checkpoint's weights are written, its trainer state not yet
         if name == "checkpoint-write":
             disk_full()
     with monkeypatch.context() as m:
-        m.setattr(fastft.train.trainer, "fault_point", fault)
+        train_hooks.install(fastft.train.trainer, m.setattr)
+        m.setattr(train_hooks, "fault_point", fault)
         result = runner.invoke(main, train_args(tmp_path, "--max-steps", "3", "--save-steps", "2",
                                                 "--name", "full"))
     run = tmp_path / "runs" / "full"

@@ -32,7 +32,7 @@ def record(**config) -> RunRecord:
         config=TrainConfig(data="x.jsonl", **config),
         plan=Plan(model_path="tiny", batch_size=2, grad_accum=4, padding_free=None,
                   gradient_checkpointing="unsloth", optim="adamw_torch", group_by_length=True),
-        variant="instruct-2507", guard={"think": "strip"},
+        variant="instruct-2507", guard={"variant": "instruct-2507", "data_think_stripped": 1},
         data=DataInfo(path="/data/x.jsonl", sha256="0" * 64, examples=3, train=3, eval=0,
                       truncated=0, dropped=0, train_tokens=30, trained_tokens=12),
         versions={"fastft": "0.1.0"}, hardware={"gpu": None},
@@ -219,6 +219,48 @@ def test_read_refuses_old_and_malformed_records_naming_the_file(tmp_path, text, 
     with pytest.raises(RunFolderError, match=match) as e:
         folder.read()
     assert str(folder.record_file) in str(e.value)
+
+
+# What fastft wrote before guard, versions, hardware, pad_waste and tuning were typed (untyped
+# dicts, schema version 2): the parts of a GPU run's fastft.json those fields held.
+PREVIOUS_SHAPE = {
+    "guard": {"variant": "instruct-2507", "template_replaced": True, "eos_set": "<|endoftext|>",
+              "pad_set": None, "empty_think_removed": 0, "data_think_stripped": 2,
+              "data_think_kept": 0, "issues": ["data.jsonl:3: think block: unclosed"]},
+    "versions": {"fastft": "0.1.0", "unsloth": "2025.11.1", "unsloth_zoo": "2025.11.1",
+                 "torch": "2.8.0", "transformers": "4.57.1", "trl": "0.24.0", "peft": "0.17.1",
+                 "datasets": "4.3.0", "bitsandbytes": None, "accelerate": "1.11.0"},
+    "hardware": {"platform": "Linux-6.8-x86_64", "python": "3.11.9", "cpus": 16,
+                 "gpu": "NVIDIA H100 80GB HBM3", "gpu_mem_gib": 79.2, "gpu_count": 1, "cuda": "12.8"},
+    "pad_waste": {"random": 0.41, "grouped": 0.07},
+    "tuning": {"batch_size": 8, "grad_accum": 1, "padding_free": False, "checkpointing": "false",
+               "budget_gib": 79.1, "probe_s": 31.5, "reserve_gib": 0.2, "measurements": [
+                   {"micro_batch": 8, "padding_free": False, "checkpointing": "false",
+                    "peak_gib": 30.39, "tokens_per_s": 11668.0},
+                   {"micro_batch": 8, "padding_free": False, "checkpointing": "true",
+                    "peak_gib": None, "tokens_per_s": None}]},
+}
+
+
+def test_a_record_of_the_previous_shape_still_loads(tmp_path):
+    folder = made(tmp_path / "runs", "old")
+    raw = record().model_dump(mode="json")
+    raw.update({k: PREVIOUS_SHAPE[k] for k in ("guard", "versions", "hardware")})
+    raw["plan"].update({k: PREVIOUS_SHAPE[k] for k in ("pad_waste", "tuning")})
+    raw["hardware"] = {k: v for k, v in raw["hardware"].items() if k != "gpu_count"}
+    folder.record_file.write_text(json.dumps(raw))
+    rec = folder.read()
+    assert rec.guard.data_think_stripped == 2 and rec.guard.issues == PREVIOUS_SHAPE["guard"]["issues"]
+    assert rec.versions.torch == "2.8.0" and rec.versions.bitsandbytes is None
+    assert rec.hardware.gpu_mem_gib == 79.2 and rec.hardware.gpu_count is None
+    assert rec.plan.pad_waste.grouped == 0.07
+    assert rec.plan.tuning.measurements[1].peak_gib is None and rec.plan.tuning.reserve_gib == 0.2
+    # Written again, it keeps every value, in the same keys.
+    folder.write(rec)
+    again = json.loads(folder.record_file.read_text())
+    assert again["guard"] == PREVIOUS_SHAPE["guard"] and again["plan"]["tuning"] == PREVIOUS_SHAPE["tuning"]
+    assert again["versions"] == PREVIOUS_SHAPE["versions"]
+    assert again["plan"]["pad_waste"] == PREVIOUS_SHAPE["pad_waste"]
 
 
 # -- opening ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import train_hooks
 
 from conftest import EXAMPLE
 
@@ -18,7 +19,8 @@ SECRETS = {"HF_TOKEN": f"hf_{MARKER}", "HUGGING_FACE_HUB_TOKEN": f"hf_{MARKER}",
 
 
 def fastft(*args, cwd, env_extra=None) -> subprocess.CompletedProcess:
-    env = os.environ | SECRETS | {"COLUMNS": "200"} | (env_extra or {})
+    # The test hooks (tests/train_hooks.py) on its path: FASTFT_FAULT makes a crash on purpose.
+    env = train_hooks.env(os.environ | SECRETS | {"COLUMNS": "200"} | (env_extra or {}))
     return subprocess.run([sys.executable, "-m", "fastft.cli", *args], cwd=cwd, env=env,
                           capture_output=True, timeout=900)
 

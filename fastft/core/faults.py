@@ -4,9 +4,9 @@
 
 makes the n-th arrival (default: the first) at `fault_point("<point>")` send SIGNAL (or, for
 `raise`, raise an unexpected error: an internal error, as a bug would cause). Points:
-`step` (inside an optimizer step, before a micro-batch's forward/backward), `checkpoint-write`
-(a checkpoint's weights are on disk, its optimizer state and trainer_state.json are not yet),
-`convert` (llama.cpp's converter is running), `quantize` (llama-quantize is running).
+`convert` (llama.cpp's converter is running) and `quantize` (llama-quantize is running), called
+in fastft.export.llamacpp; `step` and `checkpoint-write` are called by the test-side Trainer
+subclass of tests/train_hooks.py, so training itself has no kill points.
 
 A process that leads its own process group (the tests start it with `start_new_session=True`)
 signals the whole group, as a terminal's Ctrl-C or a `kill -9 -PGID` does: the converter or

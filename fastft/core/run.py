@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata as md
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Literal, Optional
@@ -56,6 +57,59 @@ class DataInfo(_Record):
     trained_tokens: int          # tokens that carry loss
 
 
+class PadWaste(_Record):
+    """Share of computed tokens that are padding, with random and with length-grouped batches."""
+    random: float
+    grouped: float
+
+
+@dataclass
+class Measurement:
+    """One candidate auto-tune probed. peak_gib None: out of memory; tokens_per_s None: not
+    timed. A dataclass (fastft.train.autobatch builds many, positionally) that pydantic
+    validates inside Plan."""
+    micro_batch: int
+    padding_free: bool
+    checkpointing: str
+    peak_gib: float | None
+    tokens_per_s: float | None
+
+    def label(self) -> str:
+        head = f"{self.micro_batch} {'free' if self.padding_free else 'padded'} {self.checkpointing}"
+        if self.peak_gib is None:
+            return f"{head}: OOM"
+        speed = "not timed" if self.tokens_per_s is None else f"{self.tokens_per_s:,.0f} tok/s"
+        return f"{head}: {speed}, {self.peak_gib:.1f} GiB"
+
+
+@dataclass
+class Tuning:
+    """Auto-tune's choice and what it measured (fastft.train.autobatch)."""
+    batch_size: int
+    grad_accum: int
+    padding_free: bool
+    checkpointing: str
+    budget_gib: float
+    probe_s: float
+    measurements: list[Measurement] = field(default_factory=list)
+    reserve_gib: float = 0.0   # optimizer state the probe does not see, kept free as well
+
+    def describe(self) -> str:
+        chosen = next((m for m in self.measurements if (m.micro_batch, m.padding_free,
+                       m.checkpointing) == (self.batch_size, self.padding_free, self.checkpointing)
+                       and m.tokens_per_s), None)
+        others = "; ".join(m.label() for m in self.measurements if m is not chosen)
+        speed = f" ({chosen.label().split(': ', 1)[1]})" if chosen else " (nothing fitted)"
+        return (f"auto-tune: micro-batch {self.batch_size} x {self.grad_accum} accumulation, "
+                f"{'padding-free' if self.padding_free else 'padded'}, checkpointing "
+                f"{self.checkpointing}{speed}; budget {self.budget_gib:.1f} GiB, "
+                f"{self.reserve_gib:.2f} GiB for optimizer state; also measured: "
+                f"{others or 'nothing'}; {self.probe_s:.0f} s")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 class Plan(_Record):
     """What the run derived from its config on this machine; a resume reuses it as it is."""
     model_path: str              # what from_pretrained was given: a local folder or a hub id
@@ -65,15 +119,14 @@ class Plan(_Record):
     gradient_checkpointing: str
     optim: str                   # the optimizer actually used (adamw_torch on CPU)
     group_by_length: bool
-    pad_waste: Optional[dict] = None   # {"random": share, "grouped": share} of padded tokens
-    tuning: Optional[dict] = None      # auto-tune's choice and measurements
+    pad_waste: Optional[PadWaste] = None
+    tuning: Optional[Tuning] = None    # None: not auto-tuned (CPU, packing, --no-auto-batch)
     world_size: int = 1                # data-parallel processes, one per GPU (a resume needs as many)
     launcher: Optional[str] = None     # what started them: "torchrun" (fastft train --gpus N)
 
 
-class Final(_Record):
-    global_step: int
-    train_loss: Optional[float] = None
+class Throughput(_Record):
+    """What fastft.train.metrics.StepMetrics measured (warm-up steps left out of the timing)."""
     steps: int = 0               # steps recorded in metrics.jsonl by this process
     timed_steps: int = 0
     tokens_per_s: Optional[float] = None
@@ -81,10 +134,67 @@ class Final(_Record):
     last_loss: Optional[float] = None
     peak_mem_alloc_gib: Optional[float] = None
     peak_mem_reserved_gib: Optional[float] = None
+
+
+class Final(Throughput):
+    global_step: int
+    train_loss: Optional[float] = None
     eval_loss: Optional[float] = None
     best_eval_loss: Optional[float] = None
     eval_losses: list[float] = []
     best_checkpoint: Optional[str] = None
+
+
+# The guard's report, versions and hardware: every field has a default, so a record that left one
+# out (or wrote it as {}, as the tests' minimal runs do) still loads.
+
+class GuardRecord(_Record):
+    """The chat-template guard's report (fastft.data.template.GuardReport), as the record keeps it."""
+    variant: str = ""
+    template_replaced: bool = False
+    eos_set: Optional[str] = None        # the EOS replaced, if any
+    pad_set: Optional[str] = None        # the pad token replaced, if any
+    empty_think_removed: int = 0
+    data_think_stripped: int = 0
+    data_think_kept: int = 0
+    issues: list[str] = []               # think errors and parity failures, one line each
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version from its metadata (no import: Unsloth's takes
+    seconds), None if it is not installed. The one reading, for fastft.json and `fastft doctor`."""
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+class Versions(_Record):
+    """The versions a run was trained with; None: not installed."""
+    fastft: Optional[str] = None
+    unsloth: Optional[str] = None
+    unsloth_zoo: Optional[str] = None
+    torch: Optional[str] = None
+    transformers: Optional[str] = None
+    trl: Optional[str] = None
+    peft: Optional[str] = None
+    datasets: Optional[str] = None
+    bitsandbytes: Optional[str] = None
+    accelerate: Optional[str] = None
+
+    @classmethod
+    def installed(cls) -> "Versions":
+        return cls(**{name: package_version(name) for name in cls.model_fields})
+
+
+class Hardware(_Record):
+    platform: str = ""
+    python: str = ""
+    cpus: Optional[int] = None
+    gpu: Optional[str] = None            # GPU 0's name; None: trained on the CPU
+    gpu_mem_gib: Optional[float] = None
+    gpu_count: Optional[int] = None
+    cuda: Optional[str] = None
 
 
 class RunRecord(_Record):
@@ -93,10 +203,10 @@ class RunRecord(_Record):
     config: TrainConfig
     plan: Plan
     variant: str                 # which chat template family (fastft.core.qwen3.detect_variant)
-    guard: dict                  # the chat-template guard's report
+    guard: GuardRecord
     data: DataInfo
-    versions: dict
-    hardware: dict
+    versions: Versions
+    hardware: Hardware
     timings: dict[str, float] = {}
     final: Optional[Final] = None
 

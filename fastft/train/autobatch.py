@@ -16,7 +16,8 @@ between the three modes at run time.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+
+from ..core.run import Measurement, Tuning
 
 HEADROOM = 0.10        # share of the budget left free for allocator fragmentation
 MARGIN = 0.05          # another checkpointing mode must beat "unsloth" by this much to replace it
@@ -35,48 +36,8 @@ UNSLOTH_GC = {"unsloth": "unsloth", "true": True, "false": False}  # Unsloth's s
 _RANK = {"unsloth": 0, "true": 1, "false": 2}  # activation memory each mode keeps on the GPU
 
 
-@dataclass
-class Measurement:
-    """One probed candidate. peak_gib None: out of memory; tokens_per_s None: not timed."""
-    micro_batch: int
-    padding_free: bool
-    checkpointing: str
-    peak_gib: float | None
-    tokens_per_s: float | None
-
-    def label(self) -> str:
-        head = f"{self.micro_batch} {'free' if self.padding_free else 'padded'} {self.checkpointing}"
-        if self.peak_gib is None:
-            return f"{head}: OOM"
-        speed = "not timed" if self.tokens_per_s is None else f"{self.tokens_per_s:,.0f} tok/s"
-        return f"{head}: {speed}, {self.peak_gib:.1f} GiB"
-
-
-@dataclass
-class TuneResult:
-    batch_size: int
-    grad_accum: int
-    padding_free: bool
-    checkpointing: str
-    budget_gib: float
-    probe_s: float
-    measurements: list[Measurement] = field(default_factory=list)
-    reserve_gib: float = 0.0   # optimizer state the probe does not see, kept free as well
-
-    def describe(self) -> str:
-        chosen = next((m for m in self.measurements if (m.micro_batch, m.padding_free,
-                       m.checkpointing) == (self.batch_size, self.padding_free, self.checkpointing)
-                       and m.tokens_per_s), None)
-        others = "; ".join(m.label() for m in self.measurements if m is not chosen)
-        speed = f" ({chosen.label().split(': ', 1)[1]})" if chosen else " (nothing fitted)"
-        return (f"auto-tune: micro-batch {self.batch_size} x {self.grad_accum} accumulation, "
-                f"{'padding-free' if self.padding_free else 'padded'}, checkpointing "
-                f"{self.checkpointing}{speed}; budget {self.budget_gib:.1f} GiB, "
-                f"{self.reserve_gib:.2f} GiB for optimizer state; also measured: "
-                f"{others or 'nothing'}; {self.probe_s:.0f} s")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# What auto-tune returns is what the run record keeps (Plan.tuning): one definition, in core.
+TuneResult = Tuning
 
 
 def candidates(effective_batch: int) -> list[int]:

@@ -18,24 +18,20 @@ Alone (WORLD_SIZE unset or 1) everything here is a no-op that never imports torc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core.errors import FastftError, TrainError, is_out_of_memory
+from ..core.run import write_text_atomic
 
 LAUNCH_DIR_ENV = "FASTFT_LAUNCH_DIR"   # set by fastft.train.launch: each rank's output and failure go there
 TIMEOUT_ENV = "FASTFT_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600   # longer than auto-tune on rank 0 (< 2 min), which the others wait for
-# Test hooks, documented in tests/test_launch.py: each rank writes the SHA-256 of its LoRA weights
-# into this folder when training ends; only rank FASTFT_FAULT_RANK keeps FASTFT_FAULT (fastft.core.faults).
-WEIGHTS_DIR_ENV = "FASTFT_DEBUG_WEIGHTS_DIR"
-FAULT_RANK_ENV = "FASTFT_FAULT_RANK"
 
 _control = None   # the process group of the small CPU messages (gloo)
 
@@ -160,7 +156,7 @@ def launch_dir() -> Path | None:
 def attach() -> None:
     """First thing in a process that `fastft train --gpus N` started: its stdout and stderr go to
     files in the launch folder (the launcher shows rank 0's on the terminal, keeps the others'),
-    it dies with the launcher, and the test-only fault (FASTFT_FAULT) stays on one rank."""
+    and it dies with the launcher."""
     d, w = launch_dir(), world()
     if d is None:
         return
@@ -174,9 +170,6 @@ def attach() -> None:
     if w.rank != 0:   # only rank 0's output reaches a terminal
         for k in ("TTY_COMPATIBLE", "TTY_INTERACTIVE"):
             os.environ.pop(k, None)
-    fault_rank = os.environ.get(FAULT_RANK_ENV)
-    if fault_rank is not None and int(fault_rank) != w.rank:
-        os.environ.pop("FASTFT_FAULT", None)
 
 
 def _die_with_parent() -> None:
@@ -188,6 +181,54 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """Why one process of a launch failed: written by it (`rank_failed`), read by the launcher
+    (fastft.train.launch), which prints one message for the whole run."""
+    rank: int
+    local_rank: int
+    gpu: bool             # it trained on a GPU (torch imported and CUDA there)
+    kind: str             # error (a FastftError), interrupted, oom or internal
+    message: str
+    time: float           # when it failed: the first to fail caused the others' failures
+    world: int = 1
+    code: int = 1
+    traceback: str = ""
+
+    def write(self, folder: Path) -> Path:
+        path = failure_file(folder, self.rank)
+        _write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def read_all(cls, folder: Path) -> list["RankFailure"]:
+        return [cls(**json.loads(p.read_text(encoding="utf-8")))
+                for p in sorted(folder.glob("failure-rank*.json"))]
+
+
+def failure_file(folder: Path, rank: int) -> Path:
+    return folder / f"failure-rank{rank}.json"
+
+
+@dataclass(frozen=True)
+class RunNote:
+    """run-folder.json: rank 0 tells the launcher where the run is, so that after a failure it
+    can mark the run failed (or remove a new one that never trained a step), as one process does
+    for itself."""
+    path: str
+    new: bool             # created by this launch (not a resume)
+
+    FILE = "run-folder.json"
+
+    def write(self, folder: Path) -> None:
+        _write_json(folder / self.FILE, asdict(self))
+
+    @classmethod
+    def read(cls, folder: Path) -> "RunNote | None":
+        note = folder / cls.FILE
+        return cls(**json.loads(note.read_text(encoding="utf-8"))) if note.is_file() else None
 
 
 def rank_failed(e: BaseException, code: int) -> bool:
@@ -204,47 +245,19 @@ def rank_failed(e: BaseException, code: int) -> bool:
     else:
         kind, message = ("oom" if is_out_of_memory(e) else "internal"), f"{type(e).__name__}: {e}"
     torch = sys.modules.get("torch")   # not imported yet: it failed before any GPU work
-    gpu = torch is not None and torch.cuda.is_available()
-    record = {"rank": w.rank, "world": w.size, "local_rank": w.local_rank, "gpu": gpu, "kind": kind,
-              "message": message, "code": code, "time": time.time(),
-              "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
-    _write_json(d / f"failure-rank{w.rank}.json", record)
+    RankFailure(rank=w.rank, world=w.size, local_rank=w.local_rank,
+                gpu=torch is not None and torch.cuda.is_available(), kind=kind, message=message,
+                code=code, time=time.time(),
+                traceback="".join(traceback.format_exception(type(e), e, e.__traceback__))).write(d)
     return True
 
 
 def note_run_folder(path: Path, new: bool) -> None:
-    """Rank 0 tells the launcher where the run is, so that after a failure it can mark the run
-    failed (or remove a new one that never trained a step), as one process does for itself."""
+    """Rank 0 tells the launcher where the run is (RunNote)."""
     d = launch_dir()
     if d is not None and world().is_main:
-        _write_json(d / "run-folder.json", {"path": str(path), "new": new})
+        RunNote(str(path), new).write(d)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-# -- test hook: the weights each rank ends with --------------------------------------------------
-
-def weights_digest(state_dict: dict) -> str:
-    """SHA-256 over a LoRA state dict's names and values (as float32), in name order."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        h.update(name.encode())
-        h.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def dump_weights_digest(model) -> None:
-    """With FASTFT_DEBUG_WEIGHTS_DIR set (tests only): write this rank's LoRA weights' digest, the
-    same function of the same tensors that rank 0 saves as the adapter."""
-    d = os.environ.get(WEIGHTS_DIR_ENV)
-    if not d:
-        return
-    from peft import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(model)
-    _write_json(Path(d) / f"rank{world().rank}.json",
-                {"rank": world().rank, "sha256": weights_digest(state), "tensors": len(state)})
+    write_text_atomic(path, json.dumps(data, indent=2))

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from ..core.config import TrainConfig, parse_gpus
-from .distributed import LAUNCH_DIR_ENV, mismatch, world
+from .distributed import LAUNCH_DIR_ENV, RankFailure, RunNote, failure_file, mismatch, world
 from ..core.errors import ConfigError, EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError
 
 TORCHRUN = "torch.distributed.run"   # the module behind the `torchrun` script
@@ -83,13 +83,14 @@ def command(nprocs: int, argv: list[str], python: str = sys.executable) -> list[
             "-m", "fastft.cli", *argv]
 
 
-def failure_message(failures: list[dict], nprocs: int, returncode: int, folder: Path,
+def failure_message(failures: list[RankFailure], nprocs: int, returncode: int, folder: Path,
                     interrupted: int | None) -> tuple[str | None, int]:
     """(the one line to print, or None; the exit code) once torchrun has ended unsuccessfully,
     worded as one process words its own failure. The first process to fail caused it; the
     others were stopped, or failed waiting for it. `interrupted`: the signal that asked the
     launch to stop, if one did (the exit code is then 128 + its number)."""
-    stopped = 128 + (interrupted or signal.SIGINT)
+    # True (asked to stop, by a signal not known) counts as Ctrl-C; bool first, as SIGHUP == 1 == True.
+    stopped = 128 + (signal.SIGINT if isinstance(interrupted, bool) or not interrupted else interrupted)
     if not failures:
         if interrupted:   # rank 0 said where it stopped and how to resume
             return None, stopped
@@ -97,20 +98,19 @@ def failure_message(failures: list[dict], nprocs: int, returncode: int, folder: 
                 f"{returncode}; killed "
                 f"by the system, e.g. out of host memory?); each process's output is in {folder}",
                 EXIT_INTERNAL_ERROR)
-    f = min(failures, key=lambda r: r["time"])
-    who = f"rank {f['rank']} of {nprocs}" + (f" (GPU {f['local_rank']})" if f.get("gpu") else "")
+    f = min(failures, key=lambda r: r.time)
+    who = f"rank {f.rank} of {nprocs}" + (f" (GPU {f.local_rank})" if f.gpu else "")
     others = f"the other process{'es were' if nprocs > 2 else ' was'} stopped"
-    if f["kind"] == "interrupted":
+    if f.kind == "interrupted":
         return "interrupted", stopped
-    if f["kind"] == "error":
-        return f"error: {f['message']}", EXIT_USER_ERROR
-    if f["kind"] == "oom":
-        return (f"error: {who} ran out of GPU memory ({f['message'].splitlines()[0]}); lower --batch-size "
+    if f.kind == "error":
+        return f"error: {f.message}", EXIT_USER_ERROR
+    if f.kind == "oom":
+        return (f"error: {who} ran out of GPU memory ({f.message.splitlines()[0]}); lower --batch-size "
                 f"(the micro-batch) or set --vram-budget; {others}"), EXIT_USER_ERROR
-    trace = folder / f"failure-rank{f['rank']}.json"
     return (f"internal error on {who} (a bug in fastft or a library it uses): "
-            f"{f['message'].splitlines()[0] if f['message'] else '?'}; {others}; the traceback is "
-            f"in {trace}"), EXIT_INTERNAL_ERROR
+            f"{f.message.splitlines()[0] if f.message else '?'}; {others}; the traceback is "
+            f"in {failure_file(folder, f.rank)}"), EXIT_INTERNAL_ERROR
 
 
 # -- deciding -----------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def relaunch(nprocs: int, argv: list[str], console, verbose: bool = False) -> in
     if returncode == 0:
         shutil.rmtree(folder, ignore_errors=True)
         return 0
-    failures = [json.loads(p.read_text()) for p in sorted(folder.glob("failure-rank*.json"))]
+    failures = RankFailure.read_all(folder)
     settle_run(folder, interrupted)
     line, code = failure_message(failures, nprocs, returncode, folder, interrupted)
     if line:
@@ -301,17 +301,16 @@ def settle_run(folder: Path, interrupted: bool) -> None:
     from ..core.errors import RunFolderError
     from ..core.run import RunFolder
 
-    note = folder / "run-folder.json"
-    if not note.is_file():
+    noted = RunNote.read(folder)
+    if noted is None:
         return
-    noted = json.loads(note.read_text(encoding="utf-8"))
-    run_folder = RunFolder(Path(noted["path"]))
+    run_folder = RunFolder(Path(noted.path))
     if not run_folder.path.is_dir():
         return
     for _ in range(50):   # the ranks die with torchrun; wait until rank 0 let go of the lock
         try:
             with run_folder.lock():
-                _settle(run_folder, noted["new"], interrupted)
+                _settle(run_folder, noted.new, interrupted)
             return
         except RunFolderError:
             time.sleep(0.2)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..core.run import write_text_atomic
+from ..core.run import Throughput, write_text_atomic
 
 
 @dataclass
@@ -84,7 +84,7 @@ class StepMetrics(TrainerCallback):
             with open(self.path, "a") as f:
                 f.write(json.dumps(asdict(rec)) + "\n")
 
-    def summary(self, skip: int = 2) -> dict:
+    def summary(self, skip: int = 2) -> Throughput:
         """Throughput over the records after the first `skip` steps (compilation and warm-up
         excluded): every interval that holds one of those steps is left out."""
         recs = [r for r in self.records if r.step - r.steps >= skip] or self.records
@@ -92,15 +92,15 @@ class StepMetrics(TrainerCallback):
         seconds = sum(r.seconds for r in recs)
         steps = sum(r.steps for r in recs)
         alloc, reserved = gpu_peak_gib()
-        return {
-            "steps": self.records[-1].step if self.records else 0,
-            "timed_steps": steps,
-            "tokens_per_s": tokens / seconds if seconds else None,
-            "seconds_per_step": seconds / steps if steps else None,
-            "last_loss": self.records[-1].loss if self.records else None,
-            "peak_mem_alloc_gib": alloc,
-            "peak_mem_reserved_gib": reserved,
-        }
+        return Throughput(
+            steps=self.records[-1].step if self.records else 0,
+            timed_steps=steps,
+            tokens_per_s=tokens / seconds if seconds else None,
+            seconds_per_step=seconds / steps if steps else None,
+            last_loss=self.records[-1].loss if self.records else None,
+            peak_mem_alloc_gib=alloc,
+            peak_mem_reserved_gib=reserved,
+        )
 
 
 def read_records(path: Path) -> list[dict]:

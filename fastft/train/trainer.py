@@ -35,15 +35,14 @@ from ..core.cache import building  # noqa: E402
 from ..core.config import TrainConfig  # noqa: E402
 from ..data.read import Dataset, Example, load_conversations  # noqa: E402
 from ..core.errors import RunFolderError, TrainError, is_disk_full, is_out_of_memory  # noqa: E402
-from ..core.faults import fault_point  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from ..core.models import check_model, hub_problem, load_model, resolve_model  # noqa: E402
 from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
 from ..core.quiet import move_log  # noqa: E402
 from ..core.signals import STOP_SIGNALS, Terminated  # noqa: E402
 from ..core.preflight import check_train_space  # noqa: E402
-from ..core.run import (DataInfo, Final, Plan, Run, RunFolder, RunRecord, checkpoint_step,  # noqa: E402
-                  default_run_name)
+from ..core.run import (DataInfo, Final, GuardRecord, Hardware, PadWaste, Plan, Run,  # noqa: E402
+                        RunFolder, RunRecord, Versions, checkpoint_step, default_run_name)
 from ..data.template import ChatGuard, TokenizedExample, encode_all  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
@@ -209,16 +208,16 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
         set_checkpointing(model, plan.gradient_checkpointing)
     trainer, metrics = make_trainer(cfg, plan, model, tokenizer, data, folder)
 
-    versions, hardware = environment()
-    record = RunRecord(config=cfg, plan=plan, variant=guard.variant, guard=guard.report.to_dict(),
-                       data=data_info(cfg, data), versions=versions, hardware=hardware)
+    # GuardReport's own serialisation, read back into the record's type at once.
+    record = RunRecord(config=cfg, plan=plan, variant=guard.variant,
+                       guard=GuardRecord.model_validate(guard.report.to_dict()),
+                       data=data_info(cfg, data), versions=Versions.installed(), hardware=hardware())
     _write(folder, record)
 
     t1 = time.perf_counter()
     fit(trainer, metrics, folder, record, checkpoint, ui, new_run)
     timings["train_s"] = time.perf_counter() - t1
 
-    distributed.dump_weights_digest(model)   # a test hook; nothing unless asked for
     if main:   # DDP kept every rank's weights equal: rank 0 saves them
         save_adapter(model, tokenizer, folder.adapter)
         timings["total_s"] = time.perf_counter() - t0
@@ -475,16 +474,16 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
         tuned = autotune(model, tokenizer, data.train, cfg, ui=ui,
                          fixed_checkpointing=cfg.gradient_checkpointing, optim=optim)
         batch_size, grad_accum = tuned.batch_size, tuned.grad_accum
-        padding_free, checkpointing, tuning = tuned.padding_free, tuned.checkpointing, tuned.to_dict()
+        padding_free, checkpointing, tuning = tuned.padding_free, tuned.checkpointing, tuned
         ui.status(tuned.describe())
     lengths = [len(e.input_ids) for e in data.train]
     group = cfg.group_by_length and not cfg.packing
-    waste = {"random": pad_waste(lengths, random_batches(len(lengths), batch_size, cfg.seed)),
-             "grouped": pad_waste(lengths, grouped_batches(lengths, batch_size, cfg.seed))}
+    waste = PadWaste(random=pad_waste(lengths, random_batches(len(lengths), batch_size, cfg.seed)),
+                     grouped=pad_waste(lengths, grouped_batches(lengths, batch_size, cfg.seed)))
     if not padding_free and not cfg.packing:
         ui.status(f"batches: padded, {'length-grouped' if group else 'random'}; padding is "
-                  f"{waste['grouped' if group else 'random']:.0%} of computed tokens "
-                  f"(random batches: {waste['random']:.0%})")
+                  f"{waste.grouped if group else waste.random:.0%} of computed tokens "
+                  f"(random batches: {waste.random:.0%})")
     return Plan(model_path=model_path, batch_size=batch_size, grad_accum=grad_accum,
                 padding_free=padding_free, gradient_checkpointing=checkpointing,
                 optim=optim, group_by_length=group, pad_waste=waste, tuning=tuning,
@@ -612,15 +611,6 @@ def _trainer_class():
             with _optimizer_state_to_cpu(self.args.world_size > 1 and self.args.device.type == "cpu"):
                 return super()._load_optimizer_and_scheduler(checkpoint)
 
-        # Named kill points for the fault-matrix tests (fastft.core.faults; a no-op unless set).
-        def training_step(self, *args, **kwargs):
-            fault_point("step")
-            return super().training_step(*args, **kwargs)
-
-        def _save_optimizer_and_scheduler(self, output_dir):
-            fault_point("checkpoint-write")   # the weights are saved, trainer_state.json is not
-            return super()._save_optimizer_and_scheduler(output_dir)
-
     return FastftTrainer
 
 
@@ -679,18 +669,17 @@ def _publish_checkpoint(trainer, final_root: str) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-@contextlib.contextmanager
 def _optimizer_state_to_cpu(needed: bool):
     """Several processes on the CPU (FASTFT_DDP_ON_CPU, the tests): transformers loads a resumed
-    optimizer state onto args.device, there "cpu:<rank>", which torch.load cannot restore to."""
+    optimizer state onto args.device, there "cpu:<rank>", which torch.load cannot restore to.
+    torch.load is patched only then, and only for the load of that state (mock restores it)."""
+    if not needed:
+        return contextlib.nullcontext()
+    from unittest import mock
+
     import torch
     load = torch.load
-    if needed:
-        torch.load = lambda *a, map_location=None, **k: load(*a, map_location="cpu", **k)
-    try:
-        yield
-    finally:
-        torch.load = load
+    return mock.patch.object(torch, "load", lambda *a, map_location=None, **k: load(*a, map_location="cpu", **k))
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -701,7 +690,7 @@ def final_metrics(trainer, metrics, folder: RunFolder) -> Final:
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     extra = dict(eval_loss=evals[-1], best_eval_loss=min(evals), eval_losses=evals,
                  best_checkpoint=trainer.state.best_model_checkpoint) if evals else {}
-    return Final(**metrics.summary(), global_step=trainer.state.global_step,
+    return Final(**metrics.summary().model_dump(), global_step=trainer.state.global_step,
                  train_loss=mean_loss(folder.metrics_file), **extra)
 
 
@@ -714,22 +703,11 @@ def save_adapter(model, tokenizer, adapter: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def environment() -> tuple[dict, dict]:
-    import importlib.metadata as md
-
+def hardware() -> Hardware:
     import torch
-    versions = {}
-    for pkg in ("fastft", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft",
-                "datasets", "bitsandbytes", "accelerate"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    hw = {"platform": platform.platform(), "python": platform.python_version(),
-          "cpus": os.cpu_count(), "gpu": None}
+    hw = Hardware(platform=platform.platform(), python=platform.python_version(), cpus=os.cpu_count())
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        hw.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1),
-                  gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda)
-    return versions, hw
-
+        hw = hw.model_copy(update=dict(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1),
+                                       gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda))
+    return hw
