@@ -18,7 +18,7 @@ import pytest
 import train_hooks
 from click.testing import CliRunner
 
-from conftest import EXAMPLE, REPO, write_run
+from conftest import EXAMPLE, write_run
 from fastft.train import launch
 from fastft.cli import main
 from fastft.train.distributed import RankFailure, RunNote
