@@ -16,9 +16,9 @@
 5. docs    The Modelfile, README.md and fastft-export.json (SHA-256 of each file, stage times).
 6. commit  Only then move the finished folder to its final name, in one rename.
 
-Everything is written inside a hidden scratch folder next to the output (`.tmp-<name>-*`), and
-Unsloth runs with a folder in it as its working directory (its merge buffers write relative
-paths). A crash or Ctrl-C leaves no file under a final name and an existing output folder
+Everything is written inside a hidden scratch folder next to the output (`.tmp-<name>-*`),
+Unsloth's merge buffers included (given an absolute folder there: the process's working
+directory is never changed). A crash or Ctrl-C leaves no file under a final name and an existing output folder
 untouched; `--force` replaces the old folder only once the new one is complete.
 """
 
@@ -33,13 +33,14 @@ import shutil
 import subprocess
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
 from ..core.cache import sha256_file
 from ..core.errors import FastftError
+from .manifest import MANIFEST, ExportManifest, FileEntry, GGUFCheck, ManifestError, ServedModelfile
 from .readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
 from .llamacpp import (
@@ -70,7 +71,6 @@ from ..core.run import Run, read_trained, run_name_stem
 
 # --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
 DEFAULT_QUANTS = ("q4_k_m",)
-MANIFEST = "fastft-export.json"
 CHECK_PROMPT = [{"role": "user", "content": "Hello! Who are you?"}]
 
 
@@ -92,14 +92,6 @@ class ExportOptions:
     exports_dir: str = "exports"
     verbose: bool = False                    # show Unsloth's own output instead of logging it
     create: bool = False                     # then `ollama create NAME -f Modelfile`
-
-
-@dataclass
-class GGUFCheck:
-    file: str
-    prompt: str
-    output: str
-    seconds: float
 
 
 @dataclass
@@ -126,9 +118,9 @@ class ExportResult:
                           for q, p in self.ggufs.items()},
                 "merged_dir": path(self.merged_dir), "modelfile": path(self.modelfile),
                 "readme": str(self.readme), "manifest_path": str(self.manifest),
-                "manifest": json.loads(self.manifest.read_text(encoding="utf-8")),
+                "manifest": ExportManifest.read(self.out_dir).model_dump(mode="json", by_alias=True),
                 "log": path(self.log), "ollama_model": self.ollama_model,
-                "checks": [asdict(c) for c in self.checks], "warnings": self.warnings,
+                "checks": [c.model_dump() for c in self.checks], "warnings": self.warnings,
                 "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
     def summary_lines(self) -> list[str]:
@@ -298,8 +290,8 @@ def _check_replaceable(final: Path) -> None:
     if not files:
         return                               # an empty folder: nothing to lose
     try:
-        listed = json.loads((final / MANIFEST).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = ExportManifest.read(final).files
+    except ManifestError:
         raise ExportError(f"--force replaces only a previous fastft export, and {final} is not "
                           f"one (no readable {MANIFEST}); choose another --out, or move its "
                           f"files away yourself") from None
@@ -314,14 +306,14 @@ def _check_replaceable(final: Path) -> None:
 HASH_LIMIT = 4 * 2**20   # a Modelfile or README edited by hand keeps its size only by chance
 
 
-def _written_by_export(path: Path, folder: Path, listed: dict) -> bool:
+def _written_by_export(path: Path, folder: Path, listed: dict[str, FileEntry]) -> bool:
     rel = str(path.relative_to(folder))
     if rel == MANIFEST:
         return True
-    entry = listed.get(rel) if isinstance(listed, dict) else None
-    if not isinstance(entry, dict) or path.is_symlink() or entry.get("bytes") != path.stat().st_size:
+    entry = listed.get(rel)
+    if entry is None or path.is_symlink() or entry.bytes != path.stat().st_size:
         return False
-    return path.stat().st_size > HASH_LIMIT or entry.get("sha256") == sha256_file(path)
+    return path.stat().st_size > HASH_LIMIT or entry.sha256 == sha256_file(path)
 
 
 def _render_modelfile(plan: ExportPlan) -> Modelfile | None:
@@ -419,8 +411,7 @@ def scratch_folder(plan: ExportPlan, console):
 def write_models(plan: ExportPlan, console) -> None:
     """Merge once; then, for GGUF, convert once and quantize every other type from that file.
     Each finished output is hashed for the manifest in the background meanwhile."""
-    with _cwd(plan.work):
-        _load_and_merge(plan, console)
+    _load_and_merge(plan, console)
     gc.collect()                             # the model is gone: free its memory for the tools
     if plan.opts.merged:
         plan.hashes.start(plan.merged_dir.rglob("*"))
@@ -439,7 +430,8 @@ def check_ggufs(plan: ExportPlan, console) -> None:
             with status(console, f"llama.cpp: loading {path.name} and generating"):
                 t = time.perf_counter()
                 out = llama_generate(path, plan.prompt, plan.opts.check_tokens, llama=plan.llama)
-                plan.checks.append(GGUFCheck(path.name, plan.prompt, out, time.perf_counter() - t))
+                plan.checks.append(GGUFCheck(file=path.name, prompt=plan.prompt, output=out,
+                                             seconds=time.perf_counter() - t))
 
 
 def write_docs(plan: ExportPlan) -> None:
@@ -451,8 +443,7 @@ def write_docs(plan: ExportPlan) -> None:
             plan.name, plan.info, plan.ggufs, plan.opts.merged, plan.modelfile, MANIFEST),
             encoding="utf-8")
         files = plan.hashes.table(plan.stage)
-    (plan.stage / MANIFEST).write_text(json.dumps(_manifest(plan, files), indent=2,
-                                                  ensure_ascii=False) + "\n", encoding="utf-8")
+    _manifest(plan, files).write(plan.stage)
 
 
 def commit(plan: ExportPlan) -> None:
@@ -501,21 +492,23 @@ def _load_and_merge(plan: ExportPlan, console) -> None:
     """The 16-bit base with the adapter, merged once into plan.merged_dir (safetensors + the
     run's tokenizer). The model is dropped when this returns."""
     info = plan.info
-    with _unsloth_errors(plan):
-        with _timed(plan, "load"), status(console, f"loading {info.model} (16-bit) with the "
-                                                   f"run's adapter"):
-            model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
-                                                      info.max_seq_len, plan.work)
-        # The check's prompt, rendered with the run's own (guarded) chat template.
-        plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
-                                                    add_generation_prompt=True)
-        if plan.quants and (why := template_mismatch(tokenizer, info.variant)):
-            plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
+    with _unsloth_errors(plan, loading=True), _timed(plan, "load"), status(
+            console, f"loading {info.model} (16-bit) with the run's adapter"):
+        model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
+                                                  info.max_seq_len, plan.work)
+    # The check's prompt, rendered with the run's own (guarded) chat template.
+    plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
+                                                add_generation_prompt=True)
+    if plan.quants and (why := template_mismatch(tokenizer, info.variant)):
+        plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
+    with _unsloth_errors(plan, loading=False):
         with _timed(plan, "merge"), status(console, "merging the adapter into the 16-bit weights"):
             # safe_serialization=None pins safetensors: with True, Unsloth writes a pickle on
-            # hosts with at most two CPUs.
+            # hosts with at most two CPUs. Its buffers default to a folder relative to the
+            # working directory: an absolute one in scratch keeps them out of the user's.
             model.save_pretrained_merged(str(plan.merged_dir), tokenizer,
-                                         save_method="merged_16bit", safe_serialization=None)
+                                         save_method="merged_16bit", safe_serialization=None,
+                                         temporary_location=str(plan.work / "unsloth-buffers"))
 
 
 def convert_type(quants: tuple[str, ...], weights: str) -> str:
@@ -570,38 +563,31 @@ class _Hashes:
             if p.is_file() and p not in self.futures:
                 self.futures[p] = self.pool.submit(sha256_file, p)
 
-    def table(self, folder: Path) -> dict[str, dict]:
-        """relative path -> {sha256, bytes} for every file below `folder`."""
+    def table(self, folder: Path) -> dict[str, FileEntry]:
+        """relative path -> its SHA-256 and size, for every file below `folder`."""
         paths = sorted(folder.rglob("*"))
         self.start(paths)
-        return {str(p.relative_to(folder)): {"sha256": self.futures[p].result(),
-                                             "bytes": p.stat().st_size}
+        return {str(p.relative_to(folder)): FileEntry(sha256=self.futures[p].result(),
+                                                      bytes=p.stat().st_size)
                 for p in paths if p in self.futures}
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _manifest(plan: ExportPlan, files: dict) -> dict:
+def _manifest(plan: ExportPlan, files: dict[str, FileEntry]) -> ExportManifest:
     mf, info = plan.modelfile, plan.info
-    return {
-        "fastft_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "name": plan.name,
-        # Relative to the export folder: no user's absolute paths in a folder meant to be shared,
-        # and still right when runs/ and exports/ move together.
-        "source_run": os.path.relpath(info.run_dir, plan.final),
-        "base_model": info.model,
-        "variant": info.variant,
-        "quants": list(plan.quants),
-        "merged": plan.opts.merged,
-        "converted_from": plan.gguf16.name if plan.gguf16 else None,   # every quant's source
-        "modelfile": {"from": plan.first_gguf, "template": mf.template is not None,
-                      "system": mf.system_mode, "parameters": mf.parameters} if mf else None,
-        "checks": [asdict(c) for c in plan.checks],
-        "timings": {k: round(v, 2) for k, v in plan.timings.items()},
-        "files": files,
-    }
+    served = ServedModelfile(from_=plan.first_gguf, template=mf.template is not None,
+                             system=mf.system_mode, parameters=mf.parameters) if mf else None
+    return ExportManifest(
+        fastft_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        name=plan.name, source_run=os.path.relpath(info.run_dir, plan.final),
+        base_model=info.model, variant=info.variant, quants=list(plan.quants),
+        merged=plan.opts.merged,
+        converted_from=plan.gguf16.name if plan.gguf16 else None,
+        modelfile=served, checks=plan.checks,
+        timings={k: round(v, 2) for k, v in plan.timings.items()}, files=files)
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -614,23 +600,33 @@ def _timed(plan: ExportPlan, stage: str):
     plan.timings[f"{stage}_s"] = time.perf_counter() - t
 
 
-@contextlib.contextmanager
-def _cwd(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+# What a user can act on while Unsloth loads or merges: the disk, permissions and memory
+# (OSError, MemoryError, CUDA out of memory) and, while loading, a model that cannot be read
+# (transformers and huggingface_hub raise OSError for a missing or unreachable model, ValueError
+# for a config they do not know, safetensors its own error for a damaged file). Anything else is
+# a bug in fastft or a library: exit 70 with the traceback, not a message blaming the user.
+MODEL_ERRORS = (ValueError,)
+MODEL_ERROR_NAMES = ("SafetensorError", "HeaderTooLarge")
+
+
+def is_users_error(e: BaseException, loading: bool) -> bool:
+    if isinstance(e, (OSError, MemoryError)) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return loading and (isinstance(e, MODEL_ERRORS) or type(e).__name__ in MODEL_ERROR_NAMES)
 
 
 @contextlib.contextmanager
-def _unsloth_errors(plan: ExportPlan):
-    """An unexpected error inside Unsloth becomes an ExportError carrying the end of its log."""
+def _unsloth_errors(plan: ExportPlan, loading: bool):
+    """A user's or environment's error inside Unsloth becomes an ExportError carrying the end of
+    its log; any other error stays what it is (an internal error), with that log tail attached
+    as a note, so the crash log holds it too."""
     try:
         yield
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as e:
-        raise ExportError(f"export failed: {e}\n--- last lines of Unsloth's output ---\n"
-                          f"{log_tail(plan.log)}") from e
+        tail = f"--- last lines of Unsloth's output ---\n{log_tail(plan.log)}"
+        if not is_users_error(e, loading):
+            e.add_note(tail)
+            raise
+        raise ExportError(f"export failed: {e}\n{tail}") from e

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ..core.errors import FastftError
-from ..export.pipeline import MANIFEST
+from ..export.manifest import MANIFEST, ExportManifest, ManifestError
 from ..export.gguf import read_gguf_metadata
 from ..export.llamacpp import LlamaCppError, ensure_chat_runner, log_tail
 from ..export.modelfile import FAMILIES, SAMPLING_KEYS, parse_modelfile, sampling_defaults
@@ -190,22 +190,29 @@ def modelfile_system(modelfile: str) -> str | None:
     return go_unquote(m.group(1)) if m else None
 
 
-def find_gguf(target: Path) -> tuple[Path, Path | None, dict | None]:
+def find_gguf(target: Path) -> tuple[Path, Path | None, ExportManifest | None]:
     """(the GGUF to run, its export folder if it is in one, that folder's manifest)."""
     if not target.is_dir() and not target.is_file():
         raise ChatError(f"{target}: no such file")
     folder = target if target.is_dir() else target.parent
-    manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else None
+    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
     export = folder if manifest is not None else None
     if target.is_file():
         return target, export, manifest
-    served = manifest["modelfile"] if manifest is not None else None
-    if served and (target / served["from"]).is_file():
-        return target / served["from"], target, manifest
+    served = manifest.modelfile if manifest is not None else None
+    if served and (target / served.from_).is_file():
+        return target / served.from_, target, manifest
     ggufs = sorted(p for p in target.glob("*.gguf") if p.is_file())
     if not ggufs:
         raise ChatError(f"{target}: neither a run folder nor an export folder (no .gguf in it)")
     return ggufs[0], export, manifest
+
+
+def read_manifest(folder: Path) -> ExportManifest:
+    try:
+        return ExportManifest.read(folder)
+    except ManifestError as e:
+        raise ChatError(str(e)) from None
 
 
 class GGUFChat:
@@ -219,11 +226,11 @@ class GGUFChat:
         self.default_system, params, self.template = None, {}, meta.get("tokenizer.chat_template")
         self.variant = "other"
         if export is not None:
-            self.variant = manifest.get("variant", "other")
-            served = manifest.get("modelfile") or {}
-            params = served.get("parameters") or {}
+            self.variant = manifest.variant
+            served = manifest.modelfile
+            params = served.parameters if served else {}
             family = FAMILIES.get(self.variant)
-            if served.get("template") and family and family.reference_jinja:
+            if served and served.template and family and family.reference_jinja:
                 # The template the Modelfile's TEMPLATE reproduces: what ollama will serve.
                 self.template = template_text(family.reference_jinja)
             if (export / "Modelfile").is_file():
