@@ -52,6 +52,7 @@ from ..core.run import read_trained
 from ..core.qwen3 import template_text
 from ..data.template import ChatGuard
 from ..data.tools import record_tools
+from .config import ChatConfig
 
 Write = Callable[[str], None]
 
@@ -418,28 +419,26 @@ def interactive(conv: Conversation, read: Callable[[str], str] = input, out: Tex
             err.write("\n(stopped; this turn is not kept)\n")
 
 
-def chat(target: str, question: str | None = None, system: str | None = None,
-         overrides: dict | None = None, max_new_tokens: int = 512, seed: int | None = None,
-         out: TextIO | None = None, console=None, tools: str | Path | None = None,
-         verbose: bool = False) -> None:
-    """`fastft chat`: one answer to `question` on `out` (default: sys.stdout), alone, or an
+def chat(cfg: ChatConfig, out: TextIO | None = None, console=None, verbose: bool = False) -> None:
+    """`fastft chat`: one answer to `cfg.prompt` on `out` (default: sys.stdout), alone, or an
     interactive session. `console` (stderr) shows a llama.cpp build, if one is needed, and
-    warnings about the `tools` file. The libraries' output while loading goes to a log unless
-    `verbose`; generation is never captured, so answers stream."""
+    warnings about the `cfg.tools` file. The libraries' output while loading goes to a log
+    unless `verbose`; generation is never captured, so answers stream."""
     out = out or sys.stdout
-    schemas, warnings = read_tools(tools) if tools is not None else (None, [])
+    schemas, warnings = read_tools(cfg.tools) if cfg.tools is not None else (None, [])
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     with captured(None, console, verbose, what="chat"):
-        engine = open_chat(target, console)
+        engine = open_chat(cfg.target, console)
     if schemas:
         engine.tools = schemas
         engine.label += f", offered tools: {', '.join(t['function']['name'] for t in schemas)}"
     defaults = engine.defaults or sampling_defaults(engine.variant)
-    conv = Conversation(engine, resolve_sampling(defaults, overrides or {}, max_new_tokens, seed),
-                        system)
-    if question is not None:
-        conv.ask(question, writer(out))
+    overrides = {k: getattr(cfg, k) for k in SAMPLING_KEYS}
+    conv = Conversation(engine, resolve_sampling(defaults, overrides, cfg.max_new_tokens, cfg.seed),
+                        cfg.system)
+    if cfg.prompt is not None:
+        conv.ask(cfg.prompt, writer(out))
         out.write("\n")
         out.flush()
     else:
