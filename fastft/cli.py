@@ -1,7 +1,8 @@
 """The `fastft` command line: a thin layer of click over functions the tests call directly.
 
 `fastft train`'s options are generated from `fastft.core.config.TrainConfig` (names, help, defaults,
-choices), so the config type is their one owner. Errors: a `FastftError` is printed as one
+choices), so the config type is their one owner; `fastft export`'s from ExportConfig, `chat`'s
+and `eval`'s from ChatConfig and EvalConfig, the same way (`config_options`). Errors: a `FastftError` is printed as one
 line (exit 1); anything else is a bug, logged with its traceback (exit 70).
 """
 
@@ -168,7 +169,7 @@ def main(debug):
     """
 
 
-# -- options generated from TrainConfig ---------------------------------------------------------
+# -- options generated from a config (TrainConfig, ExportConfig, ChatConfig, EvalConfig) -------
 
 def config_options(cls: type[Config] = TrainConfig, *names: str):
     """click options for these fields of config `cls` (all but its arguments when none are named).

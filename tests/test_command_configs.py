@@ -73,6 +73,7 @@ def test_init_writes_a_section_per_command_at_its_defaults(tmp_path):
     lines = path.read_text().splitlines()
     assert "# --check/--no-check; default true" in lines
     assert "# or as RUN on the command line; default \"runs/latest\"" in lines
+    assert "# required: here, or as DATA on the command line (fastft eval RUN DATA)" in lines
     assert annotated_toml(SECTIONS).endswith(path.read_text()[-200:])
 
 

@@ -275,8 +275,10 @@ def _about(key: str, f, cls: type[Config] = TrainConfig) -> str:
     """`--rank; default 16`, `--scheduler: one of linear, cosine, ...; default "cosine"`."""
     if metavar := extra(key, cls).get("argument"):
         if f.is_required():
+            usage = " ".join(a["argument"] for k in cls.model_fields
+                             if (a := extra(k, cls)).get("argument"))
             return (f"required: here, or as {metavar} on the command line "
-                    f"(fastft {cls.command} {metavar})")
+                    f"(fastft {cls.command} {usage})")
         return f"or as {metavar} on the command line; default {toml_value(f.default)}"
     flags = switch_names(key, cls) if f.annotation is bool else flag_names(key, cls)
     choices = literal_choices(f.annotation)
