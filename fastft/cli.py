@@ -1,7 +1,8 @@
 """The `fastft` command line: a thin layer of click over functions the tests call directly.
 
 `fastft train`'s options are generated from `fastft.core.config.TrainConfig` (names, help, defaults,
-choices), so the config type is their one owner. Errors: a `FastftError` is printed as one
+choices), so the config type is their one owner; `fastft export`'s from ExportConfig, `chat`'s
+and `eval`'s from ChatConfig and EvalConfig, the same way (`config_options`). Errors: a `FastftError` is printed as one
 line (exit 1); anything else is a bug, logged with its traceback (exit 70).
 """
 
@@ -22,11 +23,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .core.config import TrainConfig, flag_names, literal_choices, resolve_config, switch_names, to_toml
+from .core.config import (Config, TrainConfig, extra, flag_names, literal_choices, resolve_config,
+                          resolve_section, switch_names, to_toml)
 from .core import signals
 from .train.distributed import rank_failed, world
 from .core.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, FastftError, is_disk_full
 from .core.signals import terminate_as_interrupt
+from .export.config import ExportConfig
+from .serve.config import ChatConfig, EvalConfig
+
+# The commands configured by a section of a TOML file (`fastft init` writes them all).
+SECTIONS = {cls.command: cls for cls in (ExportConfig, ChatConfig, EvalConfig)}
 
 console = Console(stderr=True)   # diagnostics: progress, status, warnings, errors
 out = Console()                  # results: summaries and reports (NO_COLOR is honoured by both)
@@ -148,7 +155,7 @@ def main(debug):
     \b
       fastft data check data.jsonl     validate a dataset before training
       fastft data preview data.jsonl   the examples as trained: loss mask, guard, lengths
-      fastft init                      fastft.toml with every training option and default
+      fastft init                      fastft.toml with every option and default
       fastft train data.jsonl          QLoRA SFT of Qwen3-4B-Instruct-2507 into runs/<name>/
       fastft export --gguf q4_k_m      GGUF + Modelfile folder for `ollama create`
       fastft chat [RUN|GGUF]           talk to a run or an export (-p "question": one answer)
@@ -162,39 +169,56 @@ def main(debug):
     """
 
 
-# -- options generated from TrainConfig ---------------------------------------------------------
+# -- options generated from a config (TrainConfig, ExportConfig, ChatConfig, EvalConfig) -------
 
-def config_options(*names: str):
-    """click options for these TrainConfig fields (all but `data` when none are named).
+def config_options(cls: type[Config] = TrainConfig, *names: str):
+    """click options for these fields of config `cls` (all but its arguments when none are named).
 
-    Every value is passed as given (None when absent), and TrainConfig validates flags and TOML
-    values alike; the help shows the field's description, choices and default."""
-    fields = TrainConfig.model_fields
-    names = names or tuple(n for n in fields if n != "data")
+    Every value is passed as given (None when absent), and the config validates flags and TOML
+    values alike; the help shows the field's description, choices, default and range."""
+    fields = cls.model_fields
+    names = names or tuple(n for n in fields if "argument" not in extra(n, cls))
 
     def decorate(f):
         for name in reversed(names):
-            f = _option(name, fields[name])(f)
+            f = _option(cls, name, fields[name])(f)
         return f
     return decorate
 
 
-def _option(name: str, field):
-    flags = flag_names(name)
-    default = field.default
+def _option(cls: type[Config], name: str, field):
+    flags, about = flag_names(name, cls), extra(name, cls)
     help_text = field.description
-    if "[default:" not in help_text and default is not None:
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        if isinstance(default, bool) and len(flags) == 2:
-            shown = flags[0 if default else 1]
-        elif isinstance(default, bool):
-            shown = "on" if default else "off"
-        help_text += f" [default: {shown}]"
+    if "[default:" not in help_text and field.default is not None:
+        help_text += f" [default: {_shown_default(field.default, flags)}{_range(field)}]"
+    elif _range(field):
+        help_text += f" [{_range(field)[2:]}]"
+    short = [about["short"]] if "short" in about else []
     if field.annotation is bool:
-        return click.option("/".join(switch_names(name)), name, default=None, help=help_text)
+        return click.option("/".join(switch_names(name, cls)), name, default=None, help=help_text)
     choices = literal_choices(field.annotation)
-    metavar = "[" + "|".join(choices) + "]" if choices else _metavar(field.annotation)
-    return click.option(flags[0], name, default=None, metavar=metavar, help=help_text)
+    metavar = about.get("metavar") or ("[" + "|".join(choices) + "]" if choices else
+                                       _metavar(field.annotation))
+    return click.option(*short, flags[0], name, default=None, metavar=metavar, help=help_text,
+                        multiple=about.get("multiple", False))
+
+
+def _shown_default(default, flags: list[str]) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default)
+    if isinstance(default, bool):
+        return flags[0 if default else 1] if len(flags) == 2 else ("on" if default else "off")
+    return str(default)
+
+
+def _range(field) -> str:
+    """`; x>=1`: a number's lower bound when it has no upper one, as click shows an IntRange.
+    An upper bound is a sanity cap (train's options all have one), not worth the noise."""
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt")
+              if hasattr(m, k)}
+    if bounds.keys() & {"le", "lt"} or not bounds:
+        return ""
+    return f"; x>={bounds['ge']}" if "ge" in bounds else f"; x>{bounds['gt']}"
 
 
 def given_flag(key: str, value) -> str:
@@ -220,7 +244,7 @@ def data():
 
 @data.command("check")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@config_options("model", "max_seq_len", "think", "skip_invalid")
+@config_options(TrainConfig, "model", "max_seq_len", "think", "skip_invalid")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def data_check(file, as_json, **flags):
     """Validate FILE (JSONL or JSON array) and summarise it.
@@ -243,7 +267,7 @@ def data_check(file, as_json, **flags):
 
 @data.command("preview")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@config_options("model", "max_seq_len", "think", "train_on_all", "skip_invalid")
+@config_options(TrainConfig, "model", "max_seq_len", "think", "train_on_all", "skip_invalid")
 @click.option("--n", "n", default=3, show_default=True, type=click.IntRange(min=0),
               help="How many examples to show, from the first.")
 @click.option("--index", type=click.IntRange(min=0), help="Show only this example (0-based).")
@@ -345,26 +369,21 @@ def train_argv(data, config_file, resume, verbose, as_json, flags: dict) -> list
 
 # -- export -------------------------------------------------------------------------------------
 
+def config_file_option(command: str):
+    return click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                        help=f"TOML file whose [{command}] section holds these options (same "
+                             f"names, underscores; `fastft init` writes one); flags override it.")
+
+
 @main.command()
-@click.argument("run", default="runs/latest", type=click.Path(file_okay=False))
-@click.option("--gguf", "gguf", multiple=True,
-              help="GGUF type: any of llama.cpp's llama-quantize types (q4_k_m, q5_k_m, q6_k, "
-                   "q8_0, q3_k_m, q2_k, q4_0, iq4_xs, ..., f16, bf16, f32; a wrong one lists them "
-                   "all); repeat for several. The Modelfile uses the first. [default: q4_k_m]")
-@click.option("--merged", is_flag=True, help="Also write the 16-bit merged model (safetensors) to OUT/merged/.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder. [default: exports/NAME]")
-@click.option("--name", help="Model name for ollama and the GGUF files. [default: the run's name "
-                             "without its timestamp, lower-cased]")
-@click.option("--system", help="Default system prompt for the Modelfile (any text; escaped for ollama).")
-@click.option("--force", is_flag=True, help="Replace an existing output folder, once the new export is complete.")
-@click.option("--no-check", is_flag=True, help="Skip loading each GGUF with llama.cpp and generating a few tokens.")
-@click.option("--create", is_flag=True,
-              help="Then run `ollama create NAME -f Modelfile` in the export folder (needs ollama on PATH).")
+@click.argument("run", required=False, type=click.Path(file_okay=False))
+@config_options(ExportConfig)
+@config_file_option("export")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the libraries' own output instead of logging it to the run's export.log.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the result (paths, sizes, manifest) as JSON on stdout.")
-def export(run, gguf, merged, out_dir, name, system, force, no_check, create, verbose, as_json):
+def export(run, config_file, verbose, as_json, **flags):
     """Export RUN (default: runs/latest) to an ollama-ready folder.
 
     Merges the LoRA adapter into the original 16-bit base weights once, converts it to one
@@ -373,11 +392,10 @@ def export(run, gguf, merged, out_dir, name, system, force, no_check, create, ve
     and writes a Modelfile whose TEMPLATE renders exactly the training chat template, a README
     and fastft-export.json.
     """
-    from .export.pipeline import DEFAULT_QUANTS, ExportOptions, export_run
+    from .export.pipeline import export_run
 
-    res = export_run(ExportOptions(run=run, gguf=tuple(gguf) or DEFAULT_QUANTS, merged=merged,
-                                   out=out_dir, name=name, system=system, force=force,
-                                   check=not no_check, verbose=verbose, create=create), console)
+    cfg = resolve_section(ExportConfig, config_file, dict(flags, run=run))
+    res = export_run(cfg, console, verbose=verbose)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -412,8 +430,9 @@ def doctor(as_json):
 @click.argument("path", default="fastft.toml", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 def init(path, force):
-    """Write PATH (default: fastft.toml), a commented TOML of every training option at its
-    default, for `fastft train --config PATH`."""
+    """Write PATH (default: fastft.toml), a commented TOML of every option at its default:
+    training's for `fastft train --config PATH`, then [export], [chat] and [eval] sections for
+    those commands' --config."""
     from .core.cache import folder_problem
     from .core.config import annotated_toml
     from .core.errors import ConfigError
@@ -426,37 +445,19 @@ def init(path, force):
         raise ConfigError(f"{path}: no folder {target.parent}")
     if problem := folder_problem(target.parent):
         raise ConfigError(f"cannot write {path}: {problem}; give a PATH in a folder you can write to")
-    write_text_atomic(target, annotated_toml())
+    write_text_atomic(target, annotated_toml(SECTIONS))
     click.echo(f"wrote {path}: edit it, then run  fastft train --config {path}")
 
 
 # -- chat and eval ------------------------------------------------------------------------------
 
-def sampling_options(f):
-    """--temperature, --top-p, ...: defaults left to the model's Modelfile (None here)."""
-    from .export.modelfile import SAMPLING_KEYS, sampling_help   # not .chat: its imports slow every start
-
-    for key in reversed(SAMPLING_KEYS):
-        kind = click.IntRange(min=0) if key == "top_k" else click.FloatRange(min=0)
-        f = click.option(f"--{key.replace('_', '-')}", key, type=kind, default=None,
-                         help=sampling_help(key))(f)
-    return f
-
-
 @main.command()
-@click.argument("target", default="runs/latest", metavar="[RUN|GGUF]")
-@click.option("-p", "--prompt", "question", help="Ask one question: the answer alone goes to stdout, then exit.")
-@click.option("--system", help="System prompt. [default: none, or an export's Modelfile SYSTEM]")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Longest answer, in tokens.")
-@sampling_options
-@click.option("--seed", type=int, help="Random seed, for reproducible sampling. [default: random]")
-@click.option("--tools", "tools_file", type=click.Path(dir_okay=False),
-              help="JSON file of tool schemas (OpenAI-style `tools` list) offered in every prompt, "
-                   "as in training; answers are printed raw, <tool_call> blocks included.")
+@click.argument("target", required=False, metavar="[RUN|GGUF]")
+@config_options(ChatConfig)
+@config_file_option("chat")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the libraries' own output while the model loads (hidden by default).")
-def chat(target, question, system, max_new_tokens, seed, tools_file, verbose, **sampling):
+def chat(target, config_file, verbose, **flags):
     """Talk to a run (default: runs/latest) or a GGUF (a .gguf file or an export folder).
 
     A run answers through Unsloth with its LoRA adapter, a GGUF through llama.cpp (built once,
@@ -469,21 +470,19 @@ def chat(target, question, system, max_new_tokens, seed, tools_file, verbose, **
     """
     from .serve.chat import chat as run_chat
 
-    run_chat(target, question, system, sampling, max_new_tokens, seed, out=sys.stdout,
-             console=console, tools=tools_file, verbose=verbose)
+    cfg = resolve_section(ChatConfig, config_file, dict(flags, target=target))
+    run_chat(cfg, out=sys.stdout, console=console, verbose=verbose)
 
 
 @main.command("eval")
-@click.argument("run", type=click.Path(file_okay=False))
-@click.argument("data", type=click.Path(dir_okay=False))
-@click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Answer the first N conversations with both models (greedy), beside the reference.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Longest sample answer, in tokens.")
+@click.argument("run", required=False, metavar="RUN", type=click.Path(file_okay=False))
+@click.argument("data", required=False, metavar="DATA", type=click.Path(dir_okay=False))
+@config_options(EvalConfig)
+@config_file_option("eval")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the libraries' own output while the model loads (hidden by default).")
-def evaluate(run, data, samples, max_new_tokens, as_json, verbose):
+def evaluate(run, data, config_file, as_json, verbose, **flags):
     """Loss and perplexity on DATA of RUN's base model and of the fine-tuned one, side by side.
 
     DATA (any format `data check` accepts) is rendered and masked exactly as in training: the
@@ -492,10 +491,10 @@ def evaluate(run, data, samples, max_new_tokens, as_json, verbose):
     """
     from .core.quiet import captured
 
+    cfg = resolve_section(EvalConfig, config_file, dict(flags, run=run, data=data))
     with captured(None, console, verbose, what="eval"):
         from .serve.evaluate import evaluate_run, print_eval   # imports Unsloth (its banner)
-    result = evaluate_run(run, data, samples=samples, max_new_tokens=max_new_tokens,
-                          console=console, verbose=verbose)
+    result = evaluate_run(cfg, console=console, verbose=verbose)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -125,9 +125,11 @@ def test_temperature_and_seed_reach_llama_cpp(color):
     assert answer("--temperature", "0", "--seed", "1") == answer("--temperature", "0", "--seed", "2")
 
 
-def test_bad_sampling_flag_is_a_usage_error(tmp_path):
+def test_bad_sampling_flag_names_its_option(tmp_path):
+    """Checked by ChatConfig, as train's flags are by TrainConfig: exit 1, before any loading."""
     result = chat_cli(tmp_path, "-p", "hi", "--temperature", "-1")
-    assert result.exit_code == 2 and "--temperature" in result.output
+    assert result.exit_code == 1 and "--temperature" in result.output
+    assert "greater than or equal to 0, got -1" in result.output
 
 
 # -- the system prompt an export carries -------------------------------------------------------------

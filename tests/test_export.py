@@ -26,6 +26,7 @@ from fastft.export.pipeline import (
 from conftest import write_run
 from fastft.core.errors import RunFolderError
 from fastft.export.gguf import read_gguf_metadata
+from fastft.export.manifest import ExportManifest, FileEntry
 from fastft.export.modelfile import go_template, parse_modelfile
 from ollama_contract import template_from_modelfile
 from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
@@ -94,6 +95,9 @@ class Spy:
 
         self.started = record_processes(mp)
         self.saves: list[str] = []
+        self.chdirs: list[str] = []     # os.chdir calls: an export must never make one
+        real_chdir = os.chdir
+        mp.setattr(os, "chdir", lambda path: (self.chdirs.append(str(path)), real_chdir(path)))
         real_load = fastft.export.pipeline.load_base_with_adapter
 
         def load(*a, **kw):
@@ -116,21 +120,28 @@ class Spy:
         return [a for a in argvs if any(Path(x).name == tool for x in a[:2]) and "--help" not in a]
 
 
-def export_spied(opts: ExportOptions):
+def export_spied(opts: ExportOptions, cwd: Path):
+    """The export, run from `cwd` (an empty folder the test checks stays empty)."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
         spy = Spy(mp)
         return export_run(opts), spy
 
 
 @pytest.fixture(scope="session")
-def spied_export(run_dir, llama, tmp_path_factory):
+def export_cwd(tmp_path_factory):
+    return tmp_path_factory.mktemp("cwd")
+
+
+@pytest.fixture(scope="session")
+def spied_export(run_dir, llama, tmp_path_factory, export_cwd):
     out = tmp_path_factory.mktemp("exports") / NAME
     previous_export(out, {"stale.txt": "from an older export"})   # --force replaces it
     old = os.environ.get("HF_TOKEN")
     os.environ["HF_TOKEN"] = SECRET                          # must not end up in any file
     try:
         return export_spied(ExportOptions(run=str(run_dir), gguf=("q4_k_m", "q8_0"), merged=True,
-                                          out=str(out), name=NAME, force=True))
+                                          out=str(out), name=NAME, force=True), export_cwd)
     finally:
         if old is None:
             os.environ.pop("HF_TOKEN", None)
@@ -169,15 +180,20 @@ def test_export_folder(exported):
         assert meta["general.name"] == NAME
         assert meta["tokenizer.ggml.pre"] == "qwen2"
 
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert not os.path.isabs(manifest["source_run"])
-    assert (exported.out_dir / manifest["source_run"]).resolve() == exported.run_dir.resolve()
-    assert manifest["quants"] == ["q4_k_m", "q8_0"]
-    listed = {k for k in manifest["files"]}
+    manifest = ExportManifest.read(out)
+    assert not os.path.isabs(manifest.source_run)
+    assert (exported.out_dir / manifest.source_run).resolve() == exported.run_dir.resolve()
+    assert manifest.quants == ["q4_k_m", "q8_0"]
+    listed = {k for k in manifest.files}
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {MANIFEST}
     assert listed == on_disk
-    for rel, entry in manifest["files"].items():
-        assert sha256_file(out / rel) == entry["sha256"], rel
+    for rel, entry in manifest.files.items():
+        assert sha256_file(out / rel) == entry.sha256, rel
+    # The file as written: every key of the model, in its order (`from`, not `from_`).
+    written = json.loads((out / MANIFEST).read_text())
+    assert list(written) == list(ExportManifest.model_fields)
+    assert list(written["modelfile"]) == ["from", "template", "system", "parameters"]
+    assert ExportManifest.model_validate(written) == manifest
 
     readme = (out / "README.md").read_text()
     assert f"ollama create {NAME} -f Modelfile" in readme
@@ -201,6 +217,15 @@ def test_readme_names_the_first_gguf_as_the_one_served(tmp_path):
 # -- merge once, convert once, quantize from that one file ----------------------------------------
 
 @pytest.mark.slow
+def test_export_never_changes_or_writes_in_the_working_directory(spied_export, export_cwd):
+    """Unsloth's merge buffers go to the scratch folder by absolute path: no os.chdir, and
+    nothing left (or written) where the user ran fastft."""
+    _, spy = spied_export
+    assert spy.chdirs == []
+    assert list(export_cwd.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_merges_once(spied_export):
     """One merge (into merged/), and never Unsloth's GGUF save, which merges a second time."""
     _, spy = spied_export
@@ -222,8 +247,7 @@ def test_one_convert_then_every_quant_from_that_file(spied_export):
     # Side by side (see test_quantize_ggufs_*), each allowed every core.
     assert {q[4] for q in quantize} == {str(os.cpu_count() or 1)}
     assert {Path(q[2]).name for q in quantize} == {p.name for p in exported.ggufs.values()}
-    manifest = json.loads((exported.out_dir / MANIFEST).read_text())
-    assert manifest["converted_from"] == converted.name
+    assert ExportManifest.read(exported.out_dir).converted_from == converted.name
     assert not (exported.out_dir / converted.name).exists()        # not asked for: scratch only
 
 
@@ -231,8 +255,7 @@ def test_one_convert_then_every_quant_from_that_file(spied_export):
 def test_stage_timings(exported):
     stages = {"load_s", "merge_s", "convert_s", "quantize_s", "quantize_q4_k_m_s",
               "quantize_q8_0_s", "check_s", "docs_s"}
-    manifest = json.loads((exported.out_dir / MANIFEST).read_text())
-    assert set(manifest["timings"]) == stages
+    assert set(ExportManifest.read(exported.out_dir).timings) == stages
     assert set(exported.timings) == stages | {"total_s"}
     assert all(v >= 0 for v in exported.timings.values())
     assert exported.timings["quantize_s"] <= exported.timings["total_s"]
@@ -245,8 +268,9 @@ def test_16bit_output_is_the_converted_file(run_dir, llama, tmp_path):
     """--gguf bf16 is written by the converter itself, and the other quants come from it; without
     --merged the merge goes to the scratch folder only."""
     out = tmp_path / "exports" / NAME
+    (tmp_path / "cwd").mkdir()
     res, spy = export_spied(ExportOptions(run=str(run_dir), gguf=("q8_0", "bf16"), out=str(out),
-                                          name=NAME, check=False))
+                                          name=NAME, check=False), tmp_path / "cwd")
     assert sorted(p.name for p in out.iterdir()) == sorted([
         f"{NAME}.Q8_0.gguf", f"{NAME}.BF16.gguf", "Modelfile", "README.md", MANIFEST])
     assert res.merged_dir is None and spy.saves == ["save_pretrained_merged"]
@@ -507,10 +531,47 @@ def previous_export(folder: Path, files: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (folder / name).write_text(text)
-    listed = {n: {"sha256": sha256_file(folder / n), "bytes": (folder / n).stat().st_size}
+    listed = {n: FileEntry(sha256=sha256_file(folder / n), bytes=(folder / n).stat().st_size)
               for n in files}
-    (folder / MANIFEST).write_text(json.dumps({"files": listed}))
+    manifest(files=listed).write(folder)
     return folder
+
+
+def manifest(**changes) -> ExportManifest:
+    """A manifest as an export of the tiny model writes it, with `changes`."""
+    values = dict(fastft_version="0", created="2026-01-01T00:00:00+00:00", name=NAME,
+                  source_run="../../runs/r", base_model="tiny", variant="qwen3-instruct-2507",
+                  quants=["q4_k_m"], merged=False, converted_from=f"{NAME}.BF16.gguf",
+                  modelfile={"from": f"{NAME}.Q4_K_M.gguf", "template": True, "system": None,
+                             "parameters": {"stop": "<|im_end|>", "num_ctx": 2048}},
+                  checks=[{"file": f"{NAME}.Q4_K_M.gguf", "prompt": "p", "output": "o",
+                           "seconds": 0.5}],
+                  timings={"load_s": 1.25}, files={})
+    return ExportManifest.model_validate({**values, **changes})
+
+
+def test_manifest_round_trip(tmp_path):
+    """Written and read back, a manifest is the same; its JSON keys are the documented ones."""
+    from fastft.export.manifest import ManifestError
+
+    m = manifest(files={"Modelfile": FileEntry(sha256="ab" * 32, bytes=12)})
+    m.write(tmp_path)
+    assert ExportManifest.read(tmp_path) == m
+    text = (tmp_path / MANIFEST).read_text()
+    assert text == m.to_json() and text.endswith("}\n")
+    written = json.loads(text)
+    assert list(written) == ["fastft_version", "created", "name", "source_run", "base_model",
+                             "variant", "quants", "merged", "converted_from", "modelfile",
+                             "checks", "timings", "files"]
+    assert written["modelfile"]["from"] == f"{NAME}.Q4_K_M.gguf"
+    assert written["files"] == {"Modelfile": {"sha256": "ab" * 32, "bytes": 12}}
+    # An unknown key (a newer fastft's) survives a round trip; a missing one is no manifest.
+    (tmp_path / MANIFEST).write_text(json.dumps({**written, "future": 1}))
+    assert json.loads(ExportManifest.read(tmp_path).to_json())["future"] == 1
+    del written["files"]
+    (tmp_path / MANIFEST).write_text(json.dumps(written))
+    with pytest.raises(ManifestError, match="not a fastft export manifest.*files"):
+        ExportManifest.read(tmp_path)
 
 
 def trained_run(tmp_path: Path) -> Path:
@@ -675,3 +736,60 @@ def test_runners_are_found_at_the_top_level_then_in_build_bin(tmp_path, monkeypa
     assert lc._inspect(tmp_path, "test").runner == top
     simple = tool(tmp_path / "build" / "bin" / "llama-simple")
     assert lc._inspect(tmp_path, "test").runner == simple
+
+
+class FakeMerge:
+    """A loaded model whose merge raises `error`, and its tokenizer."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def apply_chat_template(self, *a, **kw):
+        return "prompt"
+
+    def save_pretrained_merged(self, *a, **kw):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, code", [(KeyError("lm_head.weight"), 70),
+                                         (OSError(13, "Permission denied"), 1),
+                                         (MemoryError(), 1)])
+def test_only_a_users_error_in_the_merge_is_a_user_error(error, code, tmp_path, monkeypatch):
+    """A bug inside the merge (fastft's or Unsloth's) is an internal error (exit 70), with the
+    end of Unsloth's output kept in the crash log; the disk or memory is the user's (exit 1)."""
+    from click.testing import CliRunner
+
+    import fastft.export.pipeline as pipeline
+    from fastft.cli import main
+
+    run = trained_run(tmp_path)
+    model = FakeMerge(error)
+
+    def load(adapter, base, seq, work):
+        print("unsloth: merging shard 1 of 1")      # what Unsloth printed before failing
+        return model, model
+    monkeypatch.setattr(pipeline, "load_base_with_adapter", load)
+    monkeypatch.setenv("FASTFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pipeline, "normalise_quants", lambda quants: ())   # no llama.cpp needed
+    result = CliRunner().invoke(main, ["export", str(run), "--merged", "--out", str(tmp_path / "out")])
+    assert result.exit_code == code, result.output
+    assert not (tmp_path / "out").exists()
+    logs = list((tmp_path / "cache" / "logs").glob("crash-*.log"))
+    if code == 70:
+        assert "internal error" in result.output and "KeyError" in result.output
+        [log] = logs
+        assert "unsloth: merging shard 1 of 1" in log.read_text()
+    else:
+        assert "export failed" in result.output and "unsloth: merging shard" in result.output
+        assert logs == []
+
+
+def test_a_model_that_cannot_be_loaded_is_a_user_error(tmp_path, monkeypatch):
+    import fastft.export.pipeline as pipeline
+
+    def load(*a):
+        raise ValueError("Unrecognized model in /models/x: no model_type in its config.json")
+    monkeypatch.setattr(pipeline, "load_base_with_adapter", load)
+    with pytest.raises(ExportError, match="export failed: Unrecognized model"):
+        export_run(ExportOptions(run=str(trained_run(tmp_path)), gguf=(), merged=True,
+                                 out=str(tmp_path / "out")))

@@ -282,7 +282,8 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     """Ctrl-C and SIGKILL during the GGUF convert and during quantize, one after the other into
     the same exports folder: no export ever appears half-written under its final name, each
     next export removes the scratch a SIGKILL left (saying so), and the last one completes."""
-    from fastft.export.pipeline import MANIFEST, ExportOptions, export_run
+    from fastft.export.manifest import ExportManifest
+    from fastft.export.pipeline import ExportOptions, export_run
     from fastft.export.gguf import read_gguf_metadata
 
     exports = tmp_path / "exports"
@@ -318,9 +319,9 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
                                       name="m"), console)
     assert f"removed stale {left}" in console.file.getvalue()
     assert sorted(p.name for p in exports.iterdir()) == ["m"]
-    manifest = json.loads((final / MANIFEST).read_text())
+    manifest = ExportManifest.read(final)
     gguf = result.ggufs["q4_k_m"]
-    assert manifest["files"][gguf.name]["sha256"] == sha256_file(gguf)
+    assert manifest.files[gguf.name].sha256 == sha256_file(gguf)
     assert read_gguf_metadata(gguf)["general.name"] == "m"
     assert result.checks and result.checks[0].file == gguf.name   # llama.cpp loaded it
 

@@ -1,17 +1,23 @@
-"""Every training option, its default, its help text and its validation: one owner.
+"""Every training option, its default, its help text and its validation: one owner; and the
+machinery every command's config shares (`Config`, `opt`, TOML sections).
 
 The CLI's `fastft train` options are generated from `TrainConfig`'s fields (see `fastft.cli`),
 `--print-config` and `fastft.json` print it, and a TOML file is validated by it: change a default
 or a help text here and all of them change. A flag and a TOML value go through the same pydantic
 validation, so they fail the same way, with the same message, before anything is created or
 loaded. Cheap to import: no torch, no transformers.
+
+`fastft export`, `chat` and `eval` are configured the same way, by `ExportConfig`
+(fastft.export.config) and `ChatConfig`/`EvalConfig` (fastft.serve.config), each read from its
+own `[export]`, `[chat]` or `[eval]` section of the same TOML file (train's options are its
+top-level keys).
 """
 
 from __future__ import annotations
 
 import re
 import types
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,19 +43,50 @@ MAX_COUNT = 2**31 - 1
 RUN_NAME_PATTERN = r"^(?!latest$)[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"   # "latest" is the pointer
 
 
-def opt(default: Any, help: str, flag: str | None = None, **checks) -> Any:
-    """A config field: its default, its --help text, optionally its click flag spelling."""
-    extra = {"flag": flag} if flag else None
-    return Field(default, description=help, json_schema_extra=extra, **checks)
+def opt(default: Any, help: str, flag: str | None = None, short: str | None = None,
+        metavar: str | None = None, multiple: bool = False, **checks) -> Any:
+    """A config field: its default, its --help text, optionally its click flag spelling (a
+    switch: "--on/--off"), a short alias ("-p"), the metavar --help shows, and whether the flag
+    may be repeated (each value one item of a tuple)."""
+    extra = {k: v for k, v in dict(flag=flag, short=short, metavar=metavar,
+                                   multiple=multiple).items() if v}
+    return Field(default, description=help, json_schema_extra=extra or None, **checks)
 
 
-class TrainConfig(BaseModel):
-    """Everything that decides a run; saved in fastft.json so a run can be reproduced or resumed."""
+def arg(help: str, metavar: str, default: Any = ...) -> Any:
+    """A config field given as a command-line argument (METAVAR), not as a --flag."""
+    return Field(default, description=help, json_schema_extra={"argument": metavar})
+
+
+class Config(BaseModel):
+    """A command's options: validated alike from flags, TOML and saved records."""
 
     # inf/nan pass a `gt=0` check yet mean nothing here, and neither TOML nor JSON round-trips them.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    command: ClassVar[str]   # `fastft COMMAND`, and its section of a TOML file
 
-    data: str = Field(description="Training data: a JSONL file (or JSON array) of conversations.")
+    @classmethod
+    def parse(cls, values: dict):
+        """Validate `values` (from TOML, flags or a record); raise ConfigError naming each bad option."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            raise ConfigError(describe(e, cls)) from None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def split_commas(v):
+    """A flag gives "a,b"; TOML gives a list (or one string). Both become a tuple."""
+    return tuple(m.strip() for m in v.split(",") if m.strip()) if isinstance(v, str) else v
+
+
+class TrainConfig(Config):
+    """Everything that decides a run; saved in fastft.json so a run can be reproduced or resumed."""
+    command: ClassVar[str] = "train"   # its options are a TOML file's top-level keys
+
+    data: str = arg("Training data: a JSONL file (or JSON array) of conversations.", "DATA")
     model: str = opt(DEFAULT_MODEL, "Hub id, local folder, or `tiny` (the built-in test model).")
     name: Optional[str] = opt(None, "Run name (letters, digits, '.', '_', '-'): the run goes to "
                                     "RUNS_DIR/NAME. [default: <data>-<timestamp>]")
@@ -122,8 +159,7 @@ class TrainConfig(BaseModel):
     @field_validator("target_modules", mode="before")
     @classmethod
     def _split_modules(cls, v):
-        # A flag gives "q_proj,v_proj"; TOML gives a list. Both become a tuple here.
-        return tuple(m.strip() for m in v.split(",") if m.strip()) if isinstance(v, str) else v
+        return split_commas(v)
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -146,17 +182,6 @@ class TrainConfig(BaseModel):
             raise ValueError("give eval_split or eval_file, not both")
         return self
 
-    @classmethod
-    def parse(cls, values: dict) -> "TrainConfig":
-        """Validate `values` (from TOML, flags or fastft.json); raise ConfigError naming each bad option."""
-        try:
-            return cls.model_validate(values)
-        except ValidationError as e:
-            raise ConfigError(describe(e)) from None
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.grad_accum
@@ -171,12 +196,12 @@ def parse_gpus(v) -> int | str:
     return v
 
 
-def describe(e: ValidationError) -> str:
+def describe(e: ValidationError, cls: type[Config] = TrainConfig) -> str:
     """One line per problem: `option (--flag): what is wrong, got VALUE`."""
     lines = []
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"]) or "config"
-        where = f"{key} ({flag_names(key)[0]})" if key in TrainConfig.model_fields else key
+        where = f"{key} ({flag_names(key, cls)[0]})" if key in cls.model_fields else key
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown option"
@@ -188,15 +213,21 @@ def describe(e: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines) if len(lines) > 1 else f"invalid config: {lines[0]}"
 
 
-def flag_names(key: str) -> list[str]:
-    """The click spellings of option `key`: ["--rank"], or ["--4bit", "--16bit"] for a switch."""
-    extra = TrainConfig.model_fields[key].json_schema_extra or {}
-    return extra.get("flag", f"--{key.replace('_', '-')}").split("/")
+def extra(key: str, cls: type[Config] = TrainConfig) -> dict:
+    """What `opt`/`arg` recorded about field `key` beyond pydantic's own: flag, short, ..."""
+    return cls.model_fields[key].json_schema_extra or {}
 
 
-def switch_names(key: str) -> list[str]:
+def flag_names(key: str, cls: type[Config] = TrainConfig) -> list[str]:
+    """The click spellings of option `key`: ["--rank"], or ["--4bit", "--16bit"] for a switch;
+    an argument's metavar (["DATA"])."""
+    about = extra(key, cls)
+    return about.get("flag", about.get("argument") or f"--{key.replace('_', '-')}").split("/")
+
+
+def switch_names(key: str, cls: type[Config] = TrainConfig) -> list[str]:
     """A switch's spellings, on then off: ["--4bit", "--16bit"], or ["--x", "--no-x"]."""
-    flags = flag_names(key)
+    flags = flag_names(key, cls)
     return flags if len(flags) == 2 else [flags[0], f"--no-{flags[0][2:]}"]
 
 
@@ -205,7 +236,7 @@ def literal_choices(annotation) -> tuple:
     return get_args(annotation) if get_origin(annotation) is Literal else ()
 
 
-def to_toml(cfg: TrainConfig | None = None, annotate: bool = False) -> str:
+def to_toml(cfg: Config | None = None, annotate: bool = False, cls: type[Config] = TrainConfig) -> str:
     """The config as TOML, each option under its help text (`annotate`: and its flag, choices
     and default, a blank line apart); unset optional values are commented. tomlkit writes the
     values, so every string is escaped as TOML requires (control characters included)."""
@@ -213,12 +244,12 @@ def to_toml(cfg: TrainConfig | None = None, annotate: bool = False) -> str:
 
     values = cfg.to_dict() if cfg is not None else {}
     doc = tomlkit.document()
-    for key, f in TrainConfig.model_fields.items():
+    for key, f in cls.model_fields.items():
         if annotate:
             doc.add(tomlkit.nl())
         doc.add(tomlkit.comment(f.description))
         if annotate:
-            doc.add(tomlkit.comment(_about(key, f)))
+            doc.add(tomlkit.comment(_about(key, f, cls)))
         value = values[key] if cfg is not None else (None if f.is_required() else f.default)
         if value is None:
             doc.add(tomlkit.comment(f"{key} ="))
@@ -228,22 +259,33 @@ def to_toml(cfg: TrainConfig | None = None, annotate: bool = False) -> str:
 
 
 INIT_HEADER = """\
-# fastft training options, for `fastft train --config fastft.toml` (flags on the command line
-# override this file). Every option is listed at its default under its help text: edit what you
-# need and delete the rest to keep following fastft's defaults.
+# fastft's options. Training's are the top-level keys, for `fastft train --config fastft.toml`;
+# [export], [chat] and [eval] hold those commands' options, for `fastft export --config
+# fastft.toml` and so on. Flags on the command line override this file. Every option is listed
+# at its default under its help text: edit what you need and delete the rest to keep following
+# fastft's defaults.
 """
 
 
-def annotated_toml() -> str:
-    """`fastft init`'s file: every option at its default, under its help, flag and choices."""
-    return INIT_HEADER + to_toml(annotate=True)
+def annotated_toml(sections: dict[str, type[Config]] | None = None) -> str:
+    """`fastft init`'s file: every option at its default, under its help, flag and choices;
+    training's at the top level, then one table per command of `sections`."""
+    text = INIT_HEADER + to_toml(annotate=True)
+    for name, cls in (sections or {}).items():
+        text += f"\n\n[{name}]\n" + to_toml(annotate=True, cls=cls)
+    return text
 
 
-def _about(key: str, f) -> str:
+def _about(key: str, f, cls: type[Config] = TrainConfig) -> str:
     """`--rank; default 16`, `--scheduler: one of linear, cosine, ...; default "cosine"`."""
-    if key == "data":
-        return "required: here, or as DATA on the command line (fastft train DATA)"
-    flags = switch_names(key) if f.annotation is bool else flag_names(key)
+    if metavar := extra(key, cls).get("argument"):
+        if f.is_required():
+            usage = " ".join(a["argument"] for k in cls.model_fields
+                             if (a := extra(k, cls)).get("argument"))
+            return (f"required: here, or as {metavar} on the command line "
+                    f"(fastft {cls.command} {usage})")
+        return f"or as {metavar} on the command line; default {toml_value(f.default)}"
+    flags = switch_names(key, cls) if f.annotation is bool else flag_names(key, cls)
     choices = literal_choices(f.annotation)
     about = "/".join(flags) + (f": one of {', '.join(choices)}" if choices else "")
     return about + (f"; default {toml_value(f.default)}" if f.default is not None else "; unset by default")
@@ -311,10 +353,10 @@ def _expected(annotation) -> str:
     return " or ".join(words)
 
 
-def check_toml_types(values: dict, path: str) -> None:
+def check_toml_types(values: dict, path: str, cls: type[Config] = TrainConfig) -> None:
     """Every known key of a TOML config holds a value of its option's type (unknown keys are
-    TrainConfig's to report); raise ConfigError naming each key, what it takes, and what it got."""
-    fields = TrainConfig.model_fields
+    the config's to report); raise ConfigError naming each key, what it takes, and what it got."""
+    fields = cls.model_fields
     wrong = [f"{key}: expected {_expected(fields[key].annotation)}, got "
              f"{_TOML_TYPES.get(type(v), type(v).__name__)} ({toml_value(v) if type(v) in _TOML_TYPES else v})"
              for key, v in values.items() if key in fields and not _accepts(fields[key].annotation, v)]
@@ -323,9 +365,16 @@ def check_toml_types(values: dict, path: str) -> None:
                                                    "s:\n  " + "\n  ".join(wrong)))
 
 
+# The tables of a fastft.toml that configure other commands than train (see annotated_toml).
+SECTIONS = ("export", "chat", "eval")
+
+
 def resolve_config(data: str | None, config_file: str | None, flags: dict) -> TrainConfig:
     """Defaults, overridden by the TOML file, overridden by the flags given on the command line."""
     values = load_toml(config_file) if config_file else {}
+    for name in SECTIONS:   # the other commands' sections: theirs to read
+        if isinstance(values.get(name), dict):
+            del values[name]
     if config_file:
         check_toml_types(values, config_file)
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -334,3 +383,24 @@ def resolve_config(data: str | None, config_file: str | None, flags: dict) -> Tr
     if "data" not in values:
         raise ConfigError("give DATA (or `data = ...` in --config)")
     return TrainConfig.parse(values)
+
+
+def resolve_section(cls: type[Config], config_file: str | None, given: dict):
+    """A command's config: defaults, overridden by its [section] of the TOML file, overridden by
+    the flags and arguments `given` on the command line (None, or () for a repeatable flag: not
+    given)."""
+    values: dict = {}
+    if config_file:
+        table = load_toml(config_file).get(cls.command, {})
+        where = f"{config_file} [{cls.command}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table of {cls.command} options")
+        check_toml_types(table, where, cls)
+        values.update(table)
+    values.update({k: v for k, v in given.items() if v is not None and v != ()})
+    missing = [k for k, f in cls.model_fields.items() if f.is_required() and k not in values]
+    if missing:
+        names = " and ".join(flag_names(k, cls)[0] for k in missing)
+        raise ConfigError(f"give {names} (or `{missing[0]} = ...` in the [{cls.command}] "
+                          f"section of --config)")
+    return cls.parse(values)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from ..core.errors import FastftError
-from ..export.pipeline import MANIFEST
+from ..export.manifest import MANIFEST, ExportManifest, ManifestError
 from ..export.gguf import read_gguf_metadata
 from ..export.llamacpp import LlamaCppError, ensure_chat_runner, log_tail
 from ..export.modelfile import FAMILIES, SAMPLING_KEYS, parse_modelfile, sampling_defaults
@@ -52,6 +52,7 @@ from ..core.run import read_trained
 from ..core.qwen3 import template_text
 from ..data.template import ChatGuard
 from ..data.tools import record_tools
+from .config import ChatConfig
 
 Write = Callable[[str], None]
 
@@ -190,22 +191,29 @@ def modelfile_system(modelfile: str) -> str | None:
     return go_unquote(m.group(1)) if m else None
 
 
-def find_gguf(target: Path) -> tuple[Path, Path | None, dict | None]:
+def find_gguf(target: Path) -> tuple[Path, Path | None, ExportManifest | None]:
     """(the GGUF to run, its export folder if it is in one, that folder's manifest)."""
     if not target.is_dir() and not target.is_file():
         raise ChatError(f"{target}: no such file")
     folder = target if target.is_dir() else target.parent
-    manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else None
+    manifest = read_manifest(folder) if (folder / MANIFEST).is_file() else None
     export = folder if manifest is not None else None
     if target.is_file():
         return target, export, manifest
-    served = manifest["modelfile"] if manifest is not None else None
-    if served and (target / served["from"]).is_file():
-        return target / served["from"], target, manifest
+    served = manifest.modelfile if manifest is not None else None
+    if served and (target / served.from_).is_file():
+        return target / served.from_, target, manifest
     ggufs = sorted(p for p in target.glob("*.gguf") if p.is_file())
     if not ggufs:
         raise ChatError(f"{target}: neither a run folder nor an export folder (no .gguf in it)")
     return ggufs[0], export, manifest
+
+
+def read_manifest(folder: Path) -> ExportManifest:
+    try:
+        return ExportManifest.read(folder)
+    except ManifestError as e:
+        raise ChatError(str(e)) from None
 
 
 class GGUFChat:
@@ -219,11 +227,11 @@ class GGUFChat:
         self.default_system, params, self.template = None, {}, meta.get("tokenizer.chat_template")
         self.variant = "other"
         if export is not None:
-            self.variant = manifest.get("variant", "other")
-            served = manifest.get("modelfile") or {}
-            params = served.get("parameters") or {}
+            self.variant = manifest.variant
+            served = manifest.modelfile
+            params = served.parameters if served else {}
             family = FAMILIES.get(self.variant)
-            if served.get("template") and family and family.reference_jinja:
+            if served and served.template and family and family.reference_jinja:
                 # The template the Modelfile's TEMPLATE reproduces: what ollama will serve.
                 self.template = template_text(family.reference_jinja)
             if (export / "Modelfile").is_file():
@@ -411,28 +419,26 @@ def interactive(conv: Conversation, read: Callable[[str], str] = input, out: Tex
             err.write("\n(stopped; this turn is not kept)\n")
 
 
-def chat(target: str, question: str | None = None, system: str | None = None,
-         overrides: dict | None = None, max_new_tokens: int = 512, seed: int | None = None,
-         out: TextIO | None = None, console=None, tools: str | Path | None = None,
-         verbose: bool = False) -> None:
-    """`fastft chat`: one answer to `question` on `out` (default: sys.stdout), alone, or an
+def chat(cfg: ChatConfig, out: TextIO | None = None, console=None, verbose: bool = False) -> None:
+    """`fastft chat`: one answer to `cfg.prompt` on `out` (default: sys.stdout), alone, or an
     interactive session. `console` (stderr) shows a llama.cpp build, if one is needed, and
-    warnings about the `tools` file. The libraries' output while loading goes to a log unless
-    `verbose`; generation is never captured, so answers stream."""
+    warnings about the `cfg.tools` file. The libraries' output while loading goes to a log
+    unless `verbose`; generation is never captured, so answers stream."""
     out = out or sys.stdout
-    schemas, warnings = read_tools(tools) if tools is not None else (None, [])
+    schemas, warnings = read_tools(cfg.tools) if cfg.tools is not None else (None, [])
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
     with captured(None, console, verbose, what="chat"):
-        engine = open_chat(target, console)
+        engine = open_chat(cfg.target, console)
     if schemas:
         engine.tools = schemas
         engine.label += f", offered tools: {', '.join(t['function']['name'] for t in schemas)}"
     defaults = engine.defaults or sampling_defaults(engine.variant)
-    conv = Conversation(engine, resolve_sampling(defaults, overrides or {}, max_new_tokens, seed),
-                        system)
-    if question is not None:
-        conv.ask(question, writer(out))
+    overrides = {k: getattr(cfg, k) for k in SAMPLING_KEYS}
+    conv = Conversation(engine, resolve_sampling(defaults, overrides, cfg.max_new_tokens, cfg.seed),
+                        cfg.system)
+    if cfg.prompt is not None:
+        conv.ask(cfg.prompt, writer(out))
         out.write("\n")
         out.flush()
     else:

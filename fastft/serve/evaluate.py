@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .chat import Sampling, generate_text  # noqa: E402
+from .config import EvalConfig  # noqa: E402
 from ..core.qwen3 import EOS  # noqa: E402
 from ..data.read import Example, load_conversations  # noqa: E402
 from ..core.quiet import captured, status as quiet_status  # noqa: E402
@@ -64,11 +65,12 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate_run(run: str | Path, data: str | Path, samples: int = 3, max_new_tokens: int = 128,
-                 console=None, verbose: bool = False) -> EvalResult:
-    """Score DATA with the run's base model and with its fine-tuned one; sample answers from both
-    for the first `samples` conversations. Raises DataError (file:line) on bad DATA. What the
-    libraries print while the model loads goes to a log unless `verbose` (fastft.core.quiet)."""
+def evaluate_run(opts: EvalConfig, console=None, verbose: bool = False) -> EvalResult:
+    """Score `opts.data` with the run's base model and with its fine-tuned one; sample answers
+    from both for the first `opts.samples` conversations. Raises DataError (file:line) on bad
+    data. What the libraries print while the model loads goes to a log unless `verbose`
+    (fastft.core.quiet)."""
+    run, data = opts.run, opts.data
     trained = read_trained(run, "eval")
     folder, record = trained.folder, trained.record
     # The run's own rendering and masking options, on DATA, all of it scored (no split).
@@ -84,8 +86,9 @@ def evaluate_run(run: str | Path, data: str | Path, samples: int = 3, max_new_to
         tuned = score(model, prepared.train, tokenizer.pad_token_id)
     with spinner(console, "scoring the base model (adapter disabled)"), model.disable_adapter():
         base = score(model, prepared.train, tokenizer.pad_token_id)
-    with spinner(console, f"sampling answers for {min(samples, len(dataset.examples))} conversations"):
-        answers = sample_answers(model, tokenizer, guard, dataset.examples[:samples], max_new_tokens)
+    shown = dataset.examples[:opts.samples]
+    with spinner(console, f"sampling answers for {len(shown)} conversations"):
+        answers = sample_answers(model, tokenizer, guard, shown, opts.max_new_tokens)
     return EvalResult(str(run), str(data), base, tuned, prepared.truncated, prepared.dropped, answers)
 
 

@@ -1,0 +1,47 @@
+"""`fastft export`'s options: `ExportConfig`, their one owner, as `TrainConfig` is training's.
+
+The CLI's options are generated from its fields (fastft.cli.config_options), `fastft init`
+writes them as the `[export]` section of fastft.toml, `--config FILE` reads that section, and
+`export_run` takes the validated object. Cheap to import.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import field_validator
+
+from ..core.config import Config, arg, opt, split_commas
+
+# --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
+DEFAULT_QUANTS = ("q4_k_m",)
+
+
+class ExportConfig(Config):
+    """One export of a trained run."""
+    command = "export"
+
+    run: str = arg("The run to export (its folder).", "RUN", default="runs/latest")
+    gguf: tuple[str, ...] = opt(
+        DEFAULT_QUANTS, "GGUF type: any of llama.cpp's llama-quantize types (q4_k_m, q5_k_m, "
+        "q6_k, q8_0, q3_k_m, q2_k, q4_0, iq4_xs, ..., f16, bf16, f32; a wrong one lists them "
+        "all); repeat for several. The Modelfile uses the first. (In TOML, a list; [] for none.)",
+        multiple=True)
+    merged: bool = opt(False, "Also write the 16-bit merged model (safetensors) to OUT/merged/.")
+    out: Optional[str] = opt(None, "Output folder. [default: EXPORTS_DIR/NAME]", metavar="DIRECTORY")
+    exports_dir: str = opt("exports", "Folder that holds the exports (without --out).",
+                           metavar="DIRECTORY")
+    name: Optional[str] = opt(None, "Model name for ollama and the GGUF files. [default: the "
+                                    "run's name without its timestamp, lower-cased]")
+    system: Optional[str] = opt(None, "Default system prompt for the Modelfile (any text; "
+                                      "escaped for ollama).")
+    force: bool = opt(False, "Replace an existing output folder, once the new export is complete.")
+    check: bool = opt(True, "Load each GGUF with llama.cpp and generate a few tokens "
+                            "(--no-check skips it).")
+    create: bool = opt(False, "Then run `ollama create NAME -f Modelfile` in the export folder "
+                              "(needs ollama on PATH).")
+
+    @field_validator("gguf", mode="before")
+    @classmethod
+    def _split_quants(cls, v):
+        return split_commas(v)
