@@ -328,4 +328,4 @@ def test_ttfc_tiny_fastft_end_to_end(tmp_path):
     assert s["ratios"] == []
     assert (out / result.name.replace(".json", ".png")).exists()
     assert (out / result.name.replace(".json", ".log")).stat().st_size > 0
-    assert "end to end" in proc.stdout
+    assert "end to" in proc.stdout   # the table's last column (its header may wrap)

@@ -76,6 +76,8 @@ def test_bad_data_is_reported_by_line(tmp_path):
     from conftest import write_run
 
     run = write_run(tmp_path / "run")
+    (run / "adapter").mkdir()                  # trained: eval gets as far as reading the data
+    (run / "adapter" / "adapter_config.json").write_text("{}")
     bad = tmp_path / "bad.jsonl"
     good = EXAMPLE.read_text().splitlines()[0]
     bad.write_text(good + "\n{not json\n" + '{"messages": [{"role": "user", "content": "hi"}]}\n')

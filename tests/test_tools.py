@@ -425,7 +425,7 @@ def test_go_template_renders_the_training_prompts_of_tool_conversations(go_rende
     requests, expected = [], []
     for name, ex in tool_examples.items():
         raw_messages, raw_tools = TOOL_CONVERSATIONS[name]
-        cuts = [i for i, m in enumerate(ex.messages) if m["role"] == "assistant"] + [len(ex.messages)]
+        cuts = [i for i, m in enumerate(ex.messages) if m.role == "assistant"] + [len(ex.messages)]
         for cut in cuts:
             requests.append((template, _as_ollama_request(raw_messages[:cut]), raw_tools, None))
             expected.append((name, cut, hf_render(jinja, ex.chat()[:cut], tools=ex.tools)))
