@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..core.cache import cache_dir
 from ..core.faults import fault_point
+from ..core.locks import held
 from ..core.procs import dying_with_parent
 from ..core.sources import LLAMA_CPP_PYTHON_VERSION, LlamaCppError, llama_cpp_source
 
@@ -139,10 +140,8 @@ def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> L
 
     cmake builds incrementally, so an interrupted build resumes where it stopped; the top-level
     links, which make the folder usable, appear only after every target built. A lock keeps
-    two fastft processes from building the same tree at once.
+    two fastft processes from building the same tree at once (the second says whom it waits for).
     """
-    import fcntl
-
     missing = missing_build_tools()
     if missing:
         raise LlamaCppError(
@@ -152,8 +151,7 @@ def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> L
     src = llama_cpp_source()
     build = src / "build"
     jobs = str(os.cpu_count() or 1)
-    with open(src / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with held(src / ".build.lock", "the llama.cpp build", console):
         done = _inspect(src, "cache")
         if done is not None and done.runner is not None and all(
                 _runs(src / name) for name in targets):   # another process finished it
