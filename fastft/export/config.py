@@ -35,7 +35,8 @@ class ExportConfig(Config):
                                     "run's name without its timestamp, lower-cased]")
     system: Optional[str] = opt(None, "Default system prompt for the Modelfile (any text; "
                                       "escaped for ollama).")
-    force: bool = opt(False, "Replace an existing output folder, once the new export is complete.")
+    force: bool = opt(False, "Replace a previous export in the output folder, once the new one is "
+                             "complete (only what fastft wrote: nothing else is ever deleted).")
     check: bool = opt(True, "Load each GGUF with llama.cpp and generate a few tokens "
                             "(--no-check skips it).")
     create: bool = opt(False, "Then run `ollama create NAME -f Modelfile` in the export folder "
