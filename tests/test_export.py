@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -359,9 +360,11 @@ def test_quantize_failure_or_interrupt_stops_the_others(fake_llama, tmp_path, mo
 
     started.clear()
 
-    def interrupted(point):   # Ctrl-C while llama-quantize runs
+    def interrupted(futures):   # Ctrl-C while waiting for a llama-quantize that runs
+        while not started:
+            time.sleep(0.01)
         raise KeyboardInterrupt
-    monkeypatch.setattr(llamacpp, "fault_point", interrupted)
+    monkeypatch.setattr(llamacpp, "as_completed", interrupted)
     with pytest.raises(KeyboardInterrupt):
         quantize_ggufs(llama, src, {"Q8_0": tmp_path / "c.gguf"}, tmp_path, cpus=2)
     assert len(started) == 1 and started[0].returncode is not None   # killed, not left running

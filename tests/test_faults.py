@@ -179,7 +179,7 @@ def test_demo_keeps_an_earlier_demo_run_and_export(tmp_path):
     assert demo_names(runs, exports, now) == ("demo-20260102-030405", "fastft-demo-20260102-030405")
 
 
-# -- the fault matrix: real processes killed at named points (fastft.core.faults) ---------------------
+# -- the fault matrix: real processes killed at named points (tests/train_hooks.py) ------------------
 #
 # A `fastft train` / `fastft export` subprocess, in its own session, is sent SIGINT (as a
 # terminal's Ctrl-C: the whole process group) or SIGKILL at a deterministic point; then the next
@@ -351,7 +351,7 @@ def test_a_killed_export_takes_its_converter_with_it(baseline, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastft.cli", "export", str(baseline.run_dir),
                            "--gguf", "q8_0", "--out", str(exports / "m"), "--name", "m", "--no-check"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"FASTFT_FAULT": "convert:SIGKILL"})
+                          env=train_hooks.env(FASTFT_FAULT="convert:SIGKILL"))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     deadline = time.monotonic() + 2     # the kernel signals the child as its parent exits
     while (left := processes_mentioning(str(exports))) and time.monotonic() < deadline:

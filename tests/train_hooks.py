@@ -1,16 +1,25 @@
-"""Test-side hooks into training, so that fastft's training path carries none.
+"""Test-side hooks into training and export, so that fastft's own code carries none.
 
-    FASTFT_FAULT=<point>:<SIGNAL>[:<n>]   a kill point (fastft.core.faults), at `step` (inside an
-                                          optimizer step) or `checkpoint-write` (a checkpoint's
-                                          weights are written, its trainer_state.json is not)
+    FASTFT_FAULT=<point>:<SIGNAL>[:<n>]   the n-th arrival (default: the first) at a kill point
+                                          sends SIGNAL (or, for `raise`, raises an unexpected
+                                          error, as a bug would): `step` (inside an optimizer
+                                          step), `checkpoint-write` (a checkpoint's weights are
+                                          written, its trainer_state.json is not), `convert`
+                                          (llama.cpp's converter has started), `quantize`
+                                          (a llama-quantize has started)
     FASTFT_FAULT_RANK=R                   ... on rank R only (--gpus N)
     FASTFT_DEBUG_WEIGHTS_DIR=D            each rank writes D/rank<R>.json, the SHA-256 of its
                                           LoRA weights, when training ends
 
-They work by subclassing the Trainer class fastft.train.trainer builds (`install`). A `fastft`
-subprocess gets them through `env()`, which puts tests/hooks/ on PYTHONPATH: its
-sitecustomize.py installs them when fastft.train.trainer is imported. In-process tests call
-`install(trainer_module, monkeypatch.setattr)`, undone with the monkeypatch.
+They work by subclassing the Trainer class fastft.train.trainer builds (`install`), and by
+seeing the processes fastft.export.llamacpp starts (`install_export`). A `fastft` subprocess
+gets them through `env()`, which puts tests/hooks/ on PYTHONPATH: its sitecustomize.py installs
+them when those modules are imported. In-process tests call `install(trainer_module,
+monkeypatch.setattr)`, undone with the monkeypatch.
+
+A process that leads its own process group (the tests start it with `start_new_session=True`)
+signals the whole group, as a terminal's Ctrl-C or a `kill -9 -PGID` does; otherwise only
+itself (a SIGKILL of fastft alone, as the OOM killer sends).
 """
 
 from __future__ import annotations
@@ -18,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
-from transformers import TrainerCallback
 
 HOOKS_DIR = Path(__file__).resolve().parent / "hooks"
 REPO = HOOKS_DIR.parent.parent
@@ -36,11 +45,55 @@ def env(base: dict | None = None, **extra: str) -> dict:
 
 
 def fault_point(name: str) -> None:
-    """fastft.core.faults' kill point, kept to rank FASTFT_FAULT_RANK when that is set."""
-    from fastft.core import faults
+    """A kill point (FASTFT_FAULT), kept to rank FASTFT_FAULT_RANK when that is set."""
     rank = os.environ.get(FAULT_RANK_ENV)
     if rank is None or int(rank) == int(os.environ.get("RANK", 0)):
-        faults.fault_point(name)
+        _arrive(name)
+
+
+FAULT_ENV = "FASTFT_FAULT"
+_arrivals: dict[str, int] = {}
+
+
+def _arrive(name: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, sig, *nth = spec.split(":")
+    if point != name:
+        return
+    _arrivals[name] = _arrivals.get(name, 0) + 1
+    if _arrivals[name] != int(nth[0] if nth else 1):
+        return
+    if sig == "raise":
+        raise RuntimeError(f"fault injected at {name} ({FAULT_ENV})")
+    signum = signal.Signals[sig.upper()]
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signum)
+    else:
+        os.kill(os.getpid(), signum)
+
+
+def install_export(llamacpp_module, setattr=setattr) -> None:
+    """Kill points `convert` and `quantize`, right after fastft.export.llamacpp starts the
+    converter or a llama-quantize."""
+    import subprocess
+
+    from fastft.core.procs import command_of
+
+    class Popen(subprocess.Popen):
+        def __init__(self, args, *a, **kw):
+            super().__init__(args, *a, **kw)
+            cmd = [Path(str(x)).name for x in command_of([str(x) for x in args])]
+            if "convert_hf_to_gguf.py" in cmd[:2]:
+                fault_point("convert")
+            elif cmd and cmd[0] == "llama-quantize" and "--help" not in cmd:
+                fault_point("quantize")
+
+    class Subprocess:   # the module's `subprocess`, with a Popen that reports what it started
+        def __getattr__(self, name):
+            return Popen if name == "Popen" else getattr(subprocess, name)
+    setattr(llamacpp_module, "subprocess", Subprocess())
 
 
 def install(trainer_module, setattr=setattr) -> None:
@@ -55,7 +108,7 @@ def hooked(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             if os.environ.get(WEIGHTS_DIR_ENV):
-                self.add_callback(WeightsDigest(Path(os.environ[WEIGHTS_DIR_ENV])))
+                self.add_callback(weights_digest_callback(Path(os.environ[WEIGHTS_DIR_ENV])))
 
         def training_step(self, *args, **kwargs):
             fault_point("step")
@@ -77,17 +130,25 @@ def weights_digest(state_dict: dict) -> str:
     return h.hexdigest()
 
 
-class WeightsDigest(TrainerCallback):
-    """When training ends, this rank's LoRA weights' digest: the same function of the same
-    tensors that rank 0 saves as the adapter."""
+def weights_digest_callback(folder: Path):
+    """A callback writing this rank's LoRA weights' digest when training ends: the same function
+    of the same tensors that rank 0 saves as the adapter. (transformers is imported here, not at
+    the top: an export process imports this module before Unsloth, which must come first.)"""
+    from transformers import TrainerCallback
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    class WeightsDigest(TrainerCallback):
+        """When training ends, this rank's LoRA weights' digest: the same function of the same
+        tensors that rank 0 saves as the adapter."""
 
-    def on_train_end(self, args, state, control, model=None, **kw):
-        from peft import get_peft_model_state_dict
+        def __init__(self, folder: Path):
+            self.folder = folder
 
-        rank = int(os.environ.get("RANK", 0))
-        weights = get_peft_model_state_dict(model)
-        (self.folder / f"rank{rank}.json").write_text(json.dumps(
-            {"rank": rank, "sha256": weights_digest(weights), "tensors": len(weights)}))
+        def on_train_end(self, args, state, control, model=None, **kw):
+            from peft import get_peft_model_state_dict
+
+            rank = int(os.environ.get("RANK", 0))
+            weights = get_peft_model_state_dict(model)
+            (self.folder / f"rank{rank}.json").write_text(json.dumps(
+                {"rank": rank, "sha256": weights_digest(weights), "tensors": len(weights)}))
+
+    return WeightsDigest(folder)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.cache import cache_dir
-from ..core.faults import fault_point
 from ..core.locks import held
 from ..core.procs import dying_with_parent
 from ..core.sources import LLAMA_CPP_PYTHON_VERSION, LlamaCppError, llama_cpp_source
@@ -285,7 +284,6 @@ def convert_to_gguf(llama: LlamaCpp, model_dir: Path, outfile: Path, outtype: st
     with open(log, "ab") as out:
         proc = subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT)
     try:
-        fault_point("convert")
         rc = proc.wait()
     finally:   # Ctrl-C: the converter must not keep writing into a folder about to be removed
         if proc.poll() is None:
@@ -303,7 +301,6 @@ class _Quantize:
     log: Path
     proc: subprocess.Popen | None = None
     seconds: float = 0.0
-    started: threading.Event = field(default_factory=threading.Event)
     stopped: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -312,16 +309,13 @@ class _Quantize:
         which stays alive while the child runs (the child's parent-death signal follows the
         thread that started it)."""
         t = time.perf_counter()
-        try:
-            with self.lock:
-                if self.stopped:
-                    return
-                with open(self.log, "ab") as out:   # the child keeps its own copy of the descriptor
-                    self.proc = subprocess.Popen(
-                        dying_with_parent([llama.quantize, src, self.dst, self.qtype, threads]),
-                        stdout=out, stderr=subprocess.STDOUT)
-        finally:
-            self.started.set()                      # (or failed to start: nobody waits in vain)
+        with self.lock:
+            if self.stopped:
+                return
+            with open(self.log, "ab") as out:   # the child keeps its own copy of the descriptor
+                self.proc = subprocess.Popen(
+                    dying_with_parent([llama.quantize, src, self.dst, self.qtype, threads]),
+                    stdout=out, stderr=subprocess.STDOUT)
         rc = self.proc.wait()
         if rc != 0 or not self.dst.is_file():
             if self.stopped:
@@ -354,8 +348,6 @@ def quantize_ggufs(llama: LlamaCpp, src: Path, outputs: dict[str, Path], log_dir
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(jobs), cpus)))
     try:
         futures = [pool.submit(job.run, llama, src, cpus) for job in jobs]
-        jobs[0].started.wait()
-        fault_point("quantize")
         for future in as_completed(futures):
             future.result()
     except BaseException:

@@ -1,5 +1,5 @@
 """Imported at start-up by a Python whose PYTHONPATH holds tests/hooks/ (tests/train_hooks.env):
-installs the test hooks into fastft.train.trainer once that module is imported, then runs the
+installs the test hooks into fastft.train.trainer and fastft.export.llamacpp once imported, then runs the
 sitecustomize this one shadows, if there is one."""
 
 import importlib.abc
@@ -9,7 +9,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TARGET = "fastft.train.trainer"
+TARGETS = {"fastft.train.trainer": "install", "fastft.export.llamacpp": "install_export"}
 
 
 class _Loader(importlib.abc.Loader):
@@ -23,21 +23,25 @@ class _Loader(importlib.abc.Loader):
         self.loader.exec_module(module)
         sys.path.insert(0, os.path.dirname(HERE))   # tests/, for train_hooks
         import train_hooks
-        train_hooks.install(module)
+        getattr(train_hooks, TARGETS[module.__name__])(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != TARGET:
+        if name not in self.todo:
             return None
-        sys.meta_path.remove(self)   # once: find the real module, wrap its loader
+        self.todo.discard(name)
+        if not self.todo:
+            sys.meta_path.remove(self)   # each once: find the real module, wrap its loader
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None:
             spec.loader = _Loader(spec.loader)
         return spec
 
 
-sys.meta_path.insert(0, _Finder())
+_finder = _Finder()
+_finder.todo = set(TARGETS)
+sys.meta_path.insert(0, _finder)
 
 _next = importlib.machinery.PathFinder.find_spec(
     "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != HERE])
