@@ -333,18 +333,25 @@ def test_set_checkpointing_rejects_unknown_modes(tiny_lora):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["false", "true"])
 def test_the_trainer_keeps_the_switched_mode(tiny_lora, tmp_path, mode):
-    """What train.py must pass: SFTConfig(gradient_checkpointing=mode != "false"). TRL defaults
-    it to True, and its Trainer then turns checkpointing back on in train()."""
+    """The SFTConfig training builds (trainer.sft_config) keeps the mode auto-tune switched to:
+    TRL defaults gradient_checkpointing to True, and its Trainer would then turn checkpointing
+    back on in train()."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
+
+    from fastft.core.config import TrainConfig
+    from fastft.core.run import Plan, RunFolder
+    from fastft.train.trainer import sft_config
 
     model, tok, runs_per_layer, counter = tiny_lora
     set_checkpointing(model, "true" if mode == "false" else "false")
     set_checkpointing(model, mode)
     rows = [list(range(100, 140))] * 4
-    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1,
-                     gradient_checkpointing=mode != "false", report_to="none", save_strategy="no",
-                     disable_tqdm=True)
+    cfg = TrainConfig(data="d.jsonl", model="tiny", max_steps=1, batch_size=2, grad_accum=1,
+                      save_steps=1000)
+    plan = Plan(model_path="tiny", batch_size=2, grad_accum=1, padding_free=None,
+                gradient_checkpointing=mode, optim="adamw_torch", group_by_length=False)
+    args = sft_config(cfg, plan, RunFolder(tmp_path), has_eval=False)
     trainer = SFTTrainer(model=model, processing_class=tok, args=args,
                          train_dataset=Dataset.from_dict({"input_ids": rows, "labels": rows}))
     counter["n"] = 0
