@@ -20,6 +20,30 @@ from filelock import FileLock, Timeout
 
 
 
+def file_lock(path: Path) -> FileLock:
+    """An exclusive lock on `path` (created if missing and kept after release: its presence
+    can mean something, as a run folder's `.lock` does)."""
+    return FileLock(path, thread_local=False, preserve_lock_file=True)
+
+
+def try_lock(path: Path) -> FileLock | None:
+    """The lock on `path`, taken now (release it), or None when another process holds it."""
+    lock = file_lock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def is_free(path: Path) -> bool:
+    """Whether no process holds the lock on `path` (which must exist)."""
+    lock = try_lock(path)
+    if lock is not None:
+        lock.release()
+    return lock is not None
+
+
 def holder(lock: Path) -> str:
     """Who holds `lock`, as its owner file says ("process 1234 (fastft export), since 18:02:11")."""
     try:
@@ -32,15 +56,14 @@ def holder(lock: Path) -> str:
 def held(lock: Path, what: str, console=None) -> Iterator[None]:
     """Hold the exclusive lock `lock` for the block; while another process holds it, say what
     is being waited for and who holds it."""
-    file_lock = FileLock(lock, thread_local=False, preserve_lock_file=True)
-    try:
-        file_lock.acquire(timeout=0)
-    except Timeout:
+    taken = try_lock(lock)
+    if taken is None:
         from rich.console import Console
 
         (console or Console(stderr=True)).print(
             f"• waiting for {what}: held by {holder(lock)}", markup=False, highlight=False)
-        file_lock.acquire()
+        taken = file_lock(lock)
+        taken.acquire()
     try:
         command = " ".join(Path(a).name for a in sys.argv[:2])
         (lock.parent / f"{lock.name}.owner").write_text(
@@ -48,4 +71,4 @@ def held(lock: Path, what: str, console=None) -> Iterator[None]:
             encoding="utf-8")
         yield
     finally:
-        file_lock.release()
+        taken.release()

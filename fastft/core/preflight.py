@@ -6,7 +6,7 @@ Disk: `check_train_space` and `check_export_space` estimate, from the model's co
 disk found hours into training, or halfway through writing an 8 GB merged model, costs the work
 done so far and leaves partial files behind.
 
-Scratch: an export writes into a hidden `.tmp-*` folder beside its output and holds an flock on
+Scratch: an export writes into a hidden `.tmp-*` folder beside its output and holds a lock on
 a file in it for as long as it runs. A SIGKILL or a power cut skips every `finally`, leaving the
 folder (many GB for a real model); the kernel drops the lock with the process, so the next
 export can tell a dead owner's folder from a running export's and remove it.
@@ -15,7 +15,6 @@ export can tell a dead owner's folder from a running export's and remove it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Iterator
 
 from .config import TrainConfig
 from .errors import FastftError
+from .locks import file_lock, try_lock
 
 # Bits per weight of a GGUF type, rounded up from llama.cpp's own figures (Q4_K_M ~4.9, Q5_K_M
 # ~5.7, Q8_0 8.5). The k-quant mixes keep the token embedding (which is also the output matrix
@@ -197,14 +197,18 @@ def owned_scratch(parent: Path, prefix: str) -> Iterator[Path]:
     """A new `.tmp-<prefix>-*` folder in `parent`, locked as this process's while the block
     runs (the caller removes it). `remove_stale_scratch` skips it while the lock is held."""
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{prefix}-", dir=parent))
-    with open(scratch / f"{OWNER_FILE}.new", "w") as owner:
-        fcntl.flock(owner, fcntl.LOCK_EX)
-        owner.write(f"{os.getpid()}\n")   # for a person looking at the folder
-        owner.flush()
+    owner = file_lock(scratch / f"{OWNER_FILE}.new")
+    owner.acquire()
+    try:
         # Only a locked owner file carries the name a cleaner looks for: no window in which
-        # another process could take a live folder for a dead one.
-        os.rename(owner.name, scratch / OWNER_FILE)
+        # another process could take a live folder for a dead one. (The lock is on the file,
+        # not its name: it holds across the rename.)
+        os.rename(scratch / f"{OWNER_FILE}.new", scratch / OWNER_FILE)
+        with open(scratch / OWNER_FILE, "a") as note:   # for a person looking at the folder
+            note.write(f"{os.getpid()}\n")
         yield scratch
+    finally:
+        owner.release()
 
 
 def remove_stale_scratch(parent: Path) -> list[tuple[str, int]]:
@@ -216,12 +220,16 @@ def remove_stale_scratch(parent: Path) -> list[tuple[str, int]]:
         if folder.is_symlink() or not owner.is_file():
             continue
         try:
-            with open(owner, "r+") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock = try_lock(owner)
+            if lock is None:
+                continue  # alive
+            try:
                 size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
                 shutil.rmtree(folder)
-        except (BlockingIOError, FileNotFoundError):
-            continue  # alive, or another process removed it first
+            finally:
+                lock.release()
+        except FileNotFoundError:
+            continue  # another process removed it first
         removed.append((folder.name, size))
     return removed
 

@@ -8,7 +8,7 @@
       checkpoints/     checkpoint-<step>/: written into checkpoints/.tmp/, renamed once whole
       adapter/         the trained LoRA adapter and the guarded tokenizer, swapped in atomically
       train.log        what the libraries printed while training (fastft.core.quiet); export.log, exporting
-      .lock            held (flock) while a process trains in the folder
+      .lock            locked while a process trains in the folder (fastft.core.locks)
     runs/latest        symlink to the newest run
 
 Train, resume, export, chat, the CLI summary, the benchmark and the tests all read and write a
@@ -18,7 +18,6 @@ run through `RunFolder` and `RunRecord`, so the schema has one definition and on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata as md
 import json
 import os
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .cache import folder_problem
 from .config import RUN_NAME_PATTERN, TrainConfig
 from .errors import RunFolderError
+from .locks import is_free, try_lock
 
 SCHEMA_VERSION = 2
 RECORD_FILE = "fastft.json"
@@ -291,12 +291,7 @@ class RunFolder:
         lock = self.path / ".lock"
         if not lock.is_file() or self.record_file.exists():
             return False
-        with open(lock) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-        return True
+        return is_free(lock)
 
     def create(self) -> None:
         if self.abandoned():
@@ -385,12 +380,13 @@ class RunFolder:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Held while training; a second process training into the same folder is refused."""
-        with open(self.path / ".lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderError(f"{self.path} is in use by another fastft process") from None
+        lock = try_lock(self.path / ".lock")
+        if lock is None:
+            raise RunFolderError(f"{self.path} is in use by another fastft process")
+        try:
             yield
+        finally:
+            lock.release()
 
 
 def read_trained(path: str | os.PathLike, command: str) -> Run:
