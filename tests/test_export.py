@@ -341,7 +341,8 @@ def test_quantize_ggufs_at_most_one_per_core(fake_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SLEEP", "0.2")
     outs = {t: tmp_path / f"m.{t}.gguf" for t in ("Q4_K_M", "Q8_0", "Q5_K_M")}
     quantize_ggufs(llama, src, outs, tmp_path, cpus=2)
-    assert [argv(p)[3:] for p in started] == [["Q4_K_M", "2"], ["Q8_0", "2"], ["Q5_K_M", "2"]]
+    runs = [argv(p)[3:] for p in started]   # the first two start side by side, in either order
+    assert sorted(runs[:2]) == [["Q4_K_M", "2"], ["Q8_0", "2"]] and runs[2] == ["Q5_K_M", "2"]
     ev = _events(tmp_path)
     assert ev["start", "Q5_K_M"] >= min(ev["end", "Q4_K_M"], ev["end", "Q8_0"])
 
