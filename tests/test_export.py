@@ -357,7 +357,9 @@ def test_quantize_failure_or_interrupt_stops_the_others(fake_llama, tmp_path, mo
     with pytest.raises(LlamaCppError, match="(?s)FAIL failed.*no such type"):
         quantize_ggufs(llama, src, {"Q8_0": tmp_path / "a.gguf", "FAIL": tmp_path / "b.gguf"},
                        tmp_path, cpus=2)
-    assert len(started) == 2 and all(p.returncode is not None for p in started)
+    # The other job was killed mid-run, or (its thread slower than the failure) never started.
+    assert 1 <= len(started) <= 2 and all(p.returncode is not None for p in started)
+    assert not (tmp_path / "a.gguf").exists()
 
     started.clear()
 
