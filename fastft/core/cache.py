@@ -39,8 +39,9 @@ def folder_problem(path: str | os.PathLike, writable: bool = True) -> str | None
     p = given
     while not p.exists() and p != p.parent:
         p = p.parent
-    if not p.is_dir():
-        return "is a file, not a folder" if p == given else f"{p} is a file, not a folder"
+    if not p.is_dir():   # a file, or a device such as /dev/null
+        what = "is a file, not a folder" if p.is_file() else "is not a folder"
+        return what if p == given else f"{p} {what}"
     if writable and not os.access(p, os.W_OK | os.X_OK):
         return f"{p} is not writable"
     return None

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from ..core.cache import sha256_file
+from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
 from .manifest import MANIFEST, ExportManifest, FileEntry, GGUFCheck, ManifestError, ServedModelfile
@@ -257,15 +257,11 @@ def _refuse_protected(final: Path, run: Run) -> None:
 
 
 def _check_parent(final: Path) -> None:
-    """The nearest existing folder above `final` must be a writable folder (not /dev/null)."""
-    parent = final.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ExportError(f"--out {final}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"--out {final}: cannot write in {parent} (permission denied); "
-                          f"choose a folder you can write to")
+    """The folder `final` goes in must be (or can become) a writable folder (not /dev/null)."""
+    if problem := folder_problem(final.parent):
+        # folder_problem names the path only when it is not the one it was given.
+        where = f"{final.parent} " if problem.startswith("is ") else ""
+        raise ExportError(f"--out {final}: {where}{problem}; choose a folder you can write to")
 
 
 def _check_replaceable(final: Path) -> None:
