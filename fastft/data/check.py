@@ -93,11 +93,10 @@ def _why_not(ref, e: Exception) -> str:
     if ref.is_local:
         return ("the folder holds no usable tokenizer (tokenizer.json, tokenizer_config.json); "
                 "give a model's folder, or a hub id, with --model")
-    from ..core.models import offline_vars
+    from ..core.models import hub_problem
     text = str(e).strip()
-    why = ("offline and not in the local cache" if offline_vars() or "connect" in text
-           else text.splitlines()[0] if text else type(e).__name__)
-    return f"{why}; check the name, download it once while online, or give a local folder with --model"
+    why = hub_problem(ref.path) or (text.splitlines()[0] if text else type(e).__name__)
+    return f"{why}; check the name, or give a local folder with --model"
 
 
 def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip",
