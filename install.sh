@@ -49,7 +49,7 @@ TORCHVISION=$(pip freeze | grep '^torchvision==' || true)
 pip uninstall -q -y torchvision 2>/dev/null || true   # unused by fastft; see above
 
 # fastft itself, without re-resolving unsloth's requirements (which would bring torchvision back).
-pip install -q ${C[@]+"${C[@]}"} gguf click rich pydantic tomlkit matplotlib pytest hypothesis pexpect
+pip install -q ${C[@]+"${C[@]}"} gguf click rich pydantic tomlkit matplotlib pytest pytest-xdist hypothesis pexpect
 pip install -q --no-deps -e .
 
 if [ $RELOCK = 1 ]; then

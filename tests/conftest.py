@@ -66,6 +66,25 @@ def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: s
     return run
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """`build(folder)` run once per test session, even under pytest-xdist (`-n`): the first
+    worker to ask builds it in the session's shared temporary root under a file lock, and the
+    others wait for it and reuse the folder. Training and exporting the tiny model is most of
+    CI's time; doing it once per worker would undo much of what the workers save."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent       # shared by this session's workers (pytest-N/), no one else
+    folder, done = root / f"built-{name}", root / f"built-{name}.done"
+    with FileLock(str(root / f"built-{name}.lock")):
+        if not done.exists():
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def color_run(tmp_path_factory):
     """The tiny model trained on the favorite-color data with the demo's settings in 16 bits
@@ -73,24 +92,34 @@ def color_run(tmp_path_factory):
     way): the one such run of the session, shared by the tests of train, export, chat and eval.
     Tests must not change it; one that needs to copies it."""
     from fastft.train.trainer import train   # first: it imports Unsloth before transformers
+    from fastft.core.run import Run, RunFolder
     from fastft.demo import demo_config
 
-    cfg = demo_config(tmp_path_factory.mktemp("color") / "runs", "color")
-    return train(cfg.model_copy(update={"load_in_4bit": False}))
+    def build(folder: Path) -> None:
+        train(demo_config(folder / "runs", "color").model_copy(update={"load_in_4bit": False}))
+
+    run = RunFolder((built_once(tmp_path_factory, "color", build) / "runs" / "latest").resolve())
+    return Run(run, run.read())
 
 
 @pytest.fixture(scope="session")
-def color(color_run) -> tuple[Path, Path]:
+def color(color_run, tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, export folder) of `color_run` exported to q4_k_m as the demo does."""
+    def build(folder: Path) -> None:
+        export_quietly(color_run.run_dir, "color", folder / "exports")
+
+    exports = built_once(tmp_path_factory, "color-export", build) / "exports"
+    return color_run.run_dir, exports / "color"
+
+
+def export_quietly(run: Path, name: str, exports: Path):
     import io
 
     from fastft.export.pipeline import ExportOptions, export_run
     from rich.console import Console
 
-    exported = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q4_k_m",), name="color",
-                                        exports_dir=str(color_run.run_dir.parent.parent / "exports")),
-                          Console(file=io.StringIO()))
-    return color_run.run_dir, exported.out_dir
+    return export_run(ExportOptions(run=str(run), gguf=("q4_k_m",), name=name,
+                                    exports_dir=str(exports)), Console(file=io.StringIO()))
 
 
 @pytest.fixture(scope="session")
@@ -98,19 +127,18 @@ def tool_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(run folder, export folder, its q4_k_m GGUF): the tiny model trained on
     examples/tool_calls.jsonl and exported, once per session (tests/test_tools.py and
     tests/test_chat_tools.py share it)."""
-    import io
-
     from fastft.train.trainer import train   # first: it imports Unsloth before transformers
     from fastft.core.config import TrainConfig
-    from fastft.export.pipeline import ExportOptions, export_run
-    from rich.console import Console
 
-    root = tmp_path_factory.mktemp("tool-run")
-    # Random weights: a high learning rate, and 48 single-step updates of 2 examples (the long
-    # tools block makes each example ~200 tokens; more updates, not more tokens, teach the call).
-    result = train(TrainConfig(data=str(REPO / "examples" / "tool_calls.jsonl"), model="tiny",
-                               name="tools", lr=3e-3, runs_dir=str(root / "runs"), batch_size=2,
-                               grad_accum=1, max_seq_len=384))
-    exported = export_run(ExportOptions(run=str(result.run_dir), gguf=("q4_k_m",), name="tools",
-                                        exports_dir=str(root / "exports")), Console(file=io.StringIO()))
-    return result.run_dir, exported.out_dir, Path(exported.ggufs["q4_k_m"])
+    def build(root: Path) -> None:
+        # Random weights: a high learning rate, and 48 single-step updates of 2 examples (the
+        # long tools block makes each example ~200 tokens; more updates, not more tokens,
+        # teach the call).
+        result = train(TrainConfig(data=str(REPO / "examples" / "tool_calls.jsonl"), model="tiny",
+                                   name="tools", lr=3e-3, runs_dir=str(root / "runs"),
+                                   batch_size=2, grad_accum=1, max_seq_len=384))
+        export_quietly(result.run_dir, "tools", root / "exports")
+
+    root = built_once(tmp_path_factory, "tools", build)
+    out = root / "exports" / "tools"
+    return (root / "runs" / "latest").resolve(), out, next(out.glob("*Q4_K_M*.gguf"))
