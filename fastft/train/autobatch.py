@@ -11,6 +11,10 @@ padded to PAD_MULTIPLE) or padding-free batches; checkpointing "unsloth" (activa
 offloaded to CPU RAM), "true" (kept on the GPU, recomputed) or "false" (no recompute).
 The probe runs forward+backward, so `set_checkpointing` switches an already-LoRA-wrapped model
 between the three modes at run time.
+
+A probe costs 23-50 s on a 4B model, so `tune` first looks for a remembered one
+(fastft.train.tuning_cache) and estimates the training time: where a probe cannot save more than
+it costs, it takes the estimated plan instead, and it shortens the probe of a short run.
 """
 
 from __future__ import annotations

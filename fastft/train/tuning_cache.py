@@ -30,7 +30,7 @@ from ..core.config import TrainConfig
 from ..core.run import Tuning, Versions, write_text_atomic
 from .batching import PAD_MULTIPLE
 
-CACHE_VERSION = 1
+CACHE_VERSION = 1   # raise it when what a probe measures or chooses changes: older entries then miss
 SUBDIR = "tuning"
 
 Note = Callable[[str], None]
