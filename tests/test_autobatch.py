@@ -432,6 +432,102 @@ def test_gpu_autotune_fits_the_budget_keeps_the_batch_and_leaves_the_model_as_fo
     assert result.probe_s < 60
 
 
+# -- on a GPU: a remembered probe is reused, a changed setup probes again ------------------------
+
+class SaidUI:
+    """NullUI that keeps the status lines."""
+
+    def __init__(self):
+        from fastft.core.ui import NullUI
+        self.lines, self.null = [], NullUI()
+
+    def status(self, text):
+        self.lines.append(text)
+
+    def __getattr__(self, name):
+        return getattr(self.null, name)
+
+
+@pytest.fixture
+def own_tuning_cache(tmp_path, monkeypatch):
+    """Batch plans remembered under tmp_path (the rest of the fastft cache, the tiny model
+    included, stays where it is); the VRAM cap a run sets is lifted afterwards."""
+    from fastft.train import tuning_cache
+    monkeypatch.setattr(tuning_cache, "cache_dir", lambda: tmp_path / "cache")
+    yield tmp_path / "cache" / tuning_cache.SUBDIR
+    torch.cuda.set_per_process_memory_fraction(1.0, 0)
+
+
+def gpu_run(tmp_path, name, data=None, **changes):
+    """(plan, status lines) of a short tiny-model run on the GPU."""
+    from conftest import EXAMPLE
+    from fastft.core.config import TrainConfig
+    from fastft.train.trainer import train
+    cfg = TrainConfig(data=str(data or EXAMPLE), model="tiny", runs_dir=str(tmp_path / "runs"),
+                      name=name, lr=2e-3, batch_size=4, grad_accum=2, max_seq_len=512,
+                      max_steps=2, **changes)
+    ui = SaidUI()
+    return train(cfg, ui=ui).record.plan, ui.lines
+
+
+def plan_of(plan):
+    return plan.batch_size, plan.grad_accum, plan.padding_free, plan.gradient_checkpointing
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_a_second_run_on_the_same_data_reuses_the_first_runs_probe(tmp_path, own_tuning_cache):
+    from datetime import date
+
+    from fastft.train.autobatch import PROBE_BUDGET_S
+    first, _ = gpu_run(tmp_path, "first", retune=True)
+    assert first.tuning_origin.how == "probed" and first.tuning.measurements
+    assert first.tuning_origin.probe_budget_s == PROBE_BUDGET_S and first.tuning.probe_s > 0
+    assert [p.stem for p in own_tuning_cache.iterdir()] == [first.tuning_origin.cache_key]
+
+    second, said = gpu_run(tmp_path, "second")
+    origin = second.tuning_origin
+    assert (origin.how, origin.reused_from) == ("reused", date.today().isoformat())
+    assert origin.cache_key == first.tuning_origin.cache_key
+    assert plan_of(second) == plan_of(first) and second.tuning.measurements == first.tuning.measurements
+    assert second.tuning.probe_s == 0.0
+    assert not [line for line in said if line.startswith("auto-tune")]     # nothing measured
+    reused = [line for line in said if line.startswith("batch plan: reused from ")]
+    assert len(reused) == 1 and "--retune" in reused[0]
+
+
+def long_conversations(path, n=40):
+    """Conversations of ~300 tokens: another length profile than favorite-color's ~30."""
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": f"Question {i}: what is your favorite color?"},
+                {"role": "assistant", "content": "My favorite color is blue. " * 45}]}) + "\n")
+    return path
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_a_changed_budget_or_length_profile_probes_again(tmp_path, own_tuning_cache, monkeypatch):
+    from fastft.train import autobatch
+    # The tiny model's runs are estimated far too short for any probe to pay for itself; with no
+    # probe cost, every run the cache cannot serve probes, so these runs show the cache's key.
+    monkeypatch.setattr(autobatch, "PROBE_COST_S", 0.0)
+    budget = min(20.0, autobatch.card_gib() - 1)
+    first, _ = gpu_run(tmp_path, "first", vram_budget=budget)
+    same, _ = gpu_run(tmp_path, "same", vram_budget=budget)
+    smaller, _ = gpu_run(tmp_path, "smaller", vram_budget=budget * 0.8)
+    longer, _ = gpu_run(tmp_path, "longer", long_conversations(tmp_path / "long.jsonl"),
+                        vram_budget=budget)
+    runs = (first, same, smaller, longer)
+    assert [p.tuning_origin.how for p in runs] == ["probed", "reused", "probed", "probed"]
+    assert all(p.tuning.measurements for p in runs)
+    assert smaller.tuning.budget_gib == pytest.approx(budget * 0.8)
+    keys = [p.tuning_origin.cache_key for p in runs]
+    assert keys[0] == keys[1] and len(set(keys)) == 3
+    assert sorted(p.stem for p in own_tuning_cache.iterdir()) == sorted(set(keys))
+
+
 def test_search_falls_back_to_padding_free_when_padded_fits_nothing():
     # padded needs 3.43 GiB at micro-batch 1, padding-free 3.27: a budget between them
     probe = h100_like()

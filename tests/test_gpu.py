@@ -17,7 +17,8 @@ def test_tiny_trains_on_gpu_with_auto_tune_and_answers_blue(tmp_path):
     from fastft.train.trainer import train
 
     cfg = TrainConfig(data=str(EXAMPLE), model="tiny", runs_dir=str(tmp_path), name="gpu",
-                      lr=2e-3, batch_size=4, grad_accum=2, max_seq_len=256)
+                      lr=2e-3, batch_size=4, grad_accum=2, max_seq_len=256,
+                      retune=True)   # a run this short would skip the probe, or reuse a remembered one
     result = train(cfg)
     plan, final = result.record.plan, result.record.final
     # auto-tune keeps the effective batch of 8, and records what it measured

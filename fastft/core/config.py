@@ -117,6 +117,10 @@ class TrainConfig(Config):
                                                "grad-accum, shared out among the GPUs.")
     auto_batch: bool = opt(True, "On a GPU, measure micro-batch, padding and checkpointing candidates "
                                  "on your data and keep the fastest that fits (same effective batch).")
+    # Auto-tune's result is remembered in the fastft cache (fastft.train.tuning_cache) and reused
+    # by runs of the same GPU, model, LoRA shape, length profile, budget and library versions.
+    retune: bool = opt(False, "Probe the batch plan again, even where a remembered plan or the "
+                              "estimate of a short run would skip the probe.")
     vram_budget: Optional[float] = opt(None, "GiB of GPU memory training may use (as on a smaller card).", gt=0, le=1_000_000)
     gradient_checkpointing: Checkpointing = opt(
         "auto", "unsloth: offload activations to CPU RAM (least VRAM); true: keep them on the GPU; "

@@ -94,10 +94,21 @@ class Tuning:
     measurements: list[Measurement] = field(default_factory=list)
     reserve_gib: float = 0.0   # optimizer state the probe does not see, kept free as well
 
+    def chosen(self) -> Measurement | None:
+        """The timed measurement of the plan chosen; None when nothing fitted or none was made."""
+        return next((m for m in self.measurements if (m.micro_batch, m.padding_free,
+                     m.checkpointing) == (self.batch_size, self.padding_free, self.checkpointing)
+                     and m.tokens_per_s), None)
+
+    def plan_words(self) -> str:
+        """'8 x 1 padded, no checkpointing'."""
+        mode = ("no checkpointing" if self.checkpointing == "false"
+                else f"checkpointing {self.checkpointing}")
+        return (f"{self.batch_size} x {self.grad_accum} "
+                f"{'padding-free' if self.padding_free else 'padded'}, {mode}")
+
     def describe(self) -> str:
-        chosen = next((m for m in self.measurements if (m.micro_batch, m.padding_free,
-                       m.checkpointing) == (self.batch_size, self.padding_free, self.checkpointing)
-                       and m.tokens_per_s), None)
+        chosen = self.chosen()
         others = "; ".join(m.label() for m in self.measurements if m is not chosen)
         speed = f" ({chosen.label().split(': ', 1)[1]})" if chosen else " (nothing fitted)"
         return (f"auto-tune: micro-batch {self.batch_size} x {self.grad_accum} accumulation, "
@@ -108,6 +119,17 @@ class Tuning:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class TuningOrigin(_Record):
+    """How auto-tune got the plan (fastft.train.autobatch.tune): measured by a probe in this run,
+    reused from an earlier probe of the same key (fastft.train.tuning_cache), or estimated
+    without a probe because the run looked too short for one to pay for itself."""
+    how: Literal["probed", "reused", "estimated"]
+    reused_from: Optional[str] = None     # reused: the date (YYYY-MM-DD) of the probe reused
+    estimate_s: Optional[float] = None    # training time the throughput model expected
+    probe_budget_s: Optional[float] = None  # probed: no new candidate started after this
+    cache_key: Optional[str] = None       # the tuning cache entry looked up (its file's name)
 
 
 class Plan(_Record):
@@ -121,6 +143,7 @@ class Plan(_Record):
     group_by_length: bool
     pad_waste: Optional[PadWaste] = None
     tuning: Optional[Tuning] = None    # None: not auto-tuned (CPU, packing, --no-auto-batch)
+    tuning_origin: Optional[TuningOrigin] = None   # None: not auto-tuned, or recorded before it was kept
     world_size: int = 1                # data-parallel processes, one per GPU (a resume needs as many)
     launcher: Optional[str] = None     # what started them: "torchrun" (fastft train --gpus N)
 

@@ -11,13 +11,19 @@ padded to PAD_MULTIPLE) or padding-free batches; checkpointing "unsloth" (activa
 offloaded to CPU RAM), "true" (kept on the GPU, recomputed) or "false" (no recompute).
 The probe runs forward+backward, so `set_checkpointing` switches an already-LoRA-wrapped model
 between the three modes at run time.
+
+A probe costs 23-50 s on a 4B model, so `tune` first looks for a remembered one
+(fastft.train.tuning_cache) and estimates the training time: where a probe cannot save more than
+it costs, it takes the estimated plan instead, and it shortens the probe of a short run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 
-from ..core.run import Measurement, Tuning
+from ..core.run import Measurement, Tuning, TuningOrigin, Versions
 
 HEADROOM = 0.10        # share of the budget left free for allocator fragmentation
 MARGIN = 0.05          # another checkpointing mode must beat "unsloth" by this much to replace it
@@ -163,6 +169,176 @@ def decide(measurements: list[Measurement], effective_batch: int, budget_gib: fl
                        modes.pop() if len(modes) == 1 else DEFAULT_MODE, None, None)
 
 
+# -- whether a probe pays for itself ---------------------------------------------------------
+# A probe costs 23-50 s on the 4B model (H100, bench/results/2026-12-05-...-ttfc.json: 49.6 s with
+# cold compile caches, 22.9 s warm), and a short run trains for less (100 conversations x 3
+# epochs: 20-25 s). So before probing we estimate the training time at the plan we would take
+# without measuring (`estimated_plan`), with a deliberately simple model of the Qwen3-4B shape on
+# an H100 (QLoRA r16 on all projections; README "Speed and memory", bench/results):
+#   each micro-batch's forward+backward costs STEP_S_PER_LAYER per layer of CPU time launching
+#   kernels (short steps are CPU-bound: 240 ms of CPU for 96 ms of GPU work at 8 x 256 tokens,
+#   bench/profile_step.py), plus its padded tokens at REF_TOKENS_PER_S, scaled by the weights a
+#   token passes through (ModelShape.weights); checkpointing costs CHECKPOINTING_COST x that.
+# Against the H100 measurements it over-estimates: favorite-color (39 steps of 8 x 64 padded
+# tokens, no checkpointing) 10.3 s for 7.0 s (1,354 tok/s); fixed 1,024-token data at 8 x 1
+# 0.46 s a step for 0.35 (23,326 tok/s); long-tailed data 0.38 s for 0.32 (13,587 tok/s). A card
+# other than the H100 or H200 is taken to be OTHER_CARD times slower (an A100 has a third of an
+# H100's bf16 throughput, consumer cards less). Over-estimating errs towards probing: a needless
+# probe costs its 25-45 s once, a wrong skip could cost a share of a long run.
+PROBE_COST_S = 25.0        # the least a probe costs (H100, 4B model, warm caches: 22.9 s)
+SAVE_SHARE = 0.8           # the most of the training time a probe saves: its choice trained 5.2x faster
+#                            than the configured 2 x 4 on fixed 1,024-token data (23,326 vs 4,472 tok/s)
+STEP_S_PER_LAYER = 0.007   # ~0.25 s per micro-batch for the 36 layers of the 4B shape
+REF_TOKENS_PER_S = 40_000  # padded tokens/s of the 4B shape's GPU work (~75-80k measured net of the step cost)
+CHECKPOINTING_COST = 1.7   # 1,354 vs 817 tok/s without and with offloading (favorite-color), 14.8k vs 10.2k (long-tailed)
+OTHER_CARD = 3.0
+REFERENCE_CARDS = ("H100", "H200")   # the cards the figures above come from
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+
+    @classmethod
+    def of(cls, config) -> "ModelShape":
+        c = getattr(config, "text_config", None) or config   # multimodal configs nest it
+        return cls(c.num_hidden_layers, c.hidden_size,
+                   getattr(c, "intermediate_size", None) or 4 * c.hidden_size, c.vocab_size)
+
+    def weights(self) -> int:
+        """Weights each token passes through: attention (at most 4 h^2 with grouped KV heads),
+        the MLP (3 h i) and the LM head (h v). The 4B shape: 4.0e9."""
+        h = self.hidden
+        return self.layers * (4 * h * h + 3 * h * self.intermediate) + h * self.vocab
+
+
+REF_SHAPE = ModelShape(36, 2560, 9728, 151936)   # Qwen3-4B, which the figures above were measured on
+
+
+def estimate_train_s(lengths: list[int], micro_batch: int, grad_accum: int, padding_free: bool,
+                     checkpointing: str, epochs: float, max_steps: int, shape: ModelShape,
+                     reference_card: bool, world_size: int = 1, seed: int = 0) -> float:
+    """Seconds of training steps (not loading or saving) at this plan, by the model above: the
+    micro-batches and padded tokens of length-grouped batches, as training draws them."""
+    from .batching import grouped_batches, padded_tokens
+    batches = grouped_batches(lengths, micro_batch, seed)
+    per_epoch = sum(sum(lengths[i] for i in b) if padding_free else padded_tokens([lengths[i] for i in b])
+                    for b in batches)
+    if max_steps > 0:   # each GPU's micro-batches, of the epoch's mean size
+        n = max_steps * grad_accum
+        tokens = per_epoch / max(1, len(batches)) * n
+    else:               # with N GPUs each computes 1/N of every epoch
+        n, tokens = epochs * len(batches) / world_size, epochs * per_epoch / world_size
+    rate = REF_TOKENS_PER_S * REF_SHAPE.weights() / shape.weights()
+    seconds = n * STEP_S_PER_LAYER * shape.layers + tokens / rate
+    seconds *= 1.0 if checkpointing == "false" else CHECKPOINTING_COST
+    return seconds * (1.0 if reference_card else OTHER_CARD)
+
+
+def estimated_plan(effective: int, configured: int, fixed_checkpointing: str | None, padding: str,
+                   predicted_false_gib: float, budget_gib: float,
+                   reserve_gib: float = 0.0) -> tuple[int, bool, str]:
+    """(micro-batch, padding-free, checkpointing) without a probe: the whole effective batch in
+    one micro-batch without checkpointing, where the memory model says it fits (what every H100
+    probe chose where it fitted, bench/results); else the configured micro-batch with the leanest
+    mode, or the mode the user fixed (what --no-auto-batch trains with)."""
+    fixed = None if fixed_checkpointing in (None, "auto") else fixed_checkpointing
+    free = padding == "free"
+    if fixed in (None, "false") and _within(predicted_false_gib, budget_gib, reserve_gib):
+        return effective, free, "false"
+    return configured, free, fixed or DEFAULT_MODE
+
+
+@dataclass(frozen=True)
+class ProbeChoice:
+    how: str            # "probe", "reuse" (a remembered probe) or "estimate" (no probe)
+    budget_s: float     # probe: no new candidate is started after this
+    saving_s: float     # the most a probe could save
+
+
+def should_probe(estimate_s: float, remembered_budget_s: float | None, retune: bool) -> ProbeChoice:
+    """A probe could save at most SAVE_SHARE of the estimated training time; it is run where that
+    is more than it costs (PROBE_COST_S), for up to that saving (PROBE_BUDGET_S at the most). A
+    remembered probe is reused, unless it was cut shorter than this run's probe would be;
+    --retune always probes, for the full budget."""
+    saving = SAVE_SHARE * estimate_s
+    budget = min(PROBE_BUDGET_S, saving)
+    if retune:
+        return ProbeChoice("probe", PROBE_BUDGET_S, saving)
+    pays = saving >= PROBE_COST_S
+    if remembered_budget_s is not None and (not pays or remembered_budget_s >= budget):
+        return ProbeChoice("reuse", 0.0, saving)
+    return ProbeChoice("probe", budget, saving) if pays else ProbeChoice("estimate", 0.0, saving)
+
+
+def tune(model, tokenizer, examples, cfg, model_path: str, ui, fixed_checkpointing: str | None = None,
+         optim: str = "adamw_8bit", world_size: int = 1) -> tuple[Tuning, TuningOrigin]:
+    """The batch plan on a GPU: a remembered probe's, an estimated one where a probe cannot pay
+    for itself, or a new probe's (then remembered). One line on `ui` says which."""
+    from . import tuning_cache as tc
+    budget = apply_vram_budget(cfg.vram_budget)   # training keeps to it, however the plan came
+    reserve = optimizer_reserve_gib(model, optim)
+    effective = cfg.batch_size * cfg.grad_accum
+    lengths = [len(e.input_ids) for e in examples]
+    predicted = no_checkpointing_gib(model, worst_padded_tokens(lengths, effective))
+    mb, free, mode = estimated_plan(effective, cfg.batch_size, fixed_checkpointing, cfg.padding,
+                                    predicted, budget, reserve)
+    estimate = estimate_train_s(lengths, mb, effective // mb, free, mode, cfg.epochs, cfg.max_steps,
+                                ModelShape.of(model.config), on_reference_card(), world_size, cfg.seed)
+    key = tc.TuningKey.of(cfg, model_path, gpu_description(), budget, optim, lengths,
+                          Versions.installed())
+    folder = tc.cache_folder(ui.status)
+    entry = None if cfg.retune else tc.lookup(key, folder, ui.status)
+    choice = should_probe(estimate, entry.probe_budget_s if entry else None, cfg.retune)
+    origin = dict(estimate_s=round(estimate, 1), cache_key=key.digest())
+    if choice.how == "reuse":
+        tuning = dataclasses.replace(entry.tuning, probe_s=0.0)
+        ui.status(f"batch plan: reused from {entry.date}, {tuning.plan_words()}"
+                  f"{_measured(tuning)}; --retune probes again")
+        return tuning, TuningOrigin(how="reused", reused_from=entry.date, **origin)
+    if choice.how == "estimate":
+        tuning = Tuning(mb, effective // mb, free, mode, budget, 0.0, [], reserve)
+        ui.status(f"batch plan: estimated, {tuning.plan_words()}: training should take about "
+                  f"{estimate:.0f} s, too little for a probe (~{PROBE_COST_S:.0f} s) to pay for "
+                  f"itself; --retune probes anyway")
+        return tuning, TuningOrigin(how="estimated", **origin)
+    if choice.budget_s < PROBE_BUDGET_S:
+        ui.status(f"auto-tune: probing for up to {choice.budget_s:.0f} s, as training should take "
+                  f"about {estimate:.0f} s")
+    tuning = autotune(model, tokenizer, examples, cfg, ui=ui, fixed_checkpointing=fixed_checkpointing,
+                      optim=optim, budget_s=choice.budget_s)
+    ui.status(tuning.describe())
+    if tuning.chosen() is not None:   # a plan that fitted nothing is not worth remembering
+        tc.store(key, tuning, choice.budget_s, folder, ui.status)
+    return tuning, TuningOrigin(how="probed", probe_budget_s=choice.budget_s, **origin)
+
+
+def _measured(tuning: Tuning) -> str:
+    """' (1,354 tok/s, 4.8 GiB)': what the probe measured of the plan it chose."""
+    chosen = tuning.chosen()
+    return f" ({chosen.label().split(': ', 1)[1]})" if chosen else ""
+
+
+def worst_padded_tokens(lengths: list[int], micro_batch: int) -> int:
+    """Tokens of the worst-case micro-batch (the longest examples), padded as training pads it."""
+    from .batching import padded_tokens
+    return padded_tokens(sorted(lengths, reverse=True)[:micro_batch])
+
+
+def on_reference_card() -> bool:
+    import torch
+    return any(name in torch.cuda.get_device_name(0) for name in REFERENCE_CARDS)
+
+
+def gpu_description() -> str:
+    """GPU 0 as the tuning cache keys it: name, memory, CUDA."""
+    import torch
+    return f"{torch.cuda.get_device_name(0)}, {card_gib():.1f} GiB, CUDA {torch.version.cuda}"
+
+
 # -- switching gradient checkpointing at run time ---------------------------------------------
 
 def set_checkpointing(model, mode: str) -> None:
@@ -220,9 +396,10 @@ def checkpointing_mode(model) -> str:
 # -- the probe ---------------------------------------------------------------------------------
 
 def autotune(model, tokenizer, examples, cfg, ui=None, fixed_checkpointing: str | None = None,
-             optim: str = "adamw_8bit") -> TuneResult:
+             optim: str = "adamw_8bit", budget_s: float = PROBE_BUDGET_S) -> TuneResult:
     """Measure the candidates on `examples` (TokenizedExample) and leave the model in the
-    chosen checkpointing mode; RNG state, train/eval mode and gradients are as before."""
+    chosen checkpointing mode; RNG state, train/eval mode and gradients are as before. No new
+    mode or padding is started after `budget_s`."""
     import torch
 
     t0 = time.perf_counter()
@@ -240,7 +417,7 @@ def autotune(model, tokenizer, examples, cfg, ui=None, fixed_checkpointing: str 
         modes = mode_order(modes, no_checkpointing_gib(model, probe.padded_tokens(effective)),
                            budget, reserve)
         measurements = _search(probe, modes, paddings, effective, budget, reserve,
-                               deadline=t0 + PROBE_BUDGET_S)
+                               deadline=t0 + budget_s)
         choice = decide(measurements, effective, budget, reserve)
         chosen = choice.checkpointing
     finally:
@@ -356,8 +533,7 @@ class _Probe:
 
     def padded_tokens(self, micro_batch: int) -> int:
         """Tokens of the worst-case micro-batch, padded as training pads it."""
-        from .batching import padded_tokens
-        return padded_tokens([self.lengths[i] for i in self.worst(micro_batch)])
+        return worst_padded_tokens(self.lengths, micro_batch)
 
     def worst(self, micro_batch: int) -> list[int]:
         """The longest examples: the most tokens, padded or not, any micro-batch can hold."""

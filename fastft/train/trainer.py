@@ -29,8 +29,8 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from . import distributed  # noqa: E402
-from .autobatch import (DEFAULT_MODE, UNSLOTH_GC, autotune, choose_optimizer, cpu_optimizer,  # noqa: E402
-                        set_checkpointing)
+from .autobatch import (DEFAULT_MODE, UNSLOTH_GC, choose_optimizer, cpu_optimizer,  # noqa: E402
+                        set_checkpointing, tune)
 from ..core.cache import building  # noqa: E402
 from ..core.config import TrainConfig  # noqa: E402
 from ..data.read import Dataset, Example, load_conversations  # noqa: E402
@@ -464,18 +464,18 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     on_gpu = torch.cuda.is_available()
     batch_size, grad_accum = per_device_batch(cfg.batch_size, cfg.grad_accum, world_size)
     cfg = cfg.model_copy(update=dict(batch_size=batch_size, grad_accum=grad_accum))  # auto-tune's
-    checkpointing, tuning = _initial_checkpointing(cfg), None
+    checkpointing, tuning, origin = _initial_checkpointing(cfg), None, None
     optim = choose_optimizer(cfg.optim, model, cfg.vram_budget) if on_gpu else cpu_optimizer(cfg.optim, ui)
     # Without a measurement, padded (grouped) batches: on an H100 they beat padding-free 1.6x.
     padding_free = {"free": True, "padded": False}.get(cfg.padding, False if on_gpu else None)
     if cfg.packing:
         padding_free = None  # TRL's packing decides its own collation
     elif on_gpu and cfg.auto_batch:
-        tuned = autotune(model, tokenizer, data.train, cfg, ui=ui,
-                         fixed_checkpointing=cfg.gradient_checkpointing, optim=optim)
+        # Probed, remembered or estimated (a short run): fastft.train.autobatch.tune says which.
+        tuned, origin = tune(model, tokenizer, data.train, cfg, model_path, ui,
+                             cfg.gradient_checkpointing, optim, world_size)
         batch_size, grad_accum = tuned.batch_size, tuned.grad_accum
         padding_free, checkpointing, tuning = tuned.padding_free, tuned.checkpointing, tuned
-        ui.status(tuned.describe())
     lengths = [len(e.input_ids) for e in data.train]
     group = cfg.group_by_length and not cfg.packing
     waste = PadWaste(random=pad_waste(lengths, random_batches(len(lengths), batch_size, cfg.seed)),
@@ -487,6 +487,7 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
     return Plan(model_path=model_path, batch_size=batch_size, grad_accum=grad_accum,
                 padding_free=padding_free, gradient_checkpointing=checkpointing,
                 optim=optim, group_by_length=group, pad_waste=waste, tuning=tuning,
+                tuning_origin=origin,
                 world_size=world_size,
                 launcher=distributed.launcher_name() if world_size > 1 else None)
 
