@@ -5,14 +5,17 @@ Shared by training, chat and export. For Qwen3 Instruct-2507 (a non-thinking mod
   (the hybrid template writes an empty `<think>\\n\\n</think>\\n\\n` into every trained answer,
   teaching the model to emit think tags it will never be prompted with);
 - removes empty think blocks a template put there, and applies the `--think` policy to think
-  blocks inside the data: strip (default), keep, or error;
+  blocks in the answers after the last user message: strip (default), keep, or error;
+- renders the earlier replies as ollama's server sends them (its think-tag filter, in
+  fastft.data.history), for every Qwen3 model, and never edits user, system or tool content;
 - sets EOS to `<|im_end|>` (the turn end the server stops on) and a pad token distinct from EOS
   (padding with EOS masks EOS out of the labels, and the model never learns to stop);
 - checks train/serve parity for the assistant turns: the conversation before one, rendered with
   `add_generation_prompt=True` (what a server sends), must be an exact prefix of the training
   text (every answer of a conversation of up to EXACT_TURNS + 1; of a longer one, the first
   EXACT_TURNS and the last exactly, and those between must start with the same header).
-Thinking and hybrid models keep their own template and their think blocks.
+Thinking and hybrid models keep their own template and their think blocks (in the answers;
+earlier replies go through ollama's filter as for every Qwen3 model).
 """
 
 from __future__ import annotations
