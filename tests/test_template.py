@@ -429,7 +429,7 @@ def test_a_long_conversation_gets_the_spans_an_exact_check_of_every_turn_gives(
     example = ex([{"role": "system", "content": "Be brief."}, *messages])
     guard = instruct_guard()
     renders = []
-    monkeypatch.setattr(guard, "prompt", lambda *a, real=guard.prompt: renders.append(1) or real(*a))
+    monkeypatch.setattr(guard, "_prompt", lambda *a, real=guard._prompt: renders.append(1) or real(*a))
     fast = guard.render(example)
     assert len(renders) == T.EXACT_TURNS + 1            # not one per answer
     monkeypatch.setattr(T, "EXACT_TURNS", 10**6)

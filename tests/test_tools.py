@@ -260,7 +260,6 @@ def test_tools_on_a_format_without_tool_calls(tmp_path):
     ("zero\u200bwidth", "U+200B"),
     ("bell\x07", "U+0007"),
     ("line\u2028separator", "U+2028"),
-    (1e-05, "would be written 0.00001 by ollama"),
     (2**60 + 1, "would be written 1152921504606847000 by ollama"),
     (float("nan"), "NaN is not valid JSON"),    # Python's json reads NaN; Go's cannot write it
 ])
@@ -268,6 +267,15 @@ def test_values_ollama_would_write_differently_are_problems(tmp_path, value, wor
     field, message = one_issue(tmp_path, {"messages": [U, asst_calls(call(args={"q": value}))],
                                           "tools": [WEATHER]})
     assert field == "messages[1].tool_calls[0].function.arguments.q" and words in message
+
+
+def test_a_number_tojson_writes_otherwise_is_a_problem_in_a_schema(tmp_path):
+    """A schema reaches the chat template as itself (`tojson` writes 1e-05), where arguments go
+    as their canonical text (which writes 0.00001, as ollama: tests/test_parity.py)."""
+    schema = {"name": "f", "parameters": {"properties": {"a": {"enum": [1e-05]}}}}
+    field, message = one_issue(tmp_path, {"messages": [U, A], "tools": [schema]})
+    assert field == "tools[0].parameters.properties.a.enum[0]"
+    assert "would be written 0.00001 by ollama" in message
 
 
 def test_a_chat_template_token_inside_arguments_or_schemas(tmp_path):

@@ -61,7 +61,7 @@ class CheckResult:
                 "messages": sum(len(e.messages) for e in ds.examples),
                 "tokens": self.token_stats(), "max_seq_len": self.max_seq_len,
                 "over_max_seq_len": self.too_long, "skip_invalid": self.skip_invalid,
-                "guard": self.guard.to_dict() if self.guard else None,
+                "guard": self.guard.to_dict(notes=True) if self.guard else None,
                 "note": self.tokenizer_note}
 
 

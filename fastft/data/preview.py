@@ -18,11 +18,11 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.qwen3 import EOS
-from .messages import Example
+from .messages import DataIssue, Example
 from .read import load_conversations
 from .check import load_tokenizer
 from ..core.errors import FastftError
-from .template import ChatGuard, GuardEntry, Rendered, encode_all, strip_think
+from .template import ChatGuard, GuardEntry, Rendered, encode_all
 
 REMOVED = "removed"   # text the guard stripped: never trained on
 ADDED = "added"       # the EOS the guard sets and keeps in the loss, so the model learns to stop
@@ -148,13 +148,13 @@ def _char_marks(r: Rendered, offsets: list[tuple[int, int]], labels: list[int],
 
 def guard_removals(guard: ChatGuard, example: Example, text: str) -> list[tuple[int, str]]:
     """(position in the training text `text`, removed text) for each think block or tag the
-    guard stripped from `example`'s messages."""
-    if not guard.strips_think:
-        return []
+    guard stripped from `example`'s messages, and what ollama's think-tag filter drops from an
+    earlier reply."""
     messages = example.chat()
-    parts = [strip_think(m["content"]) for m in messages]
-    if not any(removed for _, removed in parts):
+    served = guard.serve(example)
+    if isinstance(served, DataIssue) or not any(s.removed for s in served):
         return []
+    parts = [(s.content, s.removed) for s in served]
     # Where the template writes each message: render markers in place of the contents.
     marks = [f"\x00{k}\x00" for k in range(len(parts))]
     shape = guard.unguarded_text([{**m, "content": mark} for m, mark in zip(messages, marks)],

@@ -33,6 +33,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import goprint
+
 from ..core.errors import quote
 from .messages import TOOL, Message
 
@@ -48,15 +50,24 @@ FUNCTION_KEYS = ("name", "description", "parameters")
 PARAMETER_KEYS = ("type", "properties", "required")
 PROPERTY_KEYS = ("type", "items", "description", "enum")
 MAX_DEPTH = 64
-# Characters that Go's %q and JSON escape the same way (every other non-printable one differs).
-_SAME_ESCAPE = "\b\f\n\r\t"
 
 Problems = list[tuple[str, str]]
 
 
+# What Go's %q writes otherwise than JSON: the characters it escapes (goprint), other than
+# \b \f \n \r \t, which both escape alike. Only these can be such a character (ASCII printables
+# are written as they are by both), so the usual all-ASCII string costs one regex scan.
+_MAYBE_ESCAPED = re.compile(r"[^\x20-\x7e\x08\x0c\n\r\t]")
+# How a message names a character Go escapes, by its Unicode category (Python's tables).
+_UNPRINTABLE = {"Cc": "a control character", "Cf": "an invisible format character",
+                "Zs": "a space other than U+0020", "Zl": "a line separator",
+                "Zp": "a paragraph separator", "Co": "a private-use character", "Cs": "a surrogate",
+                "Cn": f"unassigned in the Unicode tables of Go ({goprint.GO_VERSION})"}
+
+
 def go_isprint(ch: str) -> bool:
-    """Go's strconv.IsPrint: letters, marks, numbers, punctuation, symbols and ASCII space."""
-    return ch == " " or unicodedata.category(ch)[0] in "LMNPS"
+    """Go's strconv.IsPrint: what `printf "%q"` writes as it is."""
+    return goprint.is_print(ord(ch))
 
 
 def go_json_number(x: float) -> str:
@@ -77,31 +88,48 @@ def go_json_number(x: float) -> str:
 # -- canonical JSON values -------------------------------------------------------------------------
 
 def _string_problem(s: str) -> str | None:
-    bad = next((c for c in s if not (go_isprint(c) or c in _SAME_ESCAPE)), None)
+    bad = next((m.group() for m in _MAYBE_ESCAPED.finditer(s) if not go_isprint(m.group())), None)
     if bad is None:
         return None
-    return (f"holds U+{ord(bad):04X} ({unicodedata.name(bad, 'a control character')}), which "
-            f"ollama's template would write escaped differently from training's JSON; remove it")
+    name = unicodedata.name(bad, "")
+    kind = _UNPRINTABLE.get(unicodedata.category(bad), "not printable to Go")
+    return (f"holds U+{ord(bad):04X} ({kind}{', ' + name if name else ''}), "
+            f"which ollama's template would write escaped differently from training's JSON; remove it")
 
 
-def _number(x: int | float) -> tuple[Any, str | None]:
-    """(x as training writes it, or a problem): equal to what Go prints for float64(x)."""
+def _number(x: int | float, tojson: bool) -> tuple[Any, str | None]:
+    """(x as the canonical value holds it, or a problem). ollama reads every number as a
+    float64 and writes it back with Go's encoding/json. Call arguments reach the chat template
+    as render_canonical's text, which writes any spelling of the same float64 ("1E2", "1.0",
+    "-0", "1e-7") as Go does; schemas go through the template's `tojson` (`tojson`), so there a
+    number must be one whose json.dumps is Go's text."""
     if isinstance(x, float) and not math.isfinite(x):
         return x, f"{json.dumps(x)} is not valid JSON"
     try:
-        go = go_json_number(float(x))
+        f = float(x)
     except OverflowError:
         return x, "is too large for a 64-bit float, which ollama reads numbers as"
-    whole = isinstance(x, float) and x.is_integer()
-    for candidate in ([int(x), x] if whole else [x, float(x)] if isinstance(x, int) else [x]):
-        if json.dumps(candidate) == go:
-            return candidate, None
-    return x, (f"{json.dumps(x)} would be written {go} by ollama, which reads numbers as 64-bit "
-               f"floats; write it as a string")
+    go = go_json_number(f)
+    negative_zero = f == 0 and math.copysign(1, f) < 0
+    # Whole values Go writes without an exponent are held as ints (json.dumps writes them so too).
+    held = int(f) if f.is_integer() and abs(f) < 1e21 and not negative_zero else f
+    # An integer Go writes as another number (2**60 + 1 -> 1152921504606847000) reaches the
+    # model changed; "1e+23" for 10**23 is the same number, spelt otherwise.
+    if (isinstance(x, int) and decimal.Decimal(go) != x) or (tojson and json.dumps(held) != go):
+        return x, (f"{json.dumps(x)} would be written {go} by ollama, which reads numbers as "
+                   f"64-bit floats; write it as a string")
+    return held, None
 
 
-def canonical_value(value: Any, where: str, problems: Problems, depth: int = 0) -> Any:
-    """`value` with object keys sorted and numbers as Go prints them; problems noted by field."""
+def _json_int(text: str) -> int | float:
+    """json.loads' parse_int: "-0" is -0.0, as Go reads it (Python's int has no negative zero)."""
+    return -0.0 if text == "-0" else int(text)
+
+
+def canonical_value(value: Any, where: str, problems: Problems, depth: int = 0,
+                    tojson: bool = True) -> Any:
+    """`value` with object keys sorted and numbers as Go prints them; problems noted by field.
+    `tojson`: the value reaches the chat template as itself, not as render_canonical's text."""
     if depth > MAX_DEPTH:
         problems.append((where, f"nested more than {MAX_DEPTH} levels deep"))
         return value
@@ -110,10 +138,11 @@ def canonical_value(value: Any, where: str, problems: Problems, depth: int = 0) 
         for k in sorted(value):
             if (p := _string_problem(k)) is not None:
                 problems.append((f"{where}.{k}", f"key {p}"))
-            out[k] = canonical_value(value[k], f"{where}.{k}", problems, depth + 1)
+            out[k] = canonical_value(value[k], f"{where}.{k}", problems, depth + 1, tojson)
         return out
     if isinstance(value, list):
-        return [canonical_value(v, f"{where}[{i}]", problems, depth + 1) for i, v in enumerate(value)]
+        return [canonical_value(v, f"{where}[{i}]", problems, depth + 1, tojson)
+                for i, v in enumerate(value)]
     if isinstance(value, str):
         if (p := _string_problem(value)) is not None:
             problems.append((where, p))
@@ -121,14 +150,35 @@ def canonical_value(value: Any, where: str, problems: Problems, depth: int = 0) 
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        value, p = _number(value)
+        value, p = _number(value, tojson)
         if p is not None:
             problems.append((where, p))
     return value
 
 
 def render_canonical(value: Any) -> str:
-    """The canonical text of a canonical value: what both templates write for it."""
+    """The canonical text of a canonical value: what both templates write for it (fastft's
+    TEMPLATE: sorted keys, `", "`/`": "`, strings as JSON escapes them, numbers through Go's
+    encoding/json). The guard hands it to the chat template as the arguments' string, which
+    Qwen3's templates write as it is: `tojson` would write -0 as "-0.0", 1e-7 as "1e-07"."""
+    try:
+        return _write(value)
+    except RecursionError:   # a value nested past MAX_DEPTH (already a problem): for searching only
+        return json.dumps(value, ensure_ascii=False)
+
+
+def _write(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_write(v)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_write(v) for v in value) + "]"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            if float(value) == value:
+                return go_json_number(float(value))
+        except OverflowError:
+            pass
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -136,7 +186,7 @@ def render_canonical(value: Any) -> str:
 
 def _parse_json(text: str, what: str) -> tuple[Any, str | None]:
     try:
-        return json.loads(text), None
+        return json.loads(text, parse_int=_json_int), None
     except (ValueError, RecursionError) as e:
         return None, f"{what} is not valid JSON ({str(e).split(':')[0]})"
 
@@ -150,7 +200,7 @@ def _arguments(args: Any, where: str, problems: Problems) -> dict:
     if not isinstance(args, dict):
         problems.append((where, f"arguments must be a JSON object, got {_kind(args)}"))
         return {}
-    return canonical_value(args, where, problems)
+    return canonical_value(args, where, problems, tojson=False)
 
 
 def _kind(value: Any) -> str:
