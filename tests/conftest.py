@@ -19,6 +19,7 @@ with contextlib.redirect_stdout(sys.stderr):
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "favorite_color.jsonl"
+sys.path.insert(0, str(REPO / "scripts"))   # readme_outputs: the README walkthrough's commands
 
 
 @pytest.fixture(scope="session")
@@ -67,30 +68,43 @@ def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: s
 
 
 @pytest.fixture(scope="session")
-def color_run(tmp_path_factory):
-    """The tiny model trained on the favorite-color data with the demo's settings in 16 bits
-    (4-bit training on a CPU is several times slower, and export reloads the 16-bit base either
-    way): the one such run of the session, shared by the tests of train, export, chat and eval.
-    Tests must not change it; one that needs to copies it."""
-    from fastft.train.trainer import train   # first: it imports Unsloth before transformers
-    from fastft.demo import demo_config
+def walkthrough():
+    """The README walkthrough's folder and runner (scripts/readme_outputs.py): its commands run
+    in-process there, each once, and what they printed is kept for tests/test_readme.py."""
+    import shutil
+    import tempfile
 
-    cfg = demo_config(tmp_path_factory.mktemp("color") / "runs", "color")
-    return train(cfg.model_copy(update={"load_in_4bit": False}))
+    from readme_outputs import ROOT_PREFIX, Walk
+
+    root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+    yield Walk.make(root / "walk")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def color(color_run) -> tuple[Path, Path]:
-    """(run folder, export folder) of `color_run` exported to q4_k_m as the demo does."""
-    import io
+def color_run(walkthrough):
+    """The tiny model trained on the favorite-color data with the demo's settings in 16 bits
+    (4-bit training on a CPU is several times slower, and export reloads the 16-bit base either
+    way), by the README walkthrough's `fastft train` command: the one such run of the session,
+    shared by the tests of train, export, chat, eval and the README. Tests must not change it;
+    one that needs to copies it."""
+    from readme_outputs import TRAIN
 
-    from fastft.export.pipeline import ExportOptions, export_run
-    from rich.console import Console
+    from fastft.core.run import Run, RunFolder
 
-    exported = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q4_k_m",), name="color",
-                                        exports_dir=str(color_run.run_dir.parent.parent / "exports")),
-                          Console(file=io.StringIO()))
-    return color_run.run_dir, exported.out_dir
+    walkthrough.run(TRAIN, check=True)
+    folder = RunFolder.open((walkthrough.roots["walk"] / "runs" / "latest").resolve())
+    return Run(folder, folder.read())
+
+
+@pytest.fixture(scope="session")
+def color(walkthrough, color_run) -> tuple[Path, Path]:
+    """(run folder, export folder) of `color_run` exported to q4_k_m as the demo does, by the
+    walkthrough's `fastft export` command (into exports/favorite_color)."""
+    from readme_outputs import EXPORT
+
+    walkthrough.run(EXPORT, check=True)
+    return color_run.run_dir, walkthrough.roots["walk"] / "exports" / "favorite_color"
 
 
 @pytest.fixture(scope="session")
