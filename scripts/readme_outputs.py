@@ -259,6 +259,7 @@ MASKS = (
     (re.compile(r"[\d,]+(\.\d+)? tok/s"), "<speed>"),
     (re.compile(r"(tokens/s\s+[│┃]\s+)[\d,]+"), r"\1<speed>"),
     (re.compile(r"\b\d+(\.\d+)? ?(s|ms)\b"), "<duration>"),
+    (re.compile(r"━+"), "━"),   # a progress bar fills what its varying fields leave of the line
     (re.compile(r"[ \t]+"), " "),   # table padding follows the widths of the fields above
 )
 
