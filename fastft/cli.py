@@ -160,7 +160,7 @@ def main(debug):
       fastft export --gguf q4_k_m      GGUF + Modelfile folder for `ollama create`
       fastft chat [RUN|GGUF]           talk to a run or an export (-p "question": one answer)
       fastft eval RUN DATA             loss/perplexity of base vs fine-tuned, sample answers
-      fastft demo                      the whole pipeline on a built-in tiny model (CPU, offline)
+      fastft demo                      the whole pipeline on a built-in tiny model (CPU, no model hub)
       fastft doctor                    can this machine train and export? what to do if not
 
     Exit codes: 0 ok, 1 bad input/config/state (the message says which), 2 bad usage,
@@ -466,7 +466,7 @@ def chat(target, config_file, verbose, **flags):
 
     \b
     Without -p, an interactive chat that keeps the conversation:
-      /clear forgets it, /bye or Ctrl-D quits, Ctrl-C stops an answer.
+      /clear forgets it, /bye, /exit or Ctrl-D quits, Ctrl-C stops an answer.
     """
     from .serve.chat import chat as run_chat
 
@@ -509,7 +509,7 @@ def evaluate(run, data, config_file, as_json, verbose, **flags):
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the libraries' own output instead of logging it to the run's train.log.")
 def demo(runs_dir, exports_dir, verbose):
-    """The whole pipeline on the built-in tiny model: no GPU, no network, a few minutes.
+    """The whole pipeline on the built-in tiny model: no GPU, no model hub, a few minutes.
 
     Trains on examples/favorite_color.jsonl, exports a q4_k_m GGUF with its Modelfile, and asks
     the GGUF "What is your favorite color?" through llama.cpp (built once from PyPI's sdist).

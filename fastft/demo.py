@@ -1,4 +1,5 @@
-"""`fastft demo`: the main job end to end on the built-in tiny model, offline, on a CPU.
+"""`fastft demo`: the main job end to end on the built-in tiny model, on a CPU, without the
+model hub (the first run downloads llama.cpp's source from PyPI, 76 MB, once).
 
 train (examples/favorite_color.jsonl) -> export q4_k_m -> llama.cpp answers from the GGUF.
 Earlier results are kept: the run is runs/demo and the export exports/fastft-demo when those
@@ -48,7 +49,7 @@ def run_demo(runs_dir: Path, exports_dir: Path, console: Console) -> bool:
                   markup=False, highlight=False)
     console.rule("[bold]1/3 train the tiny model on examples/favorite_color.jsonl")
     result = train(demo_config(runs_dir, run_name), ui=TrainUI(console))
-    print_run_summary(result.folder, result.record, console)
+    print_run_summary(result.folder, result.record, console, next_step=None)   # it exports next
 
     messages = [{"role": "user", "content": QUESTION}]
     model, tokenizer = load_run_for_inference(result.run_dir)

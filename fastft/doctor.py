@@ -218,7 +218,8 @@ def _llama_cpp() -> Check:
                      f"GGUF export needs it; install {'; '.join(missing)}, or set "
                      f"UNSLOTH_LLAMA_CPP_PATH")
     return Check("llama.cpp", "ok", "not built yet",
-                 "the first `fastft export` builds it (about 3 minutes on 2 cores)")
+                 "the first `fastft export` builds it, once: minutes (it took about 3 on a "
+                 "2-core machine), shown as it goes")
 
 
 def _ollama() -> Check:

@@ -19,6 +19,7 @@ with contextlib.redirect_stdout(sys.stderr):
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "favorite_color.jsonl"
+sys.path.insert(0, str(REPO / "scripts"))   # readme_outputs: the README walkthrough's commands
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +67,13 @@ def write_run(run: Path, model_path: str = "x", max_seq_len: int = 64, status: s
     return run
 
 
+def shared_root(tmp_path_factory) -> Path:
+    """This session's temporary root, shared by its pytest-xdist workers (pytest-N/; each
+    worker's own basetemp is a folder in it), or the basetemp itself without xdist."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 def built_once(tmp_path_factory, name: str, build):
     """`build(folder)` run once per test session, even under pytest-xdist (`-n`): the first
     worker to ask builds it in the session's shared temporary root under a file lock, and the
@@ -73,43 +81,84 @@ def built_once(tmp_path_factory, name: str, build):
     CI's time; doing it once per worker would undo much of what the workers save."""
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent       # shared by this session's workers (pytest-N/), no one else
+    root = shared_root(tmp_path_factory)
     folder, done = root / f"built-{name}", root / f"built-{name}.done"
     with FileLock(str(root / f"built-{name}.lock")):
         if not done.exists():
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)
             build(folder)
             done.touch()
     return folder
 
 
+WALK_ROOT = "walk-root.txt"   # in built-walk/: the walkthrough's folder (a short path, see below)
+
+
 @pytest.fixture(scope="session")
-def color_run(tmp_path_factory):
+def walkthrough(tmp_path_factory):
+    """The README walkthrough's folder and runner (scripts/readme_outputs.py): its commands run
+    in-process there, each once, and what they printed is kept for tests/test_readme.py. The
+    folder is a short one under /tmp, as a user's would be (a long pytest path would wrap the
+    tables differently); the session's controller removes it at the end (pytest_sessionfinish)."""
+    import tempfile
+
+    from readme_outputs import ROOT_PREFIX, Walk
+
+    def build(folder: Path) -> None:
+        root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        Walk.make(root / "walk")
+        (folder / WALK_ROOT).write_text(str(root))
+
+    root = Path((built_once(tmp_path_factory, "walk", build) / WALK_ROOT).read_text())
+    return Walk({"walk": root / "walk", "tools": root / "walk"})
+
+
+def pytest_sessionfinish(session):
+    """Remove the walkthrough's folder, once every worker is done with it (only the controller,
+    or a run without xdist, gets here after all of them)."""
+    import shutil
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if os.environ.get("PYTEST_XDIST_WORKER") or factory is None:
+        return
+    with contextlib.suppress(OSError):
+        shutil.rmtree((factory.getbasetemp() / "built-walk" / WALK_ROOT).read_text())
+
+
+def walk_command(tmp_path_factory, walkthrough, name: str, command: str) -> None:
+    """The walkthrough's `command`, run once per session by whichever worker asks first; what it
+    printed is kept beside it, so the README test can render it on any worker."""
+    def build(folder: Path) -> None:
+        (folder / "printed.txt").write_text(walkthrough.run(command, check=True))
+
+    printed = built_once(tmp_path_factory, name, build) / "printed.txt"
+    walkthrough.printed[command] = printed.read_text()
+
+
+@pytest.fixture(scope="session")
+def color_run(tmp_path_factory, walkthrough):
     """The tiny model trained on the favorite-color data with the demo's settings in 16 bits
     (4-bit training on a CPU is several times slower, and export reloads the 16-bit base either
-    way): the one such run of the session, shared by the tests of train, export, chat and eval.
-    Tests must not change it; one that needs to copies it."""
-    from fastft.train.trainer import train   # first: it imports Unsloth before transformers
+    way), by the README walkthrough's `fastft train` command: the one such run of the session,
+    shared by the tests of train, export, chat, eval and the README. Tests must not change it;
+    one that needs to copies it."""
+    from readme_outputs import TRAIN
+
     from fastft.core.run import Run, RunFolder
-    from fastft.demo import demo_config
 
-    def build(folder: Path) -> None:
-        train(demo_config(folder / "runs", "color").model_copy(update={"load_in_4bit": False}))
-
-    run = RunFolder((built_once(tmp_path_factory, "color", build) / "runs" / "latest").resolve())
-    return Run(run, run.read())
+    walk_command(tmp_path_factory, walkthrough, "color", TRAIN)
+    folder = RunFolder.open((walkthrough.roots["walk"] / "runs" / "latest").resolve())
+    return Run(folder, folder.read())
 
 
 @pytest.fixture(scope="session")
-def color(color_run, tmp_path_factory) -> tuple[Path, Path]:
-    """(run folder, export folder) of `color_run` exported to q4_k_m as the demo does."""
-    def build(folder: Path) -> None:
-        export_quietly(color_run.run_dir, "color", folder / "exports")
+def color(tmp_path_factory, walkthrough, color_run) -> tuple[Path, Path]:
+    """(run folder, export folder) of `color_run` exported to q4_k_m as the demo does, by the
+    walkthrough's `fastft export` command (into exports/favorite_color)."""
+    from readme_outputs import EXPORT
 
-    exports = built_once(tmp_path_factory, "color-export", build) / "exports"
-    return color_run.run_dir, exports / "color"
+    walk_command(tmp_path_factory, walkthrough, "color-export", EXPORT)
+    return color_run.run_dir, walkthrough.roots["walk"] / "exports" / "favorite_color"
 
 
 def export_quietly(run: Path, name: str, exports: Path):

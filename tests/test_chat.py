@@ -40,7 +40,7 @@ def chat_cli(*args, input=None):
 @pytest.mark.parametrize("target", ["run", "export", "gguf"])
 def test_one_shot_answers_blue_alone_on_stdout(color, target):
     run, export = color
-    path = {"run": run, "export": export, "gguf": export / "color.Q4_K_M.gguf"}[target]
+    path = {"run": run, "export": export, "gguf": export / "favorite_color.Q4_K_M.gguf"}[target]
     # The Modelfile's sampling (temperature 0.7), seeded so a failure can be replayed.
     result = chat_cli(path, "-p", QUESTION, "--seed", "1")
     assert result.exit_code == 0, result.output
@@ -69,7 +69,7 @@ def run_guard(color):
 def test_gguf_prompts_are_the_training_prompts(color, run_guard, tmp_path):
     export = color[1]
     lone = tmp_path / "lone.gguf"      # no export folder beside it: the GGUF's own template
-    shutil.copy(export / "color.Q4_K_M.gguf", lone)
+    shutil.copy(export / "favorite_color.Q4_K_M.gguf", lone)
     for chat in (GGUFChat(export), GGUFChat(lone)):
         for messages in CHATS:
             assert chat.prompt(messages) == run_guard.prompt(messages), (chat.gguf, messages)

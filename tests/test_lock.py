@@ -12,7 +12,7 @@ from conftest import REPO
 
 LOCK = REPO / "constraints.txt"
 INSTALL = REPO / "install.sh"
-REMOVED = {"torchvision"}   # installed by Unsloth's requirements, then uninstalled (install.sh)
+REMOVED: set[str] = set()   # packages install.sh uninstalls after pip brought them (none now)
 
 
 def norm(name: str) -> str:

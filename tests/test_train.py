@@ -205,3 +205,12 @@ def test_the_tiny_run_reproduces_its_golden_losses_and_mask_counts(color_run):
     assert losses(color_run.run_dir)[:3] == pytest.approx(GOLDEN_FIRST_LOSSES, rel=1e-3)
     data = color_run.record.data
     assert {k: getattr(data, k) for k in GOLDEN_TOKENS} == GOLDEN_TOKENS
+
+
+@pytest.mark.slow
+def test_checkpoints_hold_no_generated_model_card(color_run):
+    """TRL writes a hub model card into checkpoints/ ("a fine-tuned version of [None](...)"),
+    PEFT one into each checkpoint: a run folder describes itself in fastft.json instead."""
+    checkpoints = color_run.run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*"))   # saved, per epoch
+    assert sorted(checkpoints.rglob("README.md")) == []

@@ -19,7 +19,6 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 
-
 def file_lock(path: Path) -> FileLock:
     """An exclusive lock on `path` (created if missing and kept after release: its presence
     can mean something, as a run folder's `.lock` does)."""
@@ -58,10 +57,9 @@ def held(lock: Path, what: str, console=None) -> Iterator[None]:
     is being waited for and who holds it."""
     taken = try_lock(lock)
     if taken is None:
-        from rich.console import Console
+        from .quiet import say
 
-        (console or Console(stderr=True)).print(
-            f"• waiting for {what}: held by {holder(lock)}", markup=False, highlight=False)
+        say(f"waiting for {what}: held by {holder(lock)}", console)
         taken = file_lock(lock)
         taken.acquire()
     try:

@@ -45,6 +45,22 @@ class Capture:
 
 _stack: list[Capture] = []
 _fd_streams: dict[int, IO[str]] = {}
+_pinned: list = []   # the consoles captures pinned: inside one, the way to the user's terminal
+
+
+def user_console():
+    """Where a line for the user goes: inside a capture, the console it pinned to the terminal
+    (a new stderr console would write into the log), else a new stderr console."""
+    if _pinned:
+        return _pinned[-1]
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def say(text: str, console=None) -> None:
+    """One `• text` line for the user (to `console`, else `user_console()`): what fastft is about
+    to wait for, before a wait of seconds or minutes that would otherwise be silent."""
+    (console or user_console()).print(f"• {text}", markup=False, highlight=False)
 
 
 def pending_log_path(what: str) -> Path:
@@ -175,8 +191,10 @@ def _pin_console(console):
         owned = open(os.dup(fd), "w", encoding=getattr(target, "encoding", None) or "utf-8",
                      errors="replace", buffering=1)
     console.file = owned or target
+    _pinned.append(console)
 
     def restore():
+        _pinned.remove(console)
         if owned is not None:
             owned.close()
         console._file, console._width = old_file, old_width

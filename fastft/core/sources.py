@@ -17,6 +17,7 @@ from pathlib import Path
 from .cache import building, cache_dir
 from .errors import FastftError
 from .procs import dying_with_parent
+from .quiet import say
 
 
 # The sdist whose vendored llama.cpp we build and whose vocab/templates the tiny model uses.
@@ -40,6 +41,8 @@ def llama_cpp_source() -> Path:
     tarball = os.environ.get("FASTFT_LLAMA_CPP_SDIST")
     with tempfile.TemporaryDirectory() as dl:
         if not tarball:
+            say(f"downloading llama.cpp's source, once: llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
+                f" from PyPI (76 MB)")
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
                    "--quiet", "-d", dl, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]
             proc = subprocess.run(dying_with_parent(cmd), capture_output=True, text=True)
@@ -50,6 +53,7 @@ def llama_cpp_source() -> Path:
                     f"(needed for llama.cpp's sources); set FASTFT_LLAMA_CPP_SDIST to a local copy.\n"
                     f"{proc.stderr.strip()}")
             tarball = str(found[0])
+        say(f"unpacking llama.cpp's source from {Path(tarball).name}")
         prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
         with building(final) as tmp, tarfile.open(tarball) as tar:
             members = []

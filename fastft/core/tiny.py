@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .cache import building, cache_dir
 from .qwen3 import EOS
+from .quiet import say
 from .sources import llama_cpp_source
 from .qwen3 import template_text
 
@@ -76,6 +77,8 @@ def _base_weights() -> Path:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    say("building the tiny model, once (the Qwen vocabulary from llama.cpp's source, random "
+        "weights): about a minute on 2 cores")
     tokenizer = _qwen_tokenizer()
     with building(final) as tmp:
         tokenizer.save_pretrained(tmp)

@@ -94,7 +94,9 @@ def run_summary(folder, record) -> dict:
             "timings": record.timings}
 
 
-def print_run_summary(folder, record, console: Console) -> None:
+def print_run_summary(folder, record, console: Console,
+                      next_step: str | None = "fastft export --gguf q4_k_m") -> None:
+    """The run's table; `next_step` is the command to run next (None: the caller runs it)."""
     final, cfg, plan = record.final, record.config, record.plan
     t = Table(title=f"Run {folder.name}", show_header=False, title_justify="left")
     t.add_row("run folder", str(folder.path))
@@ -114,5 +116,6 @@ def print_run_summary(folder, record, console: Console) -> None:
         t.add_row("peak GPU memory", f"{final.peak_mem_alloc_gib:.2f} GiB allocated, "
                                      f"{final.peak_mem_reserved_gib:.2f} GiB reserved")
     t.add_row("time", f"{record.timings.get('total_s', 0):.0f} s")
-    t.add_row("next", "fastft export --gguf q4_k_m")
+    if next_step:
+        t.add_row("next", next_step)
     console.print(t)

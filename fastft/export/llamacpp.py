@@ -23,6 +23,7 @@ from pathlib import Path
 from ..core.cache import cache_dir
 from ..core.locks import held
 from ..core.procs import dying_with_parent
+from ..core.quiet import say, user_console
 from ..core.sources import LLAMA_CPP_PYTHON_VERSION, LlamaCppError, llama_cpp_source
 
 # -- built tools -------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> L
                 _runs(src / name) for name in targets):   # another process finished it
             return done
         _run_logged(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
-                    "configuring llama.cpp", console)
+                    "configuring llama.cpp", console, counted=False)
         _run_logged(["cmake", "--build", str(build), "-j", jobs, "--target", *targets],
                     f"building {', '.join(targets)} ({jobs} jobs)", console)
         for name in targets:
@@ -174,39 +175,77 @@ def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> L
     return built
 
 
+# cmake's own step count: `[ 42%] Building ...` (Makefiles) or `[12/345] Building ...` (Ninja).
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+_STEPS = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
-def _run_logged(cmd: list[str], what: str, console=None) -> None:
-    """Run a build step; show a progress bar fed by cmake's `[ NN%]` lines; on failure raise
-    with the last lines of output, which hold the compiler's error."""
+def build_percent(line: str) -> int | None:
+    """How far a cmake build is, from one line of its output; None for other lines."""
+    if m := _PERCENT.match(line):
+        return int(m.group(1))
+    if m := _STEPS.match(line):
+        return 100 * int(m.group(1)) // max(1, int(m.group(2)))
+    return None
+
+
+class BuildProgress:
+    """A build step's progress as the user sees it: on a terminal a bar with the elapsed time
+    (configure has no step count: the bar then only pulses), elsewhere (a log, a pipe) one line
+    at the start and one per 10% done, since a live bar is drawn there only when it ends."""
+
+    def __init__(self, what: str, console, counted: bool):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.what, self.console, self.shown = what, console, 0
+        self.live = console.is_terminal
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.percentage:>3.0f}%" if counted else ""),
+                                 TimeElapsedColumn(), console=console, transient=False,
+                                 redirect_stdout=False, redirect_stderr=False)
+        self.task = self.progress.add_task(what, total=100 if counted else None)
+
+    def __enter__(self):
+        if self.live:
+            self.progress.start()
+        else:
+            say(f"{self.what} ...", self.console)
+        return self
+
+    def update(self, percent: int) -> None:
+        self.progress.update(self.task, completed=percent)
+        if not self.live and percent >= self.shown + 10:
+            self.shown = percent - percent % 10
+            say(f"{self.what}: {percent}%", self.console)
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.progress.stop()
+
+
+def _run_logged(cmd: list[str], what: str, console=None, counted: bool = True) -> None:
+    """Run a build step, showing its progress from cmake's step count (`counted`: the build
+    prints one, configure does not); on failure raise with the last lines of output, which
+    hold the compiler's error."""
     from collections import deque
 
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = console or Console(stderr=True)
+    console = console or user_console()
     tail: deque[str] = deque(maxlen=40)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                        console=console, transient=False)
-    with progress:
-        task = progress.add_task(what, total=100)
+    with BuildProgress(what, console, counted) as progress:
         proc = subprocess.Popen(dying_with_parent(cmd, group=True), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
         try:
             for line in proc.stdout:
                 tail.append(line.rstrip())
-                m = _PERCENT.match(line)
-                if m:
-                    progress.update(task, completed=int(m.group(1)))
+                if counted and (percent := build_percent(line)) is not None:
+                    progress.update(percent)
             rc = proc.wait()
         except BaseException:
             proc.terminate()   # the supervisor kills the build's whole process group
             proc.wait()
             raise
-        if rc == 0:
-            progress.update(task, completed=100)
+        if rc == 0 and counted:
+            progress.update(100)
     if rc != 0:
         raise LlamaCppError(f"{what} failed (exit {rc}): {' '.join(cmd)}\n" + "\n".join(tail))
 

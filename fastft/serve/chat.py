@@ -378,7 +378,7 @@ def writer(out: TextIO) -> Write:
     return write
 
 
-HELP = "/clear forgets the conversation, /bye (or Ctrl-D) quits, Ctrl-C stops an answer."
+HELP = "/clear forgets the conversation, /bye or /exit (or Ctrl-D) quits, Ctrl-C stops an answer."
 
 
 def interactive(conv: Conversation, read: Callable[[str], str] = input, out: TextIO | None = None,

@@ -608,6 +608,12 @@ def _trainer_class():
                                                              num_training_steps)
             return super().create_scheduler(num_training_steps, optimizer)
 
+        def create_model_card(self, *args, **kwargs):
+            # TRL writes a hub model card into checkpoints/ at every save, about a base model
+            # it cannot name ("a fine-tuned version of [None](https://huggingface.co/None)");
+            # a run folder describes itself (fastft.json).
+            return None
+
         def _load_optimizer_and_scheduler(self, checkpoint):
             with _optimizer_state_to_cpu(self.args.world_size > 1 and self.args.device.type == "cpu"):
                 return super()._load_optimizer_and_scheduler(checkpoint)
@@ -660,6 +666,9 @@ def _publish_checkpoint(trainer, final_root: str) -> None:
             trainer.state.save_to_json(os.path.join(staged, "trainer_state.json"))
     trainer.accelerator.wait_for_everyone()   # every rank has written its files (rng_state_<rank>)
     if trainer.args.should_save:
+        # PEFT's generic model card ("More Information Needed"), written by its save_pretrained.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(staged, "README.md"))
         if os.path.isdir(final):   # saved before, and trained again after a resume
             shutil.rmtree(final)
         os.replace(staged, final)
