@@ -323,8 +323,12 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
         if print_config:
             click.echo(to_toml(cfg), nl=False)
             return
+    from .train.inputs import check_inputs
     from .train.launch import dispatch
 
+    # Bad data or a wrong model name fails here, in a second, before the 10-40 s import of
+    # Unsloth and torch (and before --gpus starts N processes that would each find it).
+    inputs = None if resume else check_inputs(cfg)
     # Several GPUs: this command again in N processes through torchrun (fastft.train.launch).
     code = dispatch(cfg, resume, flags.get("gpus"),
                     train_argv(data, config_file, resume, verbose, as_json, flags), console, verbose)
@@ -339,7 +343,7 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
 
         ui = TrainUI(console)
         try:
-            result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui=ui)
+            result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui, inputs)
         except training.TrainInterrupted as stop:
             result = stop   # reported once the libraries' output is off the terminal again
     if isinstance(e := result, training.TrainInterrupted):

@@ -45,3 +45,33 @@ def test_sigterm_while_a_command_waits_is_a_clean_exit_143(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
+
+
+HEAVY = ("torch", "unsloth", "transformers", "trl", "datasets")
+# `fastft train ARGS` in a fresh interpreter; prints which heavy modules got imported.
+TRAIN_THEN_LIST_IMPORTS = f"""
+import sys
+from fastft.cli import main
+try:
+    main(sys.argv[1:], prog_name="fastft")
+finally:
+    print("imported:", sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_bad_data_fails_before_any_heavy_import(tmp_path):
+    """A missing file, a malformed line, or a record without its field are reported, with the
+    file and line, before Unsloth, torch or transformers are imported (10-40 s on a user's
+    machine), and before the model name is looked up (which may wait on the network)."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [\n')
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text('{"text": 1}\n')
+    env = os.environ | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # no hub
+    for data, where in ((tmp_path / "nope.jsonl", "nope.jsonl"), (bad, "bad.jsonl:2"),
+                        (nofield, "nofield.jsonl:1")):
+        proc = subprocess.run([sys.executable, "-c", TRAIN_THEN_LIST_IMPORTS, "train", str(data)],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert where in proc.stderr and "--model" not in proc.stderr, proc.stderr
+        assert "imported: []" in proc.stderr, proc.stderr

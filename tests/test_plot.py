@@ -86,7 +86,8 @@ def test_a_failed_plot_is_a_warning_not_an_error(tmp_path):
 
 def test_tensorboard_missing_fails_before_anything_loads(tmp_path, monkeypatch):
     from fastft.train.trainer import train
-    monkeypatch.setattr(plot.importlib.util, "find_spec", lambda name, *a: None)
+    from fastft.train import inputs
+    monkeypatch.setattr(inputs.importlib.util, "find_spec", lambda name, *a: None)
     cfg = TrainConfig(data=str(EXAMPLE), model="tiny", runs_dir=str(tmp_path / "runs"), tensorboard=True)
     with pytest.raises(TrainError, match="--tensorboard needs the tensorboard package"):
         train(cfg)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .cache import CacheError, cache_dir
 from .errors import TrainError
 from .tiny import is_tiny, tiny_model_path
 
@@ -101,9 +102,29 @@ def import_unsloth():
         late = [m for m in ("transformers", "peft", "trl") if m in sys.modules]
         if late:
             raise ImportError(f"fastft bug: {', '.join(late)} imported before unsloth")
+        compile_caches()
         with contextlib.redirect_stdout(sys.stderr):
             import unsloth  # noqa: F401
     return sys.modules["unsloth"]
+
+
+def compile_caches() -> None:
+    """Where Unsloth and torch keep what they compile, unless the user chose: in fastft's cache,
+    so a second process reuses the first one's work. Unsloth writes its patched modules' source
+    to ./unsloth_compiled_cache (relative: each project folder paid for it again, and it
+    littered the user's folder); torch.compile's own caches default to /tmp, which a reboot or a
+    new container empties. Unsloth's persistent "mega-cache" of compiled artifacts already lives
+    in ~/.cache/unsloth. Set before Unsloth is imported: it reads the variables once. The
+    generated source is kept per unsloth_zoo version, which decides what it generates."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    with contextlib.suppress(CacheError, OSError, PackageNotFoundError):   # else: their defaults
+        root = cache_dir() / "compiled"
+        for var, sub in (("UNSLOTH_COMPILE_LOCATION", f"unsloth-zoo-{version('unsloth_zoo')}"),
+                         ("TORCHINDUCTOR_CACHE_DIR", "torchinductor")):
+            if var not in os.environ:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+                os.environ[var] = str(root / sub)
 
 
 @dataclass

@@ -8,13 +8,11 @@ no display, no global backend switch) and is written under a temporary name, the
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 from rich.markup import escape
 
-from ..core.errors import TrainError
 from .metrics import read_records
 from ..core.run import RunFolder
 
@@ -22,15 +20,6 @@ TRAIN_COLOR = "#1f77b4"
 EVAL_COLOR = "#d62728"
 LR_COLOR = "#2ca02c"
 SMOOTH_FROM = 50          # steps: from here on, a moving average is drawn over the raw loss
-
-
-def require_tensorboard() -> None:
-    """--tensorboard needs a SummaryWriter (the tensorboard package, or tensorboardX, as
-    transformers accepts); checked before the model loads, not after minutes of loading."""
-    if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
-        raise TrainError("--tensorboard needs the tensorboard package, which is not installed: "
-                         "install it into fastft's environment (.venv/bin/pip install tensorboard) "
-                         "or drop --tensorboard")
 
 
 def log_tensorboard_to(trainer, log_dir: Path) -> None:

@@ -33,11 +33,12 @@ from .autobatch import (DEFAULT_MODE, UNSLOTH_GC, choose_optimizer, cpu_optimize
                         set_checkpointing, tune)
 from ..core.cache import building  # noqa: E402
 from ..core.config import TrainConfig  # noqa: E402
-from ..data.read import Dataset, Example, load_conversations  # noqa: E402
+from ..data.read import Example  # noqa: E402
 from ..core.errors import RunFolderError, TrainError, is_disk_full, is_out_of_memory  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
-from ..core.models import check_model, hub_problem, load_model, resolve_model  # noqa: E402
-from .plot import log_tensorboard_to, plot_run, require_tensorboard  # noqa: E402
+from ..core.models import hub_problem, load_model, resolve_model  # noqa: E402
+from .inputs import Inputs, check_inputs, load_data, require_tensorboard  # noqa: E402
+from .plot import log_tensorboard_to, plot_run  # noqa: E402
 from ..core.quiet import move_log  # noqa: E402
 from ..core.signals import STOP_SIGNALS, Terminated  # noqa: E402
 from ..core.preflight import check_train_space  # noqa: E402
@@ -69,14 +70,12 @@ class TrainInterrupted(KeyboardInterrupt):
 
 # -- entry points ------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, ui=None) -> Run:
-    """A new run. Data, names and a local model folder are checked before the run folder exists;
-    if the run fails before its first optimizer step, the folder is removed again."""
-    check_model(cfg.model)
-    if cfg.tensorboard:
-        require_tensorboard()
+def train(cfg: TrainConfig, ui=None, inputs: Inputs | None = None) -> Run:
+    """A new run. Data, names and a local model folder are checked before the run folder exists
+    (`inputs`: already checked by the caller, as the CLI does before importing this module); if
+    the run fails before its first optimizer step, the folder is removed again."""
+    loaded = inputs or check_inputs(cfg)
     main = distributed.start(cfg.gpus).is_main   # with --gpus N: one of N processes
-    loaded = load_data(cfg)  # before the paths are made absolute: errors name the file as given
     cfg = cfg.model_copy(update=_absolute_paths(cfg))
     # Rank 0 names (the default name holds the time) and creates the folder; the others open it.
     folder = distributed.from_main(lambda: _create_folder(cfg))
@@ -120,7 +119,7 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
             require_tensorboard()
         checkpoint = folder.last_checkpoint()  # None (killed before one was saved): from step 0
         loaded = load_data(saved.config)
-        if loaded[0].sha256 != saved.data.sha256:
+        if loaded.train.sha256 != saved.data.sha256:
             raise TrainError(f"{saved.config.data} changed since {folder.name} started (sha256 "
                              f"differs); resuming would train on other data: start a new run")
         if main:
@@ -374,15 +373,6 @@ def _absolute_paths(cfg: TrainConfig) -> dict:
 
 # -- data preparation (pure functions, tested directly) ----------------------------------------
 
-def load_data(cfg: TrainConfig) -> tuple[Dataset, list[Example]]:
-    """(training dataset, eval examples from --eval-file). Raises DataError on bad input."""
-    train_ds = load_conversations(cfg.data, skip_invalid=cfg.skip_invalid)
-    eval_examples: list[Example] = []
-    if cfg.eval_file:
-        eval_examples = load_conversations(cfg.eval_file, skip_invalid=cfg.skip_invalid).examples
-    return train_ds, eval_examples
-
-
 def split_eval(cfg: TrainConfig, examples: list[Example]) -> tuple[list[Example], list[Example]]:
     """(train, eval): a seeded --eval-split share held out, or nothing."""
     if cfg.eval_file or cfg.eval_split <= 0:
@@ -396,7 +386,7 @@ def split_eval(cfg: TrainConfig, examples: list[Example]) -> tuple[list[Example]
 
 
 def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
-                 loaded: tuple[Dataset, list[Example]] | None = None) -> PreparedData:
+                 loaded: Inputs | None = None) -> PreparedData:
     """Guard and tokenise the training (and eval) data. Raises DataError/GuardError."""
     train_ds, eval_examples = loaded or load_data(cfg)
     examples, held_out = split_eval(cfg, train_ds.examples)
