@@ -157,13 +157,15 @@ def notebook_command(model: Path, data: Path, epochs: float, max_steps: int | No
 
 
 def fastft_stages(train_wall: float, record: dict, export_wall: float, manifest: dict) -> dict:
-    """{phase: {stage: seconds}} from fastft's records; each phase sums to its wall time."""
+    """{phase: {stage: seconds}} from fastft's records (fastft.core.timeline: each command's
+    stages from its process start); each phase sums to its wall time, the rest being start-up."""
     t = record.get("timings") or {}
-    probe = ((record.get("plan") or {}).get("tuning") or {}).get("probe_s") or 0.0
-    total = t.get("total_s", 0.0)
-    train = {"load": t.get("load_s", 0.0), "probe": probe, "train": t.get("train_s", 0.0)}
-    train["save"] = total - sum(train.values())
-    train["startup"] = train_wall - total
+    # The chart's names: "prep" is fastft's "prepare" (guard, tokenise, LoRA), "probe" its "plan"
+    # (auto-tune's probe, a remembered plan or an estimate).
+    train = {stage: t.get(f"{key}_s", 0.0) for stage, key in
+             (("load", "load"), ("prep", "prepare"), ("probe", "plan"), ("train", "train"),
+              ("save", "save"))}
+    train["startup"] = train_wall - sum(train.values())    # interpreter, checks, imports, exit
     e = manifest.get("timings") or {}
     export = {k: e.get(f"{k}_s", 0.0) for k in ("load", "merge", "convert", "quantize", "check")}
     export["other"] = e.get("docs_s", 0.0)

@@ -323,12 +323,15 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
         if print_config:
             click.echo(to_toml(cfg), nl=False)
             return
+    from .core.timeline import Timeline
     from .train.inputs import check_inputs
     from .train.launch import dispatch
 
+    timeline = Timeline(from_process_start=True)
     # Bad data or a wrong model name fails here, in a second, before the 10-40 s import of
     # Unsloth and torch (and before --gpus starts N processes that would each find it).
-    inputs = None if resume else check_inputs(cfg)
+    with timeline.stage("checks"):
+        inputs = None if resume else check_inputs(cfg)
     # Several GPUs: this command again in N processes through torchrun (fastft.train.launch).
     code = dispatch(cfg, resume, flags.get("gpus"),
                     train_argv(data, config_file, resume, verbose, as_json, flags), console, verbose)
@@ -338,15 +341,25 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
 
     # From Unsloth's import on, the libraries' output goes to the run's train.log (-v: stderr).
     with captured(None, console, verbose, what="train"):
-        from .train import trainer as training  # heavy: imports Unsloth, torch, transformers
-        from .core.ui import TrainUI, print_run_summary, run_summary
+        with timeline.stage("imports"):
+            from .train import trainer as training  # heavy: imports Unsloth, torch, transformers
+        from .core.ui import TrainUI
 
         ui = TrainUI(console)
         try:
-            result = training.resume(resume, ui=ui) if resume else training.train(cfg, ui, inputs)
+            result = (training.resume(resume, ui, timeline) if resume
+                      else training.train(cfg, ui, inputs, timeline))
         except training.TrainInterrupted as stop:
             result = stop   # reported once the libraries' output is off the terminal again
-    if isinstance(e := result, training.TrainInterrupted):
+    report_train(result, as_json)
+
+
+def report_train(result, as_json: bool) -> None:
+    """A finished run's table (or JSON); a stopped one's resume command and exit 128+signal."""
+    from .core.ui import print_run_summary, run_summary
+    from .train.trainer import TrainInterrupted
+
+    if isinstance(e := result, TrainInterrupted):
         saved = f"checkpoint {e.checkpoint.name} saved" if e.checkpoint else "no checkpoint saved"
         console.print(f"[bold yellow]{signals.describe(e.signum)}[/] at step {e.step}, "
                       f"{escape(saved)}; continue with:\n  fastft train --resume "

@@ -247,15 +247,16 @@ def check_ttfc_run(r):
 
 
 def test_ttfc_stages_add_up():
-    record = {"timings": {"load_s": 5.0, "train_s": 20.0, "total_s": 75.0},
-              "plan": {"tuning": {"probe_s": 46.0}}}
+    record = {"timings": {"startup_s": 0.5, "checks_s": 0.1, "imports_s": 30.0, "load_s": 5.0,
+                          "prepare_s": 0.4, "plan_s": 46.0, "train_s": 20.0, "save_s": 4.0,
+                          "total_s": 106.0}}
     manifest = {"timings": {"load_s": 50.0, "merge_s": 24.0, "convert_s": 55.0, "quantize_s": 35.0,
                             "quantize_q4_k_m_s": 35.0, "check_s": 6.0, "docs_s": 1.0}}
     f = {**{"status": "ok"}, **ttfc.totals(ttfc.fastft_stages(115.0, record, 180.0, manifest))}
     f["phases"] = ttfc.fastft_stages(115.0, record, 180.0, manifest)
     check_ttfc_run(f)
-    assert f["stages"]["startup"] == pytest.approx(40.0 + 9.0)  # 115-75, 180-171
-    assert f["stages"]["probe"] == 46.0 and f["stages"]["save"] == pytest.approx(4.0)
+    assert f["stages"]["startup"] == pytest.approx(39.6 + 9.0)  # 115-75.4, 180-171
+    assert f["stages"]["probe"] == 46.0 and f["stages"]["save"] == 4.0 and f["stages"]["prep"] == 0.4
     assert f["stages"]["load"] == 55.0 and f["stages"]["quantize"] == 35.0  # not twice
     assert f["end_to_end_s"] == 295.0
 

@@ -223,3 +223,25 @@ def test_no_color(tmp_path, no_color):
     text = text.decode("utf-8", "replace")
     assert p.returncode == 1 and "missing assistant turn" in ANSI.sub("", text), text
     assert bool(COLOR.search(text)) is not no_color, text
+
+
+STAGES = ["startup", "checks", "imports", "load", "prepare", "plan", "train", "save"]
+
+
+@pytest.mark.slow
+def test_one_timeline_from_process_start_in_the_record_the_log_and_the_table(quiet_train):
+    """`fastft train` records each stage once, in order, from its process start (start-up and
+    the imports are the stages a user waits through that no library reports); train.log ends
+    with the same stages, and the result table's time row lists them."""
+    from fastft.core.timeline import timings_line
+
+    rc, out, err, run = quiet_train
+    assert rc == 0, err
+    timings = json.loads((run / "fastft.json").read_text())["timings"]
+    assert list(timings) == [f"{s}_s" for s in STAGES] + ["total_s"]
+    assert timings["imports_s"] > 1 and timings["startup_s"] > 0   # a fresh process paid both
+    assert sum(v for k, v in timings.items() if k != "total_s") <= timings["total_s"] + 0.05
+    line = timings_line(timings)
+    assert f"fastft: stages: {line}" in (run / "train.log").read_text(errors="replace")
+    flat = " ".join(out.split())
+    assert all(f"{s} " in flat for s in STAGES) and "time │ " in flat

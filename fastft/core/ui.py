@@ -9,6 +9,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from transformers import TrainerCallback
 
+from .timeline import timings_line
+
 
 class NullUI:
     def status(self, text: str) -> None:
@@ -115,7 +117,7 @@ def print_run_summary(folder, record, console: Console,
     if final.peak_mem_alloc_gib is not None:
         t.add_row("peak GPU memory", f"{final.peak_mem_alloc_gib:.2f} GiB allocated, "
                                      f"{final.peak_mem_reserved_gib:.2f} GiB reserved")
-    t.add_row("time", f"{record.timings.get('total_s', 0):.0f} s")
+    t.add_row("time", timings_line(record.timings))
     if next_step:
         t.add_row("next", next_step)
     console.print(t)

@@ -38,6 +38,7 @@ from ..core.errors import RunFolderError, TrainError, is_disk_full, is_out_of_me
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from ..core.models import hub_problem, load_model, resolve_model  # noqa: E402
 from .inputs import Inputs, check_inputs, load_data, require_tensorboard  # noqa: E402
+from ..core.timeline import Timeline, timings_line  # noqa: E402
 from .plot import log_tensorboard_to, plot_run  # noqa: E402
 from ..core.quiet import move_log  # noqa: E402
 from ..core.signals import STOP_SIGNALS, Terminated  # noqa: E402
@@ -70,10 +71,13 @@ class TrainInterrupted(KeyboardInterrupt):
 
 # -- entry points ------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, ui=None, inputs: Inputs | None = None) -> Run:
+def train(cfg: TrainConfig, ui=None, inputs: Inputs | None = None,
+          timeline: Timeline | None = None) -> Run:
     """A new run. Data, names and a local model folder are checked before the run folder exists
     (`inputs`: already checked by the caller, as the CLI does before importing this module); if
-    the run fails before its first optimizer step, the folder is removed again."""
+    the run fails before its first optimizer step, the folder is removed again. `timeline`: the
+    command's, whose stages so far (start-up, checks, imports) the run record keeps too."""
+    timeline = timeline or Timeline()
     loaded = inputs or check_inputs(cfg)
     main = distributed.start(cfg.gpus).is_main   # with --gpus N: one of N processes
     cfg = cfg.model_copy(update=_absolute_paths(cfg))
@@ -83,7 +87,7 @@ def train(cfg: TrainConfig, ui=None, inputs: Inputs | None = None) -> Run:
         move_log(folder.train_log)  # the libraries' output so far, and from now on, goes there
     try:
         with folder.lock() if main else contextlib.nullcontext(), resumable_on_disk_full(folder):
-            return _execute(cfg, folder, loaded, None, None, ui, new_run=True)
+            return _execute(cfg, folder, loaded, None, None, ui, timeline, new_run=True)
     except BaseException:
         # Nothing trained yet (a load, guard or tokenisation error, an early Ctrl-C): an empty
         # run folder would only be in the way of the next attempt's name and of runs/latest.
@@ -100,7 +104,7 @@ def _create_folder(cfg: TrainConfig) -> RunFolder:
     return folder
 
 
-def resume(path: str | os.PathLike, ui=None) -> Run:
+def resume(path: str | os.PathLike, ui=None, timeline: Timeline | None = None) -> Run:
     """Continue a run from its last complete checkpoint, with exactly the config and plan it saved."""
     from ..core.ui import NullUI
     ui = ui or NullUI()
@@ -127,7 +131,8 @@ def resume(path: str | os.PathLike, ui=None) -> Run:
             _drop_after(folder, checkpoint, ui)
         distributed.barrier()   # the others start once rank 0 has cleaned up after the checkpoint
         with resumable_on_disk_full(folder):
-            return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui, new_run=False)
+            return _execute(saved.config, folder, loaded, checkpoint, saved.plan, ui,
+                            timeline or Timeline(), new_run=False)
 
 
 def refuse_finished(folder: RunFolder, saved: RunRecord) -> None:
@@ -184,28 +189,28 @@ def _load(cfg: TrainConfig, ui):
 
 
 def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | None,
-             saved_plan: Plan | None, ui, new_run: bool) -> Run:
+             saved_plan: Plan | None, ui, timeline: Timeline, new_run: bool) -> Run:
     from ..core.ui import NullUI
     main = distributed.world().is_main
     ui = ui if ui is not None and main else NullUI()   # with --gpus N, rank 0 alone reports
-    t0 = time.perf_counter()
-    ref, model, tokenizer = _load(cfg, ui)
-    timings = {"load_s": time.perf_counter() - t0}
+    with timeline.stage("load"):
+        ref, model, tokenizer = _load(cfg, ui)
 
-    guard = ChatGuard(tokenizer, ref.path, think=cfg.think, path=cfg.data)
-    data = prepare_data(cfg, guard, tokenizer, loaded)
-    ui.guard_report(guard.report, data)
-    # Generation must stop where training taught the model to stop.
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-    first_mode = saved_plan.gradient_checkpointing if saved_plan else _initial_checkpointing(cfg)
-    model = attach_lora(model, cfg, first_mode)
-    plan = saved_plan or distributed.from_main(   # auto-tune on rank 0, its plan for every rank
-        lambda: plan_batches(cfg, ref.path, model, tokenizer, data, ui, distributed.world().size))
-    if plan.gradient_checkpointing != first_mode:
-        set_checkpointing(model, plan.gradient_checkpointing)
-    trainer, metrics = make_trainer(cfg, plan, model, tokenizer, data, folder)
+    with timeline.stage("prepare"):
+        guard = ChatGuard(tokenizer, ref.path, think=cfg.think, path=cfg.data)
+        data = prepare_data(cfg, guard, tokenizer, loaded)
+        ui.guard_report(guard.report, data)
+        # Generation must stop where training taught the model to stop.
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        first_mode = saved_plan.gradient_checkpointing if saved_plan else _initial_checkpointing(cfg)
+        model = attach_lora(model, cfg, first_mode)
+    with timeline.stage("plan"):   # auto-tune (a probe, a remembered plan or an estimate)
+        plan = saved_plan or distributed.from_main(   # on rank 0, its plan for every rank
+            lambda: plan_batches(cfg, ref.path, model, tokenizer, data, ui, distributed.world().size))
+        if plan.gradient_checkpointing != first_mode:
+            set_checkpointing(model, plan.gradient_checkpointing)
+        trainer, metrics = make_trainer(cfg, plan, model, tokenizer, data, folder)
 
     # GuardReport's own serialisation, read back into the record's type at once.
     record = RunRecord(config=cfg, plan=plan, variant=guard.variant,
@@ -213,16 +218,18 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
                        data=data_info(cfg, data), versions=Versions.installed(), hardware=hardware())
     _write(folder, record)
 
-    t1 = time.perf_counter()
-    fit(trainer, metrics, folder, record, checkpoint, ui, new_run)
-    timings["train_s"] = time.perf_counter() - t1
+    with timeline.stage("train"):
+        fit(trainer, metrics, folder, record, checkpoint, ui, new_run)
 
     if main:   # DDP kept every rank's weights equal: rank 0 saves them
-        save_adapter(model, tokenizer, folder.adapter)
-        timings["total_s"] = time.perf_counter() - t0
-        record = record.model_copy(update=dict(status="done", timings=timings,
-                                               final=final_metrics(trainer, metrics, folder)))
+        with timeline.stage("save"):
+            save_adapter(model, tokenizer, folder.adapter)
+            final = final_metrics(trainer, metrics, folder)
+        record = record.model_copy(update=dict(status="done", timings=timeline.timings(),
+                                               final=final))
         folder.write(record)
+        with open(folder.train_log, "a", encoding="utf-8") as log:   # beside the libraries' lines
+            log.write(f"fastft: stages: {timings_line(record.timings)}\n")
         plot_run(folder, trainer.state.log_history, ui)  # loss.png, over the whole run
     distributed.finish()
     return Run(folder, record)
