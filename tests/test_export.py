@@ -254,8 +254,8 @@ def test_one_convert_then_every_quant_from_that_file(spied_export):
 
 @pytest.mark.slow
 def test_stage_timings(exported):
-    stages = {"load_s", "merge_s", "convert_s", "quantize_s", "quantize_q4_k_m_s",
-              "quantize_q8_0_s", "check_s", "docs_s"}
+    stages = {"load_s", "reference_s", "merge_s", "convert_s", "quantize_s", "quantize_q4_k_m_s",
+              "quantize_q8_0_s", "check_s", "retention_s", "docs_s"}
     assert set(ExportManifest.read(exported.out_dir).timings) == stages
     assert set(exported.timings) == stages | {"total_s"}
     assert all(v >= 0 for v in exported.timings.values())

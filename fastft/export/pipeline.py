@@ -358,12 +358,25 @@ def make_plan(opts: ExportConfig) -> ExportPlan:
         raise ExportError("nothing to export: give --gguf QUANT and/or --merged")
     if opts.create:
         _check_ollama(quants)
-    if opts.eval_data and quants:
-        load_conversations(opts.eval_data)   # bad held-out data fails before the model loads
+    if quants:
+        _check_held_out(opts, info)
     plan = ExportPlan(opts, info, quants, name, final, modelfile=None, auto=auto)
     plan.modelfile = _render_modelfile(plan)
     check_export_space(info.model_path, quants, opts.merged, plan.final)
     return plan
+
+
+def _check_held_out(opts: ExportConfig, info: Run) -> None:
+    """The retention gate's data can be read, before the model loads: --eval-data is read and
+    checked now; the run's own eval or training file must still be there."""
+    if opts.eval_data:
+        load_conversations(opts.eval_data)
+        return
+    cfg = info.record.config
+    path = cfg.eval_file or cfg.data
+    if not Path(path).is_file():
+        raise ExportError(f"{path}: not found; the run's data is gone, and the retention gate "
+                          f"measures on it: give held-out data with --eval-data FILE")
 
 
 # -- the export ----------------------------------------------------------------------------------
@@ -388,7 +401,6 @@ def export_run(opts: ExportConfig, console=None, verbose: bool = False) -> Expor
     plan.timings["total_s"] = time.perf_counter() - t0
     result = plan.result()
     if plan.retention is not None and (error := retention.failure(plan.retention)):
-        error.add_note("\n".join(retention.table_lines(plan.retention)))
         raise error
     if opts.create:
         ollama_create(result, console)
@@ -579,7 +591,8 @@ def _auto_quantize(plan: ExportPlan, console) -> None:
         with status(console, f"auto: scoring {work.name} with llama.cpp"):
             score = _score(plan, quant, work)
         plan.timings["retention_s"] = plan.timings.get("retention_s", 0.0) + time.perf_counter() - t
-        if score.passed or quant == retention.AUTO_QUANTS[-1]:
+        # A tokenizer or template failure is the same in every quant: no use trying larger.
+        if score.passed or score.failed != "retention" or quant == retention.AUTO_QUANTS[-1]:
             break
         plan.tried.append(score)
         work.unlink()

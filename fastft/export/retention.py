@@ -105,11 +105,14 @@ def _held_out_examples(run, eval_data: str | None):
             f"eval split or eval file; give --eval-data FILE for held-out data)", cfg.data)
 
 
-def held_out(run, tokenizer, eval_data: str | None, budget: int = HELD_OUT_TOKENS,
-             trained_budget: int = TRAINED_TOKENS) -> HeldOut:
+def held_out(run, tokenizer, eval_data: str | None, budget: int | None = None,
+             trained_budget: int | None = None) -> HeldOut:
     """Held-out examples as training renders and masks them, until `budget` tokens or
-    `trained_budget` trained tokens (at least one example). `tokenizer` is the run's: the
-    guard fixes it in place, as training did."""
+    `trained_budget` trained tokens (default: the module's, read now, so bench/retention.py can
+    set them), at least one example. `tokenizer` is the run's: the guard fixes it in place, as
+    training did."""
+    budget = HELD_OUT_TOKENS if budget is None else budget
+    trained_budget = TRAINED_TOKENS if trained_budget is None else trained_budget
     examples, source, path = _held_out_examples(run, eval_data)
     cfg = run.record.config
     guard = ChatGuard(tokenizer, run.model_path, think=cfg.think, path=path)
@@ -394,8 +397,8 @@ def failure(r: Retention) -> RetentionError | None:
     if any(f.failed != "retention" for f in bad):
         lines.append("a GGUF whose tokenizer or chat template is not the run's is not the model "
                      "trained: export it again from the run, with fastft")
-    lines.append("the export folder was written; its fastft-export.json records the retention table")
-    return RetentionError("retention gate failed:\n  " + "\n  ".join(lines))
+    lines.append("the export folder was written; its fastft-export.json records the table:")
+    return RetentionError("retention gate failed:\n  " + "\n  ".join(lines + table_lines(r)))
 
 
 def table_lines(r: Retention) -> list[str]:
