@@ -568,7 +568,7 @@ def test_manifest_round_trip(tmp_path):
     written = json.loads(text)
     assert list(written) == ["fastft_version", "created", "name", "source_run", "base_model",
                              "variant", "quants", "merged", "converted_from", "modelfile",
-                             "checks", "timings", "files"]
+                             "checks", "timings", "files", "retention"]
     assert written["modelfile"]["from"] == f"{NAME}.Q4_K_M.gguf"
     assert written["files"] == {"Modelfile": {"sha256": "ab" * 32, "bytes": 12}}
     # An unknown key (a newer fastft's) survives a round trip; a missing one is no manifest.

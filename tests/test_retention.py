@@ -20,6 +20,7 @@ import pytest
 from fastft.core.errors import FastftError
 from fastft.export import retention
 from fastft.export.manifest import ExportManifest
+from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,24 @@ def test_a_template_that_drops_the_system_turn_fails(scorer, q4, reference, tmp_
     row = score(scorer, broken, reference, tmp_path)
     assert not row.passed and row.failed == "template", row
     assert "chat template renders the prompt" in row.problem and "system" in row.problem
+
+
+def test_the_modelfile_serves_the_held_out_prompts_and_one_without_system_does_not(
+        color_export, reference, go_render):
+    """ollama's side, by ollama's own Go code: the exported Modelfile's TEMPLATE renders every
+    serving prompt the gate checks exactly as training did; the same TEMPLATE with the system
+    turn left out does not."""
+    from ollama_contract import template_from_modelfile
+
+    template = template_from_modelfile((color_export.out_dir / "Modelfile").read_text())
+    cases = list(retention.served_prompts(reference))
+    assert any(m[0]["role"] == "system" for _, m, _, _ in cases)
+    want = [prompt for *_, prompt in cases]
+    assert go_render.many([(template, m, t, None) for _, m, t, _ in cases]) == want
+    system = "<|im_start|>system\n{{ $m.Content }}<|im_end|>\n"
+    assert template.count(system) == 1
+    dropped = template.replace(system, "")
+    assert go_render.many([(dropped, m, t, None) for _, m, t, _ in cases]) != want
 
 
 def test_a_failing_gguf_fails_the_export_which_records_it(color_run, tmp_path, monkeypatch):

@@ -262,12 +262,13 @@ def _request(ref: Reference) -> bytes:
 
 
 def threads_for(weight_bytes: int) -> int:
-    """CPU threads for a model of `weight_bytes`: one per 256 MiB, at most one per usable core.
+    """CPU threads for a model of `weight_bytes`: one per 64 MiB, at most one per usable core
+    (a 4B model gets them all, the tiny one a single thread).
     A small model gains nothing from more, and idle threads spin (OpenMP, ggml): on a busy
     machine (a CI runner) llama.cpp scored the tiny model in 6.3 s of CPU time with two
     threads, 0.9 s with one."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, weight_bytes // 2**28))
+    return max(1, min(cores or 1, weight_bytes // 2**26))
 
 
 def run_scorer(scorer: Path, gguf: Path, ref: Reference, work: Path,
@@ -320,19 +321,26 @@ def template_problem(gguf: Path, ref: Reference) -> str | None:
     template = read_gguf_metadata(gguf).get("tokenizer.chat_template")
     if not template:
         return "it has no chat template, so llama.cpp would guess one"
+    for line, messages, tools, want in served_prompts(ref):
+        got = render_jinja_template(conversations=[messages], tools=tools or None,
+                                    chat_template=template, add_generation_prompt=True)[0][0]
+        if got != want:
+            at = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b),
+                      min(len(got), len(want)))
+            return (f"its chat template renders the prompt of line {line} otherwise than "
+                    f"training at character {at} (served {got[at:at + 30]!r}, trained "
+                    f"{want[at:at + 30]!r})")
+    return None
+
+
+def served_prompts(ref: Reference):
+    """(line, messages before an answer, tools, the prompt training rendered before it) for the
+    first PROMPT_TURNS answers of each held-out conversation: what a server must render. The
+    tests render the Modelfile's TEMPLATE for the same ones with ollama's Go code."""
     for enc, (messages, tools) in zip(ref.held.encoded, ref.held.messages):
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"][:PROMPT_TURNS]
         for i in turns:
-            want = ref.held.guard.prompt(messages[:i], tools)
-            got = render_jinja_template(conversations=[messages[:i]], tools=tools or None,
-                                        chat_template=template, add_generation_prompt=True)[0][0]
-            if got != want:
-                at = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b),
-                          min(len(got), len(want)))
-                return (f"its chat template renders the prompt of line {enc.rendered.line} "
-                        f"otherwise than training at character {at} (served {got[at:at + 30]!r}, "
-                        f"trained {want[at:at + 30]!r})")
-    return None
+            yield enc.rendered.line, messages[:i], tools, ref.held.guard.prompt(messages[:i], tools)
 
 
 def _kl(ref: Reference, rows: list) -> float:
