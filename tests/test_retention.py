@@ -19,6 +19,7 @@ import pytest
 
 from fastft.core.errors import FastftError
 from fastft.export import retention
+from fastft.export.config import AUTO_QUANTS
 from fastft.export.manifest import ExportManifest
 from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
 
@@ -208,7 +209,7 @@ def test_auto_keeps_the_smallest_quant_that_passes(color_run, tmp_path):
     result = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("auto",),
                                       out=str(tmp_path / "auto"), check=False),
                         Console(file=io.StringIO()))
-    first = retention.AUTO_QUANTS[0]
+    first = AUTO_QUANTS[0]
     assert list(result.ggufs) == [first] and result.retention.files[0].passed
     assert f"FROM ./{result.ggufs[first].name}" in (result.out_dir / "Modelfile").read_text()
     assert sorted(p.name for p in result.out_dir.glob("*.gguf")) == [result.ggufs[first].name]

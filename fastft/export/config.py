@@ -15,6 +15,10 @@ from ..core.config import Config, arg, opt, split_commas
 
 # --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
 DEFAULT_QUANTS = ("q4_k_m",)
+# `--gguf auto` tries these smallest first and keeps the first the retention gate passes: the
+# k-quants llama.cpp recommends, then q8_0. q2_k and the i-quants are left out (the i-quants need
+# an importance matrix; q2_k rarely keeps a fine-tune's gain on a 4B model).
+AUTO_QUANTS = ("q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
 
 
 class ExportConfig(Config):
@@ -25,8 +29,8 @@ class ExportConfig(Config):
     gguf: tuple[str, ...] = opt(
         DEFAULT_QUANTS, "GGUF type: any of llama.cpp's llama-quantize types (q4_k_m, q5_k_m, "
         "q6_k, q8_0, q3_k_m, q2_k, q4_0, iq4_xs, ..., f16, bf16, f32; a wrong one lists them "
-        "all); repeat for several. The Modelfile uses the first. `auto`: the smallest of q3_k_m, "
-        "q4_k_m, q5_k_m, q6_k, q8_0 (tried in that order) whose retention passes "
+        "all); repeat for several. The Modelfile uses the first. `auto`: the smallest of "
+        f"{', '.join(AUTO_QUANTS)} (tried in that order) whose retention passes "
         "--min-retention. (In TOML, a list; [] for none.)",
         multiple=True)
     merged: bool = opt(False, "Also write the 16-bit merged model (safetensors) to OUT/merged/.")

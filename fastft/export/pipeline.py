@@ -46,6 +46,7 @@ from .. import __version__
 from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
+from .config import AUTO_QUANTS
 from .manifest import (MANIFEST, ExportManifest, FileEntry, GGUFCheck, GGUFRetention, ManifestError,
                        Retention, ServedModelfile)
 from . import retention
@@ -353,7 +354,7 @@ def make_plan(opts: ExportConfig) -> ExportPlan:
     quants = normalise_quants(opts.gguf)
     auto = quants == ("auto",)
     if auto:                                 # planned as the largest it may keep
-        quants = retention.AUTO_QUANTS[-1:]
+        quants = AUTO_QUANTS[-1:]
     if not quants and not opts.merged:
         raise ExportError("nothing to export: give --gguf QUANT and/or --merged")
     if opts.create:
@@ -583,7 +584,7 @@ def _reference(plan: ExportPlan, model, tokenizer, console) -> None:
 def _auto_quantize(plan: ExportPlan, console) -> None:
     """--gguf auto: quantize and score the standard quants smallest first; keep the first that
     passes the gate (or, if none does, the last: the export then fails, saying so)."""
-    for quant in retention.AUTO_QUANTS:
+    for quant in AUTO_QUANTS:
         work = plan.work / plan.gguf_name(quant)
         with _timed(plan, f"quantize_{quant}"), status(console, f"auto: quantizing to {quant.upper()}"):
             quantize_ggufs(plan.llama, plan.gguf16, {quant.upper(): work}, plan.work)
@@ -592,7 +593,7 @@ def _auto_quantize(plan: ExportPlan, console) -> None:
             score = _score(plan, quant, work)
         plan.timings["retention_s"] = plan.timings.get("retention_s", 0.0) + time.perf_counter() - t
         # A tokenizer or template failure is the same in every quant: no use trying larger.
-        if score.passed or score.failed != "retention" or quant == retention.AUTO_QUANTS[-1]:
+        if score.passed or score.failed != "retention" or quant == AUTO_QUANTS[-1]:
             break
         plan.tried.append(score)
         work.unlink()

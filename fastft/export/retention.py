@@ -39,10 +39,6 @@ from .gguf import read_gguf_metadata
 from .manifest import GGUFRetention, ModelScore, Retention
 from .scorer_src import MAGIC
 
-# Smallest first: `--gguf auto` keeps the first that passes. The k-quants llama.cpp recommends
-# (its QUANT_OPTIONS), q8_0 last; q2_k and the i-quants are left out (the i-quants need an
-# importance matrix, and q2_k rarely keeps a fine-tune's gain on a 4B model).
-AUTO_QUANTS = ("q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
 # What the gate scores: whole examples, until either budget is reached. Tokens cost llama.cpp's
 # (CPU) forward pass, ~8 GFLOP each on a 4B model; trained tokens also cost the vocabulary
 # projection, which dominates on a small model. bench/retention.py measures them.
