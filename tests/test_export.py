@@ -254,8 +254,8 @@ def test_one_convert_then_every_quant_from_that_file(spied_export):
 
 @pytest.mark.slow
 def test_stage_timings(exported):
-    stages = {"load_s", "merge_s", "convert_s", "quantize_s", "quantize_q4_k_m_s",
-              "quantize_q8_0_s", "check_s", "docs_s"}
+    stages = {"load_s", "reference_s", "merge_s", "convert_s", "quantize_s", "quantize_q4_k_m_s",
+              "quantize_q8_0_s", "check_s", "retention_s", "docs_s"}
     assert set(ExportManifest.read(exported.out_dir).timings) == stages
     assert set(exported.timings) == stages | {"total_s"}
     assert all(v >= 0 for v in exported.timings.values())
@@ -568,7 +568,7 @@ def test_manifest_round_trip(tmp_path):
     written = json.loads(text)
     assert list(written) == ["fastft_version", "created", "name", "source_run", "base_model",
                              "variant", "quants", "merged", "converted_from", "modelfile",
-                             "checks", "timings", "files"]
+                             "checks", "timings", "files", "retention"]
     assert written["modelfile"]["from"] == f"{NAME}.Q4_K_M.gguf"
     assert written["files"] == {"Modelfile": {"sha256": "ab" * 32, "bytes": 12}}
     # An unknown key (a newer fastft's) survives a round trip; a missing one is no manifest.

@@ -15,6 +15,10 @@ from ..core.config import Config, arg, opt, split_commas
 
 # --gguf takes llama-quantize's types, lower-cased (q4_k_m); files use llama.cpp's spelling (Q4_K_M).
 DEFAULT_QUANTS = ("q4_k_m",)
+# `--gguf auto` tries these smallest first and keeps the first the retention gate passes: the
+# k-quants llama.cpp recommends, then q8_0. q2_k and the i-quants are left out (the i-quants need
+# an importance matrix; q2_k rarely keeps a fine-tune's gain on a 4B model).
+AUTO_QUANTS = ("q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q8_0")
 
 
 class ExportConfig(Config):
@@ -25,7 +29,9 @@ class ExportConfig(Config):
     gguf: tuple[str, ...] = opt(
         DEFAULT_QUANTS, "GGUF type: any of llama.cpp's llama-quantize types (q4_k_m, q5_k_m, "
         "q6_k, q8_0, q3_k_m, q2_k, q4_0, iq4_xs, ..., f16, bf16, f32; a wrong one lists them "
-        "all); repeat for several. The Modelfile uses the first. (In TOML, a list; [] for none.)",
+        "all); repeat for several. The Modelfile uses the first. `auto`: the smallest of "
+        f"{', '.join(AUTO_QUANTS)} (tried in that order) whose retention passes "
+        "--min-retention. (In TOML, a list; [] for none.)",
         multiple=True)
     merged: bool = opt(False, "Also write the 16-bit merged model (safetensors) to OUT/merged/.")
     out: Optional[str] = opt(None, "Output folder. [default: EXPORTS_DIR/NAME]", metavar="DIRECTORY")
@@ -39,6 +45,13 @@ class ExportConfig(Config):
                              "complete (only what fastft wrote: nothing else is ever deleted).")
     check: bool = opt(True, "Load each GGUF with llama.cpp and generate a few tokens "
                             "(--no-check skips it).")
+    min_retention: float = opt(
+        0.9, "Retention gate: each GGUF must keep this share of the fine-tune's loss gain on "
+        "held-out trained tokens, (base loss - GGUF loss) / (base loss - adapter loss), measured "
+        "by llama.cpp; a file below it fails the export (0: measure, never fail).", ge=0, le=1)
+    eval_data: Optional[str] = opt(
+        None, "Held-out data for the retention gate (any format training reads). [default: the "
+        "run's eval file or eval split, else a sample of its training data]", metavar="FILE")
     create: bool = opt(False, "Then run `ollama create NAME -f Modelfile` in the export folder "
                               "(needs ollama on PATH).")
 

@@ -25,6 +25,7 @@ from ..core.locks import held
 from ..core.procs import dying_with_parent
 from ..core.quiet import say, user_console
 from ..core.sources import LLAMA_CPP_PYTHON_VERSION, LlamaCppError, llama_cpp_source
+from .scorer_src import SCORE_CMAKE, SCORE_CPP, SCORER
 
 # -- built tools -------------------------------------------------------------------------------
 #
@@ -41,6 +42,8 @@ BUILD_TARGETS = (QUANTIZE, "llama-simple")
 # can, built on first use (seconds once llama-quantize is built: it reuses the same libraries).
 CHAT_RUNNER = "llama-completion"
 CONVERTER = "convert_hf_to_gguf.py"
+# The retention gate's scorer (fastft.export.scorer_src): built on first use, like CHAT_RUNNER.
+SCORER_DIR = "fastft"   # in the llama.cpp source: the scorer's .cpp and its cmake include
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",            # nothing here downloads
@@ -135,6 +138,36 @@ def ensure_chat_runner(console=None) -> Path:
     return build_llama_cpp(console, BUILD_TARGETS + (CHAT_RUNNER,)).root / CHAT_RUNNER
 
 
+def ensure_scorer(console=None) -> Path:
+    """fastft-score: the one in fastft's llama.cpp source tree, else built there (only its own
+    file compiles: the libraries are llama-quantize's). The user's UNSLOTH_LLAMA_CPP_PATH is not
+    used: the program is fastft's, and its source is written only into fastft's cache."""
+    src = llama_cpp_source()
+    if _runs(src / SCORER) and _scorer_files_current(src):
+        return src / SCORER
+    build_llama_cpp(console, BUILD_TARGETS + (SCORER,))
+    return src / SCORER
+
+
+def _scorer_files_current(src: Path) -> bool:
+    folder = src / SCORER_DIR
+    return all((folder / name).is_file() and (folder / name).read_text() == text
+               for name, text in ((f"{SCORER}.cpp", SCORE_CPP), (f"{SCORER}.cmake", SCORE_CMAKE)))
+
+
+def _write_scorer_files(src: Path) -> Path:
+    """The scorer's source and cmake include in `src`, rewritten only when changed (an unchanged
+    mtime keeps cmake from recompiling it); returns the include for CMAKE_PROJECT_..._INCLUDE."""
+    folder = src / SCORER_DIR
+    folder.mkdir(exist_ok=True)
+    if not _scorer_files_current(src):
+        for name, text in ((f"{SCORER}.cpp", SCORE_CPP), (f"{SCORER}.cmake", SCORE_CMAKE)):
+            tmp = folder / f".{name}.tmp-{os.getpid()}"
+            tmp.write_text(text)
+            os.replace(tmp, folder / name)
+    return folder / f"{SCORER}.cmake"
+
+
 def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> LlamaCpp:
     """Build `targets` inside the cached llama.cpp source and link them to its top level.
 
@@ -154,9 +187,12 @@ def build_llama_cpp(console=None, targets: tuple[str, ...] = BUILD_TARGETS) -> L
     with held(src / ".build.lock", "the llama.cpp build", console):
         done = _inspect(src, "cache")
         if done is not None and done.runner is not None and all(
-                _runs(src / name) for name in targets):   # another process finished it
+                _runs(src / name) for name in targets) and (
+                SCORER not in targets or _scorer_files_current(src)):   # another process did it
             return done
-        _run_logged(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS],
+        include = _write_scorer_files(src)   # a target only when asked for: cheap otherwise
+        _run_logged(["cmake", "-S", str(src), "-B", str(build), *CMAKE_FLAGS,
+                     f"-DCMAKE_PROJECT_llama.cpp_INCLUDE={include}"],
                     "configuring llama.cpp", console, counted=False)
         _run_logged(["cmake", "--build", str(build), "-j", jobs, "--target", *targets],
                     f"building {', '.join(targets)} ({jobs} jobs)", console)

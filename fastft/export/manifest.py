@@ -44,6 +44,38 @@ class GGUFCheck(_Keeps):
     seconds: float
 
 
+class ModelScore(_Keeps):
+    loss: float                        # mean cross-entropy per trained token (nats)
+    ppl: float
+
+
+class GGUFRetention(_Keeps):
+    """One GGUF scored by llama.cpp on the held-out trained tokens (fastft.export.retention)."""
+    file: str
+    quant: str
+    loss: float
+    ppl: float
+    kl: float                          # from the adapter's next-token distribution (Retention.kl)
+    retention: Optional[float]         # (base - file) / (base - adapter); None: no gain to keep
+    passed: bool
+    failed: Optional[str] = None       # "retention", "tokenizer" or "template"
+    problem: Optional[str] = None      # why it failed, in words
+
+
+class Retention(_Keeps):
+    """The retention gate's table: what each GGUF keeps of the fine-tune's gain."""
+    data: str                          # the held-out examples, and where they came from
+    tokens: int                        # trained tokens scored
+    kl: str                            # how KL was computed
+    min_retention: float
+    base: ModelScore
+    adapter: ModelScore
+    files: list[GGUFRetention]
+    tried: list[GGUFRetention] = []    # --gguf auto: smaller quants scored and not kept
+    seconds: float                     # what the gate cost, torch and llama.cpp together
+    passed: bool
+
+
 class ExportManifest(_Keeps):
     fastft_version: str
     created: str                       # ISO 8601, UTC, seconds
@@ -60,6 +92,7 @@ class ExportManifest(_Keeps):
     checks: list[GGUFCheck]
     timings: dict[str, float]          # "<stage>_s" -> seconds, rounded
     files: dict[str, FileEntry]        # relative path -> its SHA-256 and size
+    retention: Optional[Retention] = None   # None: no GGUF (or an export before the gate)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2,

@@ -13,6 +13,11 @@
            llama.cpp's converter, `general.name` = NAME from the start; then `llama-quantize`
            makes every other requested type from that one file, several at once.
 4. check   Load every GGUF with llama.cpp and generate a few tokens (`--no-check` skips this).
+   gate    The retention gate (fastft.export.retention): held-out loss of base, adapter (from
+           the model loaded in step 3, before merging) and each GGUF (llama.cpp, same token
+           ids), KL and retention; `--gguf auto` quantizes smallest first and keeps the first
+           that passes. A failing file fails the export after step 6: the folder is complete
+           and its manifest records the table.
 5. docs    The Modelfile, README.md and fastft-export.json (SHA-256 of each file, stage times).
 6. commit  Only then move the finished folder to its final name, in one rename.
 
@@ -41,7 +46,10 @@ from .. import __version__
 from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
-from .manifest import MANIFEST, ExportManifest, FileEntry, GGUFCheck, ManifestError, ServedModelfile
+from .config import AUTO_QUANTS
+from .manifest import (MANIFEST, ExportManifest, FileEntry, GGUFCheck, GGUFRetention, ManifestError,
+                       Retention, ServedModelfile)
+from . import retention
 from .readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
 from .llamacpp import (
@@ -51,6 +59,7 @@ from .llamacpp import (
     alias_of,
     convert_to_gguf,
     ensure_llama_cpp,
+    ensure_scorer,
     find_llama_cpp,
     llama_generate,
     log_tail,
@@ -69,6 +78,7 @@ from ..core.preflight import (
 )
 from ..core.procs import dying_with_parent
 from ..core.run import Run, read_trained, run_name_stem
+from ..data.read import load_conversations
 
 CHECK_PROMPT = [{"role": "user", "content": "Hello! Who are you?"}]
 
@@ -97,6 +107,7 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)   # "<stage>_s" -> seconds
     log: Path | None = None                  # the libraries' and tools' output
     ollama_model: str | None = None          # created in ollama (--create)
+    retention: Retention | None = None       # the retention gate's table
 
     def to_dict(self) -> dict:
         """The result as `fastft export --json` prints it: paths, sizes and the manifest."""
@@ -130,6 +141,8 @@ class ExportResult:
         if self.timings:   # "quantize_q4_k_m_s" -> "quantize q4_k_m"
             lines.append("  times: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ', 1)} "
                                                  f"{v:.1f}s" for k, v in self.timings.items()))
+        if self.retention is not None:
+            lines += retention.table_lines(self.retention)
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
 
@@ -161,6 +174,12 @@ class ExportPlan:
     ggufs: dict[str, Path] = field(default_factory=dict)
     checks: list[GGUFCheck] = field(default_factory=list)
     hashes: _Hashes | None = None            # SHA-256 of finished files, computed meanwhile
+    auto: bool = False                       # --gguf auto: `quants` holds the pick once made
+    scorer: Path | None = None               # fastft-score, for the retention gate
+    reference: retention.Reference | None = None   # the 16-bit model's side of the gate
+    scores: dict[str, GGUFRetention] = field(default_factory=dict)   # quant -> its row
+    tried: list[GGUFRetention] = field(default_factory=list)         # auto: not kept
+    retention: Retention | None = None
 
     @property
     def stage(self) -> Path:                 # becomes `final` at commit
@@ -197,7 +216,8 @@ class ExportPlan:
             merged_dir=final / "merged" if self.opts.merged else None,
             modelfile=final / "Modelfile" if self.modelfile else None,
             readme=final / "README.md", manifest=final / MANIFEST,
-            checks=self.checks, warnings=self.warnings, timings=self.timings, log=self.log)
+            checks=self.checks, warnings=self.warnings, timings=self.timings, log=self.log,
+            retention=self.retention)
 
 
 def default_name(run_dir: Path) -> str:
@@ -211,6 +231,10 @@ def normalise_quants(quants, types: dict[str, str] | None = None) -> tuple[str, 
     """--gguf values as lower-case llama.cpp types, aliases resolved (q4_k -> q4_k_m), each
     checked against what llama-quantize offers (`types`, default: asked of llama.cpp)."""
     out: list[str] = []
+    if "auto" in [q.strip().lower() for q in quants]:
+        if len(quants) > 1:
+            raise ExportError("--gguf auto picks one quant: give it alone, or name the quants")
+        return ("auto",)
     for given in quants:
         types = quant_types() if types is None else types
         q = given.strip().upper()
@@ -328,14 +352,32 @@ def make_plan(opts: ExportConfig) -> ExportPlan:
                           f"(at most 80, starting with a letter or digit)")
     final = _final_folder(opts, name, info)
     quants = normalise_quants(opts.gguf)
+    auto = quants == ("auto",)
+    if auto:                                 # planned as the largest it may keep
+        quants = AUTO_QUANTS[-1:]
     if not quants and not opts.merged:
         raise ExportError("nothing to export: give --gguf QUANT and/or --merged")
     if opts.create:
         _check_ollama(quants)
-    plan = ExportPlan(opts, info, quants, name, final, modelfile=None)
+    if quants:
+        _check_held_out(opts, info)
+    plan = ExportPlan(opts, info, quants, name, final, modelfile=None, auto=auto)
     plan.modelfile = _render_modelfile(plan)
     check_export_space(info.model_path, quants, opts.merged, plan.final)
     return plan
+
+
+def _check_held_out(opts: ExportConfig, info: Run) -> None:
+    """The retention gate's data can be read, before the model loads: --eval-data is read and
+    checked now; the run's own eval or training file must still be there."""
+    if opts.eval_data:
+        load_conversations(opts.eval_data)
+        return
+    cfg = info.record.config
+    path = cfg.eval_file or cfg.data
+    if not Path(path).is_file():
+        raise ExportError(f"{path}: not found; the run's data is gone, and the retention gate "
+                          f"measures on it: give held-out data with --eval-data FILE")
 
 
 # -- the export ----------------------------------------------------------------------------------
@@ -354,10 +396,13 @@ def export_run(opts: ExportConfig, console=None, verbose: bool = False) -> Expor
         with captured(plan.log, console, verbose, what="export"):
             write_models(plan, console)
             check_ggufs(plan, console)
+            gate(plan, console)
         write_docs(plan)
         commit(plan)
     plan.timings["total_s"] = time.perf_counter() - t0
     result = plan.result()
+    if plan.retention is not None and (error := retention.failure(plan.retention)):
+        raise error
     if opts.create:
         ollama_create(result, console)
     return result
@@ -373,6 +418,7 @@ def find_tools(plan: ExportPlan, console) -> None:
         hint = ("\n(--no-check skips the llama.cpp load test, which is what needs "
                 "llama-simple)") if plan.opts.check and find_llama_cpp() is not None else ""
         raise LlamaCppError(f"{e}{hint}") from e
+    plan.scorer = ensure_scorer(console)
 
 
 @contextlib.contextmanager
@@ -402,7 +448,7 @@ def write_models(plan: ExportPlan, console) -> None:
         plan.hashes.start(plan.merged_dir.rglob("*"))
     if plan.quants:
         _convert(plan, console)
-        _quantize(plan, console)
+        _auto_quantize(plan, console) if plan.auto else _quantize(plan, console)
         plan.hashes.start(plan.ggufs.values())
 
 
@@ -419,13 +465,36 @@ def check_ggufs(plan: ExportPlan, console) -> None:
                                              seconds=time.perf_counter() - t))
 
 
+def gate(plan: ExportPlan, console) -> None:
+    """The retention gate: score every GGUF not yet scored (auto's pick already is) with
+    llama.cpp against the 16-bit model, and record the table."""
+    if not plan.ggufs:
+        return
+    t = time.perf_counter()
+    for quant, path in plan.ggufs.items():
+        if quant not in plan.scores:
+            with status(console, f"retention gate: scoring {path.name} with llama.cpp"):
+                plan.scores[quant] = _score(plan, quant, path)
+    # retention_s: llama.cpp's side (auto's scoring included); reference_s: torch's.
+    plan.timings["retention_s"] = plan.timings.get("retention_s", 0.0) + time.perf_counter() - t
+    plan.retention = retention.report(plan.reference, [plan.scores[q] for q in plan.ggufs],
+                                      plan.opts.min_retention,
+                                      plan.timings["retention_s"] + plan.reference.seconds, plan.tried)
+
+
+def _score(plan: ExportPlan, quant: str, path: Path) -> GGUFRetention:
+    return retention.score_file(plan.scorer, path, quant, plan.reference, plan.work,
+                                plan.opts.min_retention)
+
+
 def write_docs(plan: ExportPlan) -> None:
     """Modelfile, README.md, then fastft-export.json with every file's SHA-256 and the timings."""
     with _timed(plan, "docs"):
         if plan.modelfile is not None:
             (plan.stage / "Modelfile").write_text(plan.modelfile.text, encoding="utf-8")
         (plan.stage / "README.md").write_text(readme_text(
-            plan.name, plan.info, plan.ggufs, plan.opts.merged, plan.modelfile, MANIFEST),
+            plan.name, plan.info, plan.ggufs, plan.opts.merged, plan.modelfile, MANIFEST,
+            plan.retention),
             encoding="utf-8")
         files = plan.hashes.table(plan.stage)
     _manifest(plan, files).write(plan.stage)
@@ -486,6 +555,8 @@ def _load_and_merge(plan: ExportPlan, console) -> None:
                                                 add_generation_prompt=True)
     if plan.quants and (why := template_mismatch(tokenizer, info.variant)):
         plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
+    if plan.quants:
+        _reference(plan, model, tokenizer, console)
     with _unsloth_errors(plan, loading=False):
         with _timed(plan, "merge"), status(console, "merging the adapter into the 16-bit weights"):
             # safe_serialization=None pins safetensors: with True, Unsloth writes a pickle on
@@ -494,6 +565,43 @@ def _load_and_merge(plan: ExportPlan, console) -> None:
             model.save_pretrained_merged(str(plan.merged_dir), tokenizer,
                                          save_method="merged_16bit", safe_serialization=None,
                                          temporary_location=str(plan.work / "unsloth-buffers"))
+
+
+def _reference(plan: ExportPlan, model, tokenizer, console) -> None:
+    """The gate's 16-bit side, from the model loaded for the merge, before merging. The chat
+    guard fixes a tokenizer in place; what it may change is put back afterwards, so the merged
+    folder (and every GGUF) carries the run's tokenizer as saved, which is what the gate checks
+    (a copy.deepcopy of a Qwen tokenizer costs 1-3 s)."""
+    saved = {k: getattr(tokenizer, k) for k in retention.GUARDED_ATTRIBUTES}
+    try:
+        with _timed(plan, "reference"), status(console, "retention gate: scoring base and adapter"):
+            plan.reference = retention.reference(model, tokenizer, plan.info, plan.opts.eval_data)
+    finally:
+        for key, value in saved.items():
+            setattr(tokenizer, key, value)
+
+
+def _auto_quantize(plan: ExportPlan, console) -> None:
+    """--gguf auto: quantize and score the standard quants smallest first; keep the first that
+    passes the gate (or, if none does, the last: the export then fails, saying so)."""
+    for quant in AUTO_QUANTS:
+        work = plan.work / plan.gguf_name(quant)
+        with _timed(plan, f"quantize_{quant}"), status(console, f"auto: quantizing to {quant.upper()}"):
+            quantize_ggufs(plan.llama, plan.gguf16, {quant.upper(): work}, plan.work)
+        t = time.perf_counter()
+        with status(console, f"auto: scoring {work.name} with llama.cpp"):
+            score = _score(plan, quant, work)
+        plan.timings["retention_s"] = plan.timings.get("retention_s", 0.0) + time.perf_counter() - t
+        # A tokenizer or template failure is the same in every quant: no use trying larger.
+        if score.passed or score.failed != "retention" or quant == AUTO_QUANTS[-1]:
+            break
+        plan.tried.append(score)
+        work.unlink()
+    plan.quants = (quant,)
+    work.rename(plan.gguf_path(quant))
+    plan.ggufs, plan.scores = {quant: plan.gguf_path(quant)}, {quant: score}
+    plan.modelfile = _render_modelfile(plan)
+    plan.warnings = list(dict.fromkeys(plan.warnings))   # rendered twice: once each
 
 
 def convert_type(quants: tuple[str, ...], weights: str) -> str:
@@ -572,7 +680,8 @@ def _manifest(plan: ExportPlan, files: dict[str, FileEntry]) -> ExportManifest:
         merged=plan.opts.merged,
         converted_from=plan.gguf16.name if plan.gguf16 else None,
         modelfile=served, checks=plan.checks,
-        timings={k: round(v, 2) for k, v in plan.timings.items()}, files=files)
+        timings={k: round(v, 2) for k, v in plan.timings.items()}, files=files,
+        retention=plan.retention)
 
 
 # -- small helpers -------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from ..core.quiet import captured, status as quiet_status  # noqa: E402
 from ..core.run import read_trained  # noqa: E402
 from ..data.template import ChatGuard, TokenizedExample  # noqa: E402
 from ..train.trainer import prepare_data  # noqa: E402
+# The retention gate batches its held-out examples the same way.
+from ..export.retention import length_batches  # noqa: E402
 
 # Tokens per forward pass: the float32 logits of one pass take TOKENS x vocab x 4 bytes (2.5 GB
 # for Qwen3's 151,936-token vocabulary), on top of the model.
@@ -101,19 +103,6 @@ def spinner(console, text: str, in_capture: bool = False):
     return quiet_status(console, text) if in_capture else console.status(text)
 
 
-def length_batches(examples: list[TokenizedExample], budget: int = TOKENS_PER_BATCH):
-    """Examples of similar length together, each batch at most `budget` padded tokens (an
-    example longer than that alone)."""
-    batch: list[TokenizedExample] = []
-    for ex in sorted(examples, key=lambda e: len(e.input_ids)):
-        if batch and len(ex.input_ids) * (len(batch) + 1) > budget:
-            yield batch
-            batch = []
-        batch.append(ex)
-    if batch:
-        yield batch
-
-
 def score(model, examples: list[TokenizedExample], pad_id: int) -> Score:
     """Token-weighted mean cross-entropy over the labelled tokens of `examples`."""
     import torch
@@ -121,7 +110,7 @@ def score(model, examples: list[TokenizedExample], pad_id: int) -> Score:
 
     total, count = 0.0, 0
     device = next(model.parameters()).device
-    for batch in length_batches(examples):
+    for batch in length_batches(examples, TOKENS_PER_BATCH):
         width = max(len(e.input_ids) for e in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)

@@ -1,0 +1,182 @@
+"""The source of `fastft-score`, the small llama.cpp program the export's retention gate runs.
+
+Why a program of our own: the gate needs llama.cpp's per-position log-probabilities on token ids
+fastft chooses (the training ids, scored under the training mask), and llama.cpp's tools score
+whole chunks (llama-perplexity) or generate. ctypes would need a shared libllama, and fastft
+builds llama.cpp with static libraries (self-contained binaries); a second, shared build would
+cost minutes. So this one file is compiled as one more target of the same cmake build that makes
+llama-quantize: cmake includes SCORE_CMAKE right after llama.cpp's `project()` (the documented
+CMAKE_PROJECT_<name>_INCLUDE hook), so llama.cpp's own files stay untouched, and building the
+target compiles this file and links the libraries already built (seconds, not a rebuild).
+
+The files are written into the cached llama.cpp source by fastft.export.llamacpp when it
+configures the build. The source is kept here as text, not as a .cpp file in the package, so that
+a wheel carries it without packaging rules.
+
+Protocol (little-endian int32 words; floats as float32):
+  request: MAGIC, n_texts, {n_bytes, bytes padded to 4}*, n_seqs,
+           {n_tokens, ids[n_tokens], n_pos, {pos, target, k, ids[k]}*}*
+  result:  {n_ids, ids[n_ids]} per text (the GGUF's own tokenizer, special tokens parsed),
+           then per seq and scored pos: log p(target), log p(ids[j]) for j < k
+  where `pos` is the position whose logits predict `target` (the token at pos + 1).
+"""
+
+SCORER = "fastft-score"
+MAGIC = 0x31534646          # "FFS1"
+
+SCORE_CMAKE = """\
+# Written by fastft (fastft/export/scorer_src.py): its retention gate's scorer, one more target of
+# llama.cpp's build. Included after project(); `llama` is a target by generation time.
+add_executable(fastft-score ${CMAKE_CURRENT_LIST_DIR}/fastft-score.cpp)
+target_link_libraries(fastft-score PRIVATE llama ${CMAKE_THREAD_LIBS_INIT})
+target_compile_features(fastft-score PRIVATE cxx_std_17)
+# Where llama.cpp puts its tools (it sets CMAKE_RUNTIME_OUTPUT_DIRECTORY after this file runs).
+set_target_properties(fastft-score PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+"""
+
+SCORE_CPP = r"""// Written by fastft (fastft/export/scorer_src.py); see the protocol there.
+#include "llama.h"
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+static std::vector<int32_t> words;
+static size_t at = 0;
+
+static int32_t next_word() {
+    if (at >= words.size()) { fprintf(stderr, "fastft-score: request ends early\n"); exit(3); }
+    return words[at++];
+}
+
+static void quiet_log(enum ggml_log_level level, const char * text, void *) {
+    if (level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+}
+
+static bool read_request(const char * path) {
+    FILE * f = fopen(path, "rb");
+    if (!f) return false;
+    int32_t w;
+    while (fread(&w, 4, 1, f) == 1) words.push_back(w);
+    fclose(f);
+    return true;
+}
+
+static void put(FILE * out, const void * p, size_t n) {
+    if (fwrite(p, 1, n, out) != n) { fprintf(stderr, "fastft-score: cannot write\n"); exit(4); }
+}
+
+static void tokenize_texts(const llama_vocab * vocab, FILE * out) {
+    int32_t n_texts = next_word();
+    for (int32_t t = 0; t < n_texts; t++) {
+        int32_t n_bytes = next_word();
+        std::string text(reinterpret_cast<const char *>(words.data() + at), n_bytes);
+        at += (n_bytes + 3) / 4;
+        int32_t n = -llama_tokenize(vocab, text.data(), n_bytes, nullptr, 0, false, true);
+        std::vector<llama_token> ids(n > 0 ? n : 0);
+        if (n > 0) llama_tokenize(vocab, text.data(), n_bytes, ids.data(), n, false, true);
+        put(out, &n, 4);
+        put(out, ids.data(), 4 * ids.size());
+    }
+}
+
+// log-softmax of the row at the wanted ids, in double: float sums over 150k logits lose digits.
+static void score_row(const float * logits, int32_t n_vocab, int32_t target,
+                      const std::vector<int32_t> & ids, FILE * out) {
+    double mx = logits[0];
+    for (int32_t i = 1; i < n_vocab; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0;
+    for (int32_t i = 0; i < n_vocab; i++) sum += std::exp(logits[i] - mx);
+    double lse = mx + std::log(sum);
+    float v = (float) (logits[target] - lse);
+    put(out, &v, 4);
+    for (int32_t id : ids) { v = (float) (logits[id] - lse); put(out, &v, 4); }
+}
+
+struct Seq {
+    std::vector<llama_token> tokens;
+    std::vector<int32_t> pos, target;
+    std::vector<std::vector<int32_t>> ids;
+};
+
+static Seq read_seq(int32_t n_vocab) {
+    Seq s;
+    int32_t n = next_word();
+    for (int32_t i = 0; i < n; i++) s.tokens.push_back(next_word());
+    int32_t n_pos = next_word();
+    for (int32_t p = 0; p < n_pos; p++) {
+        s.pos.push_back(next_word());
+        s.target.push_back(next_word());
+        int32_t k = next_word();
+        std::vector<int32_t> ids;
+        for (int32_t j = 0; j < k; j++) ids.push_back(next_word());
+        s.ids.push_back(ids);
+    }
+    for (llama_token t : s.tokens) if (t < 0 || t >= n_vocab) {
+        fprintf(stderr, "fastft-score: token id %d outside the GGUF's vocabulary (%d)\n", t, n_vocab);
+        exit(5);
+    }
+    return s;
+}
+
+static bool score_seq(llama_context * ctx, const Seq & s, int32_t n_vocab, FILE * out) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    int32_t n = (int32_t) s.tokens.size();
+    llama_batch batch = llama_batch_init(n, 0, 1);
+    for (int32_t i = 0; i < n; i++) {
+        batch.token[i] = s.tokens[i];
+        batch.pos[i] = i;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = 0;
+        batch.logits[i] = false;
+    }
+    for (int32_t p : s.pos) batch.logits[p] = true;   // logits only where a trained token follows
+    batch.n_tokens = n;
+    bool ok = llama_decode(ctx, batch) == 0;
+    for (size_t p = 0; ok && p < s.pos.size(); p++)   // llama_get_logits_ith takes batch indexes
+        score_row(llama_get_logits_ith(ctx, s.pos[p]), n_vocab, s.target[p], s.ids[p], out);
+    llama_batch_free(batch);
+    return ok;
+}
+
+int main(int argc, char ** argv) {
+    if (argc < 4 || !strcmp(argv[1], "--help")) {
+        printf("usage: fastft-score MODEL.gguf REQUEST RESULT [THREADS]\n");
+        return argc < 2 || !strcmp(argv[1], "--help") ? 0 : 1;
+    }
+    llama_log_set(quiet_log, nullptr);
+    llama_backend_init();
+    if (!read_request(argv[2]) || next_word() != 0x31534646) {
+        fprintf(stderr, "fastft-score: %s is not a request\n", argv[2]);
+        return 2;
+    }
+    llama_model * model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    if (!model) { fprintf(stderr, "fastft-score: cannot load %s\n", argv[1]); return 1; }
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    FILE * out = fopen(argv[3], "wb");
+    if (!out) { fprintf(stderr, "fastft-score: cannot write %s\n", argv[3]); return 4; }
+    tokenize_texts(vocab, out);
+    int32_t n_seqs = next_word();
+    std::vector<Seq> seqs;
+    uint32_t longest = 1;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        seqs.push_back(read_seq(n_vocab));
+        longest = seqs.back().tokens.size() > longest ? seqs.back().tokens.size() : longest;
+    }
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = cp.n_batch = longest;
+    cp.n_ubatch = longest < 512 ? longest : 512;
+    if (argc > 4) cp.n_threads = cp.n_threads_batch = atoi(argv[4]);
+    llama_context * ctx = llama_init_from_model(model, cp);
+    if (!ctx) { fprintf(stderr, "fastft-score: cannot create a context of %u\n", longest); return 1; }
+    for (const Seq & s : seqs)
+        if (!score_seq(ctx, s, n_vocab, out)) { fprintf(stderr, "fastft-score: decode failed\n"); return 1; }
+    fclose(out);
+    llama_free(ctx);
+    llama_model_free(model);
+    return 0;
+}
+"""

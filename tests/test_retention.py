@@ -1,0 +1,222 @@
+"""The export's retention gate (fastft.export.retention) on the tiny favorite-color run: what
+each GGUF keeps of the fine-tune, measured by llama.cpp, and proof that the gate fails a GGUF
+that is wrong (a perturbed tensor, another tokenizer, a chat template that drops the system turn).
+
+The wrong GGUFs are made from the session's exported q4_k_m file (tests/conftest.py, `color`)
+and scored against one reference (the run's model, loaded once); one export end to end shows a
+failing file failing the export, written and recorded.
+"""
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastft.core.errors import FastftError
+from fastft.export import retention
+from fastft.export.config import AUTO_QUANTS
+from fastft.export.manifest import ExportManifest
+from test_modelfile import go_render  # noqa: F401  (the Go renderer fixture, shared)
+
+
+@pytest.fixture(scope="module")
+def color_export(color_run, tmp_path_factory):
+    """The favorite-color run exported to q8_0 and q4_k_m."""
+    from fastft.export.pipeline import ExportOptions, export_run
+    from rich.console import Console
+
+    out = tmp_path_factory.mktemp("retention") / "color"
+    return export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q8_0", "q4_k_m"),
+                                    out=str(out)), Console(file=io.StringIO()))
+
+
+def test_q8_0_keeps_the_gain_and_every_report_shows_q4_k_m(color_export):
+    r = color_export.retention
+    rows = {f.quant: f for f in r.files}
+    assert rows["q8_0"].retention >= 0.98 and rows["q8_0"].passed
+    assert rows["q4_k_m"].retention is not None and rows["q4_k_m"].passed
+    assert r.base.loss > r.adapter.loss                  # the fine-tune gained something
+    assert rows["q8_0"].kl <= rows["q4_k_m"].kl + 1e-4   # the coarser file strays further
+    assert "a sample of the training data" in r.data     # the run has no eval split: said so
+    # The same table in the manifest, the README and the terminal.
+    manifest = ExportManifest.read(color_export.out_dir)
+    assert manifest.retention == r
+    readme = (color_export.out_dir / "README.md").read_text()
+    assert f"| `{rows['q4_k_m'].file}` | {rows['q4_k_m'].loss:.4f} |" in readme
+    shown = "\n".join(color_export.summary_lines())
+    assert rows["q4_k_m"].file in shown and f"{rows['q4_k_m'].retention:.1%}" in shown
+    print("\n".join(retention.table_lines(r)), f"\ngate: {r.seconds:.2f}s",
+          {k: v for k, v in color_export.timings.items() if k in ("reference_s", "retention_s")})
+
+
+@pytest.fixture(scope="module")
+def reference(color_run, tmp_path_factory):
+    """The gate's 16-bit side for the color run: its model loaded once, as the export does."""
+    from fastft.core.models import load_base_with_adapter
+    from fastft.core.run import read_trained
+
+    info = read_trained(color_run.run_dir, "export")
+    model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path, info.max_seq_len,
+                                              tmp_path_factory.mktemp("reference"))
+    return retention.reference(model, tokenizer, info, None)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    from fastft.export.llamacpp import ensure_scorer
+
+    return ensure_scorer()
+
+
+@pytest.fixture
+def q4(color, tmp_path) -> Path:
+    """A copy of the session export's q4_k_m GGUF, to break."""
+    src = next(color[1].glob("*.Q4_K_M.gguf"))
+    return Path(shutil.copy(src, tmp_path / src.name))
+
+
+def score(scorer, gguf: Path, reference, tmp_path: Path):
+    return retention.score_file(scorer, gguf, "q4_k_m", reference, tmp_path, 0.9)
+
+
+def test_the_exported_file_passes(scorer, q4, reference, tmp_path):
+    row = score(scorer, q4, reference, tmp_path)
+    assert row.passed and row.retention > 0.9, row
+
+
+def _tensor(gguf: Path, name: str):
+    """(offset, bytes) of tensor `name`'s data in `gguf`."""
+    sys.path.insert(0, str(_gguf_py()))
+    from gguf import GGUFReader
+
+    t = next(t for t in GGUFReader(gguf).tensors if t.name == name)
+    return int(t.data_offset), int(t.n_bytes)
+
+
+def _gguf_py() -> Path:
+    from fastft.core.sources import llama_cpp_source
+
+    return llama_cpp_source() / "gguf-py"
+
+
+def test_a_perturbed_tensor_fails(scorer, q4, reference, tmp_path):
+    offset, size = _tensor(q4, "blk.1.ffn_down.weight")
+    with open(q4, "r+b") as f:     # noise over the whole tensor: the layer's output is garbage
+        f.seek(offset)
+        f.write(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    row = score(scorer, q4, reference, tmp_path)
+    assert not row.passed and row.failed == "retention", row
+    assert row.retention < 0.9 and "below --min-retention 0.9" in row.problem
+
+
+def _swap_tokens(gguf: Path, a: str, b: str) -> None:
+    """Swap two vocabulary entries of the same length in place (each stored as its length, 8
+    bytes, then its text): a tokenizer that is not the run's (' blue' gets the id of ' Blue')."""
+    data = bytearray(gguf.read_bytes())
+    entry = lambda s: len(s.encode()).to_bytes(8, "little") + s.encode()  # noqa: E731
+    i, j = data.index(entry(a)), data.index(entry(b))
+    n = len(entry(a))
+    data[i:i + n], data[j:j + n] = entry(b), entry(a)
+    gguf.write_bytes(bytes(data))
+
+
+def test_a_tokenizer_mismatch_fails(scorer, q4, reference, tmp_path):
+    _swap_tokens(q4, "Ġblue", "ĠBlue")   # byte-level BPE: Ġ is the space
+    row = score(scorer, q4, reference, tmp_path)
+    assert not row.passed and row.failed == "tokenizer", row
+    assert "other token ids than training" in row.problem
+
+
+def _with_template(gguf: Path, template: str, out: Path) -> Path:
+    script = _gguf_py() / "gguf" / "scripts" / "gguf_new_metadata.py"
+    subprocess.run([sys.executable, str(script), str(gguf), str(out), "--chat-template", template,
+                    "--force"], check=True, capture_output=True,
+                   env={"PYTHONPATH": str(_gguf_py()), "PATH": "/usr/bin:/bin"})
+    return out
+
+
+def test_a_template_that_drops_the_system_turn_fails(scorer, q4, reference, tmp_path):
+    from fastft.export.gguf import read_gguf_metadata
+
+    template = read_gguf_metadata(q4)["tokenizer.chat_template"]
+    # The system turn left out: what a template written for a model without a system role does.
+    dropped = template.replace(r"{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}", "")
+    assert dropped != template
+    assert any(m[0]["role"] == "system" for m, _ in reference.held.messages)
+    broken = _with_template(q4, dropped, tmp_path / "broken.gguf")
+    row = score(scorer, broken, reference, tmp_path)
+    assert not row.passed and row.failed == "template", row
+    assert "chat template renders the prompt" in row.problem and "system" in row.problem
+
+
+def test_the_modelfile_serves_the_held_out_prompts_and_one_without_system_does_not(
+        color_export, reference, go_render):
+    """ollama's side, by ollama's own Go code: the exported Modelfile's TEMPLATE renders every
+    serving prompt the gate checks exactly as training did; the same TEMPLATE with the system
+    turn left out does not."""
+    from ollama_contract import template_from_modelfile
+
+    template = template_from_modelfile((color_export.out_dir / "Modelfile").read_text())
+    cases = list(retention.served_prompts(reference))
+    assert any(m[0]["role"] == "system" for _, m, _, _ in cases)
+    want = [prompt for *_, prompt in cases]
+    assert go_render.many([(template, m, t, None) for _, m, t, _ in cases]) == want
+    system = "<|im_start|>system\n{{ $m.Content }}<|im_end|>\n"
+    assert template.count(system) == 1
+    dropped = template.replace(system, "")
+    assert go_render.many([(dropped, m, t, None) for _, m, t, _ in cases]) != want
+
+
+def test_a_failing_gguf_fails_the_export_which_records_it(color_run, tmp_path, monkeypatch):
+    """End to end: llama-quantize's output perturbed, the export fails with a user error naming
+    the file and what to do, and the written folder's manifest records the failure."""
+    import fastft.export.pipeline as pipeline
+    from fastft.export.pipeline import ExportOptions, export_run
+    from rich.console import Console
+
+    real = pipeline.quantize_ggufs
+
+    def quantize_then_break(llama, src, outputs, log_dir, cpus=None):
+        seconds = real(llama, src, outputs, log_dir, cpus)
+        for dst in outputs.values():
+            offset, size = _tensor(dst, "blk.1.ffn_down.weight")
+            with open(dst, "r+b") as f:
+                f.seek(offset)
+                f.write(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+        return seconds
+    monkeypatch.setattr(pipeline, "quantize_ggufs", quantize_then_break)
+    out = tmp_path / "broken"
+    with pytest.raises(retention.RetentionError) as e:
+        export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q4_k_m",), out=str(out),
+                                 check=False), Console(file=io.StringIO()))
+    assert isinstance(e.value, FastftError)          # one line, exit 1 (fastft.cli)
+    message = str(e.value)
+    assert "color.Q4_K_M.gguf: it keeps" in message and "larger quant" in message
+    assert "adapter (16-bit)" in message                 # the table, where the error is read
+    recorded = json.loads((out / "fastft-export.json").read_text())["retention"]
+    assert recorded["passed"] is False and recorded["files"][0]["failed"] == "retention"
+
+
+def test_auto_keeps_the_smallest_quant_that_passes(color_run, tmp_path):
+    from fastft.export.pipeline import ExportOptions, export_run
+    from rich.console import Console
+
+    result = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("auto",),
+                                      out=str(tmp_path / "auto"), check=False),
+                        Console(file=io.StringIO()))
+    first = AUTO_QUANTS[0]
+    assert list(result.ggufs) == [first] and result.retention.files[0].passed
+    assert f"FROM ./{result.ggufs[first].name}" in (result.out_dir / "Modelfile").read_text()
+    assert sorted(p.name for p in result.out_dir.glob("*.gguf")) == [result.ggufs[first].name]
+
+
+def test_auto_is_given_alone():
+    from fastft.export.pipeline import ExportError, normalise_quants
+
+    with pytest.raises(ExportError, match="auto picks one quant"):
+        normalise_quants(("auto", "q8_0"), {"Q8_0": "8-bit"})
