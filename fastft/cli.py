@@ -409,10 +409,14 @@ def export(run, config_file, verbose, as_json, **flags):
     and writes a Modelfile whose TEMPLATE renders exactly the training chat template, a README
     and fastft-export.json.
     """
-    from .export.pipeline import export_run
+    from .core.timeline import Timeline
+
+    timeline = Timeline(from_process_start=True)
+    with timeline.stage("imports"):
+        from .export.pipeline import export_run
 
     cfg = resolve_section(ExportConfig, config_file, dict(flags, run=run))
-    res = export_run(cfg, console, verbose=verbose)
+    res = export_run(cfg, console, verbose=verbose, timeline=timeline)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
         return

@@ -68,6 +68,7 @@ from .llamacpp import (
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
 from ..core.models import load_base_with_adapter
+from ..core.timeline import Timeline, timings_line
 from ..core.quiet import captured, status
 from ..core.preflight import (
     SIXTEEN_BIT,
@@ -132,17 +133,16 @@ class ExportResult:
         for c in self.checks:
             text = c.output if len(c.output) <= 60 else c.output[:57] + "..."
             lines.append(f"  llama.cpp loaded {c.file} and generated {text!r} ({c.seconds:.1f}s)")
+        if self.timings:
+            lines.append(f"  time: {timings_line(self.timings)}")
+        if self.retention is not None:
+            lines += retention.table_lines(self.retention)
         if self.ollama_model:
             lines += [f"created ollama model {self.ollama_model}", "next:",
                       f"  ollama run {self.ollama_model}"]
         elif self.modelfile:
             lines += ["next:", f"  cd {self.out_dir}",
                       f"  ollama create {self.name} -f Modelfile", f"  ollama run {self.name}"]
-        if self.timings:   # "quantize_q4_k_m_s" -> "quantize q4_k_m"
-            lines.append("  times: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ', 1)} "
-                                                 f"{v:.1f}s" for k, v in self.timings.items()))
-        if self.retention is not None:
-            lines += retention.table_lines(self.retention)
         lines += [f"warning: {w}" for w in self.warnings]
         return lines
 
@@ -166,7 +166,7 @@ class ExportPlan:
     final: Path                              # the output folder, absolute
     modelfile: Modelfile | None              # rendered; None without GGUF
     warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    timeline: Timeline = field(default_factory=Timeline)   # each stage once (core.timeline)
     scratch: Path | None = None              # .tmp-<name>-* beside `final`, while writing
     llama: LlamaCpp | None = None
     prompt: str = ""                         # the check's prompt, in the run's chat template
@@ -216,7 +216,7 @@ class ExportPlan:
             merged_dir=final / "merged" if self.opts.merged else None,
             modelfile=final / "Modelfile" if self.modelfile else None,
             readme=final / "README.md", manifest=final / MANIFEST,
-            checks=self.checks, warnings=self.warnings, timings=self.timings, log=self.log,
+            checks=self.checks, warnings=self.warnings, timings=self.timeline.timings(), log=self.log,
             retention=self.retention)
 
 
@@ -382,15 +382,20 @@ def _check_held_out(opts: ExportConfig, info: Run) -> None:
 
 # -- the export ----------------------------------------------------------------------------------
 
-def export_run(opts: ExportConfig, console=None, verbose: bool = False) -> ExportResult:
+def export_run(opts: ExportConfig, console=None, verbose: bool = False,
+               timeline: Timeline | None = None) -> ExportResult:
     """Export one run. Raises ExportError (bad input), LlamaCppError, ModelfileError. The
-    libraries' output goes to the run's export.log unless `verbose`."""
+    libraries' output goes to the run's export.log unless `verbose`. `timeline`: the command's,
+    whose stages so far (start-up, imports) the manifest keeps too."""
     from rich.console import Console
 
     console = console or Console(stderr=True, quiet=True)
-    t0 = time.perf_counter()
-    plan = make_plan(opts)
-    find_tools(plan, console)
+    timeline = timeline or Timeline()
+    with timeline.stage("checks"):
+        plan = make_plan(opts)
+    plan.timeline = timeline
+    with _timed(plan, "tools"):          # llama.cpp: found, or built (or waited for) once
+        find_tools(plan, console)
     with scratch_folder(plan, console):
         plan.log.write_bytes(b"")            # this export's log replaces the last one's
         with captured(plan.log, console, verbose, what="export"):
@@ -399,7 +404,6 @@ def export_run(opts: ExportConfig, console=None, verbose: bool = False) -> Expor
             gate(plan, console)
         write_docs(plan)
         commit(plan)
-    plan.timings["total_s"] = time.perf_counter() - t0
     result = plan.result()
     if plan.retention is not None and (error := retention.failure(plan.retention)):
         raise error
@@ -476,10 +480,11 @@ def gate(plan: ExportPlan, console) -> None:
             with status(console, f"retention gate: scoring {path.name} with llama.cpp"):
                 plan.scores[quant] = _score(plan, quant, path)
     # retention_s: llama.cpp's side (auto's scoring included); reference_s: torch's.
-    plan.timings["retention_s"] = plan.timings.get("retention_s", 0.0) + time.perf_counter() - t
+    plan.timeline.add("retention", time.perf_counter() - t)
     plan.retention = retention.report(plan.reference, [plan.scores[q] for q in plan.ggufs],
                                       plan.opts.min_retention,
-                                      plan.timings["retention_s"] + plan.reference.seconds, plan.tried)
+                                      plan.timeline.seconds["retention"] + plan.reference.seconds,
+                                      plan.tried)
 
 
 def _score(plan: ExportPlan, quant: str, path: Path) -> GGUFRetention:
@@ -586,12 +591,12 @@ def _auto_quantize(plan: ExportPlan, console) -> None:
     passes the gate (or, if none does, the last: the export then fails, saying so)."""
     for quant in AUTO_QUANTS:
         work = plan.work / plan.gguf_name(quant)
-        with _timed(plan, f"quantize_{quant}"), status(console, f"auto: quantizing to {quant.upper()}"):
+        with _timed(plan, "quantize"), status(console, f"auto: quantizing to {quant.upper()}"):
             quantize_ggufs(plan.llama, plan.gguf16, {quant.upper(): work}, plan.work)
         t = time.perf_counter()
         with status(console, f"auto: scoring {work.name} with llama.cpp"):
             score = _score(plan, quant, work)
-        plan.timings["retention_s"] = plan.timings.get("retention_s", 0.0) + time.perf_counter() - t
+        plan.timeline.add("retention", time.perf_counter() - t)
         # A tokenizer or template failure is the same in every quant: no use trying larger.
         if score.passed or score.failed != "retention" or quant == AUTO_QUANTS[-1]:
             break
@@ -633,8 +638,7 @@ def _quantize(plan: ExportPlan, console) -> None:
     todo = {q.upper(): plan.gguf_path(q) for q in plan.quants if plan.gguf_path(q) != plan.gguf16}
     if todo:
         with _timed(plan, "quantize"), status(console, f"quantizing to {', '.join(todo)}"):
-            seconds = quantize_ggufs(plan.llama, plan.gguf16, todo, plan.work)
-        plan.timings.update({f"quantize_{t.lower()}_s": s for t, s in seconds.items()})
+            quantize_ggufs(plan.llama, plan.gguf16, todo, plan.work)   # in parallel: one stage
     plan.ggufs = {q: plan.gguf_path(q) for q in plan.quants}
     for path in plan.ggufs.values():
         if (got := read_gguf_metadata(path).get("general.name")) != plan.name:
@@ -680,7 +684,7 @@ def _manifest(plan: ExportPlan, files: dict[str, FileEntry]) -> ExportManifest:
         merged=plan.opts.merged,
         converted_from=plan.gguf16.name if plan.gguf16 else None,
         modelfile=served, checks=plan.checks,
-        timings={k: round(v, 2) for k, v in plan.timings.items()}, files=files,
+        timings=plan.timeline.timings(), files=files,
         retention=plan.retention)
 
 
@@ -688,10 +692,9 @@ def _manifest(plan: ExportPlan, files: dict[str, FileEntry]) -> ExportManifest:
 
 @contextlib.contextmanager
 def _timed(plan: ExportPlan, stage: str):
-    """Record the seconds the block took as plan.timings["<stage>_s"]."""
-    t = time.perf_counter()
-    yield
-    plan.timings[f"{stage}_s"] = time.perf_counter() - t
+    """The block as the stage `stage` of the export's timeline."""
+    with plan.timeline.stage(stage):
+        yield
 
 
 # What a user can act on while Unsloth loads or merges: the disk, permissions and memory
