@@ -39,6 +39,9 @@ class ExportConfig(Config):
                              "complete (only what fastft wrote: nothing else is ever deleted).")
     check: bool = opt(True, "Load each GGUF with llama.cpp and generate a few tokens "
                             "(--no-check skips it).")
+    direct: bool = opt(True, "With GGUF only (no --merged): merge on the GPU and write the 16-bit "
+                             "GGUF from memory, with no merged checkpoint on disk; --no-direct "
+                             "exports through that checkpoint (the older, slower path).")
     create: bool = opt(False, "Then run `ollama create NAME -f Modelfile` in the export folder "
                               "(needs ollama on PATH).")
 

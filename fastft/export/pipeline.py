@@ -41,6 +41,7 @@ from .. import __version__
 from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
+from .direct import Job, folder_bytes, merge_device, run_direct, weights_dtype
 from .manifest import MANIFEST, ExportManifest, FileEntry, GGUFCheck, ManifestError, ServedModelfile
 from .readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
@@ -97,6 +98,8 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)   # "<stage>_s" -> seconds
     log: Path | None = None                  # the libraries' and tools' output
     ollama_model: str | None = None          # created in ollama (--create)
+    path: str = "detour"                     # "direct" (no 16-bit checkpoint) or "detour"
+    peak_disk_bytes: int = 0                 # the most the scratch folder held at once
 
     def to_dict(self) -> dict:
         """The result as `fastft export --json` prints it: paths, sizes and the manifest."""
@@ -109,6 +112,7 @@ class ExportResult:
                 "manifest": ExportManifest.read(self.out_dir).model_dump(mode="json", by_alias=True),
                 "log": path(self.log), "ollama_model": self.ollama_model,
                 "checks": [c.model_dump() for c in self.checks], "warnings": self.warnings,
+                "path": self.path, "peak_disk_bytes": self.peak_disk_bytes,
                 "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
     def summary_lines(self) -> list[str]:
@@ -161,6 +165,12 @@ class ExportPlan:
     ggufs: dict[str, Path] = field(default_factory=dict)
     checks: list[GGUFCheck] = field(default_factory=list)
     hashes: _Hashes | None = None            # SHA-256 of finished files, computed meanwhile
+    path: str = "detour"                     # how the 16-bit GGUF was made (write_models)
+    peak_disk_bytes: int = 0
+
+    def note_disk(self) -> None:
+        """Called where the scratch folder is fullest: files only grow between these points."""
+        self.peak_disk_bytes = max(self.peak_disk_bytes, folder_bytes(self.scratch))
 
     @property
     def stage(self) -> Path:                 # becomes `final` at commit
@@ -197,7 +207,8 @@ class ExportPlan:
             merged_dir=final / "merged" if self.opts.merged else None,
             modelfile=final / "Modelfile" if self.modelfile else None,
             readme=final / "README.md", manifest=final / MANIFEST,
-            checks=self.checks, warnings=self.warnings, timings=self.timings, log=self.log)
+            checks=self.checks, warnings=self.warnings, timings=self.timings, log=self.log,
+            path=self.path, peak_disk_bytes=self.peak_disk_bytes)
 
 
 def default_name(run_dir: Path) -> str:
@@ -395,15 +406,45 @@ def scratch_folder(plan: ExportPlan, console):
 
 def write_models(plan: ExportPlan, console) -> None:
     """Merge once; then, for GGUF, convert once and quantize every other type from that file.
-    Each finished output is hashed for the manifest in the background meanwhile."""
-    _load_and_merge(plan, console)
-    gc.collect()                             # the model is gone: free its memory for the tools
-    if plan.opts.merged:
-        plan.hashes.start(plan.merged_dir.rglob("*"))
+    GGUF only (and --direct): merge and convert in one go, from memory (fastft.export.direct);
+    else through a merged 16-bit checkpoint on disk. Each finished output is hashed for the
+    manifest in the background meanwhile."""
+    if not (plan.quants and not plan.opts.merged and plan.opts.direct and _direct(plan, console)):
+        _load_and_merge(plan, console)
+        gc.collect()                         # the model is gone: free its memory for the tools
+        if plan.opts.merged:
+            plan.hashes.start(plan.merged_dir.rglob("*"))
+        if plan.quants:
+            _convert(plan, console)
     if plan.quants:
-        _convert(plan, console)
         _quantize(plan, console)
         plan.hashes.start(plan.ggufs.values())
+    plan.note_disk()
+
+
+def _direct(plan: ExportPlan, console) -> bool:
+    """The 16-bit GGUF straight from the merged tensors; False (said in one line) when the
+    direct path cannot take this run, and the older path is to run instead."""
+    info = plan.info
+    dtype = weights_dtype(info.model_path)
+    outtype = convert_type(plan.quants, "f16" if dtype == "float16" else "bf16")
+    plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
+    job = Job(info.adapter_dir, info.model_path, plan.llama.root, plan.work / "direct" / "merged",
+              plan.gguf16, outtype, plan.name)
+    why = "the base is not a local 16-bit safetensors model" if dtype is None else None
+    with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
+                                                  f"{outtype.upper()} GGUF"):
+        why = why or run_direct(job, plan.log)
+    if why:
+        console.print(f"note: exporting through a 16-bit checkpoint on disk: {why}",
+                      markup=False, highlight=False)
+        plan.gguf16 = None
+        return False
+    from transformers import AutoTokenizer   # only now: the older path wants Unsloth first
+
+    _use_tokenizer(plan, AutoTokenizer.from_pretrained(str(info.adapter_dir)))
+    plan.path = "direct"
+    return True
 
 
 def check_ggufs(plan: ExportPlan, console) -> None:
@@ -481,11 +522,7 @@ def _load_and_merge(plan: ExportPlan, console) -> None:
             console, f"loading {info.model} (16-bit) with the run's adapter"):
         model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
                                                   info.max_seq_len, plan.work)
-    # The check's prompt, rendered with the run's own (guarded) chat template.
-    plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
-                                                add_generation_prompt=True)
-    if plan.quants and (why := template_mismatch(tokenizer, info.variant)):
-        plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
+    _use_tokenizer(plan, tokenizer)
     with _unsloth_errors(plan, loading=False):
         with _timed(plan, "merge"), status(console, "merging the adapter into the 16-bit weights"):
             # safe_serialization=None pins safetensors: with True, Unsloth writes a pickle on
@@ -494,6 +531,17 @@ def _load_and_merge(plan: ExportPlan, console) -> None:
             model.save_pretrained_merged(str(plan.merged_dir), tokenizer,
                                          save_method="merged_16bit", safe_serialization=None,
                                          temporary_location=str(plan.work / "unsloth-buffers"))
+
+
+def _use_tokenizer(plan: ExportPlan, tokenizer) -> None:
+    """The check's prompt, rendered with the run's own (guarded) chat template; a warning if
+    the Modelfile's TEMPLATE may differ from it."""
+    plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
+                                                add_generation_prompt=True)
+    why = plan.quants and template_mismatch(tokenizer, plan.info.variant)
+    if why and (warning := f"the Modelfile TEMPLATE may not match training: {why}") \
+            not in plan.warnings:            # said once, should the older path follow
+        plan.warnings.append(warning)
 
 
 def convert_type(quants: tuple[str, ...], weights: str) -> str:
@@ -516,6 +564,7 @@ def _convert(plan: ExportPlan, console) -> None:
     plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
     with _timed(plan, "convert"), status(console, f"converting to a {outtype.upper()} GGUF"):
         convert_to_gguf(plan.llama, plan.merged_dir, plan.gguf16, outtype, plan.name, plan.log)
+    plan.note_disk()                         # the checkpoint and the GGUF, at once
     if not plan.opts.merged:                 # only the converter needed it: free the disk
         shutil.rmtree(plan.merged_dir)
 
