@@ -320,9 +320,11 @@ def run_direct(job: Job, log: Path) -> str | None:
     from .llamacpp import log_tail, run_to_log
 
     rc = run_to_log([sys.executable, "-m", "fastft.export.direct", *job.argv()], log)
-    if rc == DECLINED and job.reason_file.is_file():
+    why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
+    shutil.rmtree(job.folder.parent, ignore_errors=True)   # the tokenizer: not held while quantizing
+    if rc == DECLINED and why:
         job.outfile.unlink(missing_ok=True)
-        return job.reason_file.read_text().strip()
+        return why
     if rc != 0 or not job.outfile.is_file():
         raise DirectExportError(f"the direct GGUF export failed (exit {rc}):\n{log_tail(log)}")
     return None
