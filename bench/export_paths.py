@@ -49,8 +49,10 @@ def fastft(*args: str) -> list[str]:
 
 
 def train_run(model: Path, work: Path, logfile: Logfile) -> Path:
-    """A short run on `model`: only its adapter matters here."""
+    """A short run on `model` (only its adapter matters here); an earlier one in `work` is reused."""
     runs = work / "runs"
+    if (runs / "latest" / "adapter" / "adapter_model.safetensors").is_file():
+        return runs / "latest"
     cmd = fastft("train", str(REPO / "examples" / "favorite_color.jsonl"), "--model", str(model),
                  "--max-steps", "5", "--name", "export-paths", "--runs-dir", str(runs))
     p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, errors="replace")

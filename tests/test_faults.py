@@ -289,7 +289,7 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     exports = tmp_path / "exports"
     final = exports / "m"
     args = ["export", str(baseline.run_dir), "--gguf", "q4_k_m", "--out", str(final), "--name",
-            "m", "--no-check"]
+            "m", "--no-check", "--no-direct"]    # the path with a converter process
     left = None      # the scratch folder the previous SIGKILL left behind
     for fault in ["convert:SIGINT", "convert:SIGTERM", "convert:SIGKILL", "quantize:SIGINT",
                   "quantize:SIGTERM", "quantize:SIGKILL"]:
@@ -349,7 +349,8 @@ def test_a_killed_export_takes_its_converter_with_it(baseline, tmp_path):
     into a scratch folder nobody owns."""
     exports = tmp_path / "exports"
     proc = subprocess.run([sys.executable, "-m", "fastft.cli", "export", str(baseline.run_dir),
-                           "--gguf", "q8_0", "--out", str(exports / "m"), "--name", "m", "--no-check"],
+                           "--gguf", "q8_0", "--out", str(exports / "m"), "--name", "m", "--no-check",
+                           "--no-direct"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=train_hooks.env(FASTFT_FAULT="convert:SIGKILL"))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

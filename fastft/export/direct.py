@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,9 +285,52 @@ def write_gguf(job: Job) -> str | None:
         # ModelBase.write, after its prepare steps: the tensors are merged as they are written.
         model.gguf_writer.write_header_to_file(path=model.fname_out)
         model.gguf_writer.write_kv_data_to_file()
-        model.gguf_writer.write_tensors_to_file(progress=True)
+        with Prefetch(model.gguf_writer, gguf.LazyBase):
+            model.gguf_writer.write_tensors_to_file(progress=True)
         model.gguf_writer.close()
     return None
+
+
+class _Ahead:
+    """A queued tensor, computed by a worker thread ahead of the writer (which writes in order)."""
+
+    def __init__(self, lazy, future, after):
+        self.nbytes, self.future, self.after = lazy.nbytes, future, after
+
+    def tofile(self, fout) -> None:
+        self.future.result().tofile(fout)
+        self.after()
+
+
+class Prefetch:
+    """Compute the writer's next tensors (merge, dtype casts, 16-bit rounding: numpy and torch,
+    which release the GIL) in threads, LOOKAHEAD at most ahead of the one being written; the
+    writer itself computes one at a time on one core. Leaves the writer as it is if its queued
+    tensors are not where llama.cpp's GGUFWriter keeps them (`tensors`: shards of TensorInfo)."""
+    LOOKAHEAD = 8
+
+    def __init__(self, writer, lazy_base):
+        shards = getattr(writer, "tensors", None)
+        infos = [ti for shard in shards for ti in shard.values()] if isinstance(shards, list) \
+            and all(isinstance(d, dict) for d in shards) else []
+        self.infos = [ti for ti in infos if isinstance(getattr(ti, "tensor", None), lazy_base)]
+        self.lazy_base = lazy_base
+        self.pool = ThreadPoolExecutor(max_workers=min(self.LOOKAHEAD, os.cpu_count() or 1))
+        self.next = 0
+
+    def __enter__(self):
+        for _ in range(self.LOOKAHEAD):
+            self._submit()
+        return self
+
+    def _submit(self) -> None:
+        if self.next < len(self.infos):
+            ti, self.next = self.infos[self.next], self.next + 1
+            lazy = ti.tensor
+            ti.tensor = _Ahead(lazy, self.pool.submit(type(lazy).to_eager, lazy), self._submit)
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prepared(conversion, gguf, source: MergeSource, job: Job):
