@@ -41,7 +41,7 @@ class ExportConfig(Config):
                             "(--no-check skips it).")
     direct: bool = opt(True, "With GGUF only (no --merged): merge on the GPU and write the 16-bit "
                              "GGUF from memory, with no merged checkpoint on disk; --no-direct "
-                             "exports through that checkpoint (the older, slower path).")
+                             "exports through that checkpoint (the older path).")
     create: bool = opt(False, "Then run `ollama create NAME -f Modelfile` in the export folder "
                               "(needs ollama on PATH).")
 
