@@ -152,6 +152,18 @@ def test_an_adapter_beyond_a_plain_merge_is_declined(run_dir, tmp_path):
         model = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
         why = merge_source(adapter, model)
         assert isinstance(why, str) and (key in why or str(value) in why), (key, why)
+    # LoRA on a weight the base does not store (the tiny model ties lm_head to the embeddings)
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    adapter = tmp_path / "lm_head"
+    shutil.copytree(run_dir / "adapter", adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    for kind in "AB":
+        tensors[f"base_model.model.lm_head.lora_{kind}.weight"] = torch.zeros(4, 4)
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    assert merge_source(adapter, model) == ("the adapter adapts lm_head.weight, which the base's "
+                                            "safetensors do not hold")
     plain = merge_source(run_dir / "adapter", cfg["base_model_name_or_path"])
     assert not isinstance(plain, str) and plain.scaling == cfg["lora_alpha"] / cfg["r"]
     from safetensors import safe_open

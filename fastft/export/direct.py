@@ -50,6 +50,7 @@ UNSUPPORTED = ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "
                "trainable_token_indices", "layer_replication", "target_parameters", "fan_in_fan_out",
                "use_qalora", "use_bdlora")
 COPIED = ("config.json", "generation_config.json")   # beside the tokenizer, for the converter
+DTYPES = ("BF16", "F16", "F32")                      # safetensors' names of the base's dtypes
 
 
 class DirectExportError(FastftError):
@@ -69,7 +70,7 @@ class MergeSource:
         """`name` merged (or the base's own tensor), on the CPU in the base's dtype."""
         import torch
 
-        dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[local.dtype]
+        dtype = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32)))[local.dtype]
         w = torch.from_numpy(local.mmap_bytes()).view(dtype).reshape(local.shape)
         if name not in self.lora:
             return w
@@ -118,6 +119,22 @@ def adapter_problem(cfg: dict) -> str | None:
     return f"the adapter uses {', '.join(used)}" if used else None
 
 
+def base_problem(base: Path, parts: list[str], adapted: set[str]) -> str | None:
+    """Why the base's tensors cannot take the plain merge: an adapted weight it does not hold
+    under that name (a tied lm_head, say), or a dtype other than 16/32-bit float."""
+    from safetensors import safe_open
+
+    dtypes = {}
+    for part in parts:
+        with safe_open(str(base / part), "pt") as f:
+            dtypes.update({k: f.get_slice(k).get_dtype() for k in f.keys()})
+    if missing := sorted(adapted - set(dtypes)):
+        return f"the adapter adapts {missing[0]}, which the base's safetensors do not hold"
+    if odd := sorted(k for k, d in dtypes.items() if d not in DTYPES):
+        return f"the base holds {odd[0]} as {dtypes[odd[0]]}"
+    return None
+
+
 def merge_source(adapter_dir: Path, model_path: str) -> MergeSource | str:
     """What the direct merge reads, or why it cannot do the merge the older path does."""
     from safetensors.torch import load_file
@@ -135,6 +152,8 @@ def merge_source(adapter_dir: Path, model_path: str) -> MergeSource | str:
         pairs.setdefault(f"{m.group(1)}.weight", {})[m.group(2)] = t
     if any(set(p) != {"A", "B"} for p in pairs.values()):
         return "the adapter has a LoRA A without its B (or the reverse)"
+    if problem := base_problem(base, parts, set(pairs)):
+        return problem
     r, alpha = cfg["r"], cfg["lora_alpha"]
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r   # PEFT's LoraLayer
     return MergeSource(base, parts, {k: (p["A"], p["B"]) for k, p in pairs.items()}, scaling,

@@ -41,7 +41,7 @@ from .. import __version__
 from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
-from .direct import Job, folder_bytes, merge_device, run_direct, weights_dtype
+from .direct import FOLDER, Job, folder_bytes, merge_device, run_direct, weights_dtype
 from .manifest import MANIFEST, ExportManifest, FileEntry, GGUFCheck, ManifestError, ServedModelfile
 from .readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
@@ -429,7 +429,7 @@ def _direct(plan: ExportPlan, console) -> bool:
     dtype = weights_dtype(info.model_path)
     outtype = convert_type(plan.quants, "f16" if dtype == "float16" else "bf16")
     plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
-    job = Job(info.adapter_dir, info.model_path, plan.llama.root, plan.work / "direct" / "merged",
+    job = Job(info.adapter_dir, info.model_path, plan.llama.root, plan.work / "direct" / FOLDER,
               plan.gguf16, outtype, plan.name)
     why = "the base is not a local 16-bit safetensors model" if dtype is None else None
     with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
