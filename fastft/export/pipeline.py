@@ -12,6 +12,8 @@
            else into the scratch folder). Convert that folder ONCE to a 16-bit GGUF with
            llama.cpp's converter, `general.name` = NAME from the start; then `llama-quantize`
            makes every other requested type from that one file, several at once.
+           GGUF only (no --merged, not --no-direct): the merge and the 16-bit GGUF are one step,
+           with no checkpoint on disk (fastft.export.direct), unless that path declines.
 4. check   Load every GGUF with llama.cpp and generate a few tokens (`--no-check` skips this).
 5. docs    The Modelfile, README.md and fastft-export.json (SHA-256 of each file, stage times).
 6. commit  Only then move the finished folder to its final name, in one rename.
