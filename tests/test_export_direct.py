@@ -90,6 +90,7 @@ def test_direct_writes_no_checkpoint_and_runs_no_converter_script(both):
     assert [p[2:4] for p in procs if p[1:3] == ["-m", "fastft.export.direct"]] == [
         ["fastft.export.direct", str(new.run_dir / "adapter")]]
     assert {"load_s", "merge_s"} & set(new.timings) == set()
+    assert {"convert_prepare_s", "convert_write_s", "convert_s"} <= set(new.timings)  # the child's
     assert {"load_s", "merge_s", "convert_s"} <= set(old.timings)
 
 

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,10 +283,16 @@ class Job:
     def reason_file(self) -> Path:               # why the child declined, if it did
         return self.folder.parent / "fallback.txt"
 
+    @property
+    def seconds_file(self) -> Path:              # the child's stage times
+        return self.folder.parent / "seconds.json"
 
-def write_gguf(job: Job) -> str | None:
+
+def write_gguf(job: Job, seconds: dict[str, float]) -> str | None:
     """In the child process: write job.outfile, or return why not (nothing written) when the
-    adapter or llama.cpp's converter is not what this module expects."""
+    adapter or llama.cpp's converter is not what this module expects. `seconds` gets the time
+    spent before the first tensor (imports, tokenizer, queueing) and writing them."""
+    t = time.perf_counter()
     import torch
     from transformers import AutoTokenizer
 
@@ -301,12 +308,14 @@ def write_gguf(job: Job) -> str | None:
             return f"llama.cpp's converter failed in-process ({type(e).__name__}: {e})"
         if isinstance(model, str):
             return model
+        seconds["prepare"], t = time.perf_counter() - t, time.perf_counter()
         # ModelBase.write, after its prepare steps: the tensors are merged as they are written.
         model.gguf_writer.write_header_to_file(path=model.fname_out)
         model.gguf_writer.write_kv_data_to_file()
         with Prefetch(model.gguf_writer, gguf.LazyBase):
             model.gguf_writer.write_tensors_to_file(progress=True)
         model.gguf_writer.close()
+    seconds["write"] = time.perf_counter() - t
     return None
 
 
@@ -374,8 +383,9 @@ def _prepared(conversion, gguf, source: MergeSource, job: Job):
 DECLINED = 3
 
 
-def run_direct(job: Job, log: Path) -> str | None:
+def run_direct(job: Job, log: Path, timings: dict[str, float]) -> str | None:
     """Write job.outfile in a child process; returns why not when the direct path declined.
+    Adds the child's own stage times to `timings` ("convert_prepare_s", "convert_write_s").
 
     A child, not this process: llama.cpp's converter imports transformers, and should the
     older path follow, Unsloth must be imported before transformers (fastft.core.models).
@@ -384,12 +394,14 @@ def run_direct(job: Job, log: Path) -> str | None:
 
     rc = run_to_log([sys.executable, "-m", "fastft.export.direct", *job.argv()], log)
     why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
+    seconds = json.loads(job.seconds_file.read_text()) if job.seconds_file.is_file() else {}
     shutil.rmtree(job.folder.parent, ignore_errors=True)   # the tokenizer: not held while quantizing
     if rc == DECLINED and why:
         job.outfile.unlink(missing_ok=True)
         return why
     if rc != 0 or not job.outfile.is_file():
         raise DirectExportError(f"the direct GGUF export failed (exit {rc}):\n{log_tail(log)}")
+    timings.update({f"convert_{k}_s": v for k, v in seconds.items()})
     return None
 
 
@@ -397,7 +409,10 @@ def main(argv: list[str]) -> int:
     job = Job(Path(argv[0]), argv[1], Path(argv[2]), Path(argv[3]), Path(argv[4]), argv[5],
               argv[6])
     logging.basicConfig(level=logging.INFO)   # the converter's lines, as its script logs them
-    if (why := write_gguf(job)) is None:
+    seconds: dict[str, float] = {}
+    why = write_gguf(job, seconds)
+    job.seconds_file.write_text(json.dumps(seconds))
+    if why is None:
         return 0
     job.outfile.unlink(missing_ok=True)
     job.reason_file.write_text(why + "\n")

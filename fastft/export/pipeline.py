@@ -436,7 +436,7 @@ def _direct(plan: ExportPlan, console) -> bool:
     why = "the base is not a local 16-bit safetensors model" if dtype is None else None
     with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
                                                   f"{outtype.upper()} GGUF"):
-        why = why or run_direct(job, plan.log)
+        why = why or run_direct(job, plan.log, plan.timings)
     if why:
         console.print(f"note: exporting through a 16-bit checkpoint on disk: {why}",
                       markup=False, highlight=False)
