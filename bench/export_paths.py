@@ -90,6 +90,19 @@ def rows(results: list[dict]) -> list[list[str]]:
     return out
 
 
+def save(a, run: Path, results: list[dict]) -> None:
+    gpu = gpu_info()
+    last = {r["case"]: r["wall_s"] for r in results if r["round"] == a.rounds and "error" not in r}
+    summary = {"date": datetime.now().isoformat(timespec="seconds"), "gpu": gpu, "shape": a.shape,
+               "run": str(run), "versions": versions(), "results": results,
+               "targets": {c: {"target_s": t, "measured_s": last.get(c),
+                               "met": last.get(c) is not None and last[c] <= t}
+                           for c, t in TARGETS.items()}}
+    path = a.out / f"{datetime.now():%Y-%m-%d}-{gpu_slug((gpu or {}).get('name'))}-export-paths.json"
+    write_json(path, summary)
+    log(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="4b", choices=("4b", "tiny"))
@@ -105,23 +118,14 @@ def main(argv=None) -> int:
     # fastft's cached llama.cpp, else built from the offline source (.whl/llama.cpp-src.tar.gz)
     os.environ["UNSLOTH_LLAMA_CPP_PATH"] = str(llama_cpp_root(str(a.work / "fastft-cache")))
     run = a.run or train_run(make_model(a.shape, a.work, logfile, lambda: None, True), a.work, logfile)
-    results = []
+    results: list[dict] = []
     for n in range(1, a.rounds + 1):
         for case in a.cases.split(","):
             out = a.work / "exports" / case.replace("/", "-")
             results.append({"round": n, **export_once(run, case, out, logfile)})
+            save(a, run, results)              # after each: a killed bench keeps what it measured
     print_rows("fastft export, by path (seconds; peak scratch disk in GB)",
                ["round", "case", "path", "wall", *STAGES, "peak disk"], rows(results))
-    gpu = gpu_info()
-    last = {r["case"]: r["wall_s"] for r in results if r["round"] == a.rounds and "error" not in r}
-    summary = {"date": datetime.now().isoformat(timespec="seconds"), "gpu": gpu, "shape": a.shape,
-               "run": str(run), "versions": versions(), "results": results,
-               "targets": {c: {"target_s": t, "measured_s": last.get(c),
-                               "met": last.get(c) is not None and last[c] <= t}
-                           for c, t in TARGETS.items()}}
-    path = a.out / f"{datetime.now():%Y-%m-%d}-{gpu_slug((gpu or {}).get('name'))}-export-paths.json"
-    write_json(path, summary)
-    log(f"wrote {path}")
     return 0 if all("error" not in r for r in results) else 1
 
 
