@@ -540,10 +540,8 @@ def _use_tokenizer(plan: ExportPlan, tokenizer) -> None:
     the Modelfile's TEMPLATE may differ from it."""
     plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
                                                 add_generation_prompt=True)
-    why = plan.quants and template_mismatch(tokenizer, plan.info.variant)
-    if why and (warning := f"the Modelfile TEMPLATE may not match training: {why}") \
-            not in plan.warnings:            # said once, should the older path follow
-        plan.warnings.append(warning)
+    if plan.quants and (why := template_mismatch(tokenizer, plan.info.variant)):
+        plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
 
 
 def convert_type(quants: tuple[str, ...], weights: str) -> str:
