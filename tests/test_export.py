@@ -274,7 +274,7 @@ def test_16bit_output_is_the_converted_file(run_dir, llama, tmp_path):
     out = tmp_path / "exports" / NAME
     (tmp_path / "cwd").mkdir()
     res, spy = export_spied(ExportOptions(run=str(run_dir), gguf=("q8_0", "bf16"), out=str(out),
-                                          name=NAME, check=False), tmp_path / "cwd")
+                                          name=NAME, check=False, direct=False), tmp_path / "cwd")
     assert sorted(p.name for p in out.iterdir()) == sorted([
         f"{NAME}.Q8_0.gguf", f"{NAME}.BF16.gguf", "Modelfile", "README.md", MANIFEST])
     assert res.merged_dir is None and spy.saves == ["save_pretrained_merged"]

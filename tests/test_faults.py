@@ -289,7 +289,7 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
     exports = tmp_path / "exports"
     final = exports / "m"
     args = ["export", str(baseline.run_dir), "--gguf", "q4_k_m", "--out", str(final), "--name",
-            "m", "--no-check"]
+            "m", "--no-check", "--no-direct"]    # the path with a converter process
     left = None      # the scratch folder the previous SIGKILL left behind
     for fault in ["convert:SIGINT", "convert:SIGTERM", "convert:SIGKILL", "quantize:SIGINT",
                   "quantize:SIGTERM", "quantize:SIGKILL"]:
@@ -343,15 +343,17 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_killed_export_takes_its_converter_with_it(baseline, tmp_path):
+@pytest.mark.parametrize("point, path", [("convert", "--no-direct"), ("direct", "--direct")])
+def test_a_killed_export_takes_its_converter_with_it(baseline, tmp_path, point, path):
     """SIGKILL of `fastft export` alone (not its process group, as the OOM killer or `kill -9
-    PID` do) while llama.cpp's converter runs: the converter dies with it instead of writing on
-    into a scratch folder nobody owns."""
+    PID` do) while llama.cpp's converter runs (or the direct path's child, which merges and
+    converts): it dies with it instead of writing on into a scratch folder nobody owns."""
     exports = tmp_path / "exports"
     proc = subprocess.run([sys.executable, "-m", "fastft.cli", "export", str(baseline.run_dir),
-                           "--gguf", "q8_0", "--out", str(exports / "m"), "--name", "m", "--no-check"],
+                           "--gguf", "q8_0", "--out", str(exports / "m"), "--name", "m", "--no-check",
+                           path],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=train_hooks.env(FASTFT_FAULT="convert:SIGKILL"))
+                          env=train_hooks.env(FASTFT_FAULT=f"{point}:SIGKILL"))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     deadline = time.monotonic() + 2     # the kernel signals the child as its parent exits
     while (left := processes_mentioning(str(exports))) and time.monotonic() < deadline:

@@ -5,7 +5,8 @@
                                           error, as a bug would): `step` (inside an optimizer
                                           step), `checkpoint-write` (a checkpoint's weights are
                                           written, its trainer_state.json is not), `convert`
-                                          (llama.cpp's converter has started), `quantize`
+                                          (llama.cpp's converter has started), `direct` (the
+                                          direct GGUF export's child has started), `quantize`
                                           (a llama-quantize has started)
     FASTFT_FAULT_RANK=R                   ... on rank R only (--gpus N)
     FASTFT_DEBUG_WEIGHTS_DIR=D            each rank writes D/rank<R>.json, the SHA-256 of its
@@ -75,8 +76,8 @@ def _arrive(name: str) -> None:
 
 
 def install_export(llamacpp_module, setattr=setattr) -> None:
-    """Kill points `convert` and `quantize`, right after fastft.export.llamacpp starts the
-    converter or a llama-quantize."""
+    """Kill points `convert`, `direct` and `quantize`, right after fastft.export.llamacpp starts
+    the converter, the direct export's child (fastft.export.direct) or a llama-quantize."""
     import subprocess
 
     from fastft.core.procs import command_of
@@ -87,6 +88,8 @@ def install_export(llamacpp_module, setattr=setattr) -> None:
             cmd = [Path(str(x)).name for x in command_of([str(x) for x in args])]
             if "convert_hf_to_gguf.py" in cmd[:2]:
                 fault_point("convert")
+            elif cmd[1:3] == ["-m", "fastft.export.direct"]:
+                fault_point("direct")
             elif cmd and cmd[0] == "llama-quantize" and "--help" not in cmd:
                 fault_point("quantize")
 

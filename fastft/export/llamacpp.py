@@ -350,20 +350,25 @@ def log_tail(log: Path, n: int = 25) -> str:
         return ""
 
 
+def run_to_log(cmd: list[str], log: Path) -> int:
+    """Run `cmd` with its output appended to `log`; its exit status. It dies with this process."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        return proc.wait()
+    finally:   # Ctrl-C: a writer must not keep writing into a folder about to be removed
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def convert_to_gguf(llama: LlamaCpp, model_dir: Path, outfile: Path, outtype: str, name: str,
                     log: Path) -> None:
     """`model_dir` (a Hugging Face folder) -> `outfile`, a GGUF of `outtype` ("bf16" or "f16")
     whose `general.name` is `name` from the start (llama-quantize copies it into every quant)."""
     cmd = [sys.executable, str(llama.converter), str(model_dir), "--outfile", str(outfile),
            "--outtype", outtype, "--model-name", name]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        rc = proc.wait()
-    finally:   # Ctrl-C: the converter must not keep writing into a folder about to be removed
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    rc = run_to_log(cmd, log)
     if rc != 0 or not outfile.is_file():
         raise LlamaCppError(f"{CONVERTER} failed (exit {rc}) on {model_dir}:\n{log_tail(log)}")
 

@@ -12,6 +12,8 @@
            else into the scratch folder). Convert that folder ONCE to a 16-bit GGUF with
            llama.cpp's converter, `general.name` = NAME from the start; then `llama-quantize`
            makes every other requested type from that one file, several at once.
+           GGUF only (no --merged, not --no-direct): the merge and the 16-bit GGUF are one step,
+           with no checkpoint on disk (fastft.export.direct), unless that path declines.
 4. check   Load every GGUF with llama.cpp and generate a few tokens (`--no-check` skips this).
    gate    The retention gate (fastft.export.retention): held-out loss of base, adapter (from
            the model loaded in step 3, before merging) and each GGUF (llama.cpp, same token
@@ -47,6 +49,7 @@ from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
 from .config import AUTO_QUANTS
+from .direct import FOLDER, Job, folder_bytes, merge_device, run_direct, weights_dtype
 from .manifest import (MANIFEST, ExportManifest, FileEntry, GGUFCheck, GGUFRetention, ManifestError,
                        Retention, ServedModelfile)
 from . import retention
@@ -109,6 +112,8 @@ class ExportResult:
     log: Path | None = None                  # the libraries' and tools' output
     ollama_model: str | None = None          # created in ollama (--create)
     retention: Retention | None = None       # the retention gate's table
+    path: str = "detour"                     # "direct" (no 16-bit checkpoint) or "detour"
+    peak_disk_bytes: int = 0                 # the most the scratch folder held at once
 
     def to_dict(self) -> dict:
         """The result as `fastft export --json` prints it: paths, sizes and the manifest."""
@@ -121,6 +126,7 @@ class ExportResult:
                 "manifest": ExportManifest.read(self.out_dir).model_dump(mode="json", by_alias=True),
                 "log": path(self.log), "ollama_model": self.ollama_model,
                 "checks": [c.model_dump() for c in self.checks], "warnings": self.warnings,
+                "path": self.path, "peak_disk_bytes": self.peak_disk_bytes,
                 "timings": {k: round(v, 2) for k, v in self.timings.items()}}
 
     def summary_lines(self) -> list[str]:
@@ -180,6 +186,12 @@ class ExportPlan:
     scores: dict[str, GGUFRetention] = field(default_factory=dict)   # quant -> its row
     tried: list[GGUFRetention] = field(default_factory=list)         # auto: not kept
     retention: Retention | None = None
+    path: str = "detour"                     # how the 16-bit GGUF was made (write_models)
+    peak_disk_bytes: int = 0
+
+    def note_disk(self) -> None:
+        """Called where the scratch folder is fullest: files only grow between these points."""
+        self.peak_disk_bytes = max(self.peak_disk_bytes, folder_bytes(self.scratch))
 
     @property
     def stage(self) -> Path:                 # becomes `final` at commit
@@ -217,7 +229,7 @@ class ExportPlan:
             modelfile=final / "Modelfile" if self.modelfile else None,
             readme=final / "README.md", manifest=final / MANIFEST,
             checks=self.checks, warnings=self.warnings, timings=self.timeline.timings(), log=self.log,
-            retention=self.retention)
+            retention=self.retention, path=self.path, peak_disk_bytes=self.peak_disk_bytes)
 
 
 def default_name(run_dir: Path) -> str:
@@ -445,15 +457,55 @@ def scratch_folder(plan: ExportPlan, console):
 
 def write_models(plan: ExportPlan, console) -> None:
     """Merge once; then, for GGUF, convert once and quantize every other type from that file.
-    Each finished output is hashed for the manifest in the background meanwhile."""
-    _load_and_merge(plan, console)
-    gc.collect()                             # the model is gone: free its memory for the tools
-    if plan.opts.merged:
-        plan.hashes.start(plan.merged_dir.rglob("*"))
+    GGUF only (and --direct): merge and convert in one go, from memory (fastft.export.direct);
+    else through a merged 16-bit checkpoint on disk. Each finished output is hashed for the
+    manifest in the background meanwhile."""
+    direct = plan.quants and not plan.opts.merged and plan.opts.direct
+    if direct:   # the gate's 16-bit side needs the model loaded once: then free it for the merge
+        _load_and_merge(plan, console, merge=False)
+        gc.collect()
+        _free_gpu()
+    if not (direct and _direct(plan, console)):
+        _load_and_merge(plan, console)
+        gc.collect()                         # the model is gone: free its memory for the tools
+        if plan.opts.merged:
+            plan.hashes.start(plan.merged_dir.rglob("*"))
+        if plan.quants:
+            _convert(plan, console)
     if plan.quants:
-        _convert(plan, console)
         _auto_quantize(plan, console) if plan.auto else _quantize(plan, console)
         plan.hashes.start(plan.ggufs.values())
+    plan.note_disk()
+
+
+def _direct(plan: ExportPlan, console) -> bool:
+    """The 16-bit GGUF straight from the merged tensors; False (said in one line) when the
+    direct path cannot take this run, and the older path is to run instead."""
+    info = plan.info
+    dtype = weights_dtype(info.model_path)
+    outtype = convert_type(plan.quants, "f16" if dtype == "float16" else "bf16")
+    plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
+    job = Job(info.adapter_dir, info.model_path, plan.llama.root, plan.work / "direct" / FOLDER,
+              plan.gguf16, outtype, plan.name)
+    why = "the base is not a local 16-bit safetensors model" if dtype is None else None
+    with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
+                                                  f"{outtype.upper()} GGUF"):
+        why = why or run_direct(job, plan.log, {})   # its sub-stages: in export.log
+    if why:
+        console.print(f"note: exporting through a 16-bit checkpoint on disk: {why}",
+                      markup=False, highlight=False)
+        plan.gguf16 = None
+        return False
+    plan.path = "direct"
+    return True
+
+
+def _free_gpu() -> None:
+    """The CUDA cache back to the driver, for the child that merges on the GPU next."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def check_ggufs(plan: ExportPlan, console) -> None:
@@ -547,21 +599,21 @@ def ollama_create(result: ExportResult, console) -> None:
 
 # -- write: the steps ----------------------------------------------------------------------------
 
-def _load_and_merge(plan: ExportPlan, console) -> None:
-    """The 16-bit base with the adapter, merged once into plan.merged_dir (safetensors + the
-    run's tokenizer). The model is dropped when this returns."""
+def _load_and_merge(plan: ExportPlan, console, merge: bool = True) -> None:
+    """The 16-bit base with the adapter: the retention gate's 16-bit side measured on it, then
+    (`merge`) merged once into plan.merged_dir (safetensors + the run's tokenizer). The model is
+    dropped when this returns."""
     info = plan.info
     with _unsloth_errors(plan, loading=True), _timed(plan, "load"), status(
             console, f"loading {info.model} (16-bit) with the run's adapter"):
         model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
                                                   info.max_seq_len, plan.work)
-    # The check's prompt, rendered with the run's own (guarded) chat template.
-    plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
-                                                add_generation_prompt=True)
-    if plan.quants and (why := template_mismatch(tokenizer, info.variant)):
-        plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
-    if plan.quants:
+    if not plan.prompt:   # a second load (the direct path declined) says nothing new
+        _use_tokenizer(plan, tokenizer)
+    if plan.quants and plan.reference is None:
         _reference(plan, model, tokenizer, console)
+    if not merge:
+        return
     with _unsloth_errors(plan, loading=False):
         with _timed(plan, "merge"), status(console, "merging the adapter into the 16-bit weights"):
             # safe_serialization=None pins safetensors: with True, Unsloth writes a pickle on
@@ -609,6 +661,15 @@ def _auto_quantize(plan: ExportPlan, console) -> None:
     plan.warnings = list(dict.fromkeys(plan.warnings))   # rendered twice: once each
 
 
+def _use_tokenizer(plan: ExportPlan, tokenizer) -> None:
+    """The check's prompt, rendered with the run's own (guarded) chat template; a warning if
+    the Modelfile's TEMPLATE may differ from it."""
+    plan.prompt = tokenizer.apply_chat_template(CHECK_PROMPT, tokenize=False,
+                                                add_generation_prompt=True)
+    if plan.quants and (why := template_mismatch(tokenizer, plan.info.variant)):
+        plan.warnings.append(f"the Modelfile TEMPLATE may not match training: {why}")
+
+
 def convert_type(quants: tuple[str, ...], weights: str) -> str:
     """The 16-bit GGUF type to convert to: the weights' own (`weights`, "bf16" or "f16") unless
     only the other 16-bit type is asked for, which then is the converted file itself."""
@@ -629,6 +690,7 @@ def _convert(plan: ExportPlan, console) -> None:
     plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
     with _timed(plan, "convert"), status(console, f"converting to a {outtype.upper()} GGUF"):
         convert_to_gguf(plan.llama, plan.merged_dir, plan.gguf16, outtype, plan.name, plan.log)
+    plan.note_disk()                         # the checkpoint and the GGUF, at once
     if not plan.opts.merged:                 # only the converter needed it: free the disk
         shutil.rmtree(plan.merged_dir)
 

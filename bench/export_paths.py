@@ -1,0 +1,133 @@
+"""`fastft export` through each path on the same run: direct (GGUF from memory) vs the detour.
+
+    python bench/export_paths.py --shape 4b --out bench/results/
+
+Builds the model (bench/make_model.py) and a short run on it (`fastft train
+examples/favorite_color.jsonl --max-steps 5`), or takes one (--run), then times, --rounds times
+(2) in the order given:
+
+  gguf/direct    fastft export RUN --gguf q4_k_m                (the default: no 16-bit checkpoint)
+  gguf/detour    fastft export RUN --gguf q4_k_m --no-direct    (through the merged checkpoint)
+  merged         fastft export RUN --merged --gguf q4_k_m --gguf q8_0
+
+Each is one `fastft export --json` process timed from outside (wall), with the export's own stage
+times, which path it took and its peak scratch disk (both from --json). The first round fills
+the page cache (the targets are for a warm machine); compare the later ones. Results:
+<date>-<gpu>-export-paths.json in --out, and a table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (REPO, WORK, gpu_info, llama_cpp_root, log, print_rows,  # noqa: E402
+                          versions, write_json)
+from bench.run import Logfile, child_env, gpu_slug, make_model  # noqa: E402
+
+CASES = {
+    "gguf/direct": ["--gguf", "q4_k_m"],
+    "gguf/detour": ["--gguf", "q4_k_m", "--no-direct"],
+    "merged": ["--merged", "--gguf", "q4_k_m", "--gguf", "q8_0"],
+}
+# The issue's targets on an H100 with the 4B shape, warm (seconds).
+TARGETS = {"gguf/direct": 45.0, "merged": 120.0}
+# convert_prepare / convert_write: inside the direct path's convert (its child's own times)
+STAGES = ("load", "merge", "convert", "convert_prepare", "convert_write", "quantize", "check",
+          "docs")
+
+
+def fastft(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastft.cli", *args]
+
+
+def train_run(model: Path, work: Path, logfile: Logfile) -> Path:
+    """A short run on `model` (only its adapter matters here); an earlier one in `work` is reused."""
+    runs = work / "runs"
+    if (runs / "latest" / "adapter" / "adapter_model.safetensors").is_file():
+        return runs / "latest"
+    cmd = fastft("train", str(REPO / "examples" / "favorite_color.jsonl"), "--model", str(model),
+                 "--max-steps", "5", "--name", "export-paths", "--runs-dir", str(runs))
+    p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, errors="replace")
+    logfile.write(p.stdout + p.stderr)
+    if p.returncode != 0:
+        raise SystemExit(f"training failed (exit {p.returncode}); see {logfile.path}")
+    return runs / "latest"
+
+
+def export_once(run: Path, case: str, out: Path, logfile: Logfile) -> dict:
+    """One export of `case`, timed from outside; its --json result's timings, path, disk."""
+    cmd = fastft("export", str(run), *CASES[case], "--out", str(out), "--force", "--json")
+    log(f"[{case}] $ {' '.join(cmd)}")
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, errors="replace")
+    wall = time.perf_counter() - t0
+    logfile.write(f"\n===== [{case}] {' '.join(cmd)}\n{p.stderr}")
+    if p.returncode != 0:
+        return {"case": case, "wall_s": wall, "error": p.stderr[-2000:]}
+    res = json.loads(p.stdout)
+    return {"case": case, "wall_s": wall, "path": res["path"], "timings": res["timings"],
+            "peak_disk_bytes": res["peak_disk_bytes"], "warnings": res["warnings"],
+            "files_bytes": {Path(g["path"]).name: g["bytes"] for g in res["ggufs"].values()}}
+
+
+def rows(results: list[dict]) -> list[list[str]]:
+    out = []
+    for r in results:
+        t = r.get("timings", {})
+        out.append([str(r["round"]), r["case"], r.get("path", "error"), f"{r['wall_s']:.1f}",
+                    *(f"{t[f'{s}_s']:.1f}" if f"{s}_s" in t else "-" for s in STAGES),
+                    f"{r.get('peak_disk_bytes', 0) / 1e9:.2f}"])
+    return out
+
+
+def save(a, run: Path, results: list[dict]) -> None:
+    gpu = gpu_info()
+    last = {r["case"]: r["wall_s"] for r in results if r["round"] == a.rounds and "error" not in r}
+    summary = {"date": datetime.now().isoformat(timespec="seconds"), "gpu": gpu, "shape": a.shape,
+               "run": str(run), "versions": versions(), "results": results,
+               "targets": {c: {"target_s": t, "measured_s": last.get(c),
+                               "met": last.get(c) is not None and last[c] <= t}
+                           for c, t in TARGETS.items()}}
+    path = a.out / f"{datetime.now():%Y-%m-%d}-{gpu_slug((gpu or {}).get('name'))}-export-paths.json"
+    write_json(path, summary)
+    log(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="4b", choices=("4b", "tiny"))
+    ap.add_argument("--run", type=Path, help="a trained run to export (default: train one)")
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, in this order")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=WORK / "export-paths")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    a = ap.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    logfile = Logfile(a.out / "export-paths.log")
+    # fastft's cached llama.cpp, else built from the offline source (.whl/llama.cpp-src.tar.gz)
+    os.environ["UNSLOTH_LLAMA_CPP_PATH"] = str(llama_cpp_root(str(a.work / "fastft-cache")))
+    run = a.run or train_run(make_model(a.shape, a.work, logfile, lambda: None, True), a.work, logfile)
+    results: list[dict] = []
+    for n in range(1, a.rounds + 1):
+        for case in a.cases.split(","):
+            out = a.work / "exports" / case.replace("/", "-")
+            results.append({"round": n, **export_once(run, case, out, logfile)})
+            save(a, run, results)              # after each: a killed bench keeps what it measured
+    print_rows("fastft export, by path (seconds; peak scratch disk in GB)",
+               ["round", "case", "path", "wall", *STAGES, "peak disk"], rows(results))
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""GGUF export without the 16-bit detour: merge on the GPU, hand the tensors to llama.cpp's writer.
+
+The older path (fastft.export.pipeline) loads the base through Unsloth, writes the merged
+16-bit checkpoint to disk, and runs llama.cpp's converter on that folder. When only GGUF is
+asked for, `run_direct` does the same work without the checkpoint, in one child process
+(`python -m fastft.export.direct`; a child because the converter imports transformers, and
+should the older path follow, this process must import Unsloth before transformers):
+
+- the merge is the one Unsloth's `save_pretrained_merged` does (unsloth_zoo.saving_utils
+  `_merge_lora`): each adapted base weight, as stored in the base's safetensors, goes to the
+  GPU in float32, `W.addmm_(B, A, alpha=scaling)` with the adapter's A and B in float32, and
+  back in the weight's own dtype; every other tensor is the base's, byte for byte;
+- the converter is llama.cpp's own model class (`conversion.get_model_class`, from the same
+  pinned source `convert_hf_to_gguf.py` runs), imported with llama.cpp's `gguf` package (the
+  venv's `gguf` 0.19.0 is a different build of it), instantiated on a folder that holds only
+  config.json, generation_config.json and the run's tokenizer, and given the merged tensors
+  through `index_tensors`: lazily, each tensor merged when the writer reaches it, so neither a
+  second copy of the model in RAM nor a checkpoint on disk is ever made.
+
+Anything unexpected before the first byte is written (an adapter feature the plain merge does
+not cover, a converter whose classes are not the ones read here) makes the child exit with
+DECLINED and the reason; the caller then takes the older path, saying so in one line. On the
+tiny model both paths write byte-identical GGUF files (tests/test_export_direct.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import FastftError
+
+# The merged safetensors folder the older path converts is named so; the converter looks at the
+# folder's name (Qwen3's reranker detection), so the direct one carries it too.
+FOLDER = "merged"
+ADAPTER_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$")
+# adapter_config.json keys whose non-empty value means more than W + scaling·B·A on linear weights
+UNSUPPORTED = ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "lora_bias",
+               "trainable_token_indices", "layer_replication", "target_parameters", "fan_in_fan_out",
+               "use_qalora", "use_bdlora")
+COPIED = ("config.json", "generation_config.json")   # beside the tokenizer, for the converter
+DTYPES = ("BF16", "F16", "F32")                      # safetensors' names of the base's dtypes
+
+
+class DirectExportError(FastftError):
+    pass
+
+
+@dataclass
+class MergeSource:
+    """The base's safetensors and the adapter's LoRA pairs: what the merged tensors come from."""
+    base: Path                                   # the 16-bit base folder
+    parts: list[str]                             # its safetensors files, in the converter's order
+    lora: dict[str, tuple[object, object]]       # base tensor name -> (A, B), float32 tensors
+    scaling: float                               # alpha / r (alpha / sqrt(r) with rsLoRA)
+    device: str
+
+    def tensor(self, name: str, local) -> object:
+        """`name` merged (or the base's own tensor), on the CPU in the base's dtype."""
+        import torch
+
+        dtype = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32)))[local.dtype]
+        w = torch.from_numpy(local.mmap_bytes()).view(dtype).reshape(local.shape)
+        if name not in self.lora:
+            return w
+        a, b = self.lora[name]
+        # unsloth_zoo's _merge_lora, op for op: float32 on the merge device, addmm_, cast back.
+        merged = w.to(self.device, dtype=torch.float32, non_blocking=True)
+        merged.addmm_(b.to(self.device, dtype=torch.float32, non_blocking=True),
+                      a.to(self.device, dtype=torch.float32, non_blocking=True), alpha=self.scaling)
+        if not torch.isfinite(torch.amax(merged)).item():
+            raise DirectExportError(f"the merge of {name} has infinite elements")
+        return merged.to(dtype).contiguous().cpu()
+
+
+def merge_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def base_folder(model_path: str) -> Path | None:
+    """The base as a local folder: `model_path` itself, or its Hugging Face cache snapshot."""
+    if Path(model_path).is_dir():
+        return Path(model_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_path, local_files_only=True))
+    except Exception:   # not cached (the older path downloads it), or not a repo id
+        return None
+
+
+def safetensors_parts(base: Path) -> list[str]:
+    """The base's weight files in the order llama.cpp's converter reads them."""
+    index = base / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return sorted(p.name for p in base.glob("model*.safetensors"))
+
+
+def adapter_problem(cfg: dict) -> str | None:
+    if cfg.get("peft_type", "LORA") != "LORA":
+        return f"the adapter is {cfg.get('peft_type')}, not LoRA"
+    if cfg.get("bias", "none") != "none":
+        return f"the adapter trains biases (bias={cfg['bias']!r})"
+    used = [k for k in UNSUPPORTED if cfg.get(k)]
+    return f"the adapter uses {', '.join(used)}" if used else None
+
+
+def base_problem(base: Path, parts: list[str], adapted: set[str]) -> str | None:
+    """Why the base's tensors cannot take the plain merge: an adapted weight it does not hold
+    under that name (a tied lm_head, say), or a dtype other than 16/32-bit float."""
+    from safetensors import safe_open
+
+    dtypes = {}
+    for part in parts:
+        with safe_open(str(base / part), "pt") as f:
+            dtypes.update({k: f.get_slice(k).get_dtype() for k in f.keys()})
+    if missing := sorted(adapted - set(dtypes)):
+        return f"the adapter adapts {missing[0]}, which the base's safetensors do not hold"
+    if odd := sorted(k for k, d in dtypes.items() if d not in DTYPES):
+        return f"the base holds {odd[0]} as {dtypes[odd[0]]}"
+    return None
+
+
+def merge_source(adapter_dir: Path, model_path: str) -> MergeSource | str:
+    """What the direct merge reads, or why it cannot do the merge the older path does."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if problem := adapter_problem(cfg):
+        return problem
+    base = base_folder(model_path)
+    if base is None or not (parts := safetensors_parts(base)):
+        return f"no local safetensors for {model_path}"
+    pairs: dict[str, dict[str, object]] = {}
+    for key, t in load_file(adapter_dir / "adapter_model.safetensors").items():
+        if not (m := ADAPTER_KEY.match(key)):
+            return f"the adapter holds {key}, not a plain LoRA weight"
+        pairs.setdefault(f"{m.group(1)}.weight", {})[m.group(2)] = t
+    if any(set(p) != {"A", "B"} for p in pairs.values()):
+        return "the adapter has a LoRA A without its B (or the reverse)"
+    if problem := base_problem(base, parts, set(pairs)):
+        return problem
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r   # PEFT's LoraLayer
+    return MergeSource(base, parts, {k: (p["A"], p["B"]) for k, p in pairs.items()}, scaling,
+                       merge_device())
+
+
+# -- llama.cpp's converter, in this process --------------------------------------------------------
+
+def _converter_module(name: str) -> bool:
+    return name in ("gguf", "conversion") or name.startswith(("gguf.", "conversion."))
+
+
+@contextlib.contextmanager
+def llama_cpp_modules(root: Path):
+    """(conversion, gguf): llama.cpp's converter package and the `gguf` package that
+    convert_hf_to_gguf.py uses (its own gguf-py, unless NO_LOCAL_GGUF, as that script does),
+    imported for the block only. A `gguf` imported before (the venv's) is put back after."""
+    saved = {k: m for k, m in sys.modules.items() if _converter_module(k)}
+    for k in saved:
+        del sys.modules[k]
+    paths = [str(root)] + ([] if "NO_LOCAL_GGUF" in os.environ else [str(root / "gguf-py")])
+    sys.path[:0] = paths
+    try:
+        yield importlib.import_module("conversion"), importlib.import_module("gguf")
+    finally:
+        for k in [k for k in sys.modules if _converter_module(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        for p in paths:
+            sys.path.remove(p)
+
+
+def converter_problem(conversion, gguf, root: Path, model_cls) -> str | None:
+    """Why `model_cls` is not the converter this module was written against, or None."""
+    base = getattr(conversion, "ModelBase", None)
+    if base is None or not (isinstance(model_cls, type) and issubclass(model_cls, base)):
+        return "conversion.ModelBase is missing"
+    if "NO_LOCAL_GGUF" not in os.environ and root / "gguf-py" not in Path(gguf.__file__).parents:
+        return f"the gguf package imported is {gguf.__file__}, not llama.cpp's"
+    for method in ("index_tensors", "get_tensors", "write"):
+        if getattr(model_cls, method, None) is not getattr(base, method, None):
+            return f"{model_cls.__name__}.{method} is not ModelBase's"
+    if list(inspect.signature(base.index_tensors).parameters) != ["self", "remote_hf_model_id"]:
+        return "ModelBase.index_tensors takes other arguments"
+    if "model_tensors" not in getattr(base, "__annotations__", {}):
+        return "ModelBase has no model_tensors"
+    lazy = getattr(conversion, "LazyTorchTensor", None)
+    if lazy is None or not hasattr(lazy, "meta_with_dtype_and_shape"):
+        return "conversion.LazyTorchTensor is not the expected class"
+    if not hasattr(getattr(gguf, "utility", None), "SafetensorsLocal"):
+        return "gguf.utility.SafetensorsLocal is missing"
+    return None
+
+
+def direct_class(conversion, gguf, model_cls, source: MergeSource):
+    """`model_cls` with its tensors from `source` instead of the folder's safetensors files."""
+    lazy_cls = conversion.LazyTorchTensor
+
+    def index_tensors(self, remote_hf_model_id=None):
+        tensors = {}
+        for part in source.parts:
+            # llama.cpp's own reader: the names, their order and the dtypes it would have read
+            with gguf.utility.SafetensorsLocal(source.base / part) as st:
+                for name in st.keys():
+                    local = st[name]
+                    gen = _generator(self.lazy, lazy_cls, source, name, local)
+                    if item := self.filter_tensors((name, gen)):
+                        tensors[item[0]] = item[1]
+        return tensors
+
+    return type(f"Direct{model_cls.__name__}", (model_cls,),
+                {"model_arch": model_cls.model_arch, "index_tensors": index_tensors})
+
+
+def _generator(lazy: bool, lazy_cls, source: MergeSource, name: str, local):
+    if not lazy:
+        return lambda: source.tensor(name, local)
+    dtype = lazy_cls._dtype_str_map[local.dtype]
+    meta = lazy_cls.meta_with_dtype_and_shape(dtype, tuple(local.shape))
+    # merged only when the writer reaches it: one tensor at a time in RAM
+    return lambda: lazy_cls(meta=meta, args=(name, local), func=source.tensor)
+
+
+# -- the export ---------------------------------------------------------------------------------
+
+def write_config_folder(folder: Path, base: Path, tokenizer) -> None:
+    """What the converter reads besides the weights, as the older path's merged folder has it:
+    the base's config.json and generation_config.json, the run's tokenizer."""
+    folder.mkdir(parents=True)
+    for name in COPIED:
+        if (base / name).is_file():
+            shutil.copyfile(base / name, folder / name)
+    tokenizer.save_pretrained(str(folder))
+
+
+def folder_bytes(folder: Path) -> int:
+    """Disk space the files under `folder` take (allocated blocks)."""
+    return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+
+
+def weights_dtype(model_path: str) -> str | None:
+    """The base's dtype as its config.json names it ("bfloat16", ...), None if not local."""
+    base = base_folder(model_path)
+    if base is None or not (base / "config.json").is_file():
+        return None
+    config = json.loads((base / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype")).removeprefix("torch.")
+
+
+@dataclass
+class Job:
+    """One direct 16-bit GGUF, as the child process gets it on its command line."""
+    adapter: Path
+    model_path: str
+    root: Path                                   # llama.cpp's source tree
+    folder: Path                                 # scratch: config + tokenizer, no weights
+    outfile: Path
+    outtype: str                                 # "bf16", "f16" or "f32"
+    name: str                                    # general.name
+
+    def argv(self) -> list[str]:
+        return [str(self.adapter), self.model_path, str(self.root), str(self.folder),
+                str(self.outfile), self.outtype, self.name]
+
+    @property
+    def reason_file(self) -> Path:               # why the child declined, if it did
+        return self.folder.parent / "fallback.txt"
+
+    @property
+    def seconds_file(self) -> Path:              # the child's stage times
+        return self.folder.parent / "seconds.json"
+
+
+def write_gguf(job: Job, seconds: dict[str, float]) -> str | None:
+    """In the child process: write job.outfile, or return why not (nothing written) when the
+    adapter or llama.cpp's converter is not what this module expects. `seconds` gets the time
+    spent before the first tensor (imports, tokenizer, queueing) and writing them."""
+    t = time.perf_counter()
+    import torch
+    from transformers import AutoTokenizer
+
+    source = merge_source(job.adapter, job.model_path)
+    if isinstance(source, str):
+        return source
+    # The tokenizer as the older path saves it into its merged folder: the run's own.
+    write_config_folder(job.folder, source.base, AutoTokenizer.from_pretrained(str(job.adapter)))
+    with llama_cpp_modules(job.root) as (conversion, gguf), torch.inference_mode():
+        try:
+            model = _prepared(conversion, gguf, source, job)
+        except Exception as e:   # API drift in llama.cpp's converter: the older path still works
+            return f"llama.cpp's converter failed in-process ({type(e).__name__}: {e})"
+        if isinstance(model, str):
+            return model
+        seconds["prepare"], t = time.perf_counter() - t, time.perf_counter()
+        # ModelBase.write, after its prepare steps: the tensors are merged as they are written.
+        model.gguf_writer.write_header_to_file(path=model.fname_out)
+        model.gguf_writer.write_kv_data_to_file()
+        with Prefetch(model.gguf_writer, gguf.LazyBase):
+            model.gguf_writer.write_tensors_to_file(progress=True)
+        model.gguf_writer.close()
+    seconds["write"] = time.perf_counter() - t
+    return None
+
+
+class _Ahead:
+    """A queued tensor, computed by a worker thread ahead of the writer (which writes in order)."""
+
+    def __init__(self, lazy, future, after):
+        self.nbytes, self.future, self.after = lazy.nbytes, future, after
+
+    def tofile(self, fout) -> None:
+        self.future.result().tofile(fout)
+        self.after()
+
+
+class Prefetch:
+    """Compute the writer's next tensors (merge, dtype casts, 16-bit rounding: numpy and torch,
+    which release the GIL) in threads, LOOKAHEAD at most ahead of the one being written; the
+    writer itself computes one at a time on one core. Leaves the writer as it is if its queued
+    tensors are not where llama.cpp's GGUFWriter keeps them (`tensors`: shards of TensorInfo)."""
+    LOOKAHEAD = 8
+
+    def __init__(self, writer, lazy_base):
+        shards = getattr(writer, "tensors", None)
+        infos = [ti for shard in shards for ti in shard.values()] if isinstance(shards, list) \
+            and all(isinstance(d, dict) for d in shards) else []
+        self.infos = [ti for ti in infos if isinstance(getattr(ti, "tensor", None), lazy_base)]
+        self.lazy_base = lazy_base
+        self.pool = ThreadPoolExecutor(max_workers=min(self.LOOKAHEAD, os.cpu_count() or 1))
+        self.next = 0
+
+    def __enter__(self):
+        for _ in range(self.LOOKAHEAD):
+            self._submit()
+        return self
+
+    def _submit(self) -> None:
+        if self.next < len(self.infos):
+            ti, self.next = self.infos[self.next], self.next + 1
+            lazy = ti.tensor
+            ti.tensor = _Ahead(lazy, self.pool.submit(type(lazy).to_eager, lazy), self._submit)
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prepared(conversion, gguf, source: MergeSource, job: Job):
+    """The converter with every tensor and key queued (no tensor computed yet), or why not."""
+    arch = json.loads((job.folder / "config.json").read_text())["architectures"][0]
+    try:
+        model_cls = conversion.get_model_class(arch)
+    except NotImplementedError:
+        return f"llama.cpp's converter has no class for {arch}"
+    if problem := converter_problem(conversion, gguf, job.root, model_cls):
+        return problem
+    ftype = {"bf16": gguf.LlamaFileType.MOSTLY_BF16, "f16": gguf.LlamaFileType.MOSTLY_F16,
+             "f32": gguf.LlamaFileType.ALL_F32}[job.outtype]
+    model = direct_class(conversion, gguf, model_cls, source)(
+        job.folder, ftype, job.outfile, model_name=job.name)
+    model.prepare_tensors()
+    model.prepare_metadata(vocab_only=False)
+    return model
+
+
+# The child's exit status when it declined: the caller then takes the older path.
+DECLINED = 3
+
+
+def run_direct(job: Job, log: Path, timings: dict[str, float]) -> str | None:
+    """Write job.outfile in a child process; returns why not when the direct path declined.
+    Adds the child's own stage times to `timings` ("convert_prepare_s", "convert_write_s").
+
+    A child, not this process: llama.cpp's converter imports transformers, and should the
+    older path follow, Unsloth must be imported before transformers (fastft.core.models).
+    """
+    from .llamacpp import log_tail, run_to_log
+
+    rc = run_to_log([sys.executable, "-m", "fastft.export.direct", *job.argv()], log)
+    why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
+    seconds = json.loads(job.seconds_file.read_text()) if job.seconds_file.is_file() else {}
+    shutil.rmtree(job.folder.parent, ignore_errors=True)   # the tokenizer: not held while quantizing
+    if rc == DECLINED and why:
+        job.outfile.unlink(missing_ok=True)
+        return why
+    if rc != 0 or not job.outfile.is_file():
+        raise DirectExportError(f"the direct GGUF export failed (exit {rc}):\n{log_tail(log)}")
+    timings.update({f"convert_{k}_s": v for k, v in seconds.items()})
+    return None
+
+
+def main(argv: list[str]) -> int:
+    job = Job(Path(argv[0]), argv[1], Path(argv[2]), Path(argv[3]), Path(argv[4]), argv[5],
+              argv[6])
+    logging.basicConfig(level=logging.INFO)   # the converter's lines, as its script logs them
+    seconds: dict[str, float] = {}
+    why = write_gguf(job, seconds)
+    job.seconds_file.write_text(json.dumps(seconds))
+    if why is None:
+        return 0
+    job.outfile.unlink(missing_ok=True)
+    job.reason_file.write_text(why + "\n")
+    return DECLINED
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,188 @@
+"""The direct GGUF export (fastft.export.direct) against the older path, on the tiny model (CPU).
+
+The same run is exported both ways (--no-direct: through a merged 16-bit checkpoint on disk);
+the GGUF files must hold the same tensors (names, shapes, types, bytes) and the same metadata.
+"""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fastft.export.direct import merge_source
+from fastft.export.pipeline import ExportOptions, export_run, read_run
+from test_export import argv, record_processes
+
+NAME = "fastft-tiny"
+
+
+@pytest.fixture(scope="module")
+def run_dir(color_run):
+    return color_run.run_dir
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from fastft.export.llamacpp import ensure_llama_cpp
+
+    return ensure_llama_cpp()
+
+
+def export(run_dir, out: Path, quants, direct: bool, console_file=None):
+    """The export and the argv of every process it started."""
+    from rich.console import Console
+
+    console = Console(file=console_file or io.StringIO(), width=200)
+    with pytest.MonkeyPatch.context() as mp:
+        started = record_processes(mp)
+        res = export_run(ExportOptions(run=str(run_dir), gguf=quants, out=str(out), name=NAME,
+                                       check=False, direct=direct), console)
+    return res, [argv(p) for p in started]
+
+
+@pytest.fixture(scope="module")
+def both(run_dir, llama, tmp_path_factory):
+    """quants -> (older result, direct result, processes the direct export started)."""
+    root = tmp_path_factory.mktemp("direct")
+    out = {}
+    for quants in (("bf16", "q8_0"), ("f16",)):
+        tag = "-".join(quants)
+        old, _ = export(run_dir, root / f"old-{tag}", quants, direct=False)
+        new, procs = export(run_dir, root / f"new-{tag}", quants, direct=True)
+        out[quants] = old, new, procs
+    return out
+
+
+def read_gguf(path: Path) -> tuple[dict, list]:
+    """(metadata key -> (types, raw value bytes), [(tensor name, shape, type, data bytes)])."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    kv = {f.name: (f.types, [bytes(f.parts[i]) for i in f.data])
+          for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+    return kv, [(t.name, tuple(t.shape), t.tensor_type, bytes(t.data)) for t in reader.tensors]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quants", [("bf16", "q8_0"), ("f16",)])
+def test_direct_gguf_equals_the_older_paths(both, quants):
+    """Same tensors (bytes) and metadata as through the merged checkpoint, for 16-bit and q8_0."""
+    old, new, _ = both[quants]
+    assert (old.path, new.path) == ("detour", "direct")
+    assert set(old.ggufs) == set(new.ggufs) == set(quants)
+    for quant in quants:
+        old_kv, old_tensors = read_gguf(old.ggufs[quant])
+        new_kv, new_tensors = read_gguf(new.ggufs[quant])
+        assert [t[:3] for t in new_tensors] == [t[:3] for t in old_tensors], quant
+        for a, b in zip(old_tensors, new_tensors):
+            assert a[3] == b[3], (quant, a[0])            # bit for bit: the same merge
+        assert new_kv == old_kv, quant
+        assert new_kv["general.name"][1] == [NAME.encode()]
+
+
+@pytest.mark.slow
+def test_direct_writes_no_checkpoint_and_runs_no_converter_script(both):
+    """One child process does merge + convert; no convert_hf_to_gguf.py, no Unsloth load/merge."""
+    old, new, procs = both[("bf16", "q8_0")]
+    assert not any(Path(a).name == "convert_hf_to_gguf.py" for p in procs for a in p[:2])
+    assert [p[2:4] for p in procs if p[1:3] == ["-m", "fastft.export.direct"]] == [
+        ["fastft.export.direct", str(new.run_dir / "adapter")]]
+    assert {"load_s", "merge_s"} & set(new.timings) == set()
+    assert {"convert_prepare_s", "convert_write_s", "convert_s"} <= set(new.timings)  # the child's
+    assert {"load_s", "merge_s", "convert_s"} <= set(old.timings)
+
+
+@pytest.mark.slow
+def test_peak_disk_is_measured_and_bounded(both, run_dir, tmp_path):
+    """GGUF only: at most 1.2x the final files plus one 16-bit GGUF; the older path held the
+    merged checkpoint and the GGUF at once."""
+    new, _ = export(run_dir, tmp_path / "q8", ("q8_0",), direct=True)   # the BF16 in scratch
+    final = sum(p.stat().st_size for p in new.ggufs.values())
+    bf16 = both[("bf16", "q8_0")][1].ggufs["bf16"].stat().st_size
+    assert new.path == "direct"
+    assert final + bf16 <= new.peak_disk_bytes <= 1.2 * final + bf16
+    old = both[("bf16", "q8_0")][0]
+    checkpoint = sum(p.stat().st_size for p in Path(read_run(run_dir).model_path).glob(
+        "*.safetensors"))                        # the merged one is as large as the base
+    assert old.peak_disk_bytes >= checkpoint + bf16
+    assert json.loads(json.dumps(new.to_dict()))["peak_disk_bytes"] == new.peak_disk_bytes
+
+
+def fake_llama_cpp(real: Path, root: Path, old: str, new: str) -> Path:
+    """llama.cpp's tools and converter at `root`, with `old` replaced by `new` in its
+    conversion/base.py: a converter that is not the one fastft.export.direct was written for."""
+    root.mkdir()
+    for name in ("convert_hf_to_gguf.py", "gguf-py", "llama-quantize", "llama-simple"):
+        (root / name).symlink_to((real / name).resolve())
+    shutil.copytree(real / "conversion", root / "conversion",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    base = root / "conversion" / "base.py"
+    text = base.read_text()
+    assert text.count(old) == 1
+    base.write_text(text.replace(old, new))
+    return root
+
+
+@pytest.mark.slow
+def test_an_unexpected_converter_falls_back_and_says_so(run_dir, llama, tmp_path, monkeypatch):
+    root = fake_llama_cpp(llama.root, tmp_path / "llama.cpp",
+                          "def index_tensors(self, remote_hf_model_id: str | None = None)",
+                          "def index_tensors(self, remote_hf_model_id: str | None = None, "
+                          "parts=None)")
+    monkeypatch.setenv("UNSLOTH_LLAMA_CPP_PATH", str(root))
+    said = io.StringIO()
+    res, procs = export(run_dir, tmp_path / "out", ("q8_0",), direct=True, console_file=said)
+    notes = [line for line in said.getvalue().splitlines() if line.startswith("note:")]
+    assert notes == ["note: exporting through a 16-bit checkpoint on disk: "
+                     "ModelBase.index_tensors takes other arguments"]
+    assert res.path == "detour" and res.ggufs["q8_0"].is_file()
+    assert any(Path(a).name == "convert_hf_to_gguf.py" for p in procs for a in p[:2])
+
+
+def test_an_adapter_beyond_a_plain_merge_is_declined(run_dir, tmp_path):
+    """DoRA, trained biases, extra saved modules: not W + scaling·B·A, so the older path."""
+    cases = {"use_dora": True, "modules_to_save": ["lm_head"], "bias": "all"}
+    for key, value in cases.items():
+        adapter = tmp_path / key
+        shutil.copytree(run_dir / "adapter", adapter)
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+        cfg[key] = value
+        (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+        model = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        why = merge_source(adapter, model)
+        assert isinstance(why, str) and (key in why or str(value) in why), (key, why)
+    # LoRA on a weight the base does not store (the tiny model ties lm_head to the embeddings)
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    adapter = tmp_path / "lm_head"
+    shutil.copytree(run_dir / "adapter", adapter)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    for kind in "AB":
+        tensors[f"base_model.model.lm_head.lora_{kind}.weight"] = torch.zeros(4, 4)
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    assert merge_source(adapter, model) == ("the adapter adapts lm_head.weight, which the base's "
+                                            "safetensors do not hold")
+    plain = merge_source(run_dir / "adapter", cfg["base_model_name_or_path"])
+    assert not isinstance(plain, str) and plain.scaling == cfg["lora_alpha"] / cfg["r"]
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert len(plain.lora) * 2 == len(list(f.keys()))     # every A and B, paired
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_direct_child_leaves_nothing(run_dir, llama, tmp_path):
+    """Ctrl-C (SIGINT to the group) while the direct child merges and writes: exit 130, no
+    scratch folder, no output. (SIGKILL of fastft alone: tests/test_faults.py.)"""
+    import signal
+
+    from test_faults import run_killed
+
+    exports = tmp_path / "exports"
+    killed = run_killed(["export", str(run_dir), "--gguf", "q8_0", "--out", str(exports / "m"),
+                         "--name", "m", "--no-check"], "direct:SIGINT", tmp_path)
+    assert killed.returncode == 128 + signal.SIGINT, killed.stderr[-3000:]
+    assert list(exports.iterdir()) == []
