@@ -41,9 +41,9 @@ CASES = {
 }
 # The targets on an H100 with the 4B shape, warm (seconds).
 TARGETS = {"gguf/direct": 45.0, "merged": 120.0}
-# convert_prepare / convert_write: inside the direct path's convert (its child's own times)
-STAGES = ("load", "merge", "convert", "convert_prepare", "convert_write", "quantize", "check",
-          "docs")
+# The export's own timeline (fastft.core.timeline); the direct child's sub-stages are in export.log.
+STAGES = ("startup", "imports", "tools", "load", "reference", "merge", "convert", "quantize",
+          "check", "retention", "docs")
 
 
 def fastft(*args: str) -> list[str]:

@@ -84,13 +84,13 @@ def test_direct_gguf_equals_the_older_paths(both, quants):
 
 @pytest.mark.slow
 def test_direct_writes_no_checkpoint_and_runs_no_converter_script(both):
-    """One child process does merge + convert; no convert_hf_to_gguf.py, no Unsloth load/merge."""
+    """One child process does merge + convert; no convert_hf_to_gguf.py, no Unsloth merge."""
     old, new, procs = both[("bf16", "q8_0")]
     assert not any(Path(a).name == "convert_hf_to_gguf.py" for p in procs for a in p[:2])
     assert [p[2:4] for p in procs if p[1:3] == ["-m", "fastft.export.direct"]] == [
         ["fastft.export.direct", str(new.run_dir / "adapter")]]
-    assert {"load_s", "merge_s"} & set(new.timings) == set()
-    assert {"convert_prepare_s", "convert_write_s", "convert_s"} <= set(new.timings)  # the child's
+    # Loaded once, for the retention gate's 16-bit side; merged only in the child.
+    assert "merge_s" not in new.timings and {"load_s", "reference_s", "convert_s"} <= set(new.timings)
     assert {"load_s", "merge_s", "convert_s"} <= set(old.timings)
 
 

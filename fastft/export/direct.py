@@ -385,7 +385,8 @@ DECLINED = 3
 
 def run_direct(job: Job, log: Path, timings: dict[str, float]) -> str | None:
     """Write job.outfile in a child process; returns why not when the direct path declined.
-    Adds the child's own stage times to `timings` ("convert_prepare_s", "convert_write_s").
+    Adds the child's own stage times to `timings` ("convert_prepare_s", "convert_write_s"); the
+    export passes a dict of its own (they are inside its "convert" stage).
 
     A child, not this process: llama.cpp's converter imports transformers, and should the
     older path follow, Unsloth must be imported before transformers (fastft.core.models).
