@@ -465,6 +465,7 @@ def write_models(plan: ExportPlan, console) -> None:
         _load_and_merge(plan, console, merge=False)
         gc.collect()
         _free_gpu()
+        shutil.rmtree(plan.work / "adapter", ignore_errors=True)   # the load's copy: not needed now
     if not (direct and _direct(plan, console)):
         _load_and_merge(plan, console)
         gc.collect()                         # the model is gone: free its memory for the tools
