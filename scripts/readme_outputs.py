@@ -12,7 +12,7 @@ tiny model, CPU, `HF_HUB_OFFLINE=1`, no colour, 100 columns, the trainer's fixed
 tests/test_readme.py runs the same commands (train and export through tests/conftest.py's
 session run) and fails when README.md differs from what they print now. What legitimately
 varies between runs is compared through `normalize`, the one declared mask: durations, clock
-times, speeds, timestamps in names, the working folder, the `times:` line, and the padding
+times, speeds, timestamps in names, the working folder, the stage times (`time`), and the padding
 of table cells (which follows the width of those fields).
 """
 
@@ -195,10 +195,10 @@ def trim(output: str, show) -> list[str]:
 
 
 def _unwrap_times(lines: list[str]) -> list[str]:
-    """export's `times:` line in one piece (the terminal wraps it where its numbers' widths say)."""
+    """export's `time:` line in one piece (the terminal wraps it where its numbers' widths say)."""
     out: list[str] = []
     for line in lines:
-        if out and out[-1].lstrip().startswith("times:") and not line.startswith(" "):
+        if out and out[-1].lstrip().startswith("time:") and not line.startswith(" "):
             out[-1] += " " + line
         else:
             out.append(line)
@@ -253,7 +253,9 @@ def rewrite(text: str, blocks: dict[str, str]) -> str:
 
 
 MASKS = (
-    (re.compile(r"^(\s*)times: .*$", re.M), r"\1times: <masked>"),   # another command's timeline
+    (re.compile(r"^(\s*)time: .*$", re.M), r"\1time: <masked>"),   # export's stage line
+    # train's table row of stages, with the rows it wraps onto (where depends on the numbers)
+    (re.compile(r"^(\s*[│┃] time\s+[│┃]).*$(\n^\s*[│┃]\s+[│┃].*$)*", re.M), r"\1 <masked>"),
     (re.compile(r"\d{8}-\d{6}"), "<timestamp>"),
     (re.compile(r"\b\d+:\d\d:\d\d\b"), "<clock>"),
     (re.compile(r"[\d,]+(\.\d+)? tok/s"), "<speed>"),

@@ -22,13 +22,17 @@ def process_age() -> float:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+_started: list[bool] = []   # a process starts once: only its first command's timeline counts it
+
+
 class Timeline:
     """Stages in the order they first ran; a stage entered twice adds up."""
 
     def __init__(self, from_process_start: bool = False):
         self.seconds: dict[str, float] = {}
         self._t0 = time.perf_counter()
-        if from_process_start:   # a command's own process: everything before now is start-up
+        if from_process_start and not _started:   # a command's own process: before now is start-up
+            _started.append(True)
             age = process_age()
             self._t0 -= age
             self.seconds["startup"] = age
