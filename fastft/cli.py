@@ -420,8 +420,9 @@ def export(run, config_file, verbose, as_json, **flags):
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2, ensure_ascii=False))
         return
-    for line in res.summary_lines():
-        (console if line.startswith("warning:") else out).print(line, markup=False, highlight=False)
+    for line in res.summary_lines():   # unwrapped: paths and the stage line stay whole
+        (console if line.startswith("warning:") else out).print(line, markup=False, highlight=False,
+                                                                soft_wrap=True)
 
 
 # -- doctor -------------------------------------------------------------------------------------

@@ -178,8 +178,8 @@ BORDER = re.compile(r"^[\s┏┓┗┛┡┩└┘┌┐├┤━─┳┻╇┼
 def trim(output: str, show) -> list[str]:
     """The lines of `output` the README shows: table borders dropped; with `show`, the lines that
     match one of its regexes plus the table lines continuing them, `...` for each gap."""
-    lines = _unwrap_times([line.rstrip() for line in output.splitlines()
-                           if line.strip() and not BORDER.match(line)])
+    lines = [line.rstrip() for line in output.splitlines()
+             if line.strip() and not BORDER.match(line)]
     if show is None:
         return lines
     kept, keeping, gap = [], False, False
@@ -192,17 +192,6 @@ def trim(output: str, show) -> list[str]:
         else:
             gap = True
     return kept + ["..."] * gap
-
-
-def _unwrap_times(lines: list[str]) -> list[str]:
-    """export's `time:` line in one piece (the terminal wraps it where its numbers' widths say)."""
-    out: list[str] = []
-    for line in lines:
-        if out and out[-1].lstrip().startswith("time:") and not line.startswith(" "):
-            out[-1] += " " + line
-        else:
-            out.append(line)
-    return out
 
 
 def _shown_paths(text: str, root: str) -> str:
