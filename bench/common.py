@@ -135,13 +135,15 @@ def llama_cpp_root(fallback_cache: str) -> Path:
     else one built from the offline source into `fallback_cache` (used as FASTFT_CACHE)."""
     from fastft.core.cache import cache_dir
     from fastft.core.sources import LLAMA_CPP_PYTHON_VERSION
-    from fastft.export.llamacpp import ensure_llama_cpp
+    from fastft.export.llamacpp import ensure_llama_cpp, ensure_scorer
 
     if not (os.environ.get("UNSLOTH_LLAMA_CPP_PATH")
             or (cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}").is_dir()):
         os.environ["FASTFT_CACHE"] = fallback_cache
     ensure_llama_cpp_source()
-    return ensure_llama_cpp().root
+    root = ensure_llama_cpp().root
+    ensure_scorer()   # the export's retention gate: built here, untimed, with the other tools
+    return root
 
 
 def tiny_model_dir() -> Path:

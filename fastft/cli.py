@@ -324,14 +324,19 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
             click.echo(to_toml(cfg), nl=False)
             return
     from .core.timeline import Timeline
-    from .train.inputs import check_inputs
+    from .train.inputs import check_inputs, load_data
     from .train.launch import dispatch
 
     timeline = Timeline(from_process_start=True)
-    # Bad data or a wrong model name fails here, in a second, before the 10-40 s import of
-    # Unsloth and torch (and before --gpus starts N processes that would each find it).
+    # Bad data fails here, in a second, before the 10-40 s import of Unsloth and torch (and
+    # before --gpus starts N processes that would each find it); so does a wrong model name
+    # where this process trains (under --gpus, each rank checks it where the model loads).
+    inputs = None
     with timeline.stage("checks"):
-        inputs = None if resume else check_inputs(cfg)
+        if cfg is not None and cfg.gpus == 1:
+            inputs = check_inputs(cfg)
+        elif cfg is not None:
+            load_data(cfg)
     # Several GPUs: this command again in N processes through torchrun (fastft.train.launch).
     code = dispatch(cfg, resume, flags.get("gpus"),
                     train_argv(data, config_file, resume, verbose, as_json, flags), console, verbose)

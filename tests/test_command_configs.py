@@ -83,7 +83,7 @@ def exports(monkeypatch):
     import fastft.export.pipeline as pipeline
 
     seen = []
-    monkeypatch.setattr(pipeline, "export_run", lambda cfg, console, verbose: seen.append(cfg) or stop())
+    monkeypatch.setattr(pipeline, "export_run", lambda cfg, console, verbose, timeline=None: seen.append(cfg) or stop())
     return seen
 
 

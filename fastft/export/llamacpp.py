@@ -141,7 +141,13 @@ def ensure_chat_runner(console=None) -> Path:
 def ensure_scorer(console=None) -> Path:
     """fastft-score: the one in fastft's llama.cpp source tree, else built there (only its own
     file compiles: the libraries are llama-quantize's). The user's UNSLOTH_LLAMA_CPP_PATH is not
-    used: the program is fastft's, and its source is written only into fastft's cache."""
+    used to build it: the program is fastft's, and its source is written only into fastft's
+    cache; but a fastft-score already beside the llama.cpp in use (a fastft build named by
+    UNSLOTH_LLAMA_CPP_PATH, as bench/ttfc.py does) is that same program."""
+    found = find_llama_cpp()
+    if found is not None and (exe := _find_tool(found.root, (SCORER,))) is not None \
+            and _scorer_files_current(found.root):   # built from this fastft's source
+        return exe
     src = llama_cpp_source()
     if _runs(src / SCORER) and _scorer_files_current(src):
         return src / SCORER

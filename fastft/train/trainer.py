@@ -228,8 +228,9 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
         record = record.model_copy(update=dict(status="done", timings=timeline.timings(),
                                                final=final))
         folder.write(record)
-        with open(folder.train_log, "a", encoding="utf-8") as log:   # beside the libraries' lines
-            log.write(f"fastft: stages: {timings_line(record.timings)}\n")
+        if folder.train_log.exists():   # beside the libraries' lines (-v: no log is kept)
+            with open(folder.train_log, "a", encoding="utf-8") as log:
+                log.write(f"fastft: stages: {timings_line(record.timings)}\n")
         plot_run(folder, trainer.state.log_history, ui)  # loss.png, over the whole run
     distributed.finish()
     return Run(folder, record)
