@@ -1,24 +1,47 @@
 #!/usr/bin/env bash
-# One device call (about 550 s, carry .whl): the GPU tests, with llama.cpp built in the background, then the 4B shape end to end:
-# fastft train (favorite-color, defaults) and fastft export --gguf q4_k_m --gguf q8_0 (stage timeline,
-# the direct path, retention and KL of both quants with the gate's cost). Results in $OUT. Usage: bash bench/gpu_check.sh
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+# The GPU host's checks, as device calls of at most 10 minutes each (carry .whl). Each argument is
+# one step, run in order until the call's time (GPU_CHECK_LIMIT_S, 570 s) is spent:
+#   tests             the GPU tests (pytest -m gpu: training, auto-tune and its cache), 150 s at most
+#   ttfc:ONLY         bench/ttfc.py --shape 4b --only ONLY (scenarios and/or recipes, comma-separated),
+#                     e.g. ttfc:favorite,fastft; its --work /tmp/ttfc is kept while the host
+#                     stays warm, so a later call reuses its model, llama.cpp and finished runs
+#   quants            fastft export of ttfc's last finished fastft run with q4_k_m and q8_0: both
+#                     quants' retention and KL, and the gate's cost for two quants
+# e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
+#       bash bench/gpu_check.sh ttfc:favorite,notebook quants   Results go to $OUT.
+LIMIT=${GPU_CHECK_LIMIT_S:-570}
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }; left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
+OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"; W=/tmp/ttfc; REPO=$PWD
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH=/tmp/site:$REPO PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 python3 -c "from bench.common import ensure_llama_cpp_source as e; e()"
-nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/gpu.txt
-( python3 -c "from fastft.export.llamacpp import ensure_llama_cpp, ensure_scorer; ensure_llama_cpp(); ensure_scorer()" > $OUT/llama-build.txt 2>&1; el "llama.cpp built" >> $OUT/llama-build.txt ) &
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# llama.cpp's tools and fastft-score: built once per host (a no-op when built), beside the tests
+( python3 -c "from bench.common import llama_cpp_root as r; print(r('$W/fastft-cache'))" \
+  > "$OUT/llama-build.txt" 2>&1; el "llama.cpp ready" >> "$OUT/llama-build.txt" ) &
 BUILD=$!
-el "gpu tests"
-timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_autobatch.py --durations=12 2>&1 | tee $OUT/gpu-tests.txt | tail -22
-el "model"; python3 bench/make_model.py --shape 4b --out-dir /tmp/m > $OUT/make-model.txt 2>&1; el "model done"
-wait $BUILD; cat $OUT/llama-build.txt | tail -2
-mkdir -p /tmp/w && cd /tmp/w
-M=/tmp/m/Qwen3-4B-shape-Instruct-2507
-el "train"; S=$(date +%s)
-timeout $(( 520 - ($(date +%s) - T0) )) python3 -m fastft.cli train $OLDPWD/examples/favorite_color.jsonl --model $M --name fav > $OUT/train.txt 2>&1; echo "train rc=$? wall $(( $(date +%s) - S )) s" | tee -a $OUT/train.txt
-tail -22 $OUT/train.txt; cp runs/fav/fastft.json $OUT/ 2>/dev/null; cp runs/fav/train.log $OUT/ 2>/dev/null
-el "export"; S=$(date +%s)
-timeout $(( 545 - ($(date +%s) - T0) )) python3 -m fastft.cli export runs/fav --gguf q4_k_m --gguf q8_0 > $OUT/export.txt 2>&1; echo "export rc=$? wall $(( $(date +%s) - S )) s" | tee -a $OUT/export.txt
-tail -30 $OUT/export.txt; cp exports/fav/fastft-export.json $OUT/ 2>/dev/null; cp runs/fav/export.log $OUT/ 2>/dev/null
+for step in "$@"; do
+  el "step $step ($(left) s left)"
+  case $step in
+    tests)
+      timeout $(( $(left) < 150 ? $(left) : 150 )) python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/test_gpu.py tests/test_autobatch.py --durations=8 > "$OUT/gpu-tests.txt" 2>&1
+      echo "tests rc=$?"; tail -15 "$OUT/gpu-tests.txt" ;;
+    ttfc:*)
+      wait $BUILD; tail -1 "$OUT/llama-build.txt"
+      python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" \
+        --deadline-s $(( $(left) - 10 )) 2>&1 | tail -40 ;;
+    quants)
+      wait $BUILD
+      run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
+      [ -z "$run" ] && { echo "quants: no finished fastft run in $W"; continue; }
+      S=$(date +%s)
+      UNSLOTH_LLAMA_CPP_PATH=$(python3 -c "from bench.common import llama_cpp_root as r; print(r('$W/fastft-cache'))" | tail -1) timeout $(( $(left) - 5 )) \
+        python3 -m fastft.cli export "$run" --gguf q4_k_m --gguf q8_0 --min-retention 0 \
+        --out /tmp/quants --force > "$OUT/quants.txt" 2>&1
+      echo "quants rc=$? wall $(( $(date +%s) - S )) s"; tail -25 "$OUT/quants.txt"
+      cp /tmp/quants/fastft-export.json "$OUT/quants-export.json" 2>/dev/null ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
 el "end"

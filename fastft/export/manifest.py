@@ -93,6 +93,8 @@ class ExportManifest(_Keeps):
     timings: dict[str, float]          # "<stage>_s" -> seconds, rounded
     files: dict[str, FileEntry]        # relative path -> its SHA-256 and size
     retention: Optional[Retention] = None   # None: no GGUF (or an export before the gate)
+    path: Optional[str] = None          # "direct" (no 16-bit checkpoint on disk) or "detour"
+    peak_disk_bytes: Optional[int] = None   # the most the scratch folder held at once
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2,

@@ -748,7 +748,7 @@ def _manifest(plan: ExportPlan, files: dict[str, FileEntry]) -> ExportManifest:
         converted_from=plan.gguf16.name if plan.gguf16 else None,
         modelfile=served, checks=plan.checks,
         timings=plan.timeline.timings(), files=files,
-        retention=plan.retention)
+        retention=plan.retention, path=plan.path, peak_disk_bytes=plan.peak_disk_bytes)
 
 
 # -- small helpers -------------------------------------------------------------------------------
