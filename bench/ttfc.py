@@ -51,9 +51,9 @@ SCENARIOS = {
                  "epochs": 1.0, "dist": "longtail", "tokens": 2048},
 }
 STAGES = ("startup", "load", "prep", "probe", "train", "save", "merge", "convert", "quantize",
-          "check", "other")
+          "check", "gate", "other")
 STAGE_COLORS = dict(zip(STAGES, ("#bbbbbb", "#6baed6", "#9ecae1", "#fdae6b", "#e6550d", "#31a354",
-                                 "#756bb1", "#9e9ac8", "#bcbddc", "#636363", "#dddddd")))
+                                 "#756bb1", "#9e9ac8", "#bcbddc", "#636363", "#e7ba52", "#dddddd")))
 QUANT = "q4_k_m"
 # Expected seconds of one run, to decide under --deadline-s whether to start it before an
 # earlier run of the same pair has measured it (4b: the notes' 115 s train + ~170 s export).
@@ -173,6 +173,7 @@ def fastft_stages(train_wall: float, record: dict, export_wall: float, manifest:
     train["startup"] = train_wall - sum(train.values())    # interpreter, checks, imports, exit
     e = manifest.get("timings") or {}
     export = {k: e.get(f"{k}_s", 0.0) for k in ("load", "merge", "convert", "quantize", "check")}
+    export["gate"] = e.get("reference_s", 0.0) + e.get("retention_s", 0.0)   # the retention gate
     export["other"] = e.get("docs_s", 0.0)
     export["startup"] = export_wall - sum(export.values())
     return {"train": train, "export": export}

@@ -571,7 +571,8 @@ def test_manifest_round_trip(tmp_path):
     written = json.loads(text)
     assert list(written) == ["fastft_version", "created", "name", "source_run", "base_model",
                              "variant", "quants", "merged", "converted_from", "modelfile",
-                             "checks", "timings", "files", "retention"]
+                             "checks", "timings", "files", "retention", "path",
+                             "peak_disk_bytes"]
     assert written["modelfile"]["from"] == f"{NAME}.Q4_K_M.gguf"
     assert written["files"] == {"Modelfile": {"sha256": "ab" * 32, "bytes": 12}}
     # An unknown key (a newer fastft's) survives a round trip; a missing one is no manifest.

@@ -186,3 +186,32 @@ def test_ctrl_c_in_the_direct_child_leaves_nothing(run_dir, llama, tmp_path):
                          "--name", "m", "--no-check"], "direct:SIGINT", tmp_path)
     assert killed.returncode == 128 + signal.SIGINT, killed.stderr[-3000:]
     assert list(exports.iterdir()) == []
+
+
+WHAT_WAS_IMPORTED = """import runpy, sys
+sys.argv = ["fastft", *sys.argv[1:]]
+try:
+    runpy.run_module("fastft.cli", run_name="__main__")
+finally:
+    print("imported:", " ".join(m for m in ("unsloth", "transformers") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_the_direct_path_never_imports_unsloth(run_dir, llama, tmp_path):
+    """The gate's 16-bit side is scored with transformers and peft while the child writes:
+    Unsloth's import and patching (30 s of the export's 41 s load on an H200) is not paid.
+    The older path (--no-direct, or --merged) still loads through Unsloth."""
+    import subprocess
+    import sys
+
+    def imported(*flags):
+        out = subprocess.run([sys.executable, "-c", WHAT_WAS_IMPORTED, "export", str(run_dir),
+                              "--gguf", "q8_0", "--no-check", "--out", str(tmp_path / flags[0]),
+                              "--name", "m", *flags[1:]],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.splitlines()[-1]
+
+    assert imported("direct") == "imported: transformers"
+    assert imported("detour", "--no-direct") == "imported: unsloth transformers"

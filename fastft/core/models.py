@@ -168,6 +168,25 @@ def load_for_inference(adapter_dir: Path, max_seq_len: int, load_in_4bit: bool):
     return model, tokenizer
 
 
+def load_plain_with_adapter(adapter_dir: Path, base_path: str):
+    """(model, tokenizer): the ORIGINAL 16-bit base `base_path` with the adapter attached (not
+    merged), loaded by transformers and peft alone, without Unsloth: for the export's direct
+    path, which only scores this model (the retention gate) while a child process merges.
+    Importing and patching Unsloth cost about 30 s of the export's 41 s load on an H200
+    (bench/ttfc.py, 2026-12-06); scoring takes 3 s. Same loading rules, same 16-bit dtype."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(
+        base_path, dtype=torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16,
+        device_map={"": 0} if cuda else None, local_files_only=Path(base_path).is_dir(),
+        **LOADING_RULES)
+    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
+    return model, AutoTokenizer.from_pretrained(str(adapter_dir))
+
+
 def load_base_with_adapter(adapter_dir: Path, base_path: str, max_seq_len: int, work: Path):
     """(model, tokenizer): the ORIGINAL 16-bit base `base_path` with the adapter attached, via
     Unsloth's own adapter loading; for export, where merging into 16-bit weights (not dequantised

@@ -309,6 +309,7 @@ def write_gguf(job: Job, seconds: dict[str, float]) -> str | None:
         if isinstance(model, str):
             return model
         seconds["prepare"], t = time.perf_counter() - t, time.perf_counter()
+        _say_ready()
         # ModelBase.write, after its prepare steps: the tensors are merged as they are written.
         model.gguf_writer.write_header_to_file(path=model.fname_out)
         model.gguf_writer.write_kv_data_to_file()
@@ -383,27 +384,78 @@ def _prepared(conversion, gguf, source: MergeSource, job: Job):
 DECLINED = 3
 
 
-def run_direct(job: Job, log: Path, timings: dict[str, float]) -> str | None:
-    """Write job.outfile in a child process; returns why not when the direct path declined.
-    Adds the child's own stage times to `timings` ("convert_prepare_s", "convert_write_s"); the
-    export passes a dict of its own (they are inside its "convert" stage).
+READY_FD = "FASTFT_DIRECT_READY_FD"   # the pipe the child says "ready" on, once it is writing
+
+
+def _say_ready() -> None:
+    """In the child: the adapter and the converter passed every check; writing starts."""
+    if fd := os.environ.get(READY_FD):
+        os.write(int(fd), b"ready\n")
+        os.close(int(fd))
+
+
+class DirectChild:
+    """The direct export's child process (`python -m fastft.export.direct`), started first: the
+    caller learns within seconds whether it declined (`declined`), and may then do its own work
+    (the retention gate's 16-bit side) while the child merges and writes, then `finish`.
 
     A child, not this process: llama.cpp's converter imports transformers, and should the
-    older path follow, Unsloth must be imported before transformers (fastft.core.models).
+    older path follow, Unsloth must be imported here before transformers (fastft.core.models).
     """
-    from .llamacpp import log_tail, run_to_log
 
-    rc = run_to_log([sys.executable, "-m", "fastft.export.direct", *job.argv()], log)
-    why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
-    seconds = json.loads(job.seconds_file.read_text()) if job.seconds_file.is_file() else {}
-    shutil.rmtree(job.folder.parent, ignore_errors=True)   # the tokenizer: not held while quantizing
-    if rc == DECLINED and why:
-        job.outfile.unlink(missing_ok=True)
-        return why
-    if rc != 0 or not job.outfile.is_file():
-        raise DirectExportError(f"the direct GGUF export failed (exit {rc}):\n{log_tail(log)}")
-    timings.update({f"convert_{k}_s": v for k, v in seconds.items()})
-    return None
+    def __init__(self, job: Job, log: Path):
+        from .llamacpp import start_to_log
+
+        self.job, self.log = job, log
+        ready, said = os.pipe()
+        try:
+            self.proc = start_to_log([sys.executable, "-m", "fastft.export.direct", *job.argv()],
+                                     log, pass_fds=(said,), env=os.environ | {READY_FD: str(said)})
+        except BaseException:
+            os.close(ready)
+            raise
+        finally:
+            os.close(said)
+        self.ready = ready
+
+    def declined(self) -> str | None:
+        """Wait until the child writes (None) or has exited: why it declined, or raise."""
+        with os.fdopen(self.ready, "rb") as pipe:
+            said = pipe.read()      # "ready", or nothing once the child has exited
+        return None if said else self.finish({})
+
+    def finish(self, timings: dict[str, float]) -> str | None:
+        """Wait for the child: None when job.outfile is written, else why it declined (raises
+        when it failed). Adds its own stage times to `timings` ("convert_prepare_s",
+        "convert_write_s"); the export passes a dict of its own (inside its "convert" stage)."""
+        from .llamacpp import log_tail
+
+        try:
+            rc = self.proc.wait()
+        finally:
+            self.stop()
+        job = self.job
+        why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
+        seconds = json.loads(job.seconds_file.read_text()) if job.seconds_file.is_file() else {}
+        shutil.rmtree(job.folder.parent, ignore_errors=True)   # the tokenizer: not held while quantizing
+        if rc == DECLINED and why:
+            job.outfile.unlink(missing_ok=True)
+            return why
+        if rc != 0 or not job.outfile.is_file():
+            raise DirectExportError(f"the direct GGUF export failed (exit {rc}):\n{log_tail(self.log)}")
+        timings.update({f"convert_{k}_s": v for k, v in seconds.items()})
+        return None
+
+    def stop(self) -> None:
+        """Ctrl-C or a failure here: a writer must not keep writing into a folder about to go."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_direct(job: Job, log: Path, timings: dict[str, float]) -> str | None:
+    """Write job.outfile in a child process; returns why not when the direct path declined."""
+    return DirectChild(job, log).finish(timings)
 
 
 def main(argv: list[str]) -> int:

@@ -356,10 +356,15 @@ def log_tail(log: Path, n: int = 25) -> str:
         return ""
 
 
+def start_to_log(cmd: list[str], log: Path, **popen) -> subprocess.Popen:
+    """Start `cmd` with its output appended to `log`. It dies with this process."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT, **popen)
+
+
 def run_to_log(cmd: list[str], log: Path) -> int:
     """Run `cmd` with its output appended to `log`; its exit status. It dies with this process."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(dying_with_parent(cmd), stdout=out, stderr=subprocess.STDOUT)
+    proc = start_to_log(cmd, log)
     try:
         return proc.wait()
     finally:   # Ctrl-C: a writer must not keep writing into a folder about to be removed

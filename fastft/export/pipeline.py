@@ -13,7 +13,9 @@
            llama.cpp's converter, `general.name` = NAME from the start; then `llama-quantize`
            makes every other requested type from that one file, several at once.
            GGUF only (no --merged, not --no-direct): the merge and the 16-bit GGUF are one step,
-           with no checkpoint on disk (fastft.export.direct), unless that path declines.
+           with no checkpoint on disk, in a child process (fastft.export.direct), unless that
+           path declines; meanwhile this process loads the base with the adapter through
+           transformers and peft (`models.load_plain_with_adapter`, no Unsloth) for the gate.
 4. check   Load every GGUF with llama.cpp and generate a few tokens (`--no-check` skips this).
    gate    The retention gate (fastft.export.retention): held-out loss of base, adapter (from
            the model loaded in step 3, before merging) and each GGUF (llama.cpp, same token
@@ -49,7 +51,8 @@ from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
 from .config import AUTO_QUANTS
-from .direct import FOLDER, Job, folder_bytes, merge_device, run_direct, weights_dtype
+from .direct import (FOLDER, DirectChild, DirectExportError, Job, folder_bytes, merge_device,
+                     weights_dtype)
 from .manifest import (MANIFEST, ExportManifest, FileEntry, GGUFCheck, GGUFRetention, ManifestError,
                        Retention, ServedModelfile)
 from . import retention
@@ -70,7 +73,7 @@ from .llamacpp import (
     quantize_ggufs,
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
-from ..core.models import load_base_with_adapter
+from ..core.models import load_base_with_adapter, load_plain_with_adapter
 from ..core.timeline import Timeline, timings_line
 from ..core.quiet import captured, status
 from ..core.preflight import (
@@ -457,16 +460,22 @@ def scratch_folder(plan: ExportPlan, console):
 
 def write_models(plan: ExportPlan, console) -> None:
     """Merge once; then, for GGUF, convert once and quantize every other type from that file.
-    GGUF only (and --direct): merge and convert in one go, from memory (fastft.export.direct);
-    else through a merged 16-bit checkpoint on disk. Each finished output is hashed for the
-    manifest in the background meanwhile."""
+    GGUF only (and --direct): merge and convert in one go, from memory, in a child process
+    (fastft.export.direct) while this one scores the gate's 16-bit side; else through a merged
+    16-bit checkpoint on disk. Each finished output is hashed for the manifest meanwhile."""
     direct = plan.quants and not plan.opts.merged and plan.opts.direct
-    if direct:   # the gate's 16-bit side needs the model loaded once: then free it for the merge
-        _load_and_merge(plan, console, merge=False)
-        gc.collect()
-        _free_gpu()
-        shutil.rmtree(plan.work / "adapter", ignore_errors=True)   # the load's copy: not needed now
-    if not (direct and _direct(plan, console)):
+    if direct and (child := _start_direct(plan, console)):
+        try:   # the child merges and writes meanwhile; the gate's model is loaded without Unsloth
+            _load_and_merge(plan, console, merge=False)
+            gc.collect()
+            _free_gpu()
+            with _timed(plan, "convert"), status(console, "merging and writing the 16-bit GGUF"):
+                if why := child.finish({}):   # its sub-stages: in export.log
+                    raise DirectExportError(f"the direct GGUF export stopped: {why}")
+        finally:
+            child.stop()
+        plan.path = "direct"
+    else:
         _load_and_merge(plan, console)
         gc.collect()                         # the model is gone: free its memory for the tools
         if plan.opts.merged:
@@ -479,26 +488,31 @@ def write_models(plan: ExportPlan, console) -> None:
     plan.note_disk()
 
 
-def _direct(plan: ExportPlan, console) -> bool:
-    """The 16-bit GGUF straight from the merged tensors; False (said in one line) when the
-    direct path cannot take this run, and the older path is to run instead."""
+def _start_direct(plan: ExportPlan, console) -> DirectChild | None:
+    """The direct path's child, once it has checked the run and llama.cpp's converter and is
+    writing the 16-bit GGUF; None (said in one line) when it declined: the older path runs."""
     info = plan.info
     dtype = weights_dtype(info.model_path)
     outtype = convert_type(plan.quants, "f16" if dtype == "float16" else "bf16")
     plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
     job = Job(info.adapter_dir, info.model_path, plan.llama.root, plan.work / "direct" / FOLDER,
               plan.gguf16, outtype, plan.name)
-    why = "the base is not a local 16-bit safetensors model" if dtype is None else None
-    with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
-                                                  f"{outtype.upper()} GGUF"):
-        why = why or run_direct(job, plan.log, {})   # its sub-stages: in export.log
+    why, child = "the base is not a local 16-bit safetensors model" if dtype is None else None, None
+    if why is None:
+        with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
+                                                      f"{outtype.upper()} GGUF"):
+            child = DirectChild(job, plan.log)
+            try:
+                why = child.declined()
+            except BaseException:
+                child.stop()
+                raise
     if why:
         console.print(f"note: exporting through a 16-bit checkpoint on disk: {why}",
                       markup=False, highlight=False)
         plan.gguf16 = None
-        return False
-    plan.path = "direct"
-    return True
+        return None
+    return child
 
 
 def _free_gpu() -> None:
@@ -607,8 +621,11 @@ def _load_and_merge(plan: ExportPlan, console, merge: bool = True) -> None:
     info = plan.info
     with _unsloth_errors(plan, loading=True), _timed(plan, "load"), status(
             console, f"loading {info.model} (16-bit) with the run's adapter"):
-        model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
-                                                  info.max_seq_len, plan.work)
+        if merge:   # Unsloth's merge needs Unsloth's model
+            model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path,
+                                                      info.max_seq_len, plan.work)
+        else:
+            model, tokenizer = load_plain_with_adapter(info.adapter_dir, info.model_path)
     if not plan.prompt:   # a second load (the direct path declined) says nothing new
         _use_tokenizer(plan, tokenizer)
     if plan.quants and plan.reference is None:

@@ -90,7 +90,7 @@ def _held_out_examples(run, eval_data: str | None):
     if cfg.eval_file:
         return (load_conversations(cfg.eval_file).examples, f"the run's eval file {cfg.eval_file}",
                 cfg.eval_file)
-    from ..train.trainer import split_eval
+    from ..train.inputs import split_eval
 
     examples = load_conversations(cfg.data, skip_invalid=cfg.skip_invalid).examples
     held = split_eval(cfg, examples)[1]

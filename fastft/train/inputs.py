@@ -6,6 +6,7 @@ commonest mistake, and it is reported in well under a second. Nothing here may i
 from __future__ import annotations
 
 import importlib.util
+import random
 from typing import NamedTuple
 
 from ..core.config import TrainConfig
@@ -27,6 +28,19 @@ def load_data(cfg: TrainConfig) -> Inputs:
     if cfg.eval_file:
         eval_examples = load_conversations(cfg.eval_file, skip_invalid=cfg.skip_invalid).examples
     return Inputs(train_ds, eval_examples)
+
+
+def split_eval(cfg: TrainConfig, examples: list[Example]) -> tuple[list[Example], list[Example]]:
+    """(train, eval): a seeded --eval-split share held out, or nothing. (Also the export's
+    retention gate, which must not import the trainer: it imports Unsloth.)"""
+    if cfg.eval_file or cfg.eval_split <= 0:
+        return examples, []
+    shuffled = examples[:]
+    random.Random(cfg.seed).shuffle(shuffled)
+    n_eval = max(1, round(len(shuffled) * cfg.eval_split))
+    if n_eval >= len(shuffled):
+        raise TrainError(f"--eval-split {cfg.eval_split} leaves no training examples")
+    return shuffled[n_eval:], shuffled[:n_eval]
 
 
 def check_inputs(cfg: TrainConfig) -> Inputs:

@@ -20,7 +20,6 @@ import_unsloth()  # before transformers, peft and trl (see fastft.core.models)
 import contextlib  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import random  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
@@ -37,7 +36,7 @@ from ..data.read import Example  # noqa: E402
 from ..core.errors import RunFolderError, TrainError, is_disk_full, is_out_of_memory  # noqa: E402
 from .metrics import mean_loss, truncate_after  # noqa: E402
 from ..core.models import hub_problem, load_model, resolve_model  # noqa: E402
-from .inputs import Inputs, check_inputs, load_data, require_tensorboard  # noqa: E402
+from .inputs import Inputs, check_inputs, load_data, require_tensorboard, split_eval  # noqa: E402
 from ..core.timeline import Timeline, timings_line  # noqa: E402
 from .plot import log_tensorboard_to, plot_run  # noqa: E402
 from ..core.quiet import move_log  # noqa: E402
@@ -380,18 +379,6 @@ def _absolute_paths(cfg: TrainConfig) -> dict:
 
 
 # -- data preparation (pure functions, tested directly) ----------------------------------------
-
-def split_eval(cfg: TrainConfig, examples: list[Example]) -> tuple[list[Example], list[Example]]:
-    """(train, eval): a seeded --eval-split share held out, or nothing."""
-    if cfg.eval_file or cfg.eval_split <= 0:
-        return examples, []
-    shuffled = examples[:]
-    random.Random(cfg.seed).shuffle(shuffled)
-    n_eval = max(1, round(len(shuffled) * cfg.eval_split))
-    if n_eval >= len(shuffled):
-        raise TrainError(f"--eval-split {cfg.eval_split} leaves no training examples")
-    return shuffled[n_eval:], shuffled[:n_eval]
-
 
 def prepare_data(cfg: TrainConfig, guard: ChatGuard, tokenizer,
                  loaded: Inputs | None = None) -> PreparedData:
