@@ -181,7 +181,9 @@ def load_plain_with_adapter(adapter_dir: Path, base_path: str):
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
         base_path, dtype=torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16,
-        device_map={"": 0} if cuda else None, local_files_only=Path(base_path).is_dir(),
+        # "sequential", as Unsloth loads it: the GPU first, the rest in CPU memory, so an 8 GB
+        # card still exports a 4B model (its 16-bit weights are 8 GB)
+        device_map="sequential" if cuda else None, local_files_only=Path(base_path).is_dir(),
         **LOADING_RULES)
     model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
     return model, AutoTokenizer.from_pretrained(str(adapter_dir))
