@@ -8,10 +8,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import contextlib
+import signal
 import sys
 from pathlib import Path
 
 import pytest
+
+# Started in the background by a shell without job control (`pytest ... &`, nohup, some CI
+# runners), every process here would ignore SIGINT, and so would each `fastft` a test starts:
+# exec keeps an ignored signal ignored. The tests that press Ctrl-C (the fault matrix, chat in a
+# terminal) then wait for a reaction that never comes. Python's own default, for the tests and
+# (reset to SIG_DFL by exec) for their children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # As in `fastft train`: Unsloth first, so it patches transformers/peft/trl before they load.
 with contextlib.redirect_stdout(sys.stderr):

@@ -3,7 +3,6 @@ one-shot (-p) and interactive (CliRunner, and a real terminal through pexpect)."
 
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -253,10 +252,6 @@ def test_interactive_in_a_real_terminal(color):
         child.sendline("/clear")
         child.expect_exact("conversation cleared")
         child.expect_exact(">>> ")
-        # As a person would: not within microseconds of the prompt. CPython's readline prints the
-        # prompt, then blocks in select(); a SIGINT landing between the two only sets a flag, and
-        # select() waits on (seen once in CI: 180 s of nothing). A user never hits that window.
-        time.sleep(1.0)
         child.sendintr()
         child.expect_exact("use /bye or Ctrl-D to quit")
         child.expect_exact(">>> ")

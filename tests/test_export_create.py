@@ -167,5 +167,8 @@ def test_export_create_and_json(run_dir, tmp_path, monkeypatch):
         assert gguf["path"] == str(folder / f"favorite_color.{name}.gguf")
         assert gguf["bytes"] == (folder / f"favorite_color.{name}.gguf").stat().st_size
     assert out["manifest"]["quants"] == ["q6_k", "q4_k_m"]
-    assert Path(out["log"]) == run_dir / "export.log" and "Unsloth" in Path(out["log"]).read_text()
+    # the libraries' output is in the log: here llama.cpp's converter (GGUF only: the direct
+    # path, whose child writes the 16-bit GGUF)
+    assert out["path"] == "direct" and out["manifest"]["path"] == "direct"
+    assert Path(out["log"]) == run_dir / "export.log" and "hf-to-gguf" in Path(out["log"]).read_text()
     assert "FROM ./favorite_color.Q6_K.gguf" in (folder / "Modelfile").read_text()
