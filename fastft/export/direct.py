@@ -2,7 +2,7 @@
 
 The older path (fastft.export.pipeline) loads the base through Unsloth, writes the merged
 16-bit checkpoint to disk, and runs llama.cpp's converter on that folder. When only GGUF is
-asked for, `run_direct` does the same work without the checkpoint, in one child process
+asked for, `DirectChild` does the same work without the checkpoint, in one child process
 (`python -m fastft.export.direct`; a child because the converter imports transformers, and
 should the older path follow, this process must import Unsloth before transformers):
 
@@ -451,11 +451,6 @@ class DirectChild:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def run_direct(job: Job, log: Path, timings: dict[str, float]) -> str | None:
-    """Write job.outfile in a child process; returns why not when the direct path declined."""
-    return DirectChild(job, log).finish(timings)
 
 
 def main(argv: list[str]) -> int:

@@ -497,8 +497,9 @@ def _start_direct(plan: ExportPlan, console) -> DirectChild | None:
     plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
     job = Job(info.adapter_dir, info.model_path, plan.llama.root, plan.work / "direct" / FOLDER,
               plan.gguf16, outtype, plan.name)
-    why, child = "the base is not a local 16-bit safetensors model" if dtype is None else None, None
-    if why is None:
+    if dtype is None:
+        why = "the base is not a local 16-bit safetensors model"
+    else:
         with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
                                                       f"{outtype.upper()} GGUF"):
             child = DirectChild(job, plan.log)
@@ -802,7 +803,7 @@ def _unsloth_errors(plan: ExportPlan, loading: bool):
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as e:
-        tail = f"--- last lines of Unsloth's output ---\n{log_tail(plan.log)}"
+        tail = f"--- last lines of {plan.log.name} ---\n{log_tail(plan.log)}"
         if not is_users_error(e, loading):
             e.add_note(tail)
             raise
