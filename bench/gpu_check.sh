@@ -5,6 +5,8 @@
 #   ttfc:ONLY         bench/ttfc.py --shape 4b --only ONLY (scenarios and/or recipes, comma-separated),
 #                     e.g. ttfc:favorite,fastft; its --work /tmp/ttfc is kept while the host
 #                     stays warm, so a later call reuses its model, llama.cpp and finished runs
+#   profile           bench/import_profile.py: where fastft train's start-up import goes (importtime,
+#                     cProfile), in fresh interpreters, twice
 #   quants            fastft export of ttfc's last finished fastft run with q4_k_m and q8_0: both
 #                     quants' retention and KL, and the gate's cost for two quants
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
@@ -30,7 +32,15 @@ for step in "$@"; do
     ttfc:*)
       wait $BUILD; tail -1 "$OUT/llama-build.txt"
       python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" \
-        --deadline-s $(( $(left) - 10 )) 2>&1 | tail -40 ;;
+        --deadline-s $(( $(left) - 10 )) 2>&1 | tail -40
+      for d in $W/runs/*-fastft-*; do   # per-step times and logs, for where the time goes
+        mkdir -p "$OUT/runs/${d##*/}"
+        cp $d/runs/ttfc/{metrics.jsonl,train.log,fastft.json} $d/export/{*.log,fastft-export.json} \
+          "$OUT/runs/${d##*/}/" 2>/dev/null
+      done ;;
+    profile)
+      timeout $(( $(left) - 5 )) python3 bench/import_profile.py --out "$OUT/profile" > "$OUT/import-profile.txt" 2>&1
+      echo "profile rc=$?"; grep -A12 "^== run" "$OUT/import-profile.txt" | head -40 ;;
     quants)
       wait $BUILD
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)

@@ -381,6 +381,30 @@ def svg_stacked(names: list[str], stages: list[dict], title: str) -> str:
 
 # -- main ------------------------------------------------------------------------------------------
 
+def combine(paths: list[Path], out: Path) -> Path:
+    """One result from the results of several calls on one host (a device call is capped at 10
+    minutes, so a full comparison takes several): each run's latest finished result, the ratios
+    recomputed, a new chart. Refuses results from other hosts, shapes or GPUs."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    same = {(x["shape"], x["gpu_name"], x["work"], x["date"]) for x in parts}
+    if len(same) != 1:
+        raise SystemExit(f"--combine: results of different shapes, GPUs, hosts or days: {same}")
+    runs: dict[str, dict] = {}
+    for part in parts:
+        for r in part["runs"]:
+            if r.get("status") == "ok" or r["id"] not in runs:
+                runs[r["id"]] = r
+    summary = {**parts[-1], "runs": sorted(runs.values(), key=lambda r: r["id"]),
+               "combined_from": [{"command": x["command"], "started": x["started"]} for x in parts]}
+    summary["ratios"] = ratios(summary["runs"])
+    stem = free_stem(out, f"{summary['date']}-{gpu_slug(summary['gpu_name'])}-ttfc")
+    chart = write_chart(summary, out / f"{stem}.png")
+    summary["chart"] = chart.name if chart else None
+    write_json(out / f"{stem}.json", summary)
+    print_summary(summary)
+    return out / f"{stem}.json"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["4b", "tiny"], default="4b")
@@ -409,7 +433,13 @@ def main(argv=None) -> int:
                     help="skip importing the libraries once before the first timed run")
     ap.add_argument("--quiet", action="store_true", help="do not echo subprocess output (log only)")
     ap.add_argument("--allow-cpu", action="store_true", help="run --shape 4b without a GPU (very slow)")
+    ap.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                    help="only merge these results of earlier calls on one host into one result "
+                         "(with ratios and chart) in --out")
     a = ap.parse_args(argv)
+    if a.combine:
+        log(f"results: {combine(a.combine, a.out.resolve())}")
+        return 0
     recipes, scenarios = select(a)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
