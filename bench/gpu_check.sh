@@ -33,11 +33,10 @@ for step in "$@"; do
       wait $BUILD; tail -1 "$OUT/llama-build.txt"
       python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" \
         --deadline-s $(( $(left) - 10 )) 2>&1 | tail -40
-      for d in $W/runs/*-fastft-*; do   # per-step times and logs, for where the time goes
-        mkdir -p "$OUT/runs/${d##*/}"
-        cp $d/runs/ttfc/{metrics.jsonl,train.log,fastft.json} $d/export/{*.log,fastft-export.json} \
-          "$OUT/runs/${d##*/}/" 2>/dev/null
-      done ;;
+      # per-step times and logs of the fastft runs, for where the time goes: one archive, as a
+      # device call brings back at most 8 files
+      ( cd $W/runs && tar czf "$OUT/fastft-runs.tgz" --ignore-failed-read */runs/ttfc/{metrics.jsonl,train.log,fastft.json} \
+          */export/{*.log,fastft-export.json} 2>/dev/null ) ;;
     profile)
       timeout $(( $(left) - 5 )) python3 bench/import_profile.py --out "$OUT/profile" > "$OUT/import-profile.txt" 2>&1
       echo "profile rc=$?"; grep -A12 "^== run" "$OUT/import-profile.txt" | head -40 ;;

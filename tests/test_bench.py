@@ -302,6 +302,39 @@ def test_ttfc_chart(tmp_path):
     assert svg.startswith("<svg") and svg.count("<rect") == 2 * len(st) + len(st)
 
 
+def test_ttfc_combine_keeps_each_runs_finished_result_and_refuses_other_hosts(tmp_path):
+    """Results of two calls on one host merge into one with the ratio neither had alone; a run
+    finished in the first call is not replaced by the second call's skip of it."""
+    def run(recipe, attempt, status="ok", seconds=100.0):
+        return {"id": f"favorite-{recipe}-{attempt}", "scenario": "favorite", "recipe": recipe,
+                "attempt": attempt, "status": status, "end_to_end_s": seconds,
+                "train_wall_s": seconds / 2, "export_wall_s": seconds / 2,
+                "stages": {s: seconds / len(ttfc.STAGES) for s in ttfc.STAGES}}
+
+    def result(name, runs, work="/tmp/ttfc"):
+        path = tmp_path / name
+        path.write_text(json.dumps({"shape": "4b", "gpu_name": "NVIDIA H200", "work": work,
+                                    "date": "2026-12-06", "command": name, "started": "t",
+                                    "runs": runs, "ratios": []}))
+        return path
+
+    first = result("a.json", [run("fastft", "cold", seconds=170.0)])
+    second = result("b.json", [run("fastft", "cold", status="skipped (deadline)"),
+                               run("notebook", "cold", seconds=265.0)])
+    out = tmp_path / "out"
+    out.mkdir()
+    merged = json.loads(ttfc.combine([first, second], out).read_text())
+    assert [r["id"] for r in merged["runs"]] == ["favorite-fastft-cold", "favorite-notebook-cold"]
+    assert merged["runs"][0]["status"] == "ok"
+    (ratio,) = merged["ratios"]
+    assert ratio["notebook_over_fastft"] == pytest.approx(265.0 / 170.0)
+    assert merged["combined_from"] == [{"command": "a.json", "started": "t"},
+                                       {"command": "b.json", "started": "t"}]
+    other = result("c.json", [run("notebook", "warm")], work="/elsewhere")
+    with pytest.raises(SystemExit, match="different shapes, GPUs, hosts or days"):
+        ttfc.combine([first, other], out)
+
+
 @pytest.mark.slow
 def test_ttfc_tiny_fastft_end_to_end(tmp_path):
     """The real `fastft train` + `fastft export` pair on the tiny model, one cold run (a warm
