@@ -7,6 +7,13 @@
 #                     stays warm, so a later call reuses its model, llama.cpp and finished runs
 #   profile           bench/import_profile.py: where fastft train's start-up import goes (importtime,
 #                     cProfile), in fresh interpreters, twice
+#   pyc               whether the host's Python libraries have byte-code: where they have none and
+#                     cannot get it (a read-only venv), every process compiles ~3,000 modules from
+#                     source, which pip's install would have done once. Times `import torch,
+#                     transformers` before and after byte-compiling them into PYTHONPYCACHEPREFIX
+#                     (as pip leaves a user's install), which the later steps then use
+#   compile:SCENARIO  bench/compile_choice.py: fastft train --compile on, on, off on SCENARIO
+#                     (favorite or longtail), sharing one set of compile caches
 #   quants            fastft export of ttfc's last finished fastft run with q4_k_m and q8_0: both
 #                     quants' retention and KL, and the gate's cost for two quants
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
@@ -37,6 +44,22 @@ for step in "$@"; do
       # device call brings back at most 8 files
       ( cd $W/runs && tar czf "$OUT/fastft-runs.tgz" --ignore-failed-read */runs/ttfc/{metrics.jsonl,train.log,fastft.json} \
           */export/{*.log,fastft-export.json} 2>/dev/null ) ;;
+    pyc)
+      SITE=$(python3 -c "import importlib.util as u, os; print(os.path.dirname(os.path.dirname(u.find_spec('torch').origin)))")
+      { echo "torch's site-packages: $SITE"; [ -w "$SITE" ] && echo writable || echo read-only
+        echo "  .py $(find "$SITE" -name '*.py' | wc -l), .pyc $(find "$SITE" -name '*.pyc' | wc -l)"
+        echo "/tmp/site: .py $(find /tmp/site -name '*.py' | wc -l), .pyc $(find /tmp/site -name '*.pyc' | wc -l)"
+        for i in 1 2; do S=$(date +%s%N); python3 -c "import torch, transformers"
+          echo "import torch, transformers: $(( ($(date +%s%N) - S) / 1000000 )) ms"; done
+        S=$(date +%s%N); PYTHONPYCACHEPREFIX=/tmp/pycache python3 -m compileall -q -j 16 "$SITE" /tmp/site > /dev/null 2>&1; rc=$?
+        echo "compileall into /tmp/pycache: $(( ($(date +%s%N) - S) / 1000000 )) ms, rc $rc"
+        for i in 1 2; do S=$(date +%s%N); PYTHONPYCACHEPREFIX=/tmp/pycache python3 -c "import torch, transformers"
+          echo "with the byte-code: import torch, transformers: $(( ($(date +%s%N) - S) / 1000000 )) ms"; done
+      } > "$OUT/pyc.txt" 2>&1
+      cat "$OUT/pyc.txt"; export PYTHONPYCACHEPREFIX=/tmp/pycache ;;
+    compile:*)
+      timeout $(( $(left) - 5 )) python3 bench/compile_choice.py --shape 4b --work $W --out "$OUT" \
+        --scenario "${step#compile:}" --runs "${COMPILE_RUNS:-on,on,off}" --quiet 2>&1 | tail -12 ;;
     profile)
       timeout $(( $(left) - 5 )) python3 bench/import_profile.py --out "$OUT/profile" > "$OUT/import-profile.txt" 2>&1
       echo "profile rc=$?"; grep -A12 "^== run" "$OUT/import-profile.txt" | head -40 ;;

@@ -34,6 +34,7 @@ Optimizer = Literal["auto", "adamw_8bit", "paged_adamw_8bit", "adamw_torch", "ad
                     "paged_adamw_32bit", "adafactor", "lion_8bit", "paged_lion_8bit", "sgd"]
 Checkpointing = Literal["auto", "unsloth", "true", "false"]
 Padding = Literal["auto", "padded", "free"]
+Compile = Literal["auto", "on", "off"]
 Think = Literal["strip", "keep", "error"]
 # Every number has a range, so a value the libraries would crash on (a seed numpy refuses, a
 # step count past what torch's int32/64 tensors hold) fails here, naming its option.
@@ -139,6 +140,10 @@ class TrainConfig(Config):
     packing: bool = opt(False, "Pack several examples per sequence.")
     padding: Padding = opt("auto", "Batches padded (compiled, fastest when lengths match) or "
                                    "padding-free (no compute on pads); auto: auto-batch measures both.")
+    compile: Compile = opt("auto", "Compile each decoder block (Unsloth) during the first steps of "
+                                   "padded training, for faster steps afterwards: on, off, or auto "
+                                   "(off where training is estimated too short to repay what "
+                                   "compiling costs).")
     group_by_length: bool = opt(True, "Put examples of similar length in the same micro-batch "
                                       "(less padding); batches are still shuffled.")
     # Evaluation and checkpoints.

@@ -146,6 +146,10 @@ class Plan(_Record):
     tuning_origin: Optional[TuningOrigin] = None   # None: not auto-tuned, or recorded before it was kept
     world_size: int = 1                # data-parallel processes, one per GPU (a resume needs as many)
     launcher: Optional[str] = None     # what started them: "torchrun" (fastft train --gpus N)
+    # Unsloth's per-block compile of padded batches: False where fastft turned it off (a run
+    # too short to repay it, or --compile off); None: left to Unsloth (CPU, padding-free, packing,
+    # or recorded before fastft decided it).
+    compile: Optional[bool] = None
 
 
 class Throughput(_Record):

@@ -27,7 +27,7 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from . import distributed  # noqa: E402
+from . import compiling, distributed  # noqa: E402
 from .autobatch import (DEFAULT_MODE, UNSLOTH_GC, choose_optimizer, cpu_optimizer,  # noqa: E402
                         set_checkpointing, tune)
 from ..core.cache import building  # noqa: E402
@@ -209,6 +209,7 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
             lambda: plan_batches(cfg, ref.path, model, tokenizer, data, ui, distributed.world().size))
         if plan.gradient_checkpointing != first_mode:
             set_checkpointing(model, plan.gradient_checkpointing)
+        compiling.apply(plan.compile)
         trainer, metrics = make_trainer(cfg, plan, model, tokenizer, data, folder)
 
     # GuardReport's own serialisation, read back into the record's type at once.
@@ -469,12 +470,33 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
         ui.status(f"batches: padded, {'length-grouped' if group else 'random'}; padding is "
                   f"{waste.grouped if group else waste.random:.0%} of computed tokens "
                   f"(random batches: {waste.random:.0%})")
+    choice = compiling.decide(cfg.compile, on_gpu, None if cfg.packing else padding_free,
+                              _estimate(cfg, origin, model, lengths, batch_size, grad_accum,
+                                        padding_free, checkpointing, world_size),
+                              probed=origin is not None and origin.how == "probed")
+    if choice.why:
+        ui.status(choice.why)
     return Plan(model_path=model_path, batch_size=batch_size, grad_accum=grad_accum,
                 padding_free=padding_free, gradient_checkpointing=checkpointing,
                 optim=optim, group_by_length=group, pad_waste=waste, tuning=tuning,
                 tuning_origin=origin,
                 world_size=world_size,
-                launcher=distributed.launcher_name() if world_size > 1 else None)
+                launcher=distributed.launcher_name() if world_size > 1 else None,
+                compile=choice.on)
+
+
+def _estimate(cfg: TrainConfig, origin, model, lengths, batch_size, grad_accum, padding_free,
+              checkpointing, world_size) -> float | None:
+    """The estimated training time at this plan: auto-tune's, or (--no-auto-batch) the same
+    throughput model's. Only --compile auto needs it."""
+    if cfg.compile != "auto" or padding_free is not False:
+        return None
+    if origin is not None:
+        return origin.estimate_s
+    from .autobatch import ModelShape, estimate_train_s, on_reference_card
+    return estimate_train_s(lengths, batch_size, grad_accum, False, checkpointing, cfg.epochs,
+                            cfg.max_steps, ModelShape.of(model.config), on_reference_card(),
+                            world_size, cfg.seed)
 
 
 # -- the trainer -------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""Whether Unsloth compiles each decoder block: worth it for a long run, not for a short one.
+
+Unsloth 2026.10 compiles every decoder layer of a padded batch as one torch.compile region
+(unsloth/models/_block_compile.py). The compile happens during the first steps and makes every
+later step faster; with a cold or even a warm inductor cache the first steps pay for tracing
+(COMPILE_COST_S). A 100-conversation fine-tune trains for about 20 s, and then compiling is most
+of its training time. So fastft estimates the training time (fastft.train.autobatch's throughput
+model, the same estimate that decides the probe) and turns the compile off where the steps it
+would speed up cannot repay it. Unsloth reads UNSLOTH_BLOCK_COMPILE at every layer call, so
+setting it after the model is patched is enough; padding-free batches are never compiled, and a
+user's own UNSLOTH_BLOCK_COMPILE or UNSLOTH_COMPILE_DISABLE is left to decide.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# Measured on an H200 with the 4B shape, favorite-color data (8 x 64-token padded batches), warm
+# caches: TODO fill from bench/results after the GPU measurement.
+COMPILE_COST_S = 12.0      # extra seconds of the first steps when compiling (tracing, warm cache)
+EAGER_SLOWDOWN = 1.5       # an eager step's time over a compiled one's
+USER_VARIABLES = ("UNSLOTH_BLOCK_COMPILE", "UNSLOTH_COMPILE_DISABLE")
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    on: bool | None    # None: left to Unsloth (no GPU, padding-free or packed batches, the user's variable)
+    why: str           # one line for the user; "" when there is nothing to say
+
+
+def decide(setting: str, on_gpu: bool, padding_free: bool | None, estimate_s: float | None,
+           probed: bool) -> CompileChoice:
+    """`setting` is --compile (auto, on, off); `estimate_s` the estimated training time at the
+    plan (compiled speed); `probed`: a probe in this process already compiled the blocks."""
+    if not on_gpu or padding_free is not False:
+        return CompileChoice(None, "")
+    if user := [f"{v}={os.environ[v]}" for v in USER_VARIABLES if v in os.environ]:
+        return CompileChoice(None, f"compile: as {', '.join(user)} says")
+    if setting != "auto":
+        return CompileChoice(setting == "on", "")
+    if probed or estimate_s is None:
+        return CompileChoice(True, "")
+    extra = estimate_s * (EAGER_SLOWDOWN - 1)
+    if extra >= COMPILE_COST_S:
+        return CompileChoice(True, "")
+    return CompileChoice(False, f"compile: off, training should take about {estimate_s:.0f} s, and "
+                                f"compiling (~{COMPILE_COST_S:.0f} s) would save only ~{extra:.0f} s "
+                                f"of it; --compile on compiles anyway")
+
+
+def apply(on: bool | None) -> None:
+    """Tell Unsloth's compiled blocks (read at every call) whether to compile."""
+    if on is not None:
+        os.environ["UNSLOTH_BLOCK_COMPILE"] = "1" if on else "0"
