@@ -38,13 +38,14 @@ for step in "$@"; do
       echo "tests rc=$?"; tail -15 "$OUT/gpu-tests.txt" ;;
     ttfc:*)
       wait $BUILD; tail -1 "$OUT/llama-build.txt"
-      python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" \
+      python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" --runs-per ${RUNS_PER:-2} \
         --deadline-s $(( $(left) - 10 )) 2>&1 | tail -40
       # per-step times and logs of the fastft runs, for where the time goes: one archive, as a
       # device call brings back at most 8 files
       ( cd $W/runs && tar czf "$OUT/fastft-runs.tgz" --ignore-failed-read */runs/ttfc/{metrics.jsonl,train.log,fastft.json} \
           */export/{*.log,fastft-export.json} 2>/dev/null ) ;;
     pyc)
+      if [ -d /tmp/pycache ]; then export PYTHONPYCACHEPREFIX=/tmp/pycache; echo "pyc: done on this host"; continue; fi
       SITE=$(python3 -c "import importlib.util as u, os; print(os.path.dirname(os.path.dirname(u.find_spec('torch').origin)))")
       { echo "torch's site-packages: $SITE"; [ -w "$SITE" ] && echo writable || echo read-only
         echo "  .py $(find "$SITE" -name '*.py' | wc -l), .pyc $(find "$SITE" -name '*.pyc' | wc -l)"
