@@ -191,7 +191,8 @@ def sharded_base(tmp_path) -> Path:
 
     gen = torch.Generator().manual_seed(0)
     w = lambda *s, dtype=torch.bfloat16: torch.randn(*s, generator=gen).to(dtype)  # noqa: E731
-    shards = {"model-00001-of-00002.safetensors": {"a.weight": w(8, 4), "n.weight": w(4, dtype=torch.float32)},
+    shards = {"model-00001-of-00002.safetensors": {"a.weight": w(8, 4),
+                                                   "n.weight": w(4, dtype=torch.float32)},
               "model-00002-of-00002.safetensors": {"b.weight": w(6, 8), "c.weight": w(3, 6)}}
     base = tmp_path / "base"
     base.mkdir()

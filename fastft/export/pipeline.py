@@ -116,7 +116,7 @@ class ExportResult:
     log: Path | None = None                  # the libraries' and tools' output
     ollama_model: str | None = None          # created in ollama (--create)
     retention: Retention | None = None       # the retention gate's table
-    path: str = "detour"                     # "direct" (no 16-bit checkpoint) or "detour"
+    path: str = "detour"                     # "direct" (fastft.export.direct's one merge) or "detour"
     peak_disk_bytes: int = 0                 # the most the scratch folder held at once
 
     def to_dict(self) -> dict:
@@ -190,7 +190,7 @@ class ExportPlan:
     scores: dict[str, GGUFRetention] = field(default_factory=dict)   # quant -> its row
     tried: list[GGUFRetention] = field(default_factory=list)         # auto: not kept
     retention: Retention | None = None
-    path: str = "detour"                     # how the 16-bit GGUF was made (write_models)
+    path: str = "detour"                     # how the outputs were merged and made (write_models)
     peak_disk_bytes: int = 0
 
     def note_disk(self) -> None:
