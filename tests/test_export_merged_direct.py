@@ -285,3 +285,24 @@ def test_what_the_checkpoint_cannot_copy_exactly_is_named(sharded_base, tiny_pat
         config = json.loads((sharded_base / "config.json").read_text())
         (sharded_base / "config.json").write_text(json.dumps(config | {change: {}}))
     assert checkpoint_problem(sharded_base, parts) == why
+
+
+@pytest.mark.slow
+def test_a_child_that_declines_late_leaves_no_merged_folder(color_run, tmp_path):
+    """The converter is checked after merged/ got its config and tokenizer: a child declining
+    then removes the folder, which the older path writes next."""
+    from fastft.export.direct import DECLINED, Job, main
+    from fastft.export.llamacpp import ensure_llama_cpp
+    from test_export_direct import fake_llama_cpp
+
+    root = fake_llama_cpp(ensure_llama_cpp().root, tmp_path / "llama.cpp",
+                          "def index_tensors(self, remote_hf_model_id: str | None = None)",
+                          "def index_tensors(self, remote_hf_model_id: str | None = None, "
+                          "parts=None)")
+    stage = tmp_path / "out"
+    stage.mkdir()
+    job = Job(color_run.adapter_dir, color_run.model_path, root, tmp_path / "work",
+              stage / f"{NAME}.BF16.gguf", "bf16", NAME, stage / "merged")
+    assert main(job.argv()) == DECLINED
+    assert job.reason_file.read_text() == "ModelBase.index_tensors takes other arguments\n"
+    assert list(stage.iterdir()) == []
