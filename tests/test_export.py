@@ -141,8 +141,11 @@ def spied_export(run_dir, llama, tmp_path_factory, export_cwd):
     old = os.environ.get("HF_TOKEN")
     os.environ["HF_TOKEN"] = SECRET                          # must not end up in any file
     try:
+        # The older path (Unsloth's merge, the converter script), which these tests describe;
+        # the direct path's --merged is compared with it in test_export_merged_direct.py.
         return export_spied(ExportOptions(run=str(run_dir), gguf=("q4_k_m", "q8_0"), merged=True,
-                                          out=str(out), name=NAME, force=True), export_cwd)
+                                          out=str(out), name=NAME, force=True, direct=False),
+                            export_cwd)
     finally:
         if old is None:
             os.environ.pop("HF_TOKEN", None)

@@ -52,9 +52,11 @@ class ExportConfig(Config):
     eval_data: Optional[str] = opt(
         None, "Held-out data for the retention gate (any format training reads). [default: the "
         "run's eval file or eval split, else a sample of its training data]", metavar="FILE")
-    direct: bool = opt(True, "With GGUF only (no --merged): merge on the GPU and write the 16-bit "
-                             "GGUF from memory, with no merged checkpoint on disk; --no-direct "
-                             "exports through that checkpoint (the older path).")
+    direct: bool = opt(True, "Merge on the GPU without loading the model through Unsloth, and "
+                             "write the 16-bit GGUF from memory (no merged checkpoint on disk "
+                             "unless --merged, which is written from the same merge); "
+                             "--no-direct exports through Unsloth's merged checkpoint (the older "
+                             "path).")
     create: bool = opt(False, "Then run `ollama create NAME -f Modelfile` in the export folder "
                               "(needs ollama on PATH).")
 

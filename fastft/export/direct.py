@@ -1,10 +1,10 @@
-"""GGUF export without the 16-bit detour: merge on the GPU, hand the tensors to llama.cpp's writer.
+"""The export without the 16-bit detour: merge on the GPU, hand the tensors to llama.cpp's writer.
 
 The older path (fastft.export.pipeline) loads the base through Unsloth, writes the merged
-16-bit checkpoint to disk, and runs llama.cpp's converter on that folder. When only GGUF is
-asked for, `DirectChild` does the same work without the checkpoint, in one child process
-(`python -m fastft.export.direct`; a child because the converter imports transformers, and
-should the older path follow, this process must import Unsloth before transformers):
+16-bit checkpoint to disk, and runs llama.cpp's converter on that folder. `DirectChild` does
+the same work in one child process (`python -m fastft.export.direct`; a child because the
+converter imports transformers, and should the older path follow, this process must import
+Unsloth before transformers), with no Unsloth and no second pass over the weights:
 
 - the merge is the one Unsloth's `save_pretrained_merged` does (unsloth_zoo.saving_utils
   `_merge_lora`): each adapted base weight, as stored in the base's safetensors, goes to the
@@ -12,15 +12,22 @@ should the older path follow, this process must import Unsloth before transforme
   back in the weight's own dtype; every other tensor is the base's, byte for byte;
 - the converter is llama.cpp's own model class (`conversion.get_model_class`, from the same
   pinned source `convert_hf_to_gguf.py` runs), imported with llama.cpp's `gguf` package (the
-  venv's `gguf` 0.19.0 is a different build of it), instantiated on a folder that holds only
+  venv's `gguf` 0.19.0 is a different build of it), instantiated on a folder that holds
   config.json, generation_config.json and the run's tokenizer, and given the merged tensors
-  through `index_tensors`: lazily, each tensor merged when the writer reaches it, so neither a
-  second copy of the model in RAM nor a checkpoint on disk is ever made.
+  through `index_tensors`: lazily, each tensor merged when the writer reaches it, so no second
+  copy of the model is ever in RAM;
+- GGUF only, that folder is scratch and no checkpoint is written. With --merged it is the
+  merged folder the older path writes, and each tensor, as it is merged for the GGUF writer,
+  is also written into that folder's safetensors files (fastft.export.checkpoint), laid out as
+  the older path lays them out; the tensors the converter skips are written after it. Without
+  GGUF the child only writes the checkpoint.
 
 Anything unexpected before the first byte is written (an adapter feature the plain merge does
-not cover, a converter whose classes are not the ones read here) makes the child exit with
-DECLINED and the reason; the caller then takes the older path, saying so in one line. On the
-tiny model both paths write byte-identical GGUF files (tests/test_export_direct.py).
+not cover, a base checkpoint the older path would lay out otherwise, a converter whose classes
+are not the ones read here) makes the child exit with DECLINED and the reason; the caller then
+takes the older path, saying so in one line. On the tiny model both paths write byte-identical
+GGUF files (tests/test_export_direct.py) and safetensors files
+(tests/test_export_merged_direct.py).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import FastftError
+from . import checkpoint
 
 # The merged safetensors folder the older path converts is named so; the converter looks at the
 # folder's name (Qwen3's reranker detection), so the direct one carries it too.
@@ -66,9 +74,18 @@ class MergeSource:
     lora: dict[str, tuple[object, object]]       # base tensor name -> (A, B), float32 tensors
     scaling: float                               # alpha / r (alpha / sqrt(r) with rsLoRA)
     device: str
+    # --merged: each tensor also goes to the merged checkpoint as it is made, so that the GGUF
+    # writer and the safetensors writer share one merge of it
+    sink: checkpoint.MergedCheckpoint | None = None
 
     def tensor(self, name: str, local) -> object:
         """`name` merged (or the base's own tensor), on the CPU in the base's dtype."""
+        out = self._merged(name, local)
+        if self.sink is not None:
+            self.sink.put(name, out)
+        return out
+
+    def _merged(self, name: str, local) -> object:
         import torch
 
         dtype = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32)))[local.dtype]
@@ -266,32 +283,51 @@ def weights_dtype(model_path: str) -> str | None:
 
 @dataclass
 class Job:
-    """One direct 16-bit GGUF, as the child process gets it on its command line."""
+    """One direct export, as the child process gets it on its command line: the 16-bit GGUF,
+    the merged checkpoint (--merged), or both from one merge."""
     adapter: Path
     model_path: str
-    root: Path                                   # llama.cpp's source tree
-    folder: Path                                 # scratch: config + tokenizer, no weights
-    outfile: Path
+    root: Path | None                            # llama.cpp's source tree (None: no GGUF)
+    work: Path                                   # the child's scratch, removed when it is done
+    outfile: Path | None                         # the 16-bit GGUF (None: --merged alone)
     outtype: str                                 # "bf16", "f16" or "f32"
     name: str                                    # general.name
+    merged: Path | None = None                   # --merged: the merged checkpoint's folder
 
     def argv(self) -> list[str]:
-        return [str(self.adapter), self.model_path, str(self.root), str(self.folder),
-                str(self.outfile), self.outtype, self.name]
+        return [str(self.adapter), self.model_path, _arg(self.root), str(self.work),
+                _arg(self.outfile), self.outtype, self.name, _arg(self.merged)]
+
+    @classmethod
+    def from_argv(cls, argv: list[str]) -> Job:
+        path = lambda a: Path(a) if a else None  # noqa: E731
+        return cls(Path(argv[0]), argv[1], path(argv[2]), Path(argv[3]), path(argv[4]), argv[5],
+                   argv[6], path(argv[7]))
+
+    @property
+    def folder(self) -> Path:
+        """What llama.cpp's converter reads besides the weights: the merged folder, as the
+        older path converts it, or (GGUF only) config and tokenizer alone, in scratch."""
+        return self.merged or self.work / FOLDER
 
     @property
     def reason_file(self) -> Path:               # why the child declined, if it did
-        return self.folder.parent / "fallback.txt"
+        return self.work / "fallback.txt"
 
     @property
     def seconds_file(self) -> Path:              # the child's stage times
-        return self.folder.parent / "seconds.json"
+        return self.work / "seconds.json"
 
 
-def write_gguf(job: Job, seconds: dict[str, float]) -> str | None:
-    """In the child process: write job.outfile, or return why not (nothing written) when the
-    adapter or llama.cpp's converter is not what this module expects. `seconds` gets the time
-    spent before the first tensor (imports, tokenizer, queueing) and writing them."""
+def _arg(path: Path | None) -> str:
+    return "" if path is None else str(path)
+
+
+def export(job: Job, seconds: dict[str, float]) -> str | None:
+    """In the child process: write job.outfile and/or job.merged, or return why not (nothing
+    written) when the adapter, the base or llama.cpp's converter is not what this module
+    expects. `seconds` gets the time spent before the first tensor (imports, tokenizer,
+    queueing), writing the GGUF, and writing the checkpoint's other tensors."""
     t = time.perf_counter()
     import torch
     from transformers import AutoTokenizer
@@ -299,25 +335,50 @@ def write_gguf(job: Job, seconds: dict[str, float]) -> str | None:
     source = merge_source(job.adapter, job.model_path)
     if isinstance(source, str):
         return source
+    if job.merged and (problem := checkpoint.checkpoint_problem(source.base, source.parts)):
+        return problem
     # The tokenizer as the older path saves it into its merged folder: the run's own.
-    write_config_folder(job.folder, source.base, AutoTokenizer.from_pretrained(str(job.adapter)))
-    with llama_cpp_modules(job.root) as (conversion, gguf), torch.inference_mode():
-        try:
-            model = _prepared(conversion, gguf, source, job)
-        except Exception as e:   # API drift in llama.cpp's converter: the older path still works
-            return f"llama.cpp's converter failed in-process ({type(e).__name__}: {e})"
-        if isinstance(model, str):
-            return model
+    tokenizer = AutoTokenizer.from_pretrained(str(job.adapter))
+    if job.merged:
+        checkpoint.write_folder_files(job.merged, source.base, source.parts, tokenizer)
+    else:
+        write_config_folder(job.folder, source.base, tokenizer)
+    with torch.inference_mode():
+        return _write(job, source, seconds, t)
+
+
+def _write(job: Job, source: MergeSource, seconds: dict[str, float], t: float) -> str | None:
+    with contextlib.ExitStack() as stack:
+        model = gguf = None
+        if job.outfile:
+            conversion, gguf = stack.enter_context(llama_cpp_modules(job.root))
+            try:
+                model = _prepared(conversion, gguf, source, job)
+            except Exception as e:   # API drift in llama.cpp's converter: the older path still works
+                return f"llama.cpp's converter failed in-process ({type(e).__name__}: {e})"
+            if isinstance(model, str):
+                return model
+        if job.merged:
+            source.sink = checkpoint.MergedCheckpoint(job.merged, source.base, source.parts)
+            stack.callback(source.sink.close)
         seconds["prepare"], t = time.perf_counter() - t, time.perf_counter()
         _say_ready()
-        # ModelBase.write, after its prepare steps: the tensors are merged as they are written.
-        model.gguf_writer.write_header_to_file(path=model.fname_out)
-        model.gguf_writer.write_kv_data_to_file()
-        with Prefetch(model.gguf_writer, gguf.LazyBase):
-            model.gguf_writer.write_tensors_to_file(progress=True)
-        model.gguf_writer.close()
-    seconds["write"] = time.perf_counter() - t
+        if model is not None:
+            _write_gguf(model, gguf)
+            seconds["write"], t = time.perf_counter() - t, time.perf_counter()
+        if source.sink is not None:
+            checkpoint.write_rest(source)
+            seconds["checkpoint"] = time.perf_counter() - t
     return None
+
+
+def _write_gguf(model, gguf) -> None:
+    """ModelBase.write, after its prepare steps: the tensors are merged as they are written."""
+    model.gguf_writer.write_header_to_file(path=model.fname_out)
+    model.gguf_writer.write_kv_data_to_file()
+    with Prefetch(model.gguf_writer, gguf.LazyBase):
+        model.gguf_writer.write_tensors_to_file(progress=True)
+    model.gguf_writer.close()
 
 
 class _Ahead:
@@ -425,7 +486,7 @@ class DirectChild:
         return None if said else self.finish({})
 
     def finish(self, timings: dict[str, float]) -> str | None:
-        """Wait for the child: None when job.outfile is written, else why it declined (raises
+        """Wait for the child: None when its outputs are written, else why it declined (raises
         when it failed). Adds its own stage times to `timings` ("convert_prepare_s",
         "convert_write_s"); the export passes a dict of its own (inside its "convert" stage)."""
         from .llamacpp import log_tail
@@ -437,12 +498,12 @@ class DirectChild:
         job = self.job
         why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
         seconds = json.loads(job.seconds_file.read_text()) if job.seconds_file.is_file() else {}
-        shutil.rmtree(job.folder.parent, ignore_errors=True)   # the tokenizer: not held while quantizing
+        shutil.rmtree(job.work, ignore_errors=True)   # the tokenizer: not held while quantizing
         if rc == DECLINED and why:
-            job.outfile.unlink(missing_ok=True)
+            _remove_outputs(job)
             return why
-        if rc != 0 or not job.outfile.is_file():
-            raise DirectExportError(f"the direct GGUF export failed (exit {rc}):\n{log_tail(self.log)}")
+        if rc != 0 or not all(p.exists() for p in (job.outfile, job.merged) if p):
+            raise DirectExportError(f"the direct export failed (exit {rc}):\n{log_tail(self.log)}")
         timings.update({f"convert_{k}_s": v for k, v in seconds.items()})
         return None
 
@@ -453,16 +514,25 @@ class DirectChild:
             self.proc.wait()
 
 
+def _remove_outputs(job: Job) -> None:
+    """What a declined child may have begun (the merged folder's config and tokenizer): the
+    older path writes there next."""
+    if job.outfile:
+        job.outfile.unlink(missing_ok=True)
+    if job.merged:
+        shutil.rmtree(job.merged, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
-    job = Job(Path(argv[0]), argv[1], Path(argv[2]), Path(argv[3]), Path(argv[4]), argv[5],
-              argv[6])
+    job = Job.from_argv(argv)
     logging.basicConfig(level=logging.INFO)   # the converter's lines, as its script logs them
+    job.work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    why = write_gguf(job, seconds)
+    why = export(job, seconds)
     job.seconds_file.write_text(json.dumps(seconds))
     if why is None:
         return 0
-    job.outfile.unlink(missing_ok=True)
+    _remove_outputs(job)
     job.reason_file.write_text(why + "\n")
     return DECLINED
 

@@ -93,7 +93,7 @@ class ExportManifest(_Keeps):
     timings: dict[str, float]          # "<stage>_s" -> seconds, rounded
     files: dict[str, FileEntry]        # relative path -> its SHA-256 and size
     retention: Optional[Retention] = None   # None: no GGUF (or an export before the gate)
-    path: Optional[str] = None          # "direct" (no 16-bit checkpoint on disk) or "detour"
+    path: Optional[str] = None          # "direct" (fastft.export.direct's one merge) or "detour"
     peak_disk_bytes: Optional[int] = None   # the most the scratch folder held at once
 
     def to_json(self) -> str:

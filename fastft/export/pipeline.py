@@ -12,10 +12,12 @@
            else into the scratch folder). Convert that folder ONCE to a 16-bit GGUF with
            llama.cpp's converter, `general.name` = NAME from the start; then `llama-quantize`
            makes every other requested type from that one file, several at once.
-           GGUF only (no --merged, not --no-direct): the merge and the 16-bit GGUF are one step,
-           with no checkpoint on disk, in a child process (fastft.export.direct), unless that
-           path declines; meanwhile this process loads the base with the adapter through
-           transformers and peft (`models.load_plain_with_adapter`, no Unsloth) for the gate.
+           Unless --no-direct, the merge and the 16-bit GGUF are one step in a child process
+           (fastft.export.direct), unless that path declines: no checkpoint on disk for GGUF
+           only; with --merged, each tensor merged for the GGUF is also written into `merged/`
+           (fastft.export.checkpoint), laid out as Unsloth lays it out. Meanwhile, for GGUF,
+           this process loads the base with the adapter through transformers and peft
+           (`models.load_plain_with_adapter`, no Unsloth) for the gate.
 4. check   Load every GGUF with llama.cpp and generate a few tokens (`--no-check` skips this).
    gate    The retention gate (fastft.export.retention): held-out loss of base, adapter (from
            the model loaded in step 3, before merging) and each GGUF (llama.cpp, same token
@@ -51,8 +53,7 @@ from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
 from .config import AUTO_QUANTS
-from .direct import (FOLDER, DirectChild, DirectExportError, Job, folder_bytes, merge_device,
-                     weights_dtype)
+from .direct import DirectChild, DirectExportError, Job, folder_bytes, merge_device, weights_dtype
 from .manifest import (MANIFEST, ExportManifest, FileEntry, GGUFCheck, GGUFRetention, ManifestError,
                        Retention, ServedModelfile)
 from . import retention
@@ -115,7 +116,7 @@ class ExportResult:
     log: Path | None = None                  # the libraries' and tools' output
     ollama_model: str | None = None          # created in ollama (--create)
     retention: Retention | None = None       # the retention gate's table
-    path: str = "detour"                     # "direct" (no 16-bit checkpoint) or "detour"
+    path: str = "detour"                     # "direct" (fastft.export.direct's one merge) or "detour"
     peak_disk_bytes: int = 0                 # the most the scratch folder held at once
 
     def to_dict(self) -> dict:
@@ -189,7 +190,7 @@ class ExportPlan:
     scores: dict[str, GGUFRetention] = field(default_factory=dict)   # quant -> its row
     tried: list[GGUFRetention] = field(default_factory=list)         # auto: not kept
     retention: Retention | None = None
-    path: str = "detour"                     # how the 16-bit GGUF was made (write_models)
+    path: str = "detour"                     # how the outputs were merged and made (write_models)
     peak_disk_bytes: int = 0
 
     def note_disk(self) -> None:
@@ -460,21 +461,12 @@ def scratch_folder(plan: ExportPlan, console):
 
 def write_models(plan: ExportPlan, console) -> None:
     """Merge once; then, for GGUF, convert once and quantize every other type from that file.
-    GGUF only (and --direct): merge and convert in one go, from memory, in a child process
-    (fastft.export.direct) while this one scores the gate's 16-bit side; else through a merged
-    16-bit checkpoint on disk. Each finished output is hashed for the manifest meanwhile."""
-    direct = plan.quants and not plan.opts.merged and plan.opts.direct
-    if direct and (child := _start_direct(plan, console)):
-        try:   # the child merges and writes meanwhile; the gate's model is loaded without Unsloth
-            _load_and_merge(plan, console, merge=False)
-            gc.collect()
-            _free_gpu()
-            with _timed(plan, "convert"), status(console, "merging and writing the 16-bit GGUF"):
-                if why := child.finish({}):   # its sub-stages: in export.log
-                    raise DirectExportError(f"the direct GGUF export stopped: {why}")
-        finally:
-            child.stop()
-        plan.path = "direct"
+    --direct (the default): merge, convert and (--merged) write the merged checkpoint in one
+    go, from one merge of each tensor, in a child process (fastft.export.direct) while this
+    one scores the gate's 16-bit side; else (it declined, or --no-direct) through Unsloth and a
+    merged 16-bit checkpoint on disk. Each finished output is hashed for the manifest meanwhile."""
+    if plan.opts.direct and (child := _start_direct(plan, console)):
+        _finish_direct(plan, console, child)
     else:
         _load_and_merge(plan, console)
         gc.collect()                         # the model is gone: free its memory for the tools
@@ -489,19 +481,14 @@ def write_models(plan: ExportPlan, console) -> None:
 
 
 def _start_direct(plan: ExportPlan, console) -> DirectChild | None:
-    """The direct path's child, once it has checked the run and llama.cpp's converter and is
-    writing the 16-bit GGUF; None (said in one line) when it declined: the older path runs."""
-    info = plan.info
-    dtype = weights_dtype(info.model_path)
-    outtype = convert_type(plan.quants, "f16" if dtype == "float16" else "bf16")
-    plan.gguf16 = (plan.stage if outtype in plan.quants else plan.work) / plan.gguf_name(outtype)
-    job = Job(info.adapter_dir, info.model_path, plan.llama.root, plan.work / "direct" / FOLDER,
-              plan.gguf16, outtype, plan.name)
-    if dtype is None:
+    """The direct path's child, once it has checked the run, the base and llama.cpp's converter
+    and is writing; None (said in one line) when it declined: the older path runs."""
+    job = _direct_job(plan)
+    if weights_dtype(plan.info.model_path) is None:
         why = "the base is not a local 16-bit safetensors model"
     else:
-        with _timed(plan, "convert"), status(console, f"merging on {merge_device()} into a "
-                                                      f"{outtype.upper()} GGUF"):
+        with _timed(plan, _direct_stage(plan)), status(console, f"merging on {merge_device()} "
+                                                               f"into {_direct_outputs(job)}"):
             child = DirectChild(job, plan.log)
             try:
                 why = child.declined()
@@ -509,11 +496,56 @@ def _start_direct(plan: ExportPlan, console) -> DirectChild | None:
                 child.stop()
                 raise
     if why:
-        console.print(f"note: exporting through a 16-bit checkpoint on disk: {why}",
-                      markup=False, highlight=False)
+        fallback = ("merging through Unsloth into merged/" if plan.opts.merged
+                    else "exporting through a 16-bit checkpoint on disk")
+        console.print(f"note: {fallback}: {why}", markup=False, highlight=False)
         plan.gguf16 = None
         return None
     return child
+
+
+def _direct_job(plan: ExportPlan) -> Job:
+    """What the child writes: the 16-bit GGUF every quant comes from (plan.gguf16), and with
+    --merged the merged folder, in the staging folder like the older path's."""
+    info = plan.info
+    job = Job(info.adapter_dir, info.model_path, None, plan.work / "direct", None, "", plan.name,
+              plan.merged_dir if plan.opts.merged else None)
+    if plan.quants:
+        dtype = weights_dtype(info.model_path)
+        job.outtype = convert_type(plan.quants, "f16" if dtype == "float16" else "bf16")
+        plan.gguf16 = (plan.stage if job.outtype in plan.quants else plan.work) / plan.gguf_name(
+            job.outtype)
+        job.root, job.outfile = plan.llama.root, plan.gguf16
+    return job
+
+
+def _direct_stage(plan: ExportPlan) -> str:
+    """The timeline's stage for the child's work: it converts, or (--merged alone) merges."""
+    return "convert" if plan.quants else "merge"
+
+
+def _direct_outputs(job: Job) -> str:
+    outputs = [f"a {job.outtype.upper()} GGUF"] if job.outfile else []
+    return " and ".join(outputs + ([f"{job.merged.name}/"] if job.merged else []))
+
+
+def _finish_direct(plan: ExportPlan, console, child: DirectChild) -> None:
+    """While the child merges and writes: the gate's 16-bit side (when there is GGUF to
+    gate), from a model loaded without Unsloth; then wait for the child."""
+    try:
+        if plan.quants:
+            _load_and_merge(plan, console, merge=False)
+            gc.collect()
+            _free_gpu()
+        with _timed(plan, _direct_stage(plan)), status(
+                console, f"merging and writing {_direct_outputs(child.job)}"):
+            if why := child.finish({}):   # its sub-stages: in export.log
+                raise DirectExportError(f"the direct export stopped: {why}")
+    finally:
+        child.stop()
+    plan.path = "direct"
+    if plan.opts.merged:
+        plan.hashes.start(plan.merged_dir.rglob("*"))
 
 
 def _free_gpu() -> None:
