@@ -184,7 +184,12 @@ def fastft_cmd(recipe: dict, a, model: Path, data: Path, runs: Path) -> list[str
            "--max-steps", str(recipe["steps"]), "--name", run_name(recipe), "--runs-dir", str(runs),
            "--lr", str(a.lr), "--seed", str(a.seed), "--warmup-ratio", "0.03",
            "--batch-size", "2", "--grad-accum", str(EFFECTIVE_BATCH // 2),
-           "--auto-batch" if recipe["auto"] else "--no-auto-batch"]
+           "--auto-batch" if recipe["auto"] else "--no-auto-batch",
+           # The run is cut to --steps to measure a long run's steady speed, and a long run
+           # compiles and (auto-batch) probes; fastft's estimate of this short run would skip
+           # both (fastft.train.compiling, autobatch.should_probe), which is right for a short
+           # run but not what this benchmark measures. bench/ttfc.py measures the short run.
+           "--compile", "on", *(["--retune"] if recipe["auto"] else [])]
     if recipe.get("budget") is not None:
         cmd += ["--vram-budget", f"{recipe['budget']:g}"]
     if recipe.get("eval_data"):  # evaluated once, after the last step, like the classic recipe
