@@ -14,12 +14,12 @@ from datetime import datetime
 import pytest
 import train_hooks
 
-from conftest import EXAMPLE, mark_killed, write_run
+from conftest import EXAMPLE, built_once, mark_killed, write_run
 from fastft.core.errors import TrainError
-from fastft.core.run import RunFolder, checkpoint_step
+from fastft.core.run import Run, RunFolder, checkpoint_step
 from fastft.train.trainer import resume, train
 from fastft.core.ui import NullUI
-from test_train import losses, tiny_config
+from test_train import losses, six_step_run, tiny_config
 
 
 class RecordingUI(NullUI):
@@ -47,8 +47,9 @@ def test_save_minutes_saves_checkpoints_between_epoch_ends(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_skips_an_incomplete_checkpoint_and_records_each_step_once(tmp_path):
-    run = train(tiny_config(tmp_path, name="cut", max_steps=6, save_steps=3)).run_dir
+def test_resume_skips_an_incomplete_checkpoint_and_records_each_step_once(tmp_path_factory,
+                                                                         tmp_path):
+    run = six_step_run(tmp_path_factory, tmp_path)   # 6 steps, checkpoints at 3 and 6
     # Killed while saving checkpoint-6: its trainer_state.json (written last) never came.
     (run / "checkpoints" / "checkpoint-6" / "trainer_state.json").unlink()
     shutil.rmtree(run / "adapter")
@@ -198,11 +199,15 @@ LOSS_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    """The uninterrupted run every killed-and-resumed run must match."""
-    tmp = tmp_path_factory.mktemp("baseline")
-    return train(tiny_config(tmp, name="base", load_in_4bit=False, max_steps=MATRIX_STEPS,
-                             save_steps=MATRIX_SAVE_STEPS))
+def baseline(tmp_path_factory) -> Run:
+    """The uninterrupted run every killed-and-resumed run must match, trained once per session:
+    tests/test_faults_export.py exports the same run (read-only, from its own worker)."""
+    def build(folder):
+        train(tiny_config(folder, name="base", load_in_4bit=False, max_steps=MATRIX_STEPS,
+                          save_steps=MATRIX_SAVE_STEPS))
+
+    folder = RunFolder(built_once(tmp_path_factory, "faults-baseline", build) / "runs" / "base")
+    return Run(folder, folder.read())
 
 
 def run_killed(args: list[str], fault: str, cwd) -> subprocess.CompletedProcess:

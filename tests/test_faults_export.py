@@ -15,7 +15,7 @@ import train_hooks
 from rich.console import Console
 
 from fastft.core.cache import sha256_file
-from test_faults import baseline, run_killed  # noqa: F401  (baseline: the module-scoped run exported here)
+from test_faults import baseline, run_killed  # noqa: F401  (baseline: the session's run exported here)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EXAMPLE, mark_killed
+from conftest import EXAMPLE, built_once, mark_killed
 from fastft.data.read import Example
 from fastft.data.template import ChatGuard
 from fastft.core.config import TrainConfig
@@ -136,11 +136,21 @@ def test_truncation_is_counted(tiny_path, tokenizer_of):
     assert truncated and len(ex.input_ids) == 16 and all(l == -100 for l in ex.labels)
 
 
+def six_step_run(tmp_path_factory, tmp_path) -> Path:
+    """A copy, in tmp_path/runs/, of a 6-step run checkpointed every 3 steps (tiny_config's
+    4-bit default): trained once per session, as tests here and in tests/test_faults.py that
+    damage a finished run to resume it start from the same one (a run folder can be moved:
+    resume reads everything from the folder)."""
+    def build(folder: Path) -> None:
+        train(tiny_config(folder, name="resume", max_steps=6, save_steps=3))
+
+    built = built_once(tmp_path_factory, "six-steps", build) / "runs" / "resume"
+    return Path(shutil.copytree(built, tmp_path / "runs" / built.name, symlinks=True))
+
+
 @pytest.mark.slow
-def test_resume_continues_from_the_last_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, name="resume", max_steps=6, save_steps=3)
-    result = train(cfg)
-    run = result.run_dir
+def test_resume_continues_from_the_last_checkpoint(tmp_path_factory, tmp_path):
+    run = six_step_run(tmp_path_factory, tmp_path)
     assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     # Simulate a run killed after step 4: the last checkpoint is step 3.
     shutil.rmtree(run / "checkpoints" / "checkpoint-6")
