@@ -7,10 +7,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 
+import forkserver
 import pytest
 import train_hooks
 
@@ -96,12 +96,11 @@ def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_to_the_end(tmp_path):
     max_steps = 12   # SIGINT comes after step 1; the resume runs the rest in this process
-    cmd = [sys.executable, "-m", "fastft.cli", "train", str(EXAMPLE), "--model", "tiny",
+    cmd = ["train", str(EXAMPLE), "--model", "tiny",
            "--name", "sig", "--runs-dir", str(tmp_path / "runs"), "--max-steps", str(max_steps),
            "--epochs", "100", "--lr", "2e-3", "--batch-size", "4", "--grad-accum", "2",
            "--max-seq-len", "256"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=os.environ | {"COLUMNS": "200"})
+    proc = forkserver.popen(cmd, tmp_path, os.environ | {"COLUMNS": "200"})
     run = tmp_path / "runs" / "sig"
     try:
         _wait_for_first_step(proc, run / "metrics.jsonl")
@@ -211,10 +210,10 @@ def baseline(tmp_path_factory) -> Run:
 
 
 def run_killed(args: list[str], fault: str, cwd) -> subprocess.CompletedProcess:
-    """`fastft ARGS` with FASTFT_FAULT=fault, in its own session (the fault signals its group)."""
-    proc = subprocess.Popen([sys.executable, "-m", "fastft.cli", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env=train_hooks.env(FASTFT_FAULT=fault, COLUMNS="200"))
+    """`fastft ARGS` with FASTFT_FAULT=fault, in its own session (the fault signals its group);
+    forked with its imports done where it imports Unsloth anyway (tests/forkserver.py)."""
+    proc = forkserver.popen(args, cwd, train_hooks.env(FASTFT_FAULT=fault, COLUMNS="200"),
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=300)
     finally:
