@@ -11,6 +11,9 @@ own session if asked (`start_new_session`), its own directory and environment, s
 the child's environment. It ends as a Python process ends (SystemExit, atexit, an uncaught
 KeyboardInterrupt re-raised as SIGINT), and a signal kills it as it kills any process.
 
+The test hooks are installed in every child; without FASTFT_FAULT (or FASTFT_DEBUG_WEIGHTS_DIR)
+in its environment they do nothing, as in a plain process whose PYTHONPATH lacks them.
+
 Forking after these imports is safe only while the server has run no torch operation (a child of
 a process whose OpenMP pool has started hangs) and has not initialised CUDA (which a child cannot
 use): the server never runs one, and declines when CUDA is initialised (a GPU host), as it does
