@@ -7,19 +7,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 
+import forkserver
 import pytest
 import train_hooks
 
-from conftest import EXAMPLE, mark_killed, write_run
+from conftest import EXAMPLE, built_once, mark_killed, write_run
 from fastft.core.errors import TrainError
-from fastft.core.run import RunFolder, checkpoint_step
+from fastft.core.run import Run, RunFolder, checkpoint_step
 from fastft.train.trainer import resume, train
 from fastft.core.ui import NullUI
-from test_train import losses, tiny_config
+from test_train import losses, six_step_run, tiny_config
 
 
 class RecordingUI(NullUI):
@@ -47,8 +47,9 @@ def test_save_minutes_saves_checkpoints_between_epoch_ends(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_skips_an_incomplete_checkpoint_and_records_each_step_once(tmp_path):
-    run = train(tiny_config(tmp_path, name="cut", max_steps=6, save_steps=3)).run_dir
+def test_resume_skips_an_incomplete_checkpoint_and_records_each_step_once(tmp_path_factory,
+                                                                         tmp_path):
+    run = six_step_run(tmp_path_factory, tmp_path)   # 6 steps, checkpoints at 3 and 6
     # Killed while saving checkpoint-6: its trainer_state.json (written last) never came.
     (run / "checkpoints" / "checkpoint-6" / "trainer_state.json").unlink()
     shutil.rmtree(run / "adapter")
@@ -95,12 +96,11 @@ def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_to_the_end(tmp_path):
     max_steps = 12   # SIGINT comes after step 1; the resume runs the rest in this process
-    cmd = [sys.executable, "-m", "fastft.cli", "train", str(EXAMPLE), "--model", "tiny",
+    cmd = ["train", str(EXAMPLE), "--model", "tiny",
            "--name", "sig", "--runs-dir", str(tmp_path / "runs"), "--max-steps", str(max_steps),
            "--epochs", "100", "--lr", "2e-3", "--batch-size", "4", "--grad-accum", "2",
            "--max-seq-len", "256"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=os.environ | {"COLUMNS": "200"})
+    proc = forkserver.popen(cmd, tmp_path, os.environ | {"COLUMNS": "200"})
     run = tmp_path / "runs" / "sig"
     try:
         _wait_for_first_step(proc, run / "metrics.jsonl")
@@ -198,18 +198,22 @@ LOSS_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    """The uninterrupted run every killed-and-resumed run must match."""
-    tmp = tmp_path_factory.mktemp("baseline")
-    return train(tiny_config(tmp, name="base", load_in_4bit=False, max_steps=MATRIX_STEPS,
-                             save_steps=MATRIX_SAVE_STEPS))
+def baseline(tmp_path_factory) -> Run:
+    """The uninterrupted run every killed-and-resumed run must match, trained once per session:
+    tests/test_faults_export.py exports the same run (read-only, from its own worker)."""
+    def build(folder):
+        train(tiny_config(folder, name="base", load_in_4bit=False, max_steps=MATRIX_STEPS,
+                          save_steps=MATRIX_SAVE_STEPS))
+
+    folder = RunFolder(built_once(tmp_path_factory, "faults-baseline", build) / "runs" / "base")
+    return Run(folder, folder.read())
 
 
 def run_killed(args: list[str], fault: str, cwd) -> subprocess.CompletedProcess:
-    """`fastft ARGS` with FASTFT_FAULT=fault, in its own session (the fault signals its group)."""
-    proc = subprocess.Popen([sys.executable, "-m", "fastft.cli", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env=train_hooks.env(FASTFT_FAULT=fault, COLUMNS="200"))
+    """`fastft ARGS` with FASTFT_FAULT=fault, in its own session (the fault signals its group);
+    forked with its imports done where it imports Unsloth anyway (tests/forkserver.py)."""
+    proc = forkserver.popen(args, cwd, train_hooks.env(FASTFT_FAULT=fault, COLUMNS="200"),
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=300)
     finally:

@@ -5,17 +5,16 @@ SIGKILL of `fastft export` alone takes its converter (or the direct path's child
 
 import io
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import forkserver
 import pytest
 import train_hooks
 from rich.console import Console
 
 from fastft.core.cache import sha256_file
-from test_faults import baseline, run_killed  # noqa: F401  (baseline: the module-scoped run exported here)
+from test_faults import baseline, run_killed  # noqa: F401  (baseline: the session's run exported here)
 
 
 @pytest.mark.slow
@@ -90,11 +89,9 @@ def test_a_killed_export_takes_its_converter_with_it(baseline, tmp_path, point, 
     PID` do) while llama.cpp's converter runs (or the direct path's child, which merges and
     converts): it dies with it instead of writing on into a scratch folder nobody owns."""
     exports = tmp_path / "exports"
-    proc = subprocess.run([sys.executable, "-m", "fastft.cli", "export", str(baseline.run_dir),
-                           "--gguf", "q8_0", "--out", str(exports / "m"), "--name", "m", "--no-check",
-                           path],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=train_hooks.env(FASTFT_FAULT=f"{point}:SIGKILL"))
+    proc = forkserver.run(["export", str(baseline.run_dir), "--gguf", "q8_0", "--out",
+                           str(exports / "m"), "--name", "m", "--no-check", path], tmp_path,
+                          train_hooks.env(FASTFT_FAULT=f"{point}:SIGKILL"), timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     deadline = time.monotonic() + 2     # the kernel signals the child as its parent exits
     while (left := processes_mentioning(str(exports))) and time.monotonic() < deadline:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EXAMPLE, mark_killed
+from conftest import EXAMPLE, built_once, mark_killed
 from fastft.data.read import Example
 from fastft.data.template import ChatGuard
 from fastft.core.config import TrainConfig
@@ -136,11 +136,21 @@ def test_truncation_is_counted(tiny_path, tokenizer_of):
     assert truncated and len(ex.input_ids) == 16 and all(l == -100 for l in ex.labels)
 
 
+def six_step_run(tmp_path_factory, tmp_path) -> Path:
+    """A copy, in tmp_path/runs/, of a 6-step run checkpointed every 3 steps (tiny_config's
+    4-bit default): trained once per session, as tests here and in tests/test_faults.py that
+    damage a finished run to resume it start from the same one (a run folder can be moved:
+    resume reads everything from the folder)."""
+    def build(folder: Path) -> None:
+        train(tiny_config(folder, name="resume", max_steps=6, save_steps=3))
+
+    built = built_once(tmp_path_factory, "six-steps", build) / "runs" / "resume"
+    return Path(shutil.copytree(built, tmp_path / "runs" / built.name, symlinks=True))
+
+
 @pytest.mark.slow
-def test_resume_continues_from_the_last_checkpoint(tmp_path):
-    cfg = tiny_config(tmp_path, name="resume", max_steps=6, save_steps=3)
-    result = train(cfg)
-    run = result.run_dir
+def test_resume_continues_from_the_last_checkpoint(tmp_path_factory, tmp_path):
+    run = six_step_run(tmp_path_factory, tmp_path)
     assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     # Simulate a run killed after step 4: the last checkpoint is step 3.
     shutil.rmtree(run / "checkpoints" / "checkpoint-6")
@@ -156,11 +166,20 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert (run / "adapter" / "adapter_model.safetensors").exists()
 
 
+def first_examples(tmp_path, n: int, skip: int = 0) -> str:
+    """A data file of EXAMPLE's examples skip+1 .. skip+n: the eval tests train two epochs of
+    it (an eval each), and their assertions hold for any size; 20 is 3 steps an epoch, not 13."""
+    path = tmp_path / f"examples-{skip}-{n}.jsonl"
+    path.write_text("\n".join(EXAMPLE.read_text().splitlines()[skip:skip + n]) + "\n")
+    return str(path)
+
+
 @pytest.mark.slow
 def test_eval_split_reports_eval_loss_and_keeps_best(tmp_path):
-    result = train(tiny_config(tmp_path, name="eval", eval_split=0.1, epochs=2))
+    result = train(tiny_config(tmp_path, name="eval", eval_split=0.1, epochs=2,
+                               data=first_examples(tmp_path, 20)))
     final = result.record.final
-    assert result.record.data.eval == 10 and result.record.data.train == 90
+    assert result.record.data.eval == 2 and result.record.data.train == 18
     assert final.eval_loss >= final.best_eval_loss > 0
     assert final.best_checkpoint
 
@@ -183,11 +202,10 @@ def test_packing_trains_with_the_label_mask(tmp_path):
 
 @pytest.mark.slow
 def test_eval_file_is_evaluated_each_epoch(tmp_path):
-    lines = EXAMPLE.read_text().splitlines()
-    held_out = tmp_path / "eval.jsonl"
-    held_out.write_text("\n".join(lines[:5]) + "\n")
-    result = train(tiny_config(tmp_path, name="evalfile", eval_file=str(held_out), epochs=2))
-    assert result.record.data.eval == 5 and result.record.data.train == 100
+    held_out = first_examples(tmp_path, 5)
+    result = train(tiny_config(tmp_path, name="evalfile", eval_file=held_out, epochs=2,
+                               data=first_examples(tmp_path, 20, skip=5)))
+    assert result.record.data.eval == 5 and result.record.data.train == 20
     final = json.loads((result.run_dir / "fastft.json").read_text())["final"]
     assert len(final["eval_losses"]) == 2 and final["eval_loss"] == final["eval_losses"][-1] > 0
 
