@@ -54,7 +54,8 @@ SLOW_FILES = {"test_export_direct.py": 170, "test_faults.py": 150, "test_launch.
               "test_faults_export.py": 95, "test_export.py": 80, "test_bench.py": 65,
               "test_retention.py": 60, "test_train.py": 55, "test_secrets.py": 46,
               "test_tools.py": 41, "test_chat.py": 39, "test_chat_quiet.py": 35,
-              "test_mistakes.py": 34, "test_demo.py": 33, "test_readme.py": 30, "test_quiet.py": 30}
+              "test_mistakes.py": 34, "test_demo.py": 33, "test_readme.py": 30, "test_quiet.py": 30,
+              "test_export_merged_direct.py": 90}
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)   # optional: pytest without xdist runs too

@@ -207,7 +207,7 @@ finally:
 def test_the_direct_path_never_imports_unsloth(run_dir, llama, tmp_path):
     """The gate's 16-bit side is scored with transformers and peft while the child writes:
     Unsloth's import and patching (30 s of the export's 41 s load on an H200) is not paid.
-    The older path (--no-direct, or --merged) still loads through Unsloth."""
+    The older path (--no-direct) still loads through Unsloth."""
     import subprocess
     import sys
 
