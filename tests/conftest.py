@@ -50,12 +50,12 @@ def pytest_configure(config):
 
 # Seconds each of the slowest files takes on one worker (measured on 2 cores with -n 2), for the
 # order below; a file not listed counts 0. Stale numbers cost time, never a result.
-SLOW_FILES = {"test_export_direct.py": 170, "test_faults.py": 150, "test_launch.py": 120,
-              "test_faults_export.py": 95, "test_export.py": 80, "test_bench.py": 65,
-              "test_retention.py": 60, "test_train.py": 55, "test_secrets.py": 46,
-              "test_tools.py": 41, "test_chat.py": 39, "test_chat_quiet.py": 35,
-              "test_mistakes.py": 34, "test_demo.py": 33, "test_readme.py": 30, "test_quiet.py": 30,
-              "test_export_merged_direct.py": 90}
+SLOW_FILES = {"test_export_direct.py": 150, "test_faults.py": 137, "test_launch.py": 105,
+              "test_faults_export.py": 97, "test_retention.py": 75, "test_chat_quiet.py": 72,
+              "test_bench.py": 67, "test_export.py": 57, "test_secrets.py": 49,
+              "test_train.py": 45, "test_export_merged_direct.py": 42, "test_demo.py": 38,
+              "test_mistakes.py": 33, "test_tools.py": 33, "test_quiet.py": 31,
+              "test_readme.py": 29, "test_eval.py": 28}
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)   # optional: pytest without xdist runs too
