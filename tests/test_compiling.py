@@ -56,13 +56,22 @@ def test_the_users_own_variable_decides(clean_env, monkeypatch):
     assert choice.on is None and "UNSLOTH_COMPILE_DISABLE=1" in choice.why
 
 
-def test_apply_switches_unsloths_own_check(clean_env, monkeypatch):
-    """The variable is the one Unsloth's compiled-block wrapper reads at every call."""
+def test_applied_switches_unsloths_own_check_while_training_only(clean_env):
+    """The variable is the one Unsloth's compiled-block wrapper reads at every call; it is put
+    back afterwards, so a later run in the process does not take it for the user's."""
     from unsloth.models import _block_compile
-    monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "1")   # so that the test's value is undone after it
-    compiling.apply(False)
-    assert not _block_compile._enabled()
-    compiling.apply(True)
-    assert _block_compile._enabled()
-    compiling.apply(None)   # left to Unsloth: unchanged
-    assert _block_compile._enabled()
+    with compiling.applied(False):
+        assert not _block_compile._enabled()
+    assert "UNSLOTH_BLOCK_COMPILE" not in compiling.os.environ
+    assert decide("auto", True, False, 10_000.0, False).on is True   # not "as ... says"
+    with compiling.applied(None):   # left to Unsloth: unchanged
+        assert _block_compile._enabled()
+        assert "UNSLOTH_BLOCK_COMPILE" not in compiling.os.environ
+
+
+def test_applied_puts_the_users_value_back(clean_env, monkeypatch):
+    from unsloth.models import _block_compile
+    monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", "0")
+    with compiling.applied(True):
+        assert _block_compile._enabled()
+    assert compiling.os.environ["UNSLOTH_BLOCK_COMPILE"] == "0"

@@ -14,6 +14,7 @@ UNSLOTH_BLOCK_COMPILE or UNSLOTH_COMPILE_DISABLE is left to decide.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -59,13 +60,30 @@ def decide(setting: str, on_gpu: bool, padding_free: bool | None, estimate_s: fl
 def warm_cache() -> bool:
     """Whether torch's Inductor cache (fastft.core.models.compile_caches) already holds anything."""
     folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not folder:
+        return False
     try:
-        return bool(folder) and any(os.scandir(folder))
+        with os.scandir(folder) as entries:
+            return any(entries)
     except OSError:
         return False
 
 
-def apply(on: bool | None) -> None:
-    """Tell Unsloth's compiled blocks (read at every call) whether to compile."""
-    if on is not None:
-        os.environ["UNSLOTH_BLOCK_COMPILE"] = "1" if on else "0"
+@contextlib.contextmanager
+def applied(on: bool | None):
+    """Unsloth's compiled blocks (which read UNSLOTH_BLOCK_COMPILE at every call) compile or
+    not while training runs; the variable is put back afterwards, so that a later run in the
+    same process (the GPU tests, `fastft demo`) decides afresh instead of reading ours as the
+    user's."""
+    if on is None:
+        yield
+        return
+    before = os.environ.get("UNSLOTH_BLOCK_COMPILE")
+    os.environ["UNSLOTH_BLOCK_COMPILE"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("UNSLOTH_BLOCK_COMPILE", None)
+        else:
+            os.environ["UNSLOTH_BLOCK_COMPILE"] = before

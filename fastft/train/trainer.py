@@ -209,7 +209,6 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
             lambda: plan_batches(cfg, ref.path, model, tokenizer, data, ui, distributed.world().size))
         if plan.gradient_checkpointing != first_mode:
             set_checkpointing(model, plan.gradient_checkpointing)
-        compiling.apply(plan.compile)
         trainer, metrics = make_trainer(cfg, plan, model, tokenizer, data, folder)
 
     # GuardReport's own serialisation, read back into the record's type at once.
@@ -218,7 +217,7 @@ def _execute(cfg: TrainConfig, folder: RunFolder, loaded, checkpoint: Path | Non
                        data=data_info(cfg, data), versions=Versions.installed(), hardware=hardware())
     _write(folder, record)
 
-    with timeline.stage("train"):
+    with timeline.stage("train"), compiling.applied(plan.compile):
         fit(trainer, metrics, folder, record, checkpoint, ui, new_run)
 
     if main:   # DDP kept every rank's weights equal: rank 0 saves them
@@ -472,7 +471,7 @@ def plan_batches(cfg: TrainConfig, model_path: str, model, tokenizer, data: Prep
                   f"(random batches: {waste.random:.0%})")
     choice = compiling.decide(cfg.compile, on_gpu, None if cfg.packing else padding_free,
                               _estimate(cfg, origin, model, lengths, batch_size, grad_accum,
-                                        padding_free, checkpointing, world_size),
+                                        padding_free, checkpointing, world_size) if on_gpu else None,
                               probed=origin is not None and origin.how == "probed")
     if choice.why:
         ui.status(choice.why)
