@@ -483,8 +483,9 @@ def write_models(plan: ExportPlan, console) -> None:
 def _start_direct(plan: ExportPlan, console) -> DirectChild | None:
     """The direct path's child, once it has checked the run, the base and llama.cpp's converter
     and is writing; None (said in one line) when it declined: the older path runs."""
-    job = _direct_job(plan)
-    if weights_dtype(plan.info.model_path) is None:
+    dtype = weights_dtype(plan.info.model_path)
+    job = _direct_job(plan, dtype)
+    if dtype is None:
         why = "the base is not a local 16-bit safetensors model"
     else:
         with _timed(plan, _direct_stage(plan)), status(console, f"merging on {merge_device()} "
@@ -504,14 +505,14 @@ def _start_direct(plan: ExportPlan, console) -> DirectChild | None:
     return child
 
 
-def _direct_job(plan: ExportPlan) -> Job:
+def _direct_job(plan: ExportPlan, dtype: str | None) -> Job:
     """What the child writes: the 16-bit GGUF every quant comes from (plan.gguf16), and with
-    --merged the merged folder, in the staging folder like the older path's."""
+    --merged the merged folder, in the staging folder like the older path's. `dtype`: the
+    base's weights' (weights_dtype)."""
     info = plan.info
     job = Job(info.adapter_dir, info.model_path, None, plan.work / "direct", None, "", plan.name,
               plan.merged_dir if plan.opts.merged else None)
     if plan.quants:
-        dtype = weights_dtype(info.model_path)
         job.outtype = convert_type(plan.quants, "f16" if dtype == "float16" else "bf16")
         plan.gguf16 = (plan.stage if job.outtype in plan.quants else plan.work) / plan.gguf_name(
             job.outtype)
