@@ -7,11 +7,11 @@
 #                     stays warm, so a later call reuses its model, llama.cpp and finished runs
 #   profile           bench/import_profile.py: where fastft train's start-up import goes (importtime,
 #                     cProfile), in fresh interpreters, twice
-#   pyc               whether the host's Python libraries have byte-code: where they have none and
-#                     cannot get it (a read-only venv), every process compiles ~3,000 modules from
-#                     source, which pip's install would have done once. Times `import torch,
-#                     transformers` before and after byte-compiling them into PYTHONPYCACHEPREFIX
-#                     (as pip leaves a user's install), which the later steps then use
+#   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
+#                     the torch venv's modules had none, and .whl installs with --no-compile), so a
+#                     process compiles their source, which pip's install does once. Times `import
+#                     torch, transformers` before and after byte-compiling them into
+#                     PYTHONPYCACHEPREFIX (as pip leaves a user's install), which later steps use
 #   compile:SCENARIO  bench/compile_choice.py: fastft train --compile on, on, off on SCENARIO
 #                     (favorite or longtail), sharing one set of compile caches
 #   quants            fastft export of ttfc's last finished fastft run with q4_k_m and q8_0: both
