@@ -16,6 +16,10 @@
 #                     (favorite or longtail), sharing one set of compile caches
 #   quants            fastft export of ttfc's last finished fastft run with q4_k_m and q8_0: both
 #                     quants' retention and KL, and the gate's cost for two quants
+#   gpuquant          fastft.export.gpuquant against llama-quantize on the 4B shape: fastft export of
+#                     ttfc's last finished fastft run with bf16 (kept), q4_k_m and q8_0 (made on the
+#                     GPU from it), then llama-quantize of that bf16 file into both types (timed),
+#                     and cmp of each pair; then tests/test_gpuquant.py -m gpu (the tiny model)
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
 #       bash bench/gpu_check.sh ttfc:favorite,notebook quants   Results go to $OUT.
 LIMIT=${GPU_CHECK_LIMIT_S:-570}
@@ -74,6 +78,25 @@ for step in "$@"; do
         --out /tmp/quants --force > "$OUT/quants.txt" 2>&1
       echo "quants rc=$? wall $(( $(date +%s) - S )) s"; tail -25 "$OUT/quants.txt"
       cp /tmp/quants/fastft-export.json "$OUT/quants-export.json" 2>/dev/null ;;
+    gpuquant)
+      wait $BUILD
+      run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
+      [ -z "$run" ] && { echo "gpuquant: no finished fastft run in $W"; continue; }
+      LLAMA=$(python3 -c "from bench.common import llama_cpp_root as r; print(r('$W/fastft-cache'))" | tail -1)
+      { S=$(date +%s)
+        UNSLOTH_LLAMA_CPP_PATH=$LLAMA timeout $(( $(left) - 120 )) python3 -m fastft.cli export "$run" \
+          --gguf bf16 --gguf q4_k_m --gguf q8_0 --min-retention 0 --out /tmp/gq --force --no-check
+        echo "export rc=$? wall $(( $(date +%s) - S )) s"
+        grep -A3 quantized_by /tmp/gq/fastft-export.json; grep '"quantize_s"' /tmp/gq/fastft-export.json
+        mkdir -p /tmp/gq-ref
+        for q in Q4_K_M Q8_0; do S=$(date +%s%N)
+          $LLAMA/llama-quantize /tmp/gq/ttfc.BF16.gguf /tmp/gq-ref/ttfc.$q.gguf $q > /tmp/gq-ref/$q.log 2>&1
+          echo "llama-quantize $q: rc $? $(( ($(date +%s%N) - S) / 1000000 )) ms"
+          cmp /tmp/gq/ttfc.$q.gguf /tmp/gq-ref/ttfc.$q.gguf && echo "$q: identical ($(stat -c %s /tmp/gq/ttfc.$q.gguf) bytes)"
+        done
+        timeout $(( $(left) - 5 )) python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpuquant.py 2>&1 | tail -3
+      } > "$OUT/gpuquant.txt" 2>&1
+      cat "$OUT/gpuquant.txt" | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -575,7 +575,7 @@ def test_manifest_round_trip(tmp_path):
     assert list(written) == ["fastft_version", "created", "name", "source_run", "base_model",
                              "variant", "quants", "merged", "converted_from", "modelfile",
                              "checks", "timings", "files", "retention", "path",
-                             "peak_disk_bytes"]
+                             "peak_disk_bytes", "quantized_by"]
     assert written["modelfile"]["from"] == f"{NAME}.Q4_K_M.gguf"
     assert written["files"] == {"Modelfile": {"sha256": "ab" * 32, "bytes": 12}}
     # An unknown key (a newer fastft's) survives a round trip; a missing one is no manifest.

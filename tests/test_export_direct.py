@@ -74,6 +74,12 @@ def test_direct_gguf_equals_the_older_paths(both, quants):
     old, new, _ = both[quants]
     assert (old.path, new.path) == ("detour", "direct")
     assert set(old.ggufs) == set(new.ggufs) == set(quants)
+    if "q8_0" in quants:       # no GPU here: llama-quantize made it, and the manifest says so
+        from fastft.export.manifest import ExportManifest
+
+        for result in (old, new):
+            made = ExportManifest.read(result.out_dir).quantized_by
+            assert made == {result.ggufs["q8_0"].name: "llama-quantize"}
     for quant in quants:
         assert read_gguf_metadata(new.ggufs[quant])["general.name"] == NAME
         # Equal files hold the same tensors and metadata: compared field by field only if they

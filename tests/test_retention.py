@@ -90,36 +90,18 @@ def test_the_exported_file_passes(scorer, q4, reference, tmp_path):
 
 
 def _tensor(gguf: Path, name: str):
-    """(offset, bytes) of tensor `name`'s data in `gguf`: its header walked as
-    fastft.export.gguf does (gguf-py's GGUFReader would take ~8 s here decoding the vocabulary),
-    its size from gguf-py's table of block sizes."""
-    import math
-    import struct
-
-    from fastft.export.gguf import _skip, _string, parse_gguf_metadata
+    """(offset, bytes) of tensor `name`'s data in `gguf`: its header walked by
+    fastft.export.gguf (gguf-py's GGUFReader would take ~8 s here decoding the vocabulary), its
+    size from gguf-py's table of block sizes."""
+    from fastft.export.gguf import read_header
 
     sys.path.insert(0, str(_gguf_py()))
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    buf = gguf.read_bytes()
-    _, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-    pos = 24
-    for _ in range(n_kv):                         # key, value type, value
-        pos = _string(buf, pos)[1]
-        pos = _skip(buf, pos + 4, struct.unpack_from("<I", buf, pos)[0])
-    found = None
-    for _ in range(n_tensors):
-        tensor, pos = _string(buf, pos)
-        (n_dims,) = struct.unpack_from("<I", buf, pos)
-        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
-        kind, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
-        pos += 4 + 8 * n_dims + 12
-        if tensor == name:
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
-            found = offset, math.prod(dims) // block * size
-    alignment = parse_gguf_metadata(buf).get("general.alignment", 32)
-    start = -(-pos // alignment) * alignment      # the data section, aligned
-    return start + found[0], found[1]
+    header = read_header(gguf.read_bytes())
+    ti = next(t for t in header.tensors if t.name == name)
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ti.type)]
+    return header.data_start + ti.offset, ti.elements // block * size
 
 
 def _gguf_py() -> Path:

@@ -57,6 +57,10 @@ class ExportConfig(Config):
                              "unless --merged, which is written from the same merge); "
                              "--no-direct exports through Unsloth's merged checkpoint (the older "
                              "path).")
+    gpu_quantize: bool = opt(True, "Make Q4_K_M, Q6_K and Q8_0 on the GPU, byte for byte the "
+                                   "file llama-quantize makes, in a fraction of the time; "
+                                   "--no-gpu-quantize (or no GPU, or another type) runs "
+                                   "llama-quantize on the CPU.")
     create: bool = opt(False, "Then run `ollama create NAME -f Modelfile` in the export folder "
                               "(needs ollama on PATH).")
 

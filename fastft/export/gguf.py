@@ -6,9 +6,11 @@ vocabulary; walking the header with `struct` and skipping the arrays is a few mi
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
+from dataclasses import dataclass
 
 from .llamacpp import LlamaCppError
 
@@ -38,13 +40,19 @@ def _skip(buf, pos: int, vtype: int) -> int:
     return pos + struct.calcsize(_SCALARS[vtype])
 
 
-def parse_gguf_metadata(buf) -> dict:
-    """The scalar and string key/values of the GGUF header in `buf` (arrays left out)."""
+def _counts(buf) -> tuple[int, int, int]:
+    """(version, tensors, key/values) of the GGUF header in `buf`; its entries start at 24."""
     if bytes(buf[:4]) != b"GGUF":
         raise LlamaCppError("not a GGUF file")
-    version, _n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
     if version > 0xFFFF:
         raise LlamaCppError("big-endian GGUF files are not supported")
+    return version, n_tensors, n_kv
+
+
+def parse_gguf_metadata(buf) -> dict:
+    """The scalar and string key/values of the GGUF header in `buf` (arrays left out)."""
+    _, _, n_kv = _counts(buf)
     pos, values = 24, {}
     for _ in range(n_kv):
         key, pos = _string(buf, pos)
@@ -62,3 +70,50 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict:
     """The scalar and string metadata of a GGUF file (arrays such as the vocabulary left out)."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         return parse_gguf_metadata(m)
+
+
+# -- the whole header: what fastft.export.gpuquant copies -----------------------------------------
+
+@dataclass
+class TensorInfo:
+    name: str
+    dims: tuple[int, ...]      # ggml's order: dims[0] is a row's length
+    type: int                  # ggml_type
+    offset: int                # from the start of the data section
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.dims)
+
+
+@dataclass
+class Header:
+    """A GGUF file's layout: its key/value entries as byte ranges (copied as they are), its
+    tensor infos, and where the data starts."""
+    version: int
+    kv: list[tuple[str, int, int]]       # key, first byte of the entry, byte after it
+    tensors: list[TensorInfo]
+    alignment: int
+    data_start: int
+
+
+def read_header(buf) -> Header:
+    version, n_tensors, n_kv = _counts(buf)
+    pos, kv, alignment = 24, [], 32
+    for _ in range(n_kv):
+        start = pos
+        key, pos = _string(buf, pos)
+        (vtype,) = struct.unpack_from("<I", buf, pos)
+        if key == "general.alignment":
+            (alignment,) = struct.unpack_from("<I", buf, pos + 4)
+        pos = _skip(buf, pos + 4, vtype)
+        kv.append((key, start, pos))
+    tensors = []
+    for _ in range(n_tensors):
+        name, pos = _string(buf, pos)
+        (n_dims,) = struct.unpack_from("<I", buf, pos)
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+        kind, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+        pos += 4 + 8 * n_dims + 12
+        tensors.append(TensorInfo(name, tuple(dims), kind, offset))
+    return Header(version, kv, tensors, alignment, -(-pos // alignment) * alignment)

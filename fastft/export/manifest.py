@@ -95,6 +95,9 @@ class ExportManifest(_Keeps):
     retention: Optional[Retention] = None   # None: no GGUF (or an export before the gate)
     path: Optional[str] = None          # "direct" (fastft.export.direct's one merge) or "detour"
     peak_disk_bytes: Optional[int] = None   # the most the scratch folder held at once
+    # GGUF file -> what quantized it: the torch device of fastft.export.gpuquant ("cuda":
+    # llama-quantize's bytes, made on the GPU) or "llama-quantize"; a converted file is not listed
+    quantized_by: dict[str, str] = {}
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2,

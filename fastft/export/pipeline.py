@@ -53,6 +53,7 @@ from ..core.cache import folder_problem, sha256_file
 from ..core.errors import FastftError
 from .config import DEFAULT_QUANTS, ExportConfig  # noqa: F401  (DEFAULT_QUANTS: part of this API)
 from .config import AUTO_QUANTS
+from . import gpuquant
 from .direct import DirectChild, DirectExportError, Job, folder_bytes, merge_device, weights_dtype
 from .manifest import (MANIFEST, ExportManifest, FileEntry, GGUFCheck, GGUFRetention, ManifestError,
                        Retention, ServedModelfile)
@@ -71,7 +72,6 @@ from .llamacpp import (
     llama_generate,
     log_tail,
     quant_types,
-    quantize_ggufs,
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
 from ..core.models import load_base_with_adapter, load_plain_with_adapter
@@ -191,6 +191,7 @@ class ExportPlan:
     tried: list[GGUFRetention] = field(default_factory=list)         # auto: not kept
     retention: Retention | None = None
     path: str = "detour"                     # how the outputs were merged and made (write_models)
+    quantized_by: dict[str, str] = field(default_factory=dict)   # GGUF file -> "cuda"/"llama-quantize"
     peak_disk_bytes: int = 0
 
     def note_disk(self) -> None:
@@ -696,7 +697,7 @@ def _auto_quantize(plan: ExportPlan, console) -> None:
     for quant in AUTO_QUANTS:
         work = plan.work / plan.gguf_name(quant)
         with _timed(plan, "quantize"), status(console, f"auto: quantizing to {quant.upper()}"):
-            quantize_ggufs(plan.llama, plan.gguf16, {quant.upper(): work}, plan.work)
+            _quantize_files(plan, {quant.upper(): work})
         t = time.perf_counter()
         with status(console, f"auto: scoring {work.name} with llama.cpp"):
             score = _score(plan, quant, work)
@@ -752,11 +753,19 @@ def _quantize(plan: ExportPlan, console) -> None:
     todo = {q.upper(): plan.gguf_path(q) for q in plan.quants if plan.gguf_path(q) != plan.gguf16}
     if todo:
         with _timed(plan, "quantize"), status(console, f"quantizing to {', '.join(todo)}"):
-            quantize_ggufs(plan.llama, plan.gguf16, todo, plan.work)   # in parallel: one stage
+            _quantize_files(plan, todo)                             # in parallel: one stage
     plan.ggufs = {q: plan.gguf_path(q) for q in plan.quants}
     for path in plan.ggufs.values():
         if (got := read_gguf_metadata(path).get("general.name")) != plan.name:
             raise ExportError(f"{path.name}: general.name is {got!r}, expected {plan.name!r}")
+
+
+def _quantize_files(plan: ExportPlan, outputs: dict[str, Path]) -> None:
+    """llama.cpp type -> file, from plan.gguf16: on the GPU what fastft.export.gpuquant makes
+    (byte for byte llama-quantize's file), the rest by llama-quantize."""
+    on = gpuquant.device() if plan.opts.gpu_quantize else None
+    made = gpuquant.quantize(plan.llama, plan.gguf16, outputs, plan.work, on)
+    plan.quantized_by.update({outputs[q].name: how for q, how in made.items()})
 
 
 # -- docs: the manifest --------------------------------------------------------------------------
@@ -799,7 +808,9 @@ def _manifest(plan: ExportPlan, files: dict[str, FileEntry]) -> ExportManifest:
         converted_from=plan.gguf16.name if plan.gguf16 else None,
         modelfile=served, checks=plan.checks,
         timings=plan.timeline.timings(), files=files,
-        retention=plan.retention, path=plan.path, peak_disk_bytes=plan.peak_disk_bytes)
+        retention=plan.retention, path=plan.path, peak_disk_bytes=plan.peak_disk_bytes,
+        quantized_by={name: how for name, how in plan.quantized_by.items()
+                      if name in {p.name for p in plan.ggufs.values()}})
 
 
 # -- small helpers -------------------------------------------------------------------------------

@@ -1,0 +1,239 @@
+"""llama-quantize's files, made on the GPU: the 16-bit GGUF -> Q4_K_M, Q6_K or Q8_0.
+
+What each tensor becomes, and the order of the tensors, is llama-quantize's own answer
+(`llama-quantize --dry-run`, which reads only the header): the mixture rules (Q6_K for the tied
+embedding and for attn_v and ffn_down in some layers of a Q4_K_M, F32 kept for the norms, the
+fallbacks for odd shapes) are never restated here. When that answer names a type fastft.export.kquants
+does not make, or there is no GPU, llama-quantize makes the file as before.
+
+The header is the 16-bit file's, as llama-quantize writes it: every key/value entry copied as
+its bytes, in order, then general.quantization_version and general.file_type set (ggml's
+gguf_set_val_u32 removes a key and appends it), then the tensor infos with their new types.
+(gguf-py's GGUFReader would spend 9 s decoding the 150k-token vocabulary that is copied here
+unread; fastft.export.gguf walks the header in milliseconds.) One pass over the 16-bit file
+makes every requested output, each tensor read and moved to the GPU once; the next tensors are
+read and quantized in a thread while this one is written.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+import subprocess
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import FastftError
+from . import kquants
+from .gguf import Header, TensorInfo, read_header
+
+# One [N/M] line per tensor of `llama-quantize --dry-run`: its name, its type, and, when it is
+# converted, the type it becomes in parentheses.
+PLAN_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\w+), size =.*?"
+                       r"(?:\((\w+)\))?\s*$")
+QUANTIZATION_VERSION = "general.quantization_version"
+FILE_TYPE = "general.file_type"
+GGML_QNT_VERSION = 2
+# llama_ftype of the files whose tensors kquants can make (llama.h)
+FILE_TYPES = {"Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
+# ggml_type ids (ggml.h) and (elements, bytes) per block of the types read or written here
+TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8, "q4_K": 12, "q6_K": 14, "bf16": 30}
+SIZES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), **kquants.BLOCKS}
+WIDENED = ("bf16", "f16", "f32")     # the types quantized from: widened to float32 exactly
+# Elements quantized at once: the k-quant search holds about a dozen float32 copies of them, so
+# 2^25 needs about 1.6 GB of GPU memory, which the export has free by then (the gate's model is
+# gone); fewer, larger steps keep Python's per-op cost small beside the GPU's.
+CHUNK = 1 << 25
+LOOKAHEAD = 2
+
+
+class GpuQuantError(FastftError):
+    pass
+
+
+@dataclass
+class Plan:
+    """One output: llama.cpp type ("Q4_K_M"), file, and (tensor, its type, the type it becomes)
+    in the output's order, types as llama-quantize prints them ("bf16", "q4_K")."""
+    qtype: str
+    dst: Path
+    tensors: list[tuple[str, str, str]]
+
+    def unsupported(self) -> str | None:
+        """A conversion this module cannot make (None: it can make them all)."""
+        if self.qtype not in FILE_TYPES:
+            return f"{self.qtype} files are made by llama-quantize"
+        for name, old, new in self.tensors:
+            if new != old and not (kquants.supported(new) and old in WIDENED):
+                return f"{name} becomes {new}"
+        return None
+
+
+def dry_run(quantize: Path, src: Path, qtype: str) -> list[tuple[str, str, str]]:
+    """llama-quantize's plan for `src` as `qtype`: (tensor, type, new type) in its output's order."""
+    proc = subprocess.run([str(quantize), "--dry-run", str(src), qtype], capture_output=True,
+                          text=True, timeout=300)
+    rows = [m.group(1, 2, 3) for line in (proc.stdout + proc.stderr).splitlines()
+            if (m := PLAN_LINE.match(line.strip()))]
+    if proc.returncode != 0 or not rows:
+        raise GpuQuantError(f"llama-quantize --dry-run {qtype} failed (exit {proc.returncode})")
+    return [(name, old, new or old) for name, old, new in rows]
+
+
+def device() -> str | None:
+    """The GPU to quantize on, or None (llama-quantize does it)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def quantize(llama, src: Path, outputs: dict[str, Path], log_dir: Path, on: str | None
+             ) -> dict[str, str]:
+    """Quantize the 16-bit GGUF `src` into each `llama.cpp type -> file` of `outputs`: with
+    torch on device `on` (`device()`; None: none) each type whose every tensor this module
+    makes, the others by llama-quantize meanwhile. Returns what made each (`on` or
+    "llama-quantize")."""
+    from .llamacpp import quantize_ggufs
+
+    plans = [Plan(q, dst, dry_run(llama.quantize, src, q)) for q, dst in outputs.items()
+             if on and q in FILE_TYPES]
+    plans = [p for p in plans if p.unsupported() is None]
+    made_here = {p.qtype for p in plans}
+    rest = {q: dst for q, dst in outputs.items() if q not in made_here}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        cpu = pool.submit(quantize_ggufs, llama, src, rest, log_dir) if rest else None
+        if plans:
+            quantize_file(src, plans, on)
+        if cpu is not None:
+            cpu.result()
+    return {q: on if q in made_here else "llama-quantize" for q in outputs}
+
+
+def quantize_file(src: Path, plans: list[Plan], on: str) -> None:
+    """Write every plan's file from `src` in one pass, quantizing on device `on`."""
+    with open(src, "rb") as f:
+        # left to be closed by its collection: a tensor still alive in a traceback holds a
+        # view of it, and closing would raise over the error being raised
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        header = read_header(buf)
+        tensors = {ti.name: ti for ti in header.tensors}
+        order = [t[0] for t in plans[0].tensors]
+        if any([t[0] for t in p.tensors] != order for p in plans) or \
+                sorted(order) != sorted(tensors):
+            raise GpuQuantError("llama-quantize's plans do not list the file's tensors")
+        outs = []
+        try:
+            for p in plans:
+                outs.append(open(p.dst, "wb"))
+                outs[-1].write(header_bytes(buf, header, p))
+            _write_tensors(memoryview(buf), header, [tensors[n] for n in order], plans, outs, on)
+        except BaseException:
+            for out in outs:
+                out.close()
+            for p in plans:
+                p.dst.unlink(missing_ok=True)
+            raise
+        for out in outs:
+            out.close()
+
+
+def _write_tensors(view, header: Header, tensors: list[TensorInfo], plans: list[Plan], outs,
+                   on: str) -> None:
+    """Each tensor as each plan has it, in order, each padded to the alignment; the next
+    LOOKAHEAD tensors read and quantized in a thread meanwhile."""
+    def job(i: int):
+        return _tensor(view, header, tensors[i], [p.tensors[i] for p in plans], on)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = [pool.submit(job, i) for i in range(min(LOOKAHEAD, len(tensors)))]
+        for i in range(len(tensors)):
+            data = ahead.pop(0).result()
+            if i + LOOKAHEAD < len(tensors):
+                ahead.append(pool.submit(job, i + LOOKAHEAD))
+            for out, chunk in zip(outs, data):
+                out.write(chunk)
+                out.write(bytes(_pad(len(chunk), header.alignment) - len(chunk)))
+
+
+def header_bytes(buf, header: Header, plan: Plan) -> bytes:
+    """llama-quantize's header for `plan`: the 16-bit file's entries (but the two it sets, and
+    no split keys) as they are, the two set, the tensor infos; padded to the alignment."""
+    kept = [bytes(buf[a:b]) for key, a, b in header.kv if not key.startswith("split.")
+            and key not in (QUANTIZATION_VERSION, FILE_TYPE)]
+    kept += [_u32_entry(QUANTIZATION_VERSION, GGML_QNT_VERSION),
+             _u32_entry(FILE_TYPE, FILE_TYPES[plan.qtype])]
+    by_name = {ti.name: ti for ti in header.tensors}
+    infos, offset = [], 0
+    for name, _, new in plan.tensors:
+        ti = by_name[name]
+        infos.append(_string(name) + struct.pack(f"<I{len(ti.dims)}Q", len(ti.dims), *ti.dims)
+                     + struct.pack("<IQ", TYPE_IDS[new], offset))
+        offset += _pad(_nbytes(ti.elements, new), header.alignment)
+    head = b"GGUF" + struct.pack("<IQQ", header.version, len(plan.tensors), len(kept)) \
+        + b"".join(kept) + b"".join(infos)
+    return head + bytes(_pad(len(head), header.alignment) - len(head))
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _u32_entry(key: str, value: int) -> bytes:
+    return _string(key) + struct.pack("<II", 4, value)     # 4: GGUF_TYPE_UINT32
+
+
+def _pad(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def _nbytes(elements: int, kind: str) -> int:
+    block, size = SIZES[kind]
+    return elements // block * size
+
+
+def _tensor(view, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]], on: str):
+    """Tensor `ti` as each plan's row has it: its own bytes, or quantized on `on`."""
+    import numpy as np
+
+    if any(name != ti.name for name, _, _ in rows):
+        raise GpuQuantError(f"{ti.name}: not where llama-quantize's plan has it")
+    old = rows[0][1]
+    if TYPE_IDS.get(old) != ti.type:
+        raise GpuQuantError(f"{ti.name}: llama-quantize's plan reads it as {old}")
+    start = header.data_start + ti.offset
+    raw = view[start:start + _nbytes(ti.elements, old)]
+    if all(new == old for _, _, new in rows):
+        return [raw] * len(rows)
+    x = _floats(np.frombuffer(raw, dtype=np.uint8), old, on)
+    out = []
+    for _, _, new in rows:
+        if new == old:
+            out.append(raw)
+        elif ti.dims[0] % kquants.BLOCKS[new][0]:
+            raise GpuQuantError(f"{ti.name}: rows of {ti.dims[0]} are not whole {new} blocks")
+        else:
+            out.append(_quantized(x, new))
+    return out
+
+
+def _floats(raw, source: str, on: str):
+    """The tensor's values as float32 on `on`, widened as llama-quantize widens them (exactly)."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[source]
+    with warnings.catch_warnings():   # the file's read-only map: read here, never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(raw).view(dtype).to(on).float()
+
+
+def _quantized(x, target: str):
+    """`x` as `target` blocks, CHUNK elements (whole blocks) at a time, back on the CPU."""
+    import torch
+
+    step = CHUNK - CHUNK % kquants.BLOCKS[target][0]
+    parts = [kquants.quantize(x[i:i + step], target) for i in range(0, x.numel(), step)]
+    return torch.cat(parts).cpu().numpy().tobytes()
