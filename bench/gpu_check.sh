@@ -16,6 +16,7 @@
 #                     (favorite or longtail), sharing one set of compile caches
 #   quants            fastft export of ttfc's last finished fastft run with q4_k_m and q8_0: both
 #                     quants' retention and KL, and the gate's cost for two quants
+#   kquants           seconds of fastft.export.kquants on the GPU per 2^25 random elements and type
 #   gpuquant          fastft.export.gpuquant against llama-quantize on the 4B shape: fastft export of
 #                     ttfc's last finished fastft run with bf16 (kept), q4_k_m and q8_0 (made on the
 #                     GPU from it), then llama-quantize of that bf16 file into both types (timed),
@@ -78,6 +79,18 @@ for step in "$@"; do
         --out /tmp/quants --force > "$OUT/quants.txt" 2>&1
       echo "quants rc=$? wall $(( $(date +%s) - S )) s"; tail -25 "$OUT/quants.txt"
       cp /tmp/quants/fastft-export.json "$OUT/quants-export.json" 2>/dev/null ;;
+    kquants)
+      python3 - <<'PY' 2>&1 | tee "$OUT/kquants.txt"
+import time, torch
+from fastft.export import kquants
+x = torch.randn(1 << 25, device="cuda") * 0.02
+for kind in ("q8_0", "q4_K", "q6_K"):
+    for rep in range(3):
+        torch.cuda.synchronize(); t = time.perf_counter()
+        kquants.quantize(x, kind); torch.cuda.synchronize()
+        print(kind, rep, f"{time.perf_counter() - t:.3f} s", f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+PY
+      ;;
     gpuquant)
       wait $BUILD
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
