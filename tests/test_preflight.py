@@ -47,6 +47,18 @@ def test_the_estimates_match_what_a_4b_model_writes():
     assert train_bytes(shape, TrainConfig(data="x", save_total_limit=5))[0] > 1.5 * need
 
 
+def test_the_direct_path_writes_no_merged_model_unless_asked():
+    """Without --merged the direct path's peak is the 16-bit GGUF and the quants (4B: 10.6 GB,
+    not the 16.2 GB of the merged model and the GGUF at once); with --merged it is all three."""
+    shape = Shape.from_config(QWEN3_4B)
+    detour, _ = export_bytes(shape, ("q4_k_m",), merged=False)
+    peak, what = export_bytes(shape, ("q4_k_m",), merged=False, direct=True)
+    assert what == "16-bit GGUF 8.1 GB, q4_k_m 2.5 GB"
+    assert 10.5e9 < peak < 10.8e9 < detour
+    assert export_bytes(shape, ("q4_k_m",), merged=True, direct=True) == \
+        export_bytes(shape, ("q4_k_m",), merged=True)
+
+
 def test_a_second_16_bit_gguf_is_counted_as_an_extra_file():
     # The converter writes one of bf16/f16; llama-quantize makes the other as a third 8 GB file
     # beside the kept merged model (4B: ~24.2 GB written).
@@ -95,12 +107,15 @@ def test_export_stops_before_creating_anything(tiny_path, tmp_path, monkeypatch)
     (run / "adapter" / "adapter_config.json").write_text("{}")
     free_disk(monkeypatch, 50 * 10**6)
     out_dir = tmp_path / "exports" / "r"
-    result = CliRunner().invoke(main, ["export", str(run), "--gguf", "q4_k_m", "--out", str(out_dir)])
-    assert result.exit_code == 1, result.output
-    out = one_line(result.output)
-    assert f"error: not enough disk space in {out_dir.parent}: need ~" in out
-    assert "have 50 MB free (merged 16-bit model" in out and "q4_k_m" in out
-    assert not (tmp_path / "exports").exists()
+    args = ["export", str(run), "--gguf", "q4_k_m", "--out", str(out_dir)]
+    # the direct path (a local 16-bit base) writes no merged model; the older path does
+    for extra, counted in [([], "(16-bit GGUF"), (["--no-direct"], "(merged 16-bit model")]:
+        result = CliRunner().invoke(main, args + extra)
+        assert result.exit_code == 1, result.output
+        out = one_line(result.output)
+        assert f"error: not enough disk space in {out_dir.parent}: need ~" in out
+        assert f"have 50 MB free {counted}" in out and "q4_k_m" in out
+        assert not (tmp_path / "exports").exists()
 
 
 # -- scratch folders ---------------------------------------------------------------------------

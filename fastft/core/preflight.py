@@ -136,10 +136,12 @@ def train_bytes(shape: Shape, cfg: TrainConfig) -> tuple[int, str]:
     return kept * checkpoint + adapter, what
 
 
-def export_bytes(shape: Shape, quants: tuple[str, ...], merged: bool) -> tuple[int, str]:
-    """(bytes an export writes at its peak, what they are). The merged 16-bit model and the one
-    16-bit GGUF converted from it exist together; the merged model is deleted (unless --merged)
-    before the quantised files are made from that GGUF."""
+def export_bytes(shape: Shape, quants: tuple[str, ...], merged: bool, direct: bool = False
+                 ) -> tuple[int, str]:
+    """(bytes an export writes at its peak, what they are). Through Unsloth (`direct` False) the
+    merged 16-bit model and the one 16-bit GGUF converted from it exist together; the merged
+    model is deleted (unless --merged) before the quantised files are made from that GGUF. The
+    direct path writes that GGUF from memory: the merged model is on disk only with --merged."""
     params = shape.embedding_params + shape.layer_params
     sixteen = 2 * params + SMALL_FILES
 
@@ -155,8 +157,9 @@ def export_bytes(shape: Shape, quants: tuple[str, ...], merged: bool) -> tuple[i
     converted = next((q for q in quants if q in SIXTEEN_BIT), None)
     extras = [q for q in quants if q != converted]
     others = sum(gguf(q) for q in extras)
-    peak = max(2 * sixteen, sixteen * merged + sixteen + others)
-    parts = [f"merged 16-bit model {_size(sixteen)}", f"16-bit GGUF {_size(sixteen)}"]
+    checkpoint = merged or not direct
+    peak = max(2 * sixteen if checkpoint else 0, sixteen * merged + sixteen + others)
+    parts = [f"merged 16-bit model {_size(sixteen)}"] * checkpoint + [f"16-bit GGUF {_size(sixteen)}"]
     parts += [f"{q} {_size(gguf(q))}" for q in extras]
     return peak, ", ".join(parts)
 
@@ -170,10 +173,10 @@ def check_train_space(cfg: TrainConfig, folder: str | os.PathLike, model_path: s
 
 
 def check_export_space(model_path: str, quants: tuple[str, ...], merged: bool,
-                       final: Path) -> None:
+                       final: Path, direct: bool = False) -> None:
     shape = model_shape(model_path)
     if shape is not None:
-        _check(final.parent, *export_bytes(shape, quants, merged), "--out")
+        _check(final.parent, *export_bytes(shape, quants, merged, direct), "--out")
 
 
 def _check(folder: Path, need: int, what: str, option: str) -> None:

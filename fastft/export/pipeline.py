@@ -380,7 +380,9 @@ def make_plan(opts: ExportConfig) -> ExportPlan:
         _check_held_out(opts, info)
     plan = ExportPlan(opts, info, quants, name, final, modelfile=None, auto=auto)
     plan.modelfile = _render_modelfile(plan)
-    check_export_space(info.model_path, quants, opts.merged, plan.final)
+    # the direct path's peak, when it can run; if its child declines, the older path checks its own
+    check_export_space(info.model_path, quants, opts.merged, plan.final,
+                       direct=opts.direct and weights_dtype(info.model_path) is not None)
     return plan
 
 
@@ -469,6 +471,8 @@ def write_models(plan: ExportPlan, console) -> None:
     if plan.opts.direct and (child := _start_direct(plan, console)):
         _finish_direct(plan, console, child)
     else:
+        if plan.opts.direct:                 # declined: the merged checkpoint is on disk too
+            check_export_space(plan.info.model_path, plan.quants, plan.opts.merged, plan.final)
         _load_and_merge(plan, console)
         gc.collect()                         # the model is gone: free its memory for the tools
         if plan.opts.merged:
