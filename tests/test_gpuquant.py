@@ -113,6 +113,23 @@ def test_no_gpu_means_llama_quantize(llama, files, tmp_path):
     assert out.is_file()
 
 
+def test_out_of_gpu_memory_falls_back_to_llama_quantize(llama, files, tmp_path, monkeypatch):
+    """A GPU another process fills (or a small card) is no failed export: llama-quantize makes
+    the file instead, and the result says so."""
+    import torch
+
+    from fastft.export import gpuquant, kquants
+
+    def full(x, kind):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(kquants, "quantize", full)
+    src, refs = files
+    out = tmp_path / "t.Q8_0.gguf"
+    assert gpuquant.quantize(llama, src, {"Q8_0": out}, tmp_path, on="cpu") == \
+        {"Q8_0": "llama-quantize"}
+    assert out.read_bytes() == refs["Q8_0"].read_bytes()
+
+
 def test_a_plan_that_does_not_fit_the_file_fails_and_leaves_nothing(llama, files, tmp_path):
     """A plan that names another file's tensors (here: one missing) writes nothing; one that
     fails midway (a type read wrongly) removes what it began."""

@@ -105,11 +105,24 @@ def quantize(llama, src: Path, outputs: dict[str, Path], log_dir: Path, on: str 
     rest = {q: dst for q, dst in outputs.items() if q not in made_here}
     with ThreadPoolExecutor(max_workers=1) as pool:
         cpu = pool.submit(quantize_ggufs, llama, src, rest, log_dir) if rest else None
-        if plans:
-            quantize_file(src, plans, on)
+        if plans and not _made_on(src, plans, on):
+            quantize_ggufs(llama, src, {p.qtype: p.dst for p in plans}, log_dir)
+            made_here = set()
         if cpu is not None:
             cpu.result()
     return {q: on if q in made_here else "llama-quantize" for q in outputs}
+
+
+def _made_on(src: Path, plans: list[Plan], on: str) -> bool:
+    """quantize_file, or False when the GPU ran out of memory (another process holds it, a
+    small card): llama-quantize then makes the files, which quantize_file has removed."""
+    import torch
+
+    try:
+        quantize_file(src, plans, on)
+        return True
+    except torch.OutOfMemoryError:
+        return False
 
 
 def quantize_file(src: Path, plans: list[Plan], on: str) -> None:
