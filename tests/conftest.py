@@ -9,6 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 import contextlib
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # As in `fastft train`: Unsloth first, so it patches transformers/peft/trl before they load.
 with contextlib.redirect_stdout(sys.stderr):
     import unsloth  # noqa: F401
+# Unsloth's imports (torch, transformers, TRL, PEFT: millions of objects that live as long as
+# the process) out of the garbage collector's way: each full collection in every in-process
+# training scanned them all again. Objects made later, the tests' own, are collected as ever.
+gc.freeze()
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "favorite_color.jsonl"
