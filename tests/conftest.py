@@ -59,13 +59,12 @@ def pytest_configure(config):
 
 # Seconds each of the slowest files takes on one worker (measured on 2 cores with -n 2), for the
 # order below; a file not listed counts 0. Stale numbers cost time, never a result.
-SLOW_FILES = {"test_export_direct.py": 147, "test_faults.py": 127, "test_faults_export.py": 112,
-              "test_launch.py": 110, "test_retention.py": 84, "test_bench.py": 72,
-              "test_chat_quiet.py": 70, "test_export.py": 59, "test_secrets.py": 49,
-              "test_export_merged_direct.py": 45, "test_train.py": 44, "test_demo.py": 33,
-              "test_mistakes.py": 28, "test_quiet.py": 28, "test_readme.py": 27,
-              "test_eval.py": 26, "test_layout.py": 25, "test_chat.py": 24,
-              "test_export_create.py": 22}
+SLOW_FILES = {"test_export_direct.py": 146, "test_faults.py": 131, "test_launch.py": 120,
+              "test_faults_export.py": 104, "test_retention.py": 88, "test_bench.py": 77,
+              "test_chat_quiet.py": 72, "test_export.py": 52, "test_secrets.py": 46,
+              "test_export_merged_direct.py": 44, "test_train.py": 41, "test_demo.py": 31,
+              "test_layout.py": 27, "test_quiet.py": 27, "test_readme.py": 27, "test_eval.py": 26,
+              "test_mistakes.py": 25, "test_export_create.py": 22, "test_chat.py": 20}
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)   # optional: pytest without xdist runs too
