@@ -37,13 +37,15 @@ from pathlib import Path
 import train_hooks
 
 SERVER = r"""
-import contextlib, json, os, runpy, select, signal, sys
+import contextlib, gc, json, os, runpy, select, signal, sys
 
 replies = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+gc.disable()                              # imports make next to no garbage: 1.3 s of 8.5 s
 with contextlib.redirect_stdout(sys.stderr):
     import unsloth  # noqa: F401  (first, as in `fastft train`)
 import fastft.cli, fastft.export.llamacpp, fastft.export.pipeline, fastft.train.trainer  # noqa
 import torch
+gc.enable()
 
 replies.write(json.dumps({"ready": not torch.cuda.is_initialized()}) + "\n")
 children = set()
@@ -62,6 +64,11 @@ while True:
         break                             # the test process is gone
     req = json.loads(line)
     sys.stdout.flush(); sys.stderr.flush()
+    # The imported modules' objects, out of every later collection (the use gc.freeze is made
+    # for: a fork server's children). A child's own objects are collected as in any process;
+    # the millions left from the imports are not scanned again, by its collections while it
+    # runs nor by the last one as it exits (2 s of a child's exit here, 0.5 s with them frozen).
+    gc.freeze()
     pid = os.fork()
     if pid:
         children.add(pid)

@@ -9,11 +9,13 @@ import io
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fastft.export.direct import merge_source
 from fastft.export.gguf import read_gguf_metadata
+from fastft.export.manifest import ExportManifest
 from fastft.export.pipeline import ExportOptions, export_run, read_run
 from test_export import argv, record_processes
 
@@ -44,14 +46,57 @@ def export(run_dir, out: Path, quants, direct: bool, console_file=None):
     return res, [argv(p) for p in started]
 
 
+WHAT_WAS_IMPORTED = """import runpy, sys
+sys.argv = ["fastft", *sys.argv[1:]]
+try:
+    runpy.run_module("fastft.cli", run_name="__main__")
+finally:
+    print("imported:", " ".join(m for m in ("unsloth", "transformers") if m in sys.modules))
+"""
+
+
 @pytest.fixture(scope="module")
-def both(run_dir, llama, tmp_path_factory):
-    """quants -> (older result, direct result, processes the direct export started)."""
+def fresh(run_dir, llama, tmp_path_factory) -> dict:
+    """Exports by a fresh `fastft export --json` process each: path -> (the libraries it had
+    imported when it ended, its result as printed). The direct one (q8_0) is also the peak-disk
+    test's; the older path's (bf16 and q8_0) is also the one the direct GGUFs are compared
+    with: a fresh process costs ~9 s here in imports alone, an export of the older path ~25 s,
+    so each is made once, not once for each test."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("fresh")
+    made = {}
+    for path, flags in [("direct", ["--gguf", "q8_0"]),
+                        ("detour", ["--gguf", "bf16", "--gguf", "q8_0", "--no-direct"])]:
+        out = subprocess.run([sys.executable, "-c", WHAT_WAS_IMPORTED, "export", str(run_dir),
+                              "--no-check", "--out", str(root / path), "--name", NAME, "--json",
+                              *flags], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        printed, imported = out.stdout.rstrip("\n").rsplit("\n", 1)
+        made[path] = imported, json.loads(printed)
+    return made
+
+
+def printed_result(printed: dict) -> SimpleNamespace:
+    """The parts of an ExportResult the tests below read, from what `--json` printed of it."""
+    return SimpleNamespace(path=printed["path"], timings=printed["timings"],
+                           run_dir=Path(printed["run"]), peak_disk_bytes=printed["peak_disk_bytes"],
+                           ggufs={q: Path(g["path"]) for q, g in printed["ggufs"].items()})
+
+
+@pytest.fixture(scope="module")
+def both(run_dir, llama, fresh, tmp_path_factory):
+    """quants -> (older result, direct result, processes the direct export started). The older
+    path's bf16 and q8_0 are `fresh`'s (the same export, made in a process of its own)."""
     root = tmp_path_factory.mktemp("direct")
     out = {}
     for quants in (("bf16", "q8_0"), ("f16",)):
         tag = "-".join(quants)
-        old, _ = export(run_dir, root / f"old-{tag}", quants, direct=False)
+        if quants == ("bf16", "q8_0"):
+            old = printed_result(fresh["detour"][1])
+        else:
+            old, _ = export(run_dir, root / f"old-{tag}", quants, direct=False)
         new, procs = export(run_dir, root / f"new-{tag}", quants, direct=True)
         out[quants] = old, new, procs
     return out
@@ -107,10 +152,11 @@ def test_direct_writes_no_checkpoint_and_runs_no_converter_script(both):
 
 
 @pytest.mark.slow
-def test_peak_disk_is_measured_and_bounded(both, run_dir, tmp_path):
+def test_peak_disk_is_measured_and_bounded(both, fresh, run_dir):
     """GGUF only: at most 1.2x the final files plus one 16-bit GGUF; the older path held the
-    merged checkpoint and the GGUF at once."""
-    new, _ = export(run_dir, tmp_path / "q8", ("q8_0",), direct=True)   # the BF16 in scratch
+    merged checkpoint and the GGUF at once. `--json` prints it, as the manifest records it."""
+    printed = fresh["direct"][1]                 # q8_0 alone: the BF16 in scratch
+    new = printed_result(printed)
     final = sum(p.stat().st_size for p in new.ggufs.values())
     bf16 = both[("bf16", "q8_0")][1].ggufs["bf16"].stat().st_size
     assert new.path == "direct"
@@ -119,7 +165,8 @@ def test_peak_disk_is_measured_and_bounded(both, run_dir, tmp_path):
     checkpoint = sum(p.stat().st_size for p in Path(read_run(run_dir).model_path).glob(
         "*.safetensors"))                        # the merged one is as large as the base
     assert old.peak_disk_bytes >= checkpoint + bf16
-    assert json.loads(json.dumps(new.to_dict()))["peak_disk_bytes"] == new.peak_disk_bytes
+    assert new.peak_disk_bytes == printed["manifest"]["peak_disk_bytes"] == ExportManifest.read(
+        Path(printed["out_dir"])).peak_disk_bytes
 
 
 def fake_llama_cpp(real: Path, root: Path, old: str, new: str) -> Path:
@@ -200,30 +247,10 @@ def test_ctrl_c_in_the_direct_child_leaves_nothing(run_dir, llama, tmp_path):
     assert list(exports.iterdir()) == []
 
 
-WHAT_WAS_IMPORTED = """import runpy, sys
-sys.argv = ["fastft", *sys.argv[1:]]
-try:
-    runpy.run_module("fastft.cli", run_name="__main__")
-finally:
-    print("imported:", " ".join(m for m in ("unsloth", "transformers") if m in sys.modules))
-"""
-
-
 @pytest.mark.slow
-def test_the_direct_path_never_imports_unsloth(run_dir, llama, tmp_path):
+def test_the_direct_path_never_imports_unsloth(fresh):
     """The gate's 16-bit side is scored with transformers and peft while the child writes:
     Unsloth's import and patching (30 s of the export's 41 s load on an H200) is not paid.
     The older path (--no-direct) still loads through Unsloth."""
-    import subprocess
-    import sys
-
-    def imported(*flags):
-        out = subprocess.run([sys.executable, "-c", WHAT_WAS_IMPORTED, "export", str(run_dir),
-                              "--gguf", "q8_0", "--no-check", "--out", str(tmp_path / flags[0]),
-                              "--name", "m", *flags[1:]],
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out.stdout.splitlines()[-1]
-
-    assert imported("direct") == "imported: transformers"
-    assert imported("detour", "--no-direct") == "imported: unsloth transformers"
+    assert fresh["direct"][0] == "imported: transformers"
+    assert fresh["detour"][0] == "imported: unsloth transformers"

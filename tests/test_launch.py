@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forkserver
 import pytest
 import train_hooks
 from click.testing import CliRunner
@@ -276,8 +277,10 @@ STEPS = 6
 
 
 def fastft(*args, env: dict, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastft.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    """`fastft ARGS` in a process of its own, forked with its imports done (tests/forkserver.py):
+    the launcher's ~4 s import of torch and fastft, and the one-process run's ~9 s of Unsloth,
+    are paid once per worker. torchrun and the ranks it starts are fresh processes either way."""
+    return forkserver.run(list(args), cwd, env, timeout)
 
 
 def python_path() -> str:
@@ -394,8 +397,7 @@ def test_ctrl_c_saves_one_checkpoint_on_every_rank_at_the_same_step(runs, tiny_p
     env = {k: v for k, v in runs["env"].items() if k != "FASTFT_DEBUG_WEIGHTS_DIR"}
     args = tiny_args(tiny_path, runs["tmp"] / "runs", "ctrl-c", "--gpus", "2")
     args[args.index("--max-steps") + 1] = "200"
-    proc = subprocess.Popen([sys.executable, "-m", "fastft.cli", *args], cwd=runs["tmp"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = forkserver.popen(args, runs["tmp"], env)     # see fastft() above
     deadline = time.monotonic() + 240
     while not ((run / "metrics.jsonl").exists() and len(losses(run)) >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
