@@ -81,6 +81,7 @@ def fresh(run_dir, llama, tmp_path_factory) -> dict:
 def printed_result(printed: dict) -> SimpleNamespace:
     """The parts of an ExportResult the tests below read, from what `--json` printed of it."""
     return SimpleNamespace(path=printed["path"], timings=printed["timings"],
+                           out_dir=Path(printed["out_dir"]),
                            run_dir=Path(printed["run"]), peak_disk_bytes=printed["peak_disk_bytes"],
                            ggufs={q: Path(g["path"]) for q, g in printed["ggufs"].items()})
 
