@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import gc
 import json
 import os
 import sys
@@ -48,6 +49,16 @@ class FastftGroup(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):
         self.argv = list(args)   # as given: parsing consumes them before a usage error is raised
         return super().make_context(info_name, args, parent, **extra)
+
+    def __call__(self, *args, **kwargs):
+        """The process's own command (the console script, `python -m fastft.cli`; CliRunner
+        calls `main`): at its exit, nothing more is collected. The collection at interpreter
+        shutdown would walk every object the imports made (Unsloth, torch, transformers: about
+        600,000), 0.8-1.7 s of each exit on 2 cores; frozen, it skips them."""
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            gc.freeze()
 
     def main(self, *args, **kwargs):
         ascii_fallback()

@@ -348,3 +348,31 @@ def test_ctrl_c_exits_130_and_a_bug_is_logged_with_its_traceback(runner, in_tmp,
     assert "in buggy" in logs[0].read_text()
     result = runner.invoke(main, ["--debug", "train", "good.jsonl", "--model", "tiny"])
     assert result.exit_code == 70 and "Traceback" in result.output   # ...or to the screen with --debug
+
+
+def test_no_network_is_said_at_once_and_the_hub_is_not_tried(runner, monkeypatch):
+    """Not offline mode, but no network (here: a hub endpoint that refuses connections): the
+    check does not hand the name to the hub libraries, whose retries took ~45 s, and says why
+    it counted with the built-in vocabulary."""
+    import huggingface_hub.constants
+    import transformers
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    asked = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def recorded(name, *args, **kwargs):
+        asked.append((str(name), kwargs.get("local_files_only", False)))
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", recorded)
+    monkeypatch.chdir(REPO)
+    result = runner.invoke(main, ["data", "check", "examples/favorite_color.jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "no network (127.0.0.1:9 cannot be reached)" in " ".join(
+        line.strip("│ ") for line in result.output.splitlines())
+    hub_ids = [(name, local) for name, local in asked if not Path(name).is_absolute()]
+    assert hub_ids and all(local for _, local in hub_ids)    # the cache only, never the hub

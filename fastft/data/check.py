@@ -70,22 +70,31 @@ def load_tokenizer(model: str):
     which carries the real Qwen3 vocabulary, so the counts are still exact."""
     from transformers import AutoTokenizer
 
-    from ..core.models import resolve_model
+    from ..core.models import hub_problem, resolve_model
     from .template import OTHER, detect_variant
     ref = resolve_model(model)
     try:
         try:  # the local HF cache first: no network round-trips when the model was seen before
             tok = AutoTokenizer.from_pretrained(ref.path, local_files_only=True)
         except (OSError, ValueError):
+            # offline, or no network: say so in seconds, not after the hub libraries' ~45 s
+            # of retries
+            if not ref.is_local and (why := hub_problem(ref.path)):
+                raise _Unreachable(why.rsplit(": ", 1)[0]) from None
             tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
         return tok, ref.path, None
     except (OSError, ValueError) as e:
         if detect_variant(ref.path) == OTHER:
             raise TokenizerError(f"cannot load the tokenizer of {model}: {_why_not(ref, e)}") from None
         from ..core.tiny import tiny_model_path
-        note = (f"{model} is out of reach ({type(e).__name__}); counted with the Qwen3 "
+        why = str(e) if isinstance(e, _Unreachable) else type(e).__name__
+        note = (f"{model} is out of reach ({why}); counted with the Qwen3 "
                 f"vocabulary of the built-in tiny model (same tokenizer)")
         return AutoTokenizer.from_pretrained(tiny_model_path("tiny")), ref.path, note
+
+
+class _Unreachable(OSError):
+    """The hub cannot be asked (offline mode, no network): why, in words."""
 
 
 def _why_not(ref, e: Exception) -> str:

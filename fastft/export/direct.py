@@ -33,6 +33,7 @@ GGUF files (tests/test_export_direct.py) and safetensors files
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import inspect
 import json
@@ -538,4 +539,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    finally:
+        gc.freeze()   # as fastft.cli's exit: the shutdown's collection skips the imports' objects
