@@ -181,21 +181,21 @@ def test_the_modelfile_serves_the_held_out_prompts_and_one_without_system_does_n
 def test_a_failing_gguf_fails_the_export_which_records_it(color_run, tmp_path, monkeypatch):
     """End to end: llama-quantize's output perturbed, the export fails with a user error naming
     the file and what to do, and the written folder's manifest records the failure."""
-    import fastft.export.pipeline as pipeline
+    import fastft.export.gpuquant as gpuquant
     from fastft.export.pipeline import ExportOptions, export_run
     from rich.console import Console
 
-    real = pipeline.quantize_ggufs
+    real = gpuquant.quantize
 
-    def quantize_then_break(llama, src, outputs, log_dir, cpus=None):
-        seconds = real(llama, src, outputs, log_dir, cpus)
+    def quantize_then_break(llama, src, outputs, log_dir, on):
+        made = real(llama, src, outputs, log_dir, on)
         for dst in outputs.values():
             offset, size = _tensor(dst, "blk.1.ffn_down.weight")
             with open(dst, "r+b") as f:
                 f.seek(offset)
                 f.write(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
-        return seconds
-    monkeypatch.setattr(pipeline, "quantize_ggufs", quantize_then_break)
+        return made
+    monkeypatch.setattr(gpuquant, "quantize", quantize_then_break)
     out = tmp_path / "broken"
     with pytest.raises(retention.RetentionError) as e:
         export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q4_k_m",), out=str(out),
