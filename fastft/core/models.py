@@ -47,13 +47,19 @@ def hub_unreachable() -> str | None:
     return None
 
 
-def hub_problem(name: str) -> str | None:
-    """Why hub model `name` cannot be downloaded now (offline mode, or no network), else None."""
+def hub_unavailable(name: str) -> tuple[str, str] | None:
+    """(why, what to do) when hub model `name` cannot be downloaded now (offline mode, or no
+    network), else None."""
     if offline := offline_vars():
-        return f"{offline[0]}={os.environ[offline[0]]} is set (offline mode): unset it to download {name}"
+        return f"{offline[0]}={os.environ[offline[0]]} is set (offline mode)", f"unset it to download {name}"
     if where := hub_unreachable():
-        return f"no network ({where} cannot be reached): connect to download {name} once"
+        return f"no network ({where} cannot be reached)", f"connect to download {name} once"
     return None
+
+
+def hub_problem(name: str) -> str | None:
+    """Why hub model `name` cannot be downloaded now, and what to do, in one line; else None."""
+    return ": ".join(why) if (why := hub_unavailable(name)) else None
 
 
 def check_model(name: str) -> None:

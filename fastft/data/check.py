@@ -70,7 +70,7 @@ def load_tokenizer(model: str):
     which carries the real Qwen3 vocabulary, so the counts are still exact."""
     from transformers import AutoTokenizer
 
-    from ..core.models import hub_problem, resolve_model
+    from ..core.models import hub_unavailable, resolve_model
     from .template import OTHER, detect_variant
     ref = resolve_model(model)
     try:
@@ -79,22 +79,23 @@ def load_tokenizer(model: str):
         except (OSError, ValueError):
             # offline, or no network: say so in seconds, not after the hub libraries' ~45 s
             # of retries
-            if not ref.is_local and (why := hub_problem(ref.path)):
-                raise _Unreachable(why.rsplit(": ", 1)[0]) from None
+            if not ref.is_local and (why := hub_unavailable(ref.path)):
+                raise _Unreachable(*why) from None
             tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
         return tok, ref.path, None
     except (OSError, ValueError) as e:
         if detect_variant(ref.path) == OTHER:
             raise TokenizerError(f"cannot load the tokenizer of {model}: {_why_not(ref, e)}") from None
         from ..core.tiny import tiny_model_path
-        why = str(e) if isinstance(e, _Unreachable) else type(e).__name__
+        why = e.args[0] if isinstance(e, _Unreachable) else type(e).__name__
         note = (f"{model} is out of reach ({why}); counted with the Qwen3 "
                 f"vocabulary of the built-in tiny model (same tokenizer)")
         return AutoTokenizer.from_pretrained(tiny_model_path("tiny")), ref.path, note
 
 
 class _Unreachable(OSError):
-    """The hub cannot be asked (offline mode, no network): why, in words."""
+    """The hub cannot be asked (offline mode, no network): its args are hub_unavailable's
+    (why, what to do)."""
 
 
 def _why_not(ref, e: Exception) -> str:
@@ -104,7 +105,10 @@ def _why_not(ref, e: Exception) -> str:
                 "give a model's folder, or a hub id, with --model")
     from ..core.models import hub_problem
     text = str(e).strip()
-    why = hub_problem(ref.path) or (text.splitlines()[0] if text else type(e).__name__)
+    if isinstance(e, _Unreachable):    # the hub was asked already: not a second wait on it
+        why = ": ".join(e.args)
+    else:
+        why = hub_problem(ref.path) or (text.splitlines()[0] if text else type(e).__name__)
     return f"{why}; check the name, or give a local folder with --model"
 
 

@@ -116,4 +116,9 @@ def read_header(buf) -> Header:
         kind, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
         pos += 4 + 8 * n_dims + 12
         tensors.append(TensorInfo(name, tuple(dims), kind, offset))
-    return Header(version, kv, tensors, alignment, -(-pos // alignment) * alignment)
+    return Header(version, kv, tensors, alignment, pad(pos, alignment))
+
+
+def pad(n: int, alignment: int) -> int:
+    """`n` rounded up to the alignment: where GGUF's data section and each tensor's data start."""
+    return -(-n // alignment) * alignment

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..core.errors import FastftError
 from . import kquants
-from .gguf import Header, TensorInfo, read_header
+from .gguf import Header, TensorInfo, pad, read_header
 
 # One [N/M] line per tensor of `llama-quantize --dry-run`: its name, its type, and, when it is
 # converted, the type it becomes in parentheses.
@@ -168,7 +168,7 @@ def _write_tensors(view, header: Header, tensors: list[TensorInfo], plans: list[
                 ahead.append(pool.submit(job, i + LOOKAHEAD))
             for out, chunk in zip(outs, data):
                 out.write(chunk)
-                out.write(bytes(_pad(len(chunk), header.alignment) - len(chunk)))
+                out.write(bytes(pad(len(chunk), header.alignment) - len(chunk)))
 
 
 def header_bytes(buf, header: Header, plan: Plan) -> bytes:
@@ -184,10 +184,10 @@ def header_bytes(buf, header: Header, plan: Plan) -> bytes:
         ti = by_name[name]
         infos.append(_string(name) + struct.pack(f"<I{len(ti.dims)}Q", len(ti.dims), *ti.dims)
                      + struct.pack("<IQ", TYPE_IDS[new], offset))
-        offset += _pad(_nbytes(ti.elements, new), header.alignment)
+        offset += pad(_nbytes(ti.elements, new), header.alignment)
     head = b"GGUF" + struct.pack("<IQQ", header.version, len(plan.tensors), len(kept)) \
         + b"".join(kept) + b"".join(infos)
-    return head + bytes(_pad(len(head), header.alignment) - len(head))
+    return head + bytes(pad(len(head), header.alignment) - len(head))
 
 
 def _string(text: str) -> bytes:
@@ -197,10 +197,6 @@ def _string(text: str) -> bytes:
 
 def _u32_entry(key: str, value: int) -> bytes:
     return _string(key) + struct.pack("<II", 4, value)     # 4: GGUF_TYPE_UINT32
-
-
-def _pad(n: int, alignment: int) -> int:
-    return -(-n // alignment) * alignment
 
 
 def _nbytes(elements: int, kind: str) -> int:

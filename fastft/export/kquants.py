@@ -32,8 +32,7 @@ def supported(ggml_type: str) -> bool:
 
 def quantize(x, ggml_type: str):
     """`x` (float32, 1-D, a whole number of blocks) as `ggml_type` blocks: uint8, on x's device."""
-    n, size = BLOCKS[ggml_type]
-    blocks = x.reshape(-1, n)
+    blocks = x.reshape(-1, BLOCKS[ggml_type][0])
     return {"q4_K": _q4_k, "q6_K": _q6_k, "q8_0": _q8_0}[ggml_type](blocks).reshape(-1)
 
 

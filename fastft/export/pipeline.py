@@ -813,8 +813,8 @@ def _manifest(plan: ExportPlan, files: dict[str, FileEntry]) -> ExportManifest:
         modelfile=served, checks=plan.checks,
         timings=plan.timeline.timings(), files=files,
         retention=plan.retention, path=plan.path, peak_disk_bytes=plan.peak_disk_bytes,
-        quantized_by={name: how for name, how in plan.quantized_by.items()
-                      if name in {p.name for p in plan.ggufs.values()}})
+        quantized_by={p.name: plan.quantized_by[p.name] for p in plan.ggufs.values()
+                      if p.name in plan.quantized_by})
 
 
 # -- small helpers -------------------------------------------------------------------------------
