@@ -20,7 +20,9 @@
 #   gpuquant          fastft.export.gpuquant against llama-quantize on the 4B shape: fastft export of
 #                     ttfc's last finished fastft run with bf16 (kept), q4_k_m and q8_0 (made on the
 #                     GPU from it), then llama-quantize of that bf16 file into both types (timed),
-#                     and cmp of each pair; then tests/test_gpuquant.py -m gpu (the tiny model)
+#                     and cmp of each pair; then the export of q4_k_m and q8_0 alone (quantized in
+#                     the direct child, no BF16 on disk) and cmp with the first; then
+#                     tests/test_gpuquant.py and test_export_direct_quant.py -m gpu (the tiny model)
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
 #       bash bench/gpu_check.sh ttfc:favorite,notebook quants   Results go to $OUT.
 LIMIT=${GPU_CHECK_LIMIT_S:-570}
@@ -107,7 +109,17 @@ PY
           echo "llama-quantize $q: rc $? $(( ($(date +%s%N) - S) / 1000000 )) ms"
           cmp /tmp/gq/ttfc.$q.gguf /tmp/gq-ref/ttfc.$q.gguf && echo "$q: identical ($(stat -c %s /tmp/gq/ttfc.$q.gguf) bytes)"
         done
-        timeout $(( $(left) - 5 )) python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpuquant.py 2>&1 | tail -3
+        rm -rf /tmp/gq-ref
+        # the direct child quantizing from the merged tensors (no BF16 on disk): the same bytes
+        S=$(date +%s)
+        UNSLOTH_LLAMA_CPP_PATH=$LLAMA timeout $(( $(left) - 120 )) python3 -m fastft.cli export "$run" \
+          --gguf q4_k_m --gguf q8_0 --min-retention 0 --out /tmp/gq-child --force --no-check
+        echo "export in the child rc=$? wall $(( $(date +%s) - S )) s"
+        grep -A3 quantized_by /tmp/gq-child/fastft-export.json; grep -E '"(convert|quantize|peak_disk_bytes)' /tmp/gq-child/fastft-export.json
+        for q in Q4_K_M Q8_0; do cmp /tmp/gq/ttfc.$q.gguf /tmp/gq-child/ttfc.$q.gguf && echo "$q in the child: identical"; done
+        rm -rf /tmp/gq /tmp/gq-child
+        timeout $(( $(left) - 5 )) python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpuquant.py \
+          tests/test_export_direct_quant.py 2>&1 | tail -3
       } > "$OUT/gpuquant.txt" 2>&1
       cat "$OUT/gpuquant.txt" | tail -30 ;;
     *) echo "unknown step $step" ;;

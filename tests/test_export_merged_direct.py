@@ -17,7 +17,7 @@ from conftest import built_once, write_run
 from fastft.core.cache import sha256_file
 from fastft.export.checkpoint import (INDEX, MergedCheckpoint, checkpoint_problem,
                                       write_folder_files, write_rest)
-from fastft.export.direct import MergeSource
+from fastft.export.direct import Job, MergeSource
 from fastft.export.manifest import MANIFEST, ExportManifest
 from fastft.export.pipeline import ExportOptions, export_run
 from test_export import argv, record_processes
@@ -112,8 +112,9 @@ def test_one_child_merges_for_both_and_no_converter_script_runs(exports):
     old = json.loads((exports / "old-procs.json").read_text())
     [child] = [p for p in new if p[1:3] == ["-m", "fastft.export.direct"]]
     # merged/ in the staging folder (renamed into place at commit), the BF16 GGUF in scratch
-    assert Path(child[-1]).name == "merged" and Path(child[-1]).parent.name == "out"
-    assert Path(child[7]).name == f"{NAME}.BF16.gguf"
+    job = Job.from_argv(child[3:])
+    assert job.merged.name == "merged" and job.merged.parent.name == "out"
+    assert job.outfile.name == f"{NAME}.BF16.gguf"
     assert not any(Path(a).name == "convert_hf_to_gguf.py" for p in new for a in p[:2])
     assert any(Path(a).name == "convert_hf_to_gguf.py" for p in old for a in p[:2])
     timings = manifest(exports, "new").timings
@@ -291,7 +292,7 @@ def test_what_the_checkpoint_cannot_copy_exactly_is_named(sharded_base, tiny_pat
 def test_a_child_that_declines_late_leaves_no_merged_folder(color_run, tmp_path):
     """The converter is checked after merged/ got its config and tokenizer: a child declining
     then removes the folder, which the older path writes next."""
-    from fastft.export.direct import DECLINED, Job, main
+    from fastft.export.direct import DECLINED, main
     from fastft.export.llamacpp import ensure_llama_cpp
     from test_export_direct import fake_llama_cpp
 

@@ -16,6 +16,12 @@ Unsloth before transformers), with no Unsloth and no second pass over the weight
   config.json, generation_config.json and the run's tokenizer, and given the merged tensors
   through `index_tensors`: lazily, each tensor merged when the writer reaches it, so no second
   copy of the model is ever in RAM;
+- when every GGUF asked for is a type fastft.export.gpuquant makes (and no 16-bit GGUF is
+  kept), the 16-bit file is not written either: its header alone goes to disk, in a sparse file
+  as long as the whole file would be, for `llama-quantize --dry-run` to plan each tensor's type;
+  then each tensor, as the converter computes it (merged, cast to 16 bits), is quantized on the
+  GPU from those bytes, which are the 16-bit file's (the files are llama-quantize's, byte for
+  byte). No GPU, another type, or the GPU out of memory: the 16-bit GGUF is written as before;
 - GGUF only, that folder is scratch and no checkpoint is written. With --merged it is the
   merged folder the older path writes, and each tensor, as it is merged for the GGUF writer,
   is also written into that folder's safetensors files (fastft.export.checkpoint), laid out as
@@ -44,10 +50,10 @@ import re
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..core.ahead import ahead
 from ..core.errors import FastftError
 from . import checkpoint
 
@@ -285,7 +291,8 @@ def weights_dtype(model_path: str) -> str | None:
 @dataclass
 class Job:
     """One direct export, as the child process gets it on its command line: the 16-bit GGUF,
-    the merged checkpoint (--merged), or both from one merge."""
+    the merged checkpoint (--merged), or both from one merge; or, in place of the 16-bit GGUF,
+    the quantized files made from the merged tensors (`quants`), when it can make them all."""
     adapter: Path
     model_path: str
     root: Path | None                            # llama.cpp's source tree (None: no GGUF)
@@ -294,16 +301,24 @@ class Job:
     outtype: str                                 # "bf16", "f16" or "f32"
     name: str                                    # general.name
     merged: Path | None = None                   # --merged: the merged checkpoint's folder
+    # llama.cpp type ("Q4_K_M") -> file: made here, with no 16-bit file, on `device` ("auto":
+    # gpuquant.device()), by fastft.export.gpuquant, with llama-quantize (`quantize`)'s plan
+    quants: dict[str, Path] = field(default_factory=dict)
+    quantize: Path | None = None
+    device: str | None = None
 
     def argv(self) -> list[str]:
         return [str(self.adapter), self.model_path, _arg(self.root), str(self.work),
-                _arg(self.outfile), self.outtype, self.name, _arg(self.merged)]
+                _arg(self.outfile), self.outtype, self.name, _arg(self.merged),
+                json.dumps({q: str(p) for q, p in self.quants.items()}), _arg(self.quantize),
+                self.device or ""]
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> Job:
         path = lambda a: Path(a) if a else None  # noqa: E731
         return cls(Path(argv[0]), argv[1], path(argv[2]), Path(argv[3]), path(argv[4]), argv[5],
-                   argv[6], path(argv[7]))
+                   argv[6], path(argv[7]), {q: Path(p) for q, p in json.loads(argv[8]).items()},
+                   path(argv[9]), argv[10] or None)
 
     @property
     def folder(self) -> Path:
@@ -316,19 +331,35 @@ class Job:
         return self.work / "fallback.txt"
 
     @property
-    def seconds_file(self) -> Path:              # the child's stage times
-        return self.work / "seconds.json"
+    def result_file(self) -> Path:               # the child's stage times, what it quantized
+        return self.work / "result.json"
+
+
+@dataclass
+class ChildResult:
+    """What the child reports besides its files: its stage times, and which of job.quants it
+    made (type -> device; empty: it wrote the 16-bit GGUF instead)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    quantized: dict[str, str] = field(default_factory=dict)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> ChildResult:
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 
 
 def _arg(path: Path | None) -> str:
     return "" if path is None else str(path)
 
 
-def export(job: Job, seconds: dict[str, float]) -> str | None:
-    """In the child process: write job.outfile and/or job.merged, or return why not (nothing
-    written) when the adapter, the base or llama.cpp's converter is not what this module
-    expects. `seconds` gets the time spent before the first tensor (imports, tokenizer,
-    queueing), writing the GGUF, and writing the checkpoint's other tensors."""
+def export(job: Job, result: ChildResult) -> str | None:
+    """In the child process: write job.outfile (or job.quants) and/or job.merged, or return
+    why not (nothing written) when the adapter, the base or llama.cpp's converter is not what
+    this module expects. `result.seconds` gets the time spent before the first tensor
+    (imports, tokenizer, queueing), writing the GGUF, and writing the checkpoint's other
+    tensors."""
     t = time.perf_counter()
     import torch
     from transformers import AutoTokenizer
@@ -345,12 +376,13 @@ def export(job: Job, seconds: dict[str, float]) -> str | None:
     else:
         write_config_folder(job.folder, source.base, tokenizer)
     with torch.inference_mode():
-        return _write(job, source, seconds, t)
+        return _write(job, source, result, t)
 
 
-def _write(job: Job, source: MergeSource, seconds: dict[str, float], t: float) -> str | None:
+def _write(job: Job, source: MergeSource, result: ChildResult, t: float) -> str | None:
+    seconds = result.seconds
     with contextlib.ExitStack() as stack:
-        model = gguf = None
+        model = conversion = gguf = None
         if job.outfile:
             conversion, gguf = stack.enter_context(llama_cpp_modules(job.root))
             try:
@@ -365,7 +397,7 @@ def _write(job: Job, source: MergeSource, seconds: dict[str, float], t: float) -
         seconds["prepare"], t = time.perf_counter() - t, time.perf_counter()
         _say_ready()
         if model is not None:
-            _write_gguf(model, gguf)
+            result.quantized = _write_ggufs(job, source, model, conversion, gguf)
             seconds["write"], t = time.perf_counter() - t, time.perf_counter()
         if source.sink is not None:
             checkpoint.write_rest(source)
@@ -373,55 +405,139 @@ def _write(job: Job, source: MergeSource, seconds: dict[str, float], t: float) -
     return None
 
 
+def _write_ggufs(job: Job, source: MergeSource, model, conversion, gguf) -> dict[str, str]:
+    """job.quants from the merged tensors, with no 16-bit file (returns type -> device), when
+    fastft.export.gpuquant makes them all and the device has the memory; else the 16-bit GGUF
+    job.outfile, for the caller to quantize (returns {})."""
+    import torch
+
+    if job.quants and (on := _quant_device(job)) and (plans := _plans(job, model, gguf, on)):
+        try:
+            _write_quantized(job, model, gguf, plans, on)
+            return {q: on for q in job.quants}
+        except torch.OutOfMemoryError:       # quantize_file removed what it had begun
+            logging.warning("out of GPU memory while quantizing: writing the 16-bit GGUF")
+            model = _prepared(conversion, gguf, source, job)   # its tensors were consumed
+    _write_gguf(model, gguf)
+    return {}
+
+
+def _quant_device(job: Job) -> str | None:
+    from . import gpuquant
+
+    return gpuquant.device() if job.device == "auto" else job.device
+
+
+def _plans(job: Job, model, gguf, on: str) -> list | None:
+    """llama-quantize's plan for each of job.quants, read from the 16-bit GGUF's header; None
+    (the writer as it was) when gpuquant cannot make one of them."""
+    from . import gpuquant
+
+    writer = model.gguf_writer
+    if not (isinstance(writer.tensors, list) and len(writer.tensors) == 1):
+        return None                                       # a split file: llama-quantize's
+    _write_probe(writer, job.outfile)
+    try:
+        plans, rest = gpuquant.split(job.quantize, job.outfile, job.quants, on)
+    except gpuquant.GpuQuantError as e:   # this header, not llama-quantize, is then the suspect
+        logging.warning("%s: writing the 16-bit GGUF", e)
+        plans, rest = [], job.quants
+    if not rest:
+        return plans
+    for fout in writer.fout:                              # back to before the header
+        fout.seek(0)
+        fout.truncate()
+    writer.state = gguf.WriterState.EMPTY
+    return None
+
+
+def _write_probe(writer, path: Path) -> None:
+    """The 16-bit GGUF's header, in a file as long as the whole file would be but sparse (no
+    data written, no disk used): what `llama-quantize --dry-run` reads to plan."""
+    from .gguf import pad
+
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    fout, align = writer.fout[0], writer.data_alignment
+    fout.truncate(pad(fout.tell(), align) + sum(pad(ti.nbytes, align)
+                                                for ti in writer.tensors[0].values()))
+    fout.flush()
+
+
+def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
+    """Every plan's file, each tensor computed by the converter (merged, cast to 16 bits,
+    LOOKAHEAD of them ahead in threads) and quantized from those bytes; the probe removed."""
+    import numpy as np
+
+    from . import gpuquant
+
+    writer = model.gguf_writer
+    order = [name for name, _, _ in plans[0].tensors]
+    tensors = {name: ti.tensor for name, ti in writer.tensors[0].items()}
+    for ti in writer.tensors[0].values():
+        ti.tensor = None                       # each computed once, then let go
+
+    def computed(i: int):
+        t = tensors.pop(order[i])
+        data = type(t).to_eager(t) if isinstance(t, gguf.LazyBase) else t
+        return order[i], np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+
+    with ahead(computed, len(order), min(LOOKAHEAD, os.cpu_count() or 1), LOOKAHEAD) as arrays:
+        def read(ti):                          # called in the plans' order, by one thread
+            name, data = next(arrays)
+            if name != ti.name:
+                raise DirectExportError(f"{ti.name} asked for, {name} computed")
+            return data
+
+        gpuquant.quantize_file(job.outfile, plans, on, read)
+    writer.close()
+    job.outfile.unlink()
+
+
 def _write_gguf(model, gguf) -> None:
     """ModelBase.write, after its prepare steps: the tensors are merged as they are written."""
     model.gguf_writer.write_header_to_file(path=model.fname_out)
     model.gguf_writer.write_kv_data_to_file()
-    with Prefetch(model.gguf_writer, gguf.LazyBase):
+    with prefetched(model.gguf_writer, gguf.LazyBase):
         model.gguf_writer.write_tensors_to_file(progress=True)
     model.gguf_writer.close()
 
 
-class _Ahead:
-    """A queued tensor, computed by a worker thread ahead of the writer (which writes in order)."""
+# The writer's next tensors computed in threads (merge, dtype casts, 16-bit rounding: numpy and
+# torch, which release the GIL) while one is written; the writer alone computes one at a time.
+LOOKAHEAD = 8
 
-    def __init__(self, lazy, future, after):
-        self.nbytes, self.future, self.after = lazy.nbytes, future, after
+
+class _Next:
+    """A queued tensor whose data is the next of `arrays` (computed ahead, in the writer's order)."""
+
+    def __init__(self, nbytes: int, arrays):
+        self.nbytes, self.arrays = nbytes, arrays
 
     def tofile(self, fout) -> None:
-        self.future.result().tofile(fout)
-        self.after()
+        next(self.arrays).tofile(fout)
 
 
-class Prefetch:
-    """Compute the writer's next tensors (merge, dtype casts, 16-bit rounding: numpy and torch,
-    which release the GIL) in threads, LOOKAHEAD at most ahead of the one being written; the
-    writer itself computes one at a time on one core. Leaves the writer as it is if its queued
-    tensors are not where llama.cpp's GGUFWriter keeps them (`tensors`: shards of TensorInfo)."""
-    LOOKAHEAD = 8
+@contextlib.contextmanager
+def prefetched(writer, lazy_base):
+    """The writer's lazy tensors computed ahead (fastft.core.ahead), in the order it writes
+    them. Leaves the writer as it is if its queued tensors are not where llama.cpp's GGUFWriter
+    keeps them (`tensors`: shards of TensorInfo)."""
+    shards = getattr(writer, "tensors", None)
+    infos = [ti for shard in shards for ti in shard.values()] if isinstance(shards, list) \
+        and all(isinstance(d, dict) for d in shards) else []
+    infos = [ti for ti in infos if isinstance(getattr(ti, "tensor", None), lazy_base)]
+    lazies = [ti.tensor for ti in infos]
 
-    def __init__(self, writer, lazy_base):
-        shards = getattr(writer, "tensors", None)
-        infos = [ti for shard in shards for ti in shard.values()] if isinstance(shards, list) \
-            and all(isinstance(d, dict) for d in shards) else []
-        self.infos = [ti for ti in infos if isinstance(getattr(ti, "tensor", None), lazy_base)]
-        self.lazy_base = lazy_base
-        self.pool = ThreadPoolExecutor(max_workers=min(self.LOOKAHEAD, os.cpu_count() or 1))
-        self.next = 0
+    def computed(i: int):
+        t, lazies[i] = lazies[i], None         # each computed once, then let go
+        return type(t).to_eager(t)
 
-    def __enter__(self):
-        for _ in range(self.LOOKAHEAD):
-            self._submit()
-        return self
-
-    def _submit(self) -> None:
-        if self.next < len(self.infos):
-            ti, self.next = self.infos[self.next], self.next + 1
-            lazy = ti.tensor
-            ti.tensor = _Ahead(lazy, self.pool.submit(type(lazy).to_eager, lazy), self._submit)
-
-    def __exit__(self, *exc) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    with ahead(computed, len(infos), min(LOOKAHEAD, os.cpu_count() or 1), LOOKAHEAD) as arrays:
+        for ti in infos:
+            ti.tensor = _Next(ti.tensor.nbytes, arrays)
+        yield
 
 
 def _prepared(conversion, gguf, source: MergeSource, job: Job):
@@ -479,17 +595,17 @@ class DirectChild:
         finally:
             os.close(said)
         self.ready = ready
+        self.result = ChildResult()
 
     def declined(self) -> str | None:
         """Wait until the child writes (None) or has exited: why it declined, or raise."""
         with os.fdopen(self.ready, "rb") as pipe:
             said = pipe.read()      # "ready", or nothing once the child has exited
-        return None if said else self.finish({})
+        return None if said else self.finish()
 
-    def finish(self, timings: dict[str, float]) -> str | None:
-        """Wait for the child: None when its outputs are written, else why it declined (raises
-        when it failed). Adds its own stage times to `timings` ("convert_prepare_s",
-        "convert_write_s"); the export passes a dict of its own (inside its "convert" stage)."""
+    def finish(self) -> str | None:
+        """Wait for the child: None when its outputs are written (`result` says which, and its
+        stage times), else why it declined (raises when it failed)."""
         from .llamacpp import log_tail
 
         try:
@@ -498,14 +614,14 @@ class DirectChild:
             self.stop()
         job = self.job
         why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
-        seconds = json.loads(job.seconds_file.read_text()) if job.seconds_file.is_file() else {}
+        self.result = ChildResult.read(job.result_file)
         shutil.rmtree(job.work, ignore_errors=True)   # the tokenizer: not held while quantizing
         if rc == DECLINED and why:
             _remove_outputs(job)
             return why
-        if rc != 0 or not all(p.exists() for p in (job.outfile, job.merged) if p):
+        ggufs = [job.quants[q] for q in self.result.quantized] or [job.outfile]
+        if rc != 0 or not all(p.exists() for p in (*ggufs, job.merged) if p):
             raise DirectExportError(f"the direct export failed (exit {rc}):\n{log_tail(self.log)}")
-        timings.update({f"convert_{k}_s": v for k, v in seconds.items()})
         return None
 
     def stop(self) -> None:
@@ -518,8 +634,9 @@ class DirectChild:
 def _remove_outputs(job: Job) -> None:
     """What a declined child may have begun (the merged folder's config and tokenizer): the
     older path writes there next."""
-    if job.outfile:
-        job.outfile.unlink(missing_ok=True)
+    for path in (job.outfile, *job.quants.values()):
+        if path:
+            path.unlink(missing_ok=True)
     if job.merged:
         shutil.rmtree(job.merged, ignore_errors=True)
 
@@ -528,9 +645,9 @@ def main(argv: list[str]) -> int:
     job = Job.from_argv(argv)
     logging.basicConfig(level=logging.INFO)   # the converter's lines, as its script logs them
     job.work.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    why = export(job, seconds)
-    job.seconds_file.write_text(json.dumps(seconds))
+    result = ChildResult()
+    why = export(job, result)
+    result.write(job.result_file)
     if why is None:
         return 0
     _remove_outputs(job)

@@ -25,7 +25,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from ..core.ahead import ahead
 from ..core.errors import FastftError
 from . import kquants
 from .gguf import Header, TensorInfo, pad, read_header
@@ -41,6 +43,7 @@ GGML_QNT_VERSION = 2
 FILE_TYPES = {"Q8_0": 7, "Q4_K_M": 15, "Q6_K": 18}
 # ggml_type ids (ggml.h) and (elements, bytes) per block of the types read or written here
 TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8, "q4_K": 12, "q6_K": 14, "bf16": 30}
+_TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 SIZES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), **kquants.BLOCKS}
 WIDENED = ("bf16", "f16", "f32")     # the types quantized from: widened to float32 exactly
 # Elements quantized at once: the k-quant search holds about a dozen float32 copies of them, so
@@ -52,6 +55,10 @@ LOOKAHEAD = 2
 
 class GpuQuantError(FastftError):
     pass
+
+
+# A tensor's bytes in the 16-bit file (bytes-like, its length in bytes), by its tensor info.
+Reader = Callable[[TensorInfo], object]
 
 
 @dataclass
@@ -90,6 +97,17 @@ def device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
+def split(quantize_tool: Path, src: Path, outputs: dict[str, Path], on: str | None
+          ) -> tuple[list[Plan], dict[str, Path]]:
+    """The outputs this module makes on device `on` (llama-quantize's plan for each), and the
+    rest (`llama.cpp type -> file`), for llama-quantize: all of them when `on` is None."""
+    plans = [Plan(q, dst, dry_run(quantize_tool, src, q)) for q, dst in outputs.items()
+             if on and q in FILE_TYPES]
+    plans = [p for p in plans if p.unsupported() is None]
+    made_here = {p.qtype for p in plans}
+    return plans, {q: dst for q, dst in outputs.items() if q not in made_here}
+
+
 def quantize(llama, src: Path, outputs: dict[str, Path], log_dir: Path, on: str | None
              ) -> dict[str, str]:
     """Quantize the 16-bit GGUF `src` into each `llama.cpp type -> file` of `outputs`: with
@@ -98,11 +116,8 @@ def quantize(llama, src: Path, outputs: dict[str, Path], log_dir: Path, on: str 
     "llama-quantize")."""
     from .llamacpp import quantize_ggufs
 
-    plans = [Plan(q, dst, dry_run(llama.quantize, src, q)) for q, dst in outputs.items()
-             if on and q in FILE_TYPES]
-    plans = [p for p in plans if p.unsupported() is None]
+    plans, rest = split(llama.quantize, src, outputs, on)
     made_here = {p.qtype for p in plans}
-    rest = {q: dst for q, dst in outputs.items() if q not in made_here}
     with ThreadPoolExecutor(max_workers=1) as pool:
         cpu = pool.submit(quantize_ggufs, llama, src, rest, log_dir) if rest else None
         if plans and not _made_on(src, plans, on):
@@ -125,8 +140,10 @@ def _made_on(src: Path, plans: list[Plan], on: str) -> bool:
         return False
 
 
-def quantize_file(src: Path, plans: list[Plan], on: str) -> None:
-    """Write every plan's file from `src` in one pass, quantizing on device `on`."""
+def quantize_file(src: Path, plans: list[Plan], on: str, read: Reader | None = None) -> None:
+    """Write every plan's file from `src` in one pass, quantizing on device `on`. `read`: each
+    tensor's 16-bit bytes, asked for in the plans' order (default: from `src` itself; the
+    direct export gives them from memory, `src` then holding only their header)."""
     with open(src, "rb") as f:
         # left to be closed by its collection: a tensor still alive in a traceback holds a
         # view of it, and closing would raise over the error being raised
@@ -142,7 +159,8 @@ def quantize_file(src: Path, plans: list[Plan], on: str) -> None:
             for p in plans:
                 outs.append(open(p.dst, "wb"))
                 outs[-1].write(header_bytes(buf, header, p))
-            _write_tensors(memoryview(buf), header, [tensors[n] for n in order], plans, outs, on)
+            _write_tensors(read or _reader(memoryview(buf), header), header,
+                           [tensors[n] for n in order], plans, outs, on)
         except BaseException:
             for out in outs:
                 out.close()
@@ -153,19 +171,25 @@ def quantize_file(src: Path, plans: list[Plan], on: str) -> None:
             out.close()
 
 
-def _write_tensors(view, header: Header, tensors: list[TensorInfo], plans: list[Plan], outs,
-                   on: str) -> None:
-    """Each tensor as each plan has it, in order, each padded to the alignment; the next
-    LOOKAHEAD tensors read and quantized in a thread meanwhile."""
-    def job(i: int):
-        return _tensor(view, header, tensors[i], [p.tensors[i] for p in plans], on)
+def _reader(view, header: Header) -> Reader:
+    def read(ti: TensorInfo):
+        if ti.type not in _TYPE_NAMES:
+            raise GpuQuantError(f"{ti.name}: ggml type {ti.type} is not read here")
+        start = header.data_start + ti.offset
+        return view[start:start + _nbytes(ti.elements, _TYPE_NAMES[ti.type])]
+    return read
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = [pool.submit(job, i) for i in range(min(LOOKAHEAD, len(tensors)))]
-        for i in range(len(tensors)):
-            data = ahead.pop(0).result()
-            if i + LOOKAHEAD < len(tensors):
-                ahead.append(pool.submit(job, i + LOOKAHEAD))
+
+def _write_tensors(read: Reader, header: Header, tensors: list[TensorInfo], plans: list[Plan],
+                   outs, on: str) -> None:
+    """Each tensor as each plan has it, in order, each padded to the alignment; the next
+    LOOKAHEAD tensors read and quantized in a thread meanwhile (one thread: `read` is called
+    in order)."""
+    def job(i: int):
+        return _tensor(read(tensors[i]), header, tensors[i], [p.tensors[i] for p in plans], on)
+
+    with ahead(job, len(tensors), 1, LOOKAHEAD) as results:
+        for data in results:
             for out, chunk in zip(outs, data):
                 out.write(chunk)
                 out.write(bytes(pad(len(chunk), header.alignment) - len(chunk)))
@@ -204,17 +228,15 @@ def _nbytes(elements: int, kind: str) -> int:
     return elements // block * size
 
 
-def _tensor(view, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]], on: str):
-    """Tensor `ti` as each plan's row has it: its own bytes, or quantized on `on`."""
+def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]], on: str):
+    """Tensor `ti` (`raw`: its bytes) as each plan's row has it: as it is, or quantized on `on`."""
     import numpy as np
 
     if any(name != ti.name for name, _, _ in rows):
         raise GpuQuantError(f"{ti.name}: not where llama-quantize's plan has it")
     old = rows[0][1]
-    if TYPE_IDS.get(old) != ti.type:
+    if TYPE_IDS.get(old) != ti.type or len(raw) != _nbytes(ti.elements, old):
         raise GpuQuantError(f"{ti.name}: llama-quantize's plan reads it as {old}")
-    start = header.data_start + ti.offset
-    raw = view[start:start + _nbytes(ti.elements, old)]
     if all(new == old for _, _, new in rows):
         return [raw] * len(rows)
     x = _floats(np.frombuffer(raw, dtype=np.uint8), old, on)

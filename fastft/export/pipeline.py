@@ -511,9 +511,9 @@ def _start_direct(plan: ExportPlan, console) -> DirectChild | None:
 
 
 def _direct_job(plan: ExportPlan, dtype: str | None) -> Job:
-    """What the child writes: the 16-bit GGUF every quant comes from (plan.gguf16), and with
-    --merged the merged folder, in the staging folder like the older path's. `dtype`: the
-    base's weights' (weights_dtype)."""
+    """What the child writes: the 16-bit GGUF every quant comes from (plan.gguf16), or in its
+    place the quants themselves (`_quantized_in_child`), and with --merged the merged folder,
+    in the staging folder like the older path's. `dtype`: the base's weights' (weights_dtype)."""
     info = plan.info
     job = Job(info.adapter_dir, info.model_path, None, plan.work / "direct", None, "", plan.name,
               plan.merged_dir if plan.opts.merged else None)
@@ -522,7 +522,23 @@ def _direct_job(plan: ExportPlan, dtype: str | None) -> Job:
         plan.gguf16 = (plan.stage if job.outtype in plan.quants else plan.work) / plan.gguf_name(
             job.outtype)
         job.root, job.outfile = plan.llama.root, plan.gguf16
+        if _quantized_in_child(plan):
+            job.quants = {q.upper(): plan.gguf_path(q) for q in plan.quants}
+            job.quantize, job.device = plan.llama.quantize, DIRECT_QUANTIZE_DEVICE
     return job
+
+
+# Where the direct child quantizes: "auto" is fastft.export.gpuquant.device() there (the GPU,
+# or none: then it writes the 16-bit GGUF and llama-quantize quantizes it here).
+DIRECT_QUANTIZE_DEVICE = "auto"
+
+
+def _quantized_in_child(plan: ExportPlan) -> bool:
+    """Whether the direct child may quantize from the merged tensors, with no 16-bit GGUF on
+    disk: every type asked for is one gpuquant makes, and no 16-bit file is kept (--gguf auto
+    tries its types from the 16-bit file)."""
+    return plan.opts.gpu_quantize and not plan.auto and plan.gguf16.parent == plan.work and \
+        all(q.upper() in gpuquant.FILE_TYPES for q in plan.quants)
 
 
 def _direct_stage(plan: ExportPlan) -> str:
@@ -531,7 +547,8 @@ def _direct_stage(plan: ExportPlan) -> str:
 
 
 def _direct_outputs(job: Job) -> str:
-    outputs = [f"a {job.outtype.upper()} GGUF"] if job.outfile else []
+    what = ", ".join(job.quants) if job.quants else f"a {job.outtype.upper()}"
+    outputs = [f"{what} GGUF"] if job.outfile else []
     return " and ".join(outputs + ([f"{job.merged.name}/"] if job.merged else []))
 
 
@@ -545,11 +562,13 @@ def _finish_direct(plan: ExportPlan, console, child: DirectChild) -> None:
             _free_gpu()
         with _timed(plan, _direct_stage(plan)), status(
                 console, f"merging and writing {_direct_outputs(child.job)}"):
-            if why := child.finish({}):   # its sub-stages: in export.log
+            if why := child.finish():
                 raise DirectExportError(f"the direct export stopped: {why}")
     finally:
         child.stop()
     plan.path = "direct"
+    plan.quantized_by.update({child.job.quants[q].name: on
+                              for q, on in child.result.quantized.items()})
     if plan.opts.merged:
         plan.hashes.start(plan.merged_dir.rglob("*"))
 
@@ -754,7 +773,8 @@ def _convert(plan: ExportPlan, console) -> None:
 
 def _quantize(plan: ExportPlan, console) -> None:
     """Every requested type other than the converted one, from plan.gguf16, in parallel."""
-    todo = {q.upper(): plan.gguf_path(q) for q in plan.quants if plan.gguf_path(q) != plan.gguf16}
+    todo = {q.upper(): plan.gguf_path(q) for q in plan.quants if plan.gguf_path(q) != plan.gguf16
+            and plan.gguf_path(q).name not in plan.quantized_by}      # the direct child's
     if todo:
         with _timed(plan, "quantize"), status(console, f"quantizing to {', '.join(todo)}"):
             _quantize_files(plan, todo)                             # in parallel: one stage

@@ -1,0 +1,141 @@
+"""The direct child quantizing from the merged tensors (fastft.export.direct, fastft.export.gpuquant).
+
+No 16-bit GGUF is written: the child plans from the 16-bit file's header alone and quantizes
+each tensor as the converter computes it. The claim is bytes: the file equals llama-quantize's
+from the 16-bit GGUF the child writes otherwise. Here on the CPU (Q8_0; the k-quants' search is
+too slow on this CPU for the tiny model's embedding); tests/test_gpuquant.py's GPU test makes
+Q4_K_M and Q8_0 this way on CUDA.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import io
+
+import pytest
+
+from fastft.export.manifest import ExportManifest
+
+NAME = "fastft-tiny"
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from fastft.export.llamacpp import ensure_llama_cpp
+
+    return ensure_llama_cpp()
+
+
+def child_job(color_run, llama, folder, quants: tuple[str, ...]):
+    """The direct child's job for a GGUF-only export into `folder`, quantizing `quants` on the CPU."""
+    from fastft.export.direct import Job
+
+    folder.mkdir()
+    job = Job(color_run.adapter_dir, color_run.model_path, llama.root, folder / "work",
+              folder / "work" / f"{NAME}.BF16.gguf", "bf16", NAME)
+    job.quants = {q: folder / f"{NAME}.{q}.gguf" for q in quants}
+    job.quantize, job.device = llama.quantize, "cpu"
+    return job
+
+
+def export(color_run, out, quants):
+    from rich.console import Console
+
+    from fastft.export.pipeline import ExportOptions, export_run
+
+    return export_run(ExportOptions(run=str(color_run.run_dir), gguf=quants, out=str(out),
+                                    name=NAME, check=False), Console(file=io.StringIO()))
+
+
+@pytest.fixture(scope="module")
+def reference(color_run, llama, tmp_path_factory):
+    """The 16-bit GGUF the direct child writes (quantizing nothing), and llama-quantize's Q8_0
+    of it."""
+    from fastft.export.direct import main
+    from fastft.export.llamacpp import quantize_ggufs
+
+    folder = tmp_path_factory.mktemp("reference")
+    job = child_job(color_run, llama, folder / "bf16", ())
+    assert main(job.argv()) == 0
+    bf16 = folder / "ref.BF16.gguf"
+    job.outfile.rename(bf16)
+    q8_0 = folder / "ref.Q8_0.gguf"
+    quantize_ggufs(llama, bf16, {"Q8_0": q8_0}, folder)
+    return {"BF16": bf16, "Q8_0": q8_0}
+
+
+@pytest.mark.slow
+def test_the_export_quantizes_in_the_child_with_no_16_bit_file(color_run, reference, tmp_path,
+                                                               monkeypatch):
+    """`fastft export --gguf q8_0` with the child's device set (here the CPU): the Q8_0 is
+    llama-quantize's, byte for byte; no quantize stage ran here; the scratch folder never held
+    a 16-bit GGUF; the manifest says what made the file."""
+    from fastft.export import pipeline
+
+    monkeypatch.setattr(pipeline, "DIRECT_QUANTIZE_DEVICE", "cpu")
+    res = export(color_run, tmp_path / "out", ("q8_0",))
+    made = res.ggufs["q8_0"]
+    assert res.path == "direct"
+    assert filecmp.cmp(made, reference["Q8_0"], shallow=False)
+    assert ExportManifest.read(res.out_dir).quantized_by == {made.name: "cpu"}
+    assert "quantize_s" not in res.timings and "convert_s" in res.timings
+    assert made.stat().st_size <= res.peak_disk_bytes <= 1.2 * made.stat().st_size
+    assert res.peak_disk_bytes < made.stat().st_size + reference["BF16"].stat().st_size
+
+
+@pytest.mark.slow
+def test_a_type_it_cannot_make_gets_the_16_bit_file(color_run, llama, reference, tmp_path,
+                                                     monkeypatch):
+    """When llama-quantize's plan names a type gpuquant does not make, the child writes the
+    16-bit GGUF after all (the header it planned from rewound), for llama-quantize."""
+    from fastft.export import gpuquant
+    from fastft.export.direct import ChildResult, main
+
+    monkeypatch.setattr(gpuquant.Plan, "unsupported", lambda self: "output.weight becomes iq4_xs")
+    job = child_job(color_run, llama, tmp_path / "x", ("Q8_0",))
+    assert main(job.argv()) == 0
+    assert ChildResult.read(job.result_file).quantized == {}
+    assert not job.quants["Q8_0"].exists()
+    assert filecmp.cmp(job.outfile, reference["BF16"], shallow=False)
+
+
+@pytest.mark.slow
+def test_out_of_memory_while_quantizing_gets_the_16_bit_file(color_run, llama, reference,
+                                                             tmp_path, monkeypatch):
+    """The device out of memory halfway: what was begun is removed, and the 16-bit GGUF is
+    written from a second pass over the merge (the first one's tensors are gone)."""
+    import torch
+
+    from fastft.export import kquants
+    from fastft.export.direct import ChildResult, main
+
+    real, calls = kquants.quantize, []
+
+    def fails_later(x, kind):
+        calls.append(kind)
+        if len(calls) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+        return real(x, kind)
+
+    monkeypatch.setattr(kquants, "quantize", fails_later)
+    job = child_job(color_run, llama, tmp_path / "x", ("Q8_0",))
+    assert main(job.argv()) == 0
+    assert len(calls) > 3              # it did run out, after some tensors were written
+    assert ChildResult.read(job.result_file).quantized == {}
+    assert not job.quants["Q8_0"].exists()
+    assert filecmp.cmp(job.outfile, reference["BF16"], shallow=False)
+
+
+@pytest.mark.gpu
+def test_on_cuda_q4_k_m_and_q8_0_are_made_in_the_child(color_run, llama, reference, tmp_path):
+    """On a GPU, by default: both files from one pass over the merge, each llama-quantize's
+    from the 16-bit GGUF, byte for byte."""
+    from fastft.export.llamacpp import quantize_ggufs
+
+    res = export(color_run, tmp_path / "out", ("q4_k_m", "q8_0"))
+    assert ExportManifest.read(res.out_dir).quantized_by == {
+        p.name: "cuda" for p in res.ggufs.values()}
+    q4 = tmp_path / "ref.Q4_K_M.gguf"
+    quantize_ggufs(llama, reference["BF16"], {"Q4_K_M": q4}, tmp_path)
+    assert filecmp.cmp(res.ggufs["q4_k_m"], q4, shallow=False)
+    assert filecmp.cmp(res.ggufs["q8_0"], reference["Q8_0"], shallow=False)
