@@ -419,7 +419,8 @@ def export_run(opts: ExportConfig, console=None, verbose: bool = False,
         plan.log.write_bytes(b"")            # this export's log replaces the last one's
         with captured(plan.log, console, verbose, what="export"):
             write_models(plan, console)
-            check_and_gate(plan, console)
+            check_ggufs(plan, console)
+            gate(plan, console)
         write_docs(plan)
         commit(plan)
     result = plan.result()
@@ -580,31 +581,17 @@ def _free_gpu() -> None:
         torch.cuda.empty_cache()
 
 
-def check_and_gate(plan: ExportPlan, console) -> None:
-    """The llama.cpp load check and the retention gate, side by side: two llama.cpp processes
-    that each load the GGUF (the check generates on the CPU, the gate scores on the GPU), where
-    one waited for the other. The timeline's "check" is what the check adds after the gate (its
-    own seconds are in plan.checks); a failing check is reported first, as when it ran first."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        checking = pool.submit(check_ggufs, plan)
-        try:
-            gate(plan, console)
-        except Exception:
-            checking.result()
-            raise
-        with _timed(plan, "check"), status(console, "llama.cpp: loading each GGUF and generating"):
-            checking.result()
-
-
-def check_ggufs(plan: ExportPlan) -> None:
+def check_ggufs(plan: ExportPlan, console) -> None:
     """Every GGUF loads in llama.cpp and generates a few tokens (unless --no-check)."""
     if not (plan.opts.check and plan.ggufs):
         return
-    for path in plan.ggufs.values():
-        t = time.perf_counter()
-        out = llama_generate(path, plan.prompt, CHECK_TOKENS, llama=plan.llama)
-        plan.checks.append(GGUFCheck(file=path.name, prompt=plan.prompt, output=out,
-                                     seconds=time.perf_counter() - t))
+    with _timed(plan, "check"):
+        for path in plan.ggufs.values():
+            with status(console, f"llama.cpp: loading {path.name} and generating"):
+                t = time.perf_counter()
+                out = llama_generate(path, plan.prompt, CHECK_TOKENS, llama=plan.llama)
+                plan.checks.append(GGUFCheck(file=path.name, prompt=plan.prompt, output=out,
+                                             seconds=time.perf_counter() - t))
 
 
 def gate(plan: ExportPlan, console) -> None:
