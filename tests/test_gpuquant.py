@@ -148,6 +148,23 @@ def test_a_plan_that_does_not_fit_the_file_fails_and_leaves_nothing(llama, files
     assert not plan.dst.exists()
 
 
+def test_a_small_card_quantizes_in_smaller_chunks_to_the_same_bytes(monkeypatch):
+    """Less free GPU memory (the direct child quantizes beside the gate's model): chunks within a
+    quarter of what is free; whole blocks either way, so the same bytes."""
+    import torch
+
+    from fastft.export import gpuquant
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (400 << 20, 8 << 30))
+    n = gpuquant.chunk_elements("cuda")
+    assert n < gpuquant.CHUNK and n * gpuquant.BYTES_PER_ELEMENT <= (400 << 20) // 4
+    assert gpuquant.chunk_elements("cpu") == gpuquant.CHUNK
+    x = torch.randn(1 << 16, generator=torch.Generator().manual_seed(0)) * 0.02
+    whole = gpuquant._quantized(x, "q4_K")
+    monkeypatch.setattr(gpuquant, "chunk_elements", lambda device: 1 << 12)
+    assert gpuquant._quantized(x, "q4_K") == whole
+
+
 def test_c_rounding_is_kept():
     """The steps where torch's defaults round otherwise than the C: a number over a tensor
     (torch multiplies by a reciprocal), sqrtf (torch's CPU sqrt can be an ulp off), roundf."""

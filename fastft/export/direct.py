@@ -483,15 +483,17 @@ def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
         data = type(t).to_eager(t) if isinstance(t, gguf.LazyBase) else t
         return order[i], np.ascontiguousarray(data).reshape(-1).view(np.uint8)
 
-    with ahead(computed, len(order), min(LOOKAHEAD, os.cpu_count() or 1), LOOKAHEAD) as arrays:
-        def read(ti):                          # called in the plans' order, by one thread
-            name, data = next(arrays)
-            if name != ti.name:
-                raise DirectExportError(f"{ti.name} asked for, {name} computed")
-            return data
+    try:
+        with ahead(computed, len(order), min(LOOKAHEAD, os.cpu_count() or 1), LOOKAHEAD) as arrays:
+            def read(ti):                      # called in the plans' order, by one thread
+                name, data = next(arrays)
+                if name != ti.name:
+                    raise DirectExportError(f"{ti.name} asked for, {name} computed")
+                return data
 
-        gpuquant.quantize_file(job.outfile, plans, on, read)
-    writer.close()
+            gpuquant.quantize_file(job.outfile, plans, on, read)
+    finally:
+        writer.close()                         # the probe: overwritten by a fallback, or removed
     job.outfile.unlink()
 
 

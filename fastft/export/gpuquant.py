@@ -46,10 +46,14 @@ TYPE_IDS = {"f32": 0, "f16": 1, "q8_0": 8, "q4_K": 12, "q6_K": 14, "bf16": 30}
 _TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 SIZES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), **kquants.BLOCKS}
 WIDENED = ("bf16", "f16", "f32")     # the types quantized from: widened to float32 exactly
-# Elements quantized at once: the k-quant search holds about a dozen float32 copies of them, so
-# 2^25 needs about 1.6 GB of GPU memory, which the export has free by then (the gate's model is
-# gone); fewer, larger steps keep Python's per-op cost small beside the GPU's.
+# Elements quantized at once: the k-quant search holds about a dozen float32 copies of them
+# (BYTES_PER_ELEMENT), so 2^25 needs about 1.6 GB of GPU memory; fewer, larger steps keep
+# Python's per-op cost small beside the GPU's. On a card with less free (the direct child
+# quantizes while the export's gate model is loaded), at most a quarter of what is free, in
+# smaller chunks: the same blocks, so the same bytes.
 CHUNK = 1 << 25
+MIN_CHUNK = 1 << 18
+BYTES_PER_ELEMENT = 48
 LOOKAHEAD = 2
 
 
@@ -261,10 +265,22 @@ def _floats(raw, source: str, on: str):
         return torch.from_numpy(raw).view(dtype).to(on).float()
 
 
-def _quantized(x, target: str):
-    """`x` as `target` blocks, CHUNK elements (whole blocks) at a time, back on the CPU."""
+def chunk_elements(device) -> int:
+    """Elements to quantize at once on `device`: CHUNK, or fewer where less GPU memory is free."""
     import torch
 
-    step = CHUNK - CHUNK % kquants.BLOCKS[target][0]
+    if torch.device(device).type != "cuda":
+        return CHUNK
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = free // 4 // BYTES_PER_ELEMENT
+    return max(MIN_CHUNK, min(CHUNK, 1 << max(fits, 1).bit_length() - 1))
+
+
+def _quantized(x, target: str):
+    """`x` as `target` blocks, `chunk_elements` (whole blocks) at a time, back on the CPU."""
+    import torch
+
+    chunk = chunk_elements(x.device)
+    step = chunk - chunk % kquants.BLOCKS[target][0]
     parts = [kquants.quantize(x[i:i + step], target) for i in range(0, x.numel(), step)]
     return torch.cat(parts).cpu().numpy().tobytes()
