@@ -194,9 +194,12 @@ def imports_unsloth(args: list[str]) -> bool:
     return args[0] == "train" or (args[0] == "export" and bool({"--no-direct", "--merged"} & set(args)))
 
 
-def popen(args: list[str], cwd, env: dict, start_new_session: bool = False):
-    """`python -m fastft.cli ARGS`, forked from the server where it may be (else a plain one)."""
-    forks = server() if imports_unsloth(args) else None
+def popen(args: list[str], cwd, env: dict, start_new_session: bool = False,
+          fork: bool | None = None):
+    """`python -m fastft.cli ARGS`, forked from the server where it may be (else a plain one).
+    `fork=True` forks a command that does not import Unsloth itself too (a direct export), for a
+    test to which what the process imported does not matter (where it is killed, say)."""
+    forks = server() if (imports_unsloth(args) if fork is None else fork) else None
     if forks is None:
         return subprocess.Popen([sys.executable, "-m", "fastft.cli", *args], cwd=cwd, env=env,
                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

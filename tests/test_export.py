@@ -24,7 +24,7 @@ from fastft.export.pipeline import (
     read_run,
     sha256_file,
 )
-from conftest import write_run
+from conftest import built_once, write_run
 from fastft.core.errors import RunFolderError
 from fastft.export.gguf import read_gguf_metadata
 from fastft.export.manifest import ExportManifest, FileEntry
@@ -117,8 +117,12 @@ class Spy:
     def runs(self, tool: str) -> list[list[str]]:
         """The argv of every process started with program or script `tool` (not `--help`
         probes, which find whether a tool runs)."""
-        argvs = [argv(p) for p in self.started]
-        return [a for a in argvs if any(Path(x).name == tool for x in a[:2]) and "--help" not in a]
+        return runs_of([argv(p) for p in self.started], tool)
+
+
+def runs_of(argvs: list[list[str]], tool: str) -> list[list[str]]:
+    """Those of `argvs` that run program or script `tool`, but for `--help` probes."""
+    return [a for a in argvs if any(Path(x).name == tool for x in a[:2]) and "--help" not in a]
 
 
 def export_spied(opts: ExportOptions, cwd: Path):
@@ -127,6 +131,31 @@ def export_spied(opts: ExportOptions, cwd: Path):
         mp.chdir(cwd)
         spy = Spy(mp)
         return export_run(opts), spy
+
+
+@pytest.fixture(scope="session")
+def detour_16bit(color_run, tmp_path_factory) -> tuple[dict, dict]:
+    """(result as `--json` prints it, {"procs": argv of each process it started, "saves":
+    Unsloth's save calls, "out": the export folder}): `--gguf q8_0 --gguf bf16 --no-direct
+    --no-check` of the session's run, by the older path, spied on and run from an empty folder;
+    once per session (conftest's `built_once`): tests/test_export_direct.py compares the direct
+    path's files with it."""
+    from fastft.export.llamacpp import ensure_llama_cpp
+
+    def build(root: Path) -> None:
+        ensure_llama_cpp()
+        (root / "cwd").mkdir()
+        out = root / "exports" / NAME
+        res, spy = export_spied(ExportOptions(run=str(color_run.run_dir), gguf=("q8_0", "bf16"),
+                                              out=str(out), name=NAME, check=False, direct=False),
+                                root / "cwd")
+        (root / "result.json").write_text(json.dumps(res.to_dict()))
+        (root / "spy.json").write_text(json.dumps(
+            {"procs": [argv(p) for p in spy.started], "saves": spy.saves, "out": str(out)}))
+
+    root = built_once(tmp_path_factory, "detour-16bit", build)
+    return (json.loads((root / "result.json").read_text()),
+            json.loads((root / "spy.json").read_text()))
 
 
 @pytest.fixture(scope="session")
@@ -271,23 +300,23 @@ def test_stage_timings(exported):
 
 
 @pytest.mark.slow
-def test_16bit_output_is_the_converted_file(run_dir, llama, tmp_path):
+def test_16bit_output_is_the_converted_file(detour_16bit):
     """--gguf bf16 is written by the converter itself, and the other quants come from it; without
     --merged the merge goes to the scratch folder only."""
-    out = tmp_path / "exports" / NAME
-    (tmp_path / "cwd").mkdir()
-    res, spy = export_spied(ExportOptions(run=str(run_dir), gguf=("q8_0", "bf16"), out=str(out),
-                                          name=NAME, check=False, direct=False), tmp_path / "cwd")
+    res, spy = detour_16bit               # the export, made once (see the fixture)
+    out = Path(spy["out"])
+    assert Path(res["out_dir"]) == out and res["path"] == "detour"
     assert sorted(p.name for p in out.iterdir()) == sorted([
         f"{NAME}.Q8_0.gguf", f"{NAME}.BF16.gguf", "Modelfile", "README.md", MANIFEST])
-    assert res.merged_dir is None and spy.saves == ["save_pretrained_merged"]
-    [convert] = spy.runs("convert_hf_to_gguf.py")
-    [quantize] = spy.runs("llama-quantize")
+    assert res["merged_dir"] is None and spy["saves"] == ["save_pretrained_merged"]
+    [convert] = runs_of(spy["procs"], "convert_hf_to_gguf.py")
+    [quantize] = runs_of(spy["procs"], "llama-quantize")
     converted = Path(convert[convert.index("--outfile") + 1])
     assert converted.name == f"{NAME}.BF16.gguf" and Path(quantize[1]) == converted
     assert quantize[3:] == ["Q8_0", str(os.cpu_count() or 1)]
-    for path in res.ggufs.values():
-        assert read_gguf_metadata(path)["general.name"] == NAME
+    assert sorted(res["ggufs"]) == ["bf16", "q8_0"]
+    for gguf in res["ggufs"].values():
+        assert read_gguf_metadata(gguf["path"])["general.name"] == NAME
     assert [p.name for p in out.parent.iterdir()] == [NAME]
 
 

@@ -17,7 +17,7 @@ from fastft.export.direct import merge_source
 from fastft.export.gguf import read_gguf_metadata
 from fastft.export.manifest import ExportManifest
 from fastft.export.pipeline import ExportOptions, export_run, read_run
-from test_export import argv, record_processes
+from test_export import argv, detour_16bit, record_processes  # noqa: F401  (detour_16bit: shared)
 
 NAME = "fastft-tiny"
 
@@ -59,16 +59,15 @@ finally:
 def fresh(run_dir, llama, tmp_path_factory) -> dict:
     """Exports by a fresh `fastft export --json` process each: path -> (the libraries it had
     imported when it ended, its result as printed). The direct one (q8_0) is also the peak-disk
-    test's; the older path's (bf16 and q8_0) is also the one the direct GGUFs are compared
-    with: a fresh process costs ~9 s here in imports alone, an export of the older path ~25 s,
-    so each is made once, not once for each test."""
+    test's; the older path's (--merged alone: Unsloth's load and merge, no converter) is also
+    the merged checkpoint the older path's F16 GGUF is converted from (`both`): a fresh
+    process costs ~9 s here in imports alone, so each is made once, not once for each test."""
     import subprocess
     import sys
 
     root = tmp_path_factory.mktemp("fresh")
     made = {}
-    for path, flags in [("direct", ["--gguf", "q8_0"]),
-                        ("detour", ["--gguf", "bf16", "--gguf", "q8_0", "--no-direct"])]:
+    for path, flags in [("direct", ["--gguf", "q8_0"]), ("detour", ["--merged", "--no-direct"])]:
         out = subprocess.run([sys.executable, "-c", WHAT_WAS_IMPORTED, "export", str(run_dir),
                               "--no-check", "--out", str(root / path), "--name", NAME, "--json",
                               *flags], capture_output=True, text=True, timeout=600)
@@ -86,18 +85,32 @@ def printed_result(printed: dict) -> SimpleNamespace:
                            ggufs={q: Path(g["path"]) for q, g in printed["ggufs"].items()})
 
 
+def older_f16(printed: dict, llama, folder: Path) -> SimpleNamespace:
+    """The older path's `--gguf f16`, from the merged checkpoint an older-path export wrote
+    (`printed`, with --merged): what that path does after its merge, llama.cpp's converter on
+    that folder to F16, named from the start (fastft.export.pipeline._convert)."""
+    from fastft.export.llamacpp import convert_to_gguf
+
+    assert printed["path"] == "detour" and printed["merged_dir"]
+    folder.mkdir()
+    gguf = folder / f"{NAME}.F16.gguf"
+    convert_to_gguf(llama, Path(printed["merged_dir"]), gguf, "f16", NAME, folder / "convert.log")
+    return SimpleNamespace(path=printed["path"], ggufs={"f16": gguf})
+
+
 @pytest.fixture(scope="module")
-def both(run_dir, llama, fresh, tmp_path_factory):
+def both(run_dir, llama, fresh, detour_16bit, tmp_path_factory):
     """quants -> (older result, direct result, processes the direct export started). The older
-    path's bf16 and q8_0 are `fresh`'s (the same export, made in a process of its own)."""
+    path's bf16 and q8_0 are test_export.py's (`detour_16bit`, the same export, made once per
+    session); its f16 is converted from `fresh`'s older-path merge (`older_f16`)."""
     root = tmp_path_factory.mktemp("direct")
     out = {}
     for quants in (("bf16", "q8_0"), ("f16",)):
         tag = "-".join(quants)
         if quants == ("bf16", "q8_0"):
-            old = printed_result(fresh["detour"][1])
+            old = printed_result(detour_16bit[0])
         else:
-            old, _ = export(run_dir, root / f"old-{tag}", quants, direct=False)
+            old = older_f16(fresh["detour"][1], llama, root / f"old-{tag}")
         new, procs = export(run_dir, root / f"new-{tag}", quants, direct=True)
         out[quants] = old, new, procs
     return out

@@ -209,11 +209,13 @@ def baseline(tmp_path_factory) -> Run:
     return Run(folder, folder.read())
 
 
-def run_killed(args: list[str], fault: str, cwd) -> subprocess.CompletedProcess:
+def run_killed(args: list[str], fault: str, cwd, fork: bool | None = None
+               ) -> subprocess.CompletedProcess:
     """`fastft ARGS` with FASTFT_FAULT=fault, in its own session (the fault signals its group);
-    forked with its imports done where it imports Unsloth anyway (tests/forkserver.py)."""
+    forked with its imports done where it imports Unsloth anyway, or where `fork` says
+    (tests/forkserver.py)."""
     proc = forkserver.popen(args, cwd, train_hooks.env(FASTFT_FAULT=fault, COLUMNS="200"),
-                            start_new_session=True)
+                            start_new_session=True, fork=fork)
     try:
         out, err = proc.communicate(timeout=300)
     finally:

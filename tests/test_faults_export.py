@@ -21,19 +21,29 @@ from test_faults import baseline, run_killed  # noqa: F401  (baseline: the sessi
 def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_path):
     """Ctrl-C and SIGKILL during the GGUF convert and during quantize, one after the other into
     the same exports folder: no export ever appears half-written under its final name, each
-    next export removes the scratch a SIGKILL left (saying so), and the last one completes."""
+    next export removes the scratch a SIGKILL left (saying so), and the last one completes.
+
+    The convert faults take the path with a converter process (--no-direct). The quantize
+    faults take the direct path, whose child writes the same 16-bit GGUF into the same scratch
+    `work/` for this process's llama-quantize (no GPU here) at less cost than the older path's
+    Unsloth load, merge, save and converter; forked with the imports done, as nothing here
+    depends on what the process imported."""
     from fastft.export.manifest import ExportManifest
     from fastft.export.pipeline import ExportOptions, export_run
     from fastft.export.gguf import read_gguf_metadata
 
     exports = tmp_path / "exports"
     final = exports / "m"
-    args = ["export", str(baseline.run_dir), "--gguf", "q4_k_m", "--out", str(final), "--name",
-            "m", "--no-check", "--no-direct"]    # the path with a converter process
+    direct = ["export", str(baseline.run_dir), "--gguf", "q4_k_m", "--out", str(final), "--name",
+              "m", "--no-check"]
     left = None      # the scratch folder the previous SIGKILL left behind
     for fault in ["convert:SIGINT", "convert:SIGTERM", "convert:SIGKILL", "quantize:SIGINT",
                   "quantize:SIGTERM", "quantize:SIGKILL"]:
-        killed = run_killed(args, fault, tmp_path)
+        converting = fault.startswith("convert")
+        if converting:                           # the path with a converter process
+            killed = run_killed([*direct, "--no-direct"], fault, tmp_path)
+        else:
+            killed = run_killed(direct, fault, tmp_path, fork=True)
         scratch = sorted(p.name for p in exports.glob(".tmp-*"))
         assert not final.exists(), fault
         if left:
@@ -47,12 +57,13 @@ def test_export_killed_in_convert_and_quantize_is_redone_cleanly(baseline, tmp_p
             assert killed.returncode == -signal.SIGKILL, (fault, killed.stderr[-3000:])
             assert len(scratch) == 1, fault      # a SIGKILL cannot
             left = scratch[0]
-            # Killed where it was meant to be: converting the merged model, or quantizing the
-            # converted 16-bit GGUF.
+            # Killed where it was meant to be: converting the merged model (the older path's
+            # merged checkpoint on disk), or quantizing the 16-bit GGUF the direct child wrote
+            # (no merged checkpoint: the child's own scratch is gone once it has finished).
             work = exports / left / "work"
-            converting = fault.startswith("convert")
             assert (work / "merged" / "config.json").is_file() == converting, fault
             assert converting or (work / "m.BF16.gguf").is_file(), fault
+            assert converting or not (work / "direct").exists(), fault
 
     console = Console(file=io.StringIO(), width=300)
     result = export_run(ExportOptions(run=str(baseline.run_dir), gguf=("q4_k_m",), out=str(final),

@@ -10,7 +10,6 @@ failing file failing the export, written and recorded.
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -139,10 +138,29 @@ def test_a_tokenizer_mismatch_fails(scorer, q4, reference, tmp_path):
 
 
 def _with_template(gguf: Path, template: str, out: Path) -> Path:
-    script = _gguf_py() / "gguf" / "scripts" / "gguf_new_metadata.py"
-    subprocess.run([sys.executable, str(script), str(gguf), str(out), "--chat-template", template,
-                    "--force"], check=True, capture_output=True,
-                   env={"PYTHONPATH": str(_gguf_py()), "PATH": "/usr/bin:/bin"})
+    """`gguf` with its tokenizer.chat_template replaced, written to `out`: the header's entry
+    rewritten (fastft.export.gguf walks it), the data section padded to its alignment again,
+    every tensor's bytes as they were (their offsets count from the data section). The same
+    metadata, tensor infos and data as llama.cpp's gguf_new_metadata.py --chat-template writes
+    (which moves the key to the end), without its ~9 s here decoding the vocabulary through
+    GGUFReader."""
+    from fastft.export.gguf import pad, read_header, read_gguf_metadata
+
+    data = gguf.read_bytes()
+    header = read_header(data)
+    key = "tokenizer.chat_template"
+    [(start, end)] = [(a, b) for k, a, b in header.kv if k == key]
+    text = template.encode()
+    entry = (len(key).to_bytes(8, "little") + key.encode() + (8).to_bytes(4, "little")
+             + len(text).to_bytes(8, "little") + text)             # type 8: a string
+    infos_end = header.kv[-1][2] + sum(8 + len(t.name.encode()) + 4 + 8 * len(t.dims) + 12
+                                       for t in header.tensors)
+    assert pad(infos_end, header.alignment) == header.data_start
+    head = data[:start] + entry + data[end:infos_end]
+    head += bytes(pad(len(head), header.alignment) - len(head))
+    out.write_bytes(head + data[header.data_start:])
+    assert read_gguf_metadata(out)[key] == template
+    assert read_header(out.read_bytes()).tensors == header.tensors
     return out
 
 
