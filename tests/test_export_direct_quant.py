@@ -15,6 +15,7 @@ import io
 import pytest
 
 from fastft.export.manifest import ExportManifest
+from test_export import detour_16bit  # noqa: F401  (the session's older-path export)
 
 NAME = "fastft-tiny"
 
@@ -48,20 +49,14 @@ def export(color_run, out, quants):
 
 
 @pytest.fixture(scope="module")
-def reference(color_run, llama, tmp_path_factory):
-    """The 16-bit GGUF the direct child writes (quantizing nothing), and llama-quantize's Q8_0
-    of it."""
-    from fastft.export.direct import main
-    from fastft.export.llamacpp import quantize_ggufs
+def reference(detour_16bit):
+    """The 16-bit GGUF and llama-quantize's Q8_0 of it, from test_export.py's export of the older
+    path (made once per session; tests/test_export_direct.py shows the direct child writes that
+    same 16-bit file)."""
+    from pathlib import Path
 
-    folder = tmp_path_factory.mktemp("reference")
-    job = child_job(color_run, llama, folder / "bf16", ())
-    assert main(job.argv()) == 0
-    bf16 = folder / "ref.BF16.gguf"
-    job.outfile.rename(bf16)
-    q8_0 = folder / "ref.Q8_0.gguf"
-    quantize_ggufs(llama, bf16, {"Q8_0": q8_0}, folder)
-    return {"BF16": bf16, "Q8_0": q8_0}
+    out = Path(detour_16bit[1]["out"])
+    return {"BF16": out / f"{NAME}.BF16.gguf", "Q8_0": out / f"{NAME}.Q8_0.gguf"}
 
 
 @pytest.mark.slow
