@@ -536,9 +536,10 @@ DIRECT_QUANTIZE_DEVICE = "auto"
 def _quantized_in_child(plan: ExportPlan) -> bool:
     """Whether the direct child may quantize from the merged tensors, with no 16-bit GGUF on
     disk: every type asked for is one gpuquant makes, and no 16-bit file is kept (--gguf auto
-    tries its types from the 16-bit file)."""
-    return plan.opts.gpu_quantize and not plan.auto and plan.gguf16.parent == plan.work and \
-        all(q.upper() in gpuquant.FILE_TYPES for q in plan.quants)
+    tries its types from the 16-bit file). Not with --merged, whose one-merge writer is tested
+    in the 16-bit file's order only."""
+    return plan.opts.gpu_quantize and not plan.auto and not plan.opts.merged and \
+        plan.gguf16.parent == plan.work and all(q.upper() in gpuquant.FILE_TYPES for q in plan.quants)
 
 
 def _direct_stage(plan: ExportPlan) -> str:
