@@ -87,7 +87,9 @@ class ExportManifest(_Keeps):
     variant: str
     quants: list[str]
     merged: bool
-    converted_from: Optional[str]      # the 16-bit GGUF every quant was made from
+    # the 16-bit GGUF every quant was made from (never on disk when the direct child quantized:
+    # its bytes went from the converter to the quantizer in memory, see quantized_by)
+    converted_from: Optional[str]
     modelfile: Optional[ServedModelfile]
     checks: list[GGUFCheck]
     timings: dict[str, float]          # "<stage>_s" -> seconds, rounded
