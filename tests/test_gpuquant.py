@@ -38,16 +38,15 @@ def files(llama, tiny_path, tmp_path_factory):
 def _tensors(path) -> dict[str, tuple[str, bytes, tuple]]:
     """name -> (type as llama-quantize names it, data bytes, dims) of each tensor in `path`."""
     from fastft.export.gguf import read_header
-    from fastft.export.gpuquant import TYPE_IDS, _nbytes
+    from fastft.export.gpuquant import _TYPE_NAMES, _nbytes
 
     buf = path.read_bytes()
     header = read_header(buf)
-    kinds = {v: k for k, v in TYPE_IDS.items()}
     out = {}
     for ti in header.tensors:
-        kind = kinds.get(ti.type, f"type {ti.type}")
+        kind = _TYPE_NAMES.get(ti.type, f"type {ti.type}")
         start = header.data_start + ti.offset
-        size = _nbytes(ti.elements, kind) if kind in kinds.values() else 0
+        size = _nbytes(ti.elements, kind) if ti.type in _TYPE_NAMES else 0
         out[ti.name] = kind, buf[start:start + size], ti.dims
     return out
 
