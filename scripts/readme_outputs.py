@@ -98,6 +98,7 @@ class Walk:
 
     @classmethod
     def make(cls, walk: Path, tools: Path | None = None) -> "Walk":
+        prepare_caches()
         for root in {walk, tools or walk}:
             root.mkdir(parents=True, exist_ok=True)
             if not (root / "examples").exists():
@@ -113,6 +114,19 @@ class Walk:
                 raise RuntimeError(f"{command} exited {code}:\n{text}")
             self.printed[command] = text
         return self.printed[command]
+
+
+def prepare_caches() -> None:
+    """What the README's machine had before the walkthrough: the tiny model and llama.cpp's
+    tools (export's, chat's runner, the retention scorer) in fastft's cache. On a fresh machine
+    the first command would otherwise print their one-time build among its lines."""
+    from fastft.core.tiny import tiny_model_path
+    from fastft.export.llamacpp import ensure_chat_runner, ensure_llama_cpp, ensure_scorer
+
+    tiny_model_path("tiny")
+    ensure_llama_cpp()
+    ensure_chat_runner()
+    ensure_scorer()
 
 
 def run_fastft(command: str, cwd: Path) -> tuple[int, str]:
