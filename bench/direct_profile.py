@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--lookahead", type=int, default=None,
                     help="tensors the converter computes ahead (direct.LOOKAHEAD) instead")
     ap.add_argument("--no-graphs", action="store_true", help="quantize without CUDA graphs")
+    ap.add_argument("--keep", type=Path, default=None, help="move the GGUF files made here into this folder")
     ap.add_argument("--quant-lookahead", type=int, default=None,
                     help="tensors quantized ahead of the writer (gpuquant.LOOKAHEAD) instead")
     a = ap.parse_args()
@@ -68,9 +69,10 @@ def main() -> None:
         pipeline.DIRECT_QUANTIZE_DEVICE = a.device
         direct.LOOKAHEAD = a.lookahead or direct.LOOKAHEAD
         gpuquant.LOOKAHEAD = a.quant_lookahead or gpuquant.LOOKAHEAD
-        gpuquant.MAX_GRAPHS = 0 if a.no_graphs else gpuquant.MAX_GRAPHS
+        if a.no_graphs:
+            gpuquant.MAX_GRAPHS = 0
         print(f"lookahead {direct.LOOKAHEAD}, quantize lookahead {gpuquant.LOOKAHEAD}, "
-              f"CUDA graphs at most {gpuquant.MAX_GRAPHS}")
+              f"CUDA graphs at most {getattr(gpuquant, 'MAX_GRAPHS', 0)}")
         plan = pipeline.make_plan(opts)
         pipeline.find_tools(plan, Console(stderr=True, quiet=True))
         plan.scratch = Path(tmp) / "scratch"
@@ -104,6 +106,11 @@ def main() -> None:
         t1 = time.perf_counter()
         why = direct.export(job, result)
         wall = time.perf_counter() - t1
+        if a.keep:
+            a.keep.mkdir(parents=True, exist_ok=True)
+            for path in job.quants.values():
+                if path.exists():
+                    path.rename(a.keep / path.name)
     rows = {"imports (torch, transformers)": [1, t_imports], **TOTALS,
             "export() wall": [1, wall]}
     print(f"job: quants {list(job.quants)}, device {job.device}; declined: {why}")

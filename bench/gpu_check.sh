@@ -23,6 +23,10 @@
 #                     and cmp of each pair; then the export of q4_k_m and q8_0 alone (quantized in
 #                     the direct child, no BF16 on disk) and cmp with the first; then
 #                     tests/test_gpuquant.py and test_export_direct_quant.py -m gpu (the tiny model)
+#   direct-profile    bench/direct_profile.py on ttfc's last finished fastft run: where the direct
+#                     child's time goes (GGUF q4_k_m quantized in the child): with CUDA graphs,
+#                     without them (as before 2026-12-06's sixth session), cmp of the two Q4_K_M
+#                     files; then with graphs and more tensors computed ahead (16; the product's 8)
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
 #       bash bench/gpu_check.sh ttfc:favorite,notebook quants   Results go to $OUT.
 LIMIT=${GPU_CHECK_LIMIT_S:-570}
@@ -122,6 +126,22 @@ PY
           tests/test_export_direct_quant.py 2>&1 | tail -3
       } > "$OUT/gpuquant.txt" 2>&1
       cat "$OUT/gpuquant.txt" | tail -30 ;;
+    direct-profile)
+      wait $BUILD
+      run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
+      [ -z "$run" ] && { echo "direct-profile: no finished fastft run in $W"; continue; }
+      for i in 1 2 3; do
+        more=$(case $i in 1) echo --keep /tmp/dp-graphs;; 2) echo --no-graphs --keep /tmp/dp-eager;;
+               3) echo --lookahead 16 --quant-lookahead 4;; esac)
+        [ $i = 3 ] && [ $(left) -lt 60 ] && break
+        UNSLOTH_LLAMA_CPP_PATH=$(python3 -c "from bench.common import llama_cpp_root as r; print(r('$W/fastft-cache'))" | tail -1) \
+          timeout $(( $(left) - 5 )) python3 bench/direct_profile.py "$run" $more --out "$OUT/direct-profile-$i" 2>&1 \
+          | grep -v Warning | tee "$OUT/direct-profile-$i.txt" | tail -25
+        [ $i = 2 ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "/tmp/dp-eager/$(basename "$f")" \
+          && echo "$(basename "$f"): graphs and eager identical ($(stat -c %s "$f") bytes)"; done \
+          | tee -a "$OUT/direct-profile-2.txt"
+      done
+      rm -rf /tmp/dp-graphs /tmp/dp-eager ;;
     *) echo "unknown step $step" ;;
   esac
 done
