@@ -7,6 +7,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Every Python process the tests start (fastft commands, the direct export's child, torchrun's
+# ranks, llama.cpp's converter) runs tests/gcsite/sitecustomize.py: fewer garbage collections
+# while it imports torch and the rest (see there). Set before pytest-xdist starts its workers,
+# which inherit it; once, as each worker imports this file again.
+_GCSITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcsite")
+if _GCSITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_GCSITE, os.environ.get("PYTHONPATH")) if p)
+
 
 import contextlib
 import gc
