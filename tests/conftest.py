@@ -270,3 +270,27 @@ def tool_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = built_once(tmp_path_factory, "tools", build)
     out = root / "exports" / "tools"
     return (root / "runs" / "latest").resolve(), out, next(out.glob("*Q4_K_M*.gguf"))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> tuple[Path, int, str]:
+    """(folder, exit code, output) of `fastft demo`, run once per session in a folder of its own
+    (conftest's `built_once`), where it writes runs/demo and exports/fastft-demo. Its training
+    is the tiny model on the favorite-color data with tiny_config's settings in 4 bits, the run
+    tests/test_train.py checks too: 4-bit training on a CPU is the slow kind, so it is done
+    once. Tests must not change the folder."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fastft.cli import main
+
+    def build(folder: Path) -> None:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(folder)
+            result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
+        (folder / "demo.json").write_text(json.dumps([result.exit_code, result.output]))
+
+    folder = built_once(tmp_path_factory, "demo", build)
+    code, output = json.loads((folder / "demo.json").read_text())
+    return folder, code, output
