@@ -66,16 +66,16 @@ def pytest_configure(config):
     torch.set_num_threads(threads)
 
 
-# Seconds each of the slowest files takes on one worker (CI's junit at f496160 on 2 cores with
-# -n 2, less what later commits measured saving), for the order below; a file not listed counts
-# 0. Stale numbers cost time, never a result.
-SLOW_FILES = {"test_faults_export.py": 150, "test_export_direct.py": 140, "test_faults.py": 134,
-              "test_launch.py": 133, "test_retention.py": 125, "test_bench.py": 96,
-              "test_chat_quiet.py": 76, "test_export_direct_quant.py": 70,
-              "test_export_merged_direct.py": 54, "test_export.py": 50, "test_secrets.py": 50,
-              "test_train.py": 48, "test_mistakes.py": 37, "test_demo.py": 37, "test_layout.py": 34,
-              "test_readme.py": 29, "test_eval.py": 28, "test_export_create.py": 27,
-              "test_quiet.py": 27, "test_parity.py": 25, "test_chat.py": 24, "test_gpuquant.py": 23}
+# Seconds each of the slowest files takes on one worker (CI's junit at 040ecc2 on 2 cores with
+# -n 2; test_train.py with the `demo` fixture it builds since, test_demo.py then only reading
+# it), for the order below; a file not listed counts 0. Stale numbers cost time, never a result.
+SLOW_FILES = {"test_export_direct.py": 109, "test_faults.py": 96, "test_launch.py": 78,
+              "test_faults_export.py": 68, "test_bench.py": 55, "test_retention.py": 54,
+              "test_train.py": 53, "test_chat_quiet.py": 51, "test_secrets.py": 40,
+              "test_export.py": 35, "test_export_merged_direct.py": 33, "test_eval.py": 25,
+              "test_readme.py": 25, "test_export_direct_quant.py": 25, "test_mistakes.py": 24,
+              "test_quiet.py": 24, "test_layout.py": 22, "test_gpuquant.py": 17,
+              "test_export_create.py": 17}
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)   # optional: pytest without xdist runs too
