@@ -7,6 +7,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Every Python process the tests start (fastft commands, the direct export's child, torchrun's
+# ranks, llama.cpp's converter) runs tests/gcsite/sitecustomize.py: fewer garbage collections
+# while it imports torch and the rest (see there). Set before pytest-xdist starts its workers,
+# which inherit it; once, as each worker imports this file again.
+_GCSITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcsite")
+if _GCSITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_GCSITE, os.environ.get("PYTHONPATH")) if p)
+
 
 import contextlib
 import gc
@@ -57,16 +66,16 @@ def pytest_configure(config):
     torch.set_num_threads(threads)
 
 
-# Seconds each of the slowest files takes on one worker (CI's junit at f496160 on 2 cores with
-# -n 2, less what later commits measured saving), for the order below; a file not listed counts
-# 0. Stale numbers cost time, never a result.
-SLOW_FILES = {"test_faults_export.py": 150, "test_export_direct.py": 140, "test_faults.py": 134,
-              "test_launch.py": 133, "test_retention.py": 125, "test_bench.py": 96,
-              "test_chat_quiet.py": 76, "test_export_direct_quant.py": 70,
-              "test_export_merged_direct.py": 54, "test_export.py": 50, "test_secrets.py": 50,
-              "test_train.py": 48, "test_mistakes.py": 37, "test_demo.py": 37, "test_layout.py": 34,
-              "test_readme.py": 29, "test_eval.py": 28, "test_export_create.py": 27,
-              "test_quiet.py": 27, "test_parity.py": 25, "test_chat.py": 24, "test_gpuquant.py": 23}
+# Seconds each of the slowest files takes on one worker (CI's junit at 040ecc2 on 2 cores with
+# -n 2; test_train.py with the `demo` fixture it builds since, test_demo.py then only reading
+# it), for the order below; a file not listed counts 0. Stale numbers cost time, never a result.
+SLOW_FILES = {"test_export_direct.py": 109, "test_faults.py": 96, "test_launch.py": 78,
+              "test_faults_export.py": 68, "test_bench.py": 55, "test_retention.py": 54,
+              "test_train.py": 53, "test_chat_quiet.py": 51, "test_secrets.py": 40,
+              "test_export.py": 35, "test_export_merged_direct.py": 33, "test_eval.py": 25,
+              "test_readme.py": 25, "test_export_direct_quant.py": 25, "test_mistakes.py": 24,
+              "test_quiet.py": 24, "test_layout.py": 22, "test_gpuquant.py": 17,
+              "test_export_create.py": 17}
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)   # optional: pytest without xdist runs too
@@ -261,3 +270,27 @@ def tool_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = built_once(tmp_path_factory, "tools", build)
     out = root / "exports" / "tools"
     return (root / "runs" / "latest").resolve(), out, next(out.glob("*Q4_K_M*.gguf"))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> tuple[Path, int, str]:
+    """(folder, exit code, output) of `fastft demo`, run once per session in a folder of its own
+    (conftest's `built_once`), where it writes runs/demo and exports/fastft-demo. Its training
+    is the tiny model on the favorite-color data with tiny_config's settings in 4 bits, the run
+    tests/test_train.py checks too: 4-bit training on a CPU is the slow kind, so it is done
+    once. Tests must not change the folder."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fastft.cli import main
+
+    def build(folder: Path) -> None:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(folder)
+            result = CliRunner().invoke(main, ["demo"], catch_exceptions=False)
+        (folder / "demo.json").write_text(json.dumps([result.exit_code, result.output]))
+
+    folder = built_once(tmp_path_factory, "demo", build)
+    code, output = json.loads((folder / "demo.json").read_text())
+    return folder, code, output

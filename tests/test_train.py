@@ -31,15 +31,20 @@ def losses(run_dir):
 
 @pytest.fixture(scope="module", params=[True, False], ids=["4bit", "16bit"])
 def trained(request, tmp_path_factory):
-    if not request.param:    # the session's shared 16-bit run has exactly tiny_config's settings
+    """The session's runs with exactly tiny_config's settings: in 16 bits the shared color run,
+    in 4 bits `fastft demo`'s (conftest's `demo`), each trained once per session."""
+    if request.param:
+        from fastft.core.run import Run, RunFolder
+
+        folder = RunFolder.open(request.getfixturevalue("demo")[0] / "runs" / "demo")
+        run = Run(folder, folder.read())
+    else:
         run = request.getfixturevalue("color_run")
-        other = {"runs_dir", "name", "load_in_4bit", "data"}   # data: the same file, shipped
-        assert run.record.config.model_dump(exclude=other) == \
-            tiny_config(tmp_path_factory.getbasetemp()).model_dump(exclude=other)
-        assert Path(run.record.config.data).read_bytes() == EXAMPLE.read_bytes()
-        return run.record.config, run
-    cfg = tiny_config(tmp_path_factory.mktemp("train"), name="color", load_in_4bit=True)
-    return cfg, train(cfg)
+    other = {"runs_dir", "name", "data"}   # data: the same file, shipped (fastft/resources)
+    assert run.record.config.model_dump(exclude=other) == tiny_config(
+        tmp_path_factory.getbasetemp(), load_in_4bit=request.param).model_dump(exclude=other)
+    assert Path(run.record.config.data).read_bytes() == EXAMPLE.read_bytes()
+    return run.record.config, run
 
 
 @pytest.mark.slow
