@@ -181,7 +181,8 @@ def test_c_rounding_is_kept():
 
 
 @pytest.mark.gpu
-def test_whole_files_on_cuda_are_llama_quantizes(llama, files, tmp_path):
+def test_whole_files_on_cuda_are_llama_quantizes(llama, files, tmp_path, caplog):
+    """Through CUDA graphs (none failed to capture: a failure would fall back without them)."""
     from fastft.export.gpuquant import quantize
 
     src, refs = files
@@ -189,3 +190,21 @@ def test_whole_files_on_cuda_are_llama_quantizes(llama, files, tmp_path):
     assert quantize(llama, src, outputs, tmp_path, on="cuda") == {q: "cuda" for q in refs}
     for q, ref in refs.items():
         assert outputs[q].read_bytes() == ref.read_bytes(), q
+    assert "graph capture" not in caplog.text
+
+
+@pytest.mark.gpu
+def test_a_graph_replays_the_same_bytes_for_each_tensor_of_its_size():
+    """One capture per (type, size), replayed for every tensor of that size: each replay's
+    bytes are those of the kernels launched one by one."""
+    import torch
+
+    from fastft.export import gpuquant
+
+    quantizer = gpuquant.Quantizer("cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for target in ("q4_K", "q6_K", "q8_0"):
+        for scale in (0.02, 1.0, 0.0):
+            x = torch.randn(1 << 20, device="cuda", generator=g) * scale
+            assert quantizer.quantized(x, target) == gpuquant._quantized(x, target), (target, scale)
+    assert sorted(quantizer.graphs) == [("q4_K", 1 << 20), ("q6_K", 1 << 20), ("q8_0", 1 << 20)]

@@ -17,6 +17,7 @@ read and quantized in a thread while this one is written.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import re
 import struct
@@ -55,6 +56,12 @@ CHUNK = 1 << 25
 MIN_CHUNK = 1 << 18
 BYTES_PER_ELEMENT = 48
 LOOKAHEAD = 2
+# A k-quant search is about two thousand small kernels (a chain of adds for each sum over a
+# block, 21 search steps), each launched from Python, for a tensor of any size. On CUDA each
+# (type, elements) is captured once as a CUDA graph and replayed: the same kernels, so the same
+# bytes (tests/test_gpuquant.py, on an H100), in one launch. At most MAX_GRAPHS sizes (a model
+# has a handful); any further size, or a capture that fails, runs as it is.
+MAX_GRAPHS = 16
 
 
 class GpuQuantError(FastftError):
@@ -189,8 +196,11 @@ def _write_tensors(read: Reader, header: Header, tensors: list[TensorInfo], plan
     """Each tensor as each plan has it, in order, each padded to the alignment; the next
     LOOKAHEAD tensors read and quantized in a thread meanwhile (one thread: `read` is called
     in order)."""
+    quantizer = Quantizer(on)
+
     def job(i: int):
-        return _tensor(read(tensors[i]), header, tensors[i], [p.tensors[i] for p in plans], on)
+        return _tensor(read(tensors[i]), header, tensors[i], [p.tensors[i] for p in plans],
+                       quantizer)
 
     with ahead(job, len(tensors), 1, LOOKAHEAD) as results:
         for data in results:
@@ -232,8 +242,9 @@ def _nbytes(elements: int, kind: str) -> int:
     return elements // block * size
 
 
-def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]], on: str):
-    """Tensor `ti` (`raw`: its bytes) as each plan's row has it: as it is, or quantized on `on`."""
+def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]],
+            quantizer: Quantizer):
+    """Tensor `ti` (`raw`: its bytes) as each plan's row has it: as it is, or quantized."""
     import numpy as np
 
     if any(name != ti.name for name, _, _ in rows):
@@ -243,7 +254,7 @@ def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]
         raise GpuQuantError(f"{ti.name}: llama-quantize's plan reads it as {old}")
     if all(new == old for _, _, new in rows):
         return [raw] * len(rows)
-    x = _floats(np.frombuffer(raw, dtype=np.uint8), old, on)
+    x = _floats(np.frombuffer(raw, dtype=np.uint8), old, quantizer.on)
     out = []
     for _, _, new in rows:
         if new == old:
@@ -251,7 +262,7 @@ def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]
         elif ti.dims[0] % kquants.BLOCKS[new][0]:
             raise GpuQuantError(f"{ti.name}: rows of {ti.dims[0]} are not whole {new} blocks")
         else:
-            out.append(_quantized(x, new))
+            out.append(quantizer.quantized(x, new))
     return out
 
 
@@ -276,11 +287,63 @@ def chunk_elements(device) -> int:
     return max(MIN_CHUNK, min(CHUNK, 1 << max(fits, 1).bit_length() - 1))
 
 
-def _quantized(x, target: str):
-    """`x` as `target` blocks, `chunk_elements` (whole blocks) at a time, back on the CPU."""
+def _quantized(x, target: str, chunk: int | None = None, run=kquants.quantize):
+    """`x` as `target` blocks, `chunk` (default `chunk_elements`; whole blocks) at a time, each
+    by `run` (kquants.quantize, or its replay), back on the CPU."""
     import torch
 
-    chunk = chunk_elements(x.device)
+    chunk = chunk or chunk_elements(x.device)
     step = chunk - chunk % kquants.BLOCKS[target][0]
-    parts = [kquants.quantize(x[i:i + step], target) for i in range(0, x.numel(), step)]
+    parts = [run(x[i:i + step], target) for i in range(0, x.numel(), step)]
     return torch.cat(parts).cpu().numpy().tobytes()
+
+
+class Quantizer:
+    """kquants on device `on` for one file's tensors, in chunks sized once (so a size seen
+    before is a size replayed), on CUDA through graphs (MAX_GRAPHS). One thread uses it."""
+
+    def __init__(self, on: str):
+        import torch
+
+        self.on, self.chunk = on, chunk_elements(on)
+        self.graphs: dict[tuple[str, int], tuple] | None = None
+        if torch.device(on).type == "cuda":
+            self.graphs, self.pool = {}, torch.cuda.graph_pool_handle()
+
+    def quantized(self, x, target: str) -> bytes:
+        return _quantized(x, target, self.chunk, self._run)
+
+    def _run(self, x, target: str):
+        key = (target, x.numel())
+        if self.graphs is None or (key not in self.graphs and len(self.graphs) >= MAX_GRAPHS):
+            return kquants.quantize(x, target)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = self._capture(x, target)
+            except RuntimeError as e:   # a torch that cannot capture these ops: launch them
+                logging.warning("CUDA graph capture of %s failed (%s): quantizing without graphs",
+                                target, e)
+                self.graphs = None
+                return kquants.quantize(x, target)
+        graph, given, out = self.graphs[key]
+        given.copy_(x)
+        graph.replay()
+        return out.clone()                   # the next replay writes `out` again
+
+    def _capture(self, x, target: str) -> tuple:
+        """(graph, its input, its output) of kquants.quantize for x's size; run once on a side
+        stream first, as a capture requires. Graphs share one memory pool: they run one at a
+        time, in this thread."""
+        import torch
+
+        given = x.clone()
+        side, current = torch.cuda.Stream(x.device), torch.cuda.current_stream(x.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            kquants.quantize(given, target)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the direct child's other threads keep merging on the GPU meanwhile
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = kquants.quantize(given, target)
+        return graph, given, out
