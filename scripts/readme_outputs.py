@@ -124,8 +124,8 @@ def prepare_caches() -> None:
     from fastft.export.llamacpp import ensure_chat_runner, ensure_llama_cpp, ensure_scorer
 
     tiny_model_path("tiny")
+    ensure_chat_runner()    # first: it builds export's tools with it, in one cmake build
     ensure_llama_cpp()
-    ensure_chat_runner()
     ensure_scorer()
 
 
