@@ -11,6 +11,7 @@ Prints one row per function: calls, seconds summed over threads, and the wall of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import tempfile
@@ -80,8 +81,20 @@ def main() -> None:
         plan.stage.mkdir()
         job = pipeline._direct_job(plan, direct.weights_dtype(plan.info.model_path))
         job.work.mkdir(parents=True)
+        converter_modules = direct.llama_cpp_modules
+
+        @contextlib.contextmanager
+        def llama_cpp_modules(root):   # llama.cpp's converter, timed inside once imported
+            with converter_modules(root) as (conversion, gguf):
+                timed(gguf.lazy.LazyBase, "to_eager",
+                      "converter: a tensor computed (to_eager: merge, casts, 16-bit rounding)")
+                timed(gguf.quants, "_apply_over_grouped_rows",
+                      "converter: numpy 16-bit rounding (gguf.quants, 16 rows at a time)")
+                yield conversion, gguf
+
+        direct.llama_cpp_modules = llama_cpp_modules
         for owner, attr in [(direct, "merge_source"), (direct, "write_config_folder"),
-                            (direct, "llama_cpp_modules"), (direct, "_prepared"),
+                            (direct, "_prepared"),
                             (direct, "_plans"), (direct, "_write_probe"), (direct, "_write_quantized"),
                             (direct, "_write_gguf"), (direct.MergeSource, "_merged"),
                             (gpuquant, "dry_run"), (gpuquant, "quantize_file"),
