@@ -97,6 +97,7 @@ def main() -> None:
                             (direct, "_prepared"),
                             (direct, "_plans"), (direct, "_write_probe"), (direct, "_write_quantized"),
                             (direct, "_write_gguf"), (direct.MergeSource, "_merged"),
+                            (direct, "bf16_bytes"),
                             (gpuquant, "dry_run"), (gpuquant, "quantize_file"),
                             (gpuquant, "_tensor"), (gpuquant, "_floats"), (gpuquant, "_quantized"),
                             (gpuquant, "header_bytes")]:

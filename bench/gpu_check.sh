@@ -26,7 +26,8 @@
 #   direct-profile    bench/direct_profile.py on ttfc's last finished fastft run: where the direct
 #                     child's time goes (GGUF q4_k_m quantized in the child): with CUDA graphs,
 #                     without them (as before 2026-12-06's sixth session), cmp of the two Q4_K_M
-#                     files; then with graphs and more tensors computed ahead (16; the product's 8)
+#                     files; then with graphs and more tensors computed ahead (16; the product's 8);
+#                     DP_RUNS="1" runs the first alone
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
 #       bash bench/gpu_check.sh ttfc:favorite,notebook quants   Results go to $OUT.
 LIMIT=${GPU_CHECK_LIMIT_S:-570}
@@ -130,7 +131,7 @@ PY
       wait $BUILD
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
       [ -z "$run" ] && { echo "direct-profile: no finished fastft run in $W"; continue; }
-      for i in 1 2 3; do
+      for i in ${DP_RUNS:-1 2 3}; do
         more=$(case $i in 1) echo --keep /tmp/dp-graphs;; 2) echo --no-graphs --keep /tmp/dp-eager;;
                3) echo --lookahead 16 --quant-lookahead 4;; esac)
         [ $i = 3 ] && [ $(left) -lt 60 ] && break

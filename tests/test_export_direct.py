@@ -268,3 +268,40 @@ def test_the_direct_path_never_imports_unsloth(fresh):
     The older path (--no-direct) still loads through Unsloth."""
     assert fresh["direct"][0] == "imported: transformers"
     assert fresh["detour"][0] == "imported: unsloth transformers"
+
+
+def test_bf16_by_torch_writes_ggufs_own_rounding(llama, monkeypatch):
+    """The converter's BF16 rounding done by torch's cast (direct.bf16_by_torch) gives the bytes
+    gguf's numpy rounding gives: random bit patterns of every exponent, exact ties (to even),
+    the infinities, zeros and subnormals; an array with a NaN goes gguf's own way; the block
+    puts gguf's function back."""
+    import numpy as np
+
+    from fastft.export import direct
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, size=1 << 20, dtype=np.uint64).astype(np.uint32)
+    bits[::5] = (bits[::5] & 0xFFFF0000) | 0x8000                     # ties, even and odd
+    bits[1::5] = (bits[1::5] & 0xFFFF0000) | rng.choice([0x7FFF, 0x8001], bits[1::5].size)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    bits[nan] ^= 0x40000000                                            # no NaN here
+    bits[:10] = [0x7F800000, 0xFF800000, 0, 0x80000000, 1, 0x807FFFFF, 0x7F7FFFFF, 0x7F7F8000,
+                 0x3F808000, 0x3F818000]
+    finite = bits.view(np.float32).reshape(-1, 256)
+    with_nan = finite.copy()
+    with_nan[3, 7] = np.nan
+    used = []
+    real = direct.bf16_bytes
+    monkeypatch.setattr(direct, "bf16_bytes", lambda a: used.append(a.shape) or real(a))
+    with direct.llama_cpp_modules(llama.root) as (_, gguf):
+        bf16 = gguf.GGMLQuantizationType.BF16
+        grouped = gguf.quants._apply_over_grouped_rows
+        numpy_way = [gguf.quants.quantize(a, bf16) for a in (finite, with_nan)]
+        with direct.bf16_by_torch(gguf):
+            torch_way = [gguf.quants.quantize(a, bf16) for a in (finite, with_nan)]
+        assert gguf.quants._apply_over_grouped_rows is grouped
+    assert used == [finite.shape, with_nan.shape]           # both offered to torch
+    assert real(finite) is not None and real(with_nan) is None   # the NaN one declined
+    for ours, theirs in zip(torch_way, numpy_way):
+        assert ours.dtype == theirs.dtype == np.uint8 and ours.shape == theirs.shape
+        assert np.array_equal(ours, theirs)

@@ -211,6 +211,46 @@ def llama_cpp_modules(root: Path):
             sys.path.remove(p)
 
 
+@contextlib.contextmanager
+def bf16_by_torch(gguf):
+    """llama.cpp's 16-bit rounding to BF16 (gguf.quants.BF16) done by torch's float32 ->
+    bfloat16 cast over the whole tensor, for the block. gguf's numpy code works 16 rows at a
+    time, several passes each with the GIL held between them: on an H100 host it was 40-55 s of
+    the converter threads' 61-82 s for a 4B model (bench/direct_profile.py). The cast rounds to
+    nearest even as that code does, so the bytes are the same; arrays with a NaN (which gguf
+    quiets its own way) or that torch cannot share go gguf's way."""
+    quants = getattr(gguf, "quants", None)
+    grouped = getattr(quants, "_apply_over_grouped_rows", None)
+    if grouped is None or not hasattr(quants, "BF16"):   # another gguf-py: its own way, as is
+        yield
+        return
+
+    def apply(func, arr, otype, oshape):
+        if func == quants.BF16.quantize_rows and (out := bf16_bytes(arr)) is not None:
+            return out.reshape(oshape)
+        return grouped(func, arr=arr, otype=otype, oshape=oshape)
+
+    quants._apply_over_grouped_rows = apply
+    try:
+        yield
+    finally:
+        quants._apply_over_grouped_rows = grouped
+
+
+def bf16_bytes(arr):
+    """`arr` rounded to bfloat16 by torch, as uint8 bytes (None: it holds a NaN, or is not a
+    writable float32 array torch can share)."""
+    import numpy as np
+    import torch
+
+    if arr.dtype != np.float32 or not arr.flags.writeable:
+        return None
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if torch.isnan(t).any():
+        return None
+    return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8)
+
+
 def converter_problem(conversion, gguf, root: Path, model_cls) -> str | None:
     """Why `model_cls` is not the converter this module was written against, or None."""
     base = getattr(conversion, "ModelBase", None)
@@ -385,6 +425,7 @@ def _write(job: Job, source: MergeSource, result: ChildResult, t: float) -> str 
         model = conversion = gguf = None
         if job.outfile:
             conversion, gguf = stack.enter_context(llama_cpp_modules(job.root))
+            stack.enter_context(bf16_by_torch(gguf))
             try:
                 model = _prepared(conversion, gguf, source, job)
             except Exception as e:   # API drift in llama.cpp's converter: the older path still works
