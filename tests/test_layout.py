@@ -149,10 +149,35 @@ def test_modules_that_load_models_import_unsloth_before_transformers(module):
         first = started.index("unsloth") if "unsloth" in started else len(started)
         early = [m for m in ("transformers", "peft", "trl") if m in started[:first]]
         assert not early, f"imported before unsloth: {{early}}"
+        import gc   # heavy_imports froze what Unsloth's import made (600k objects, not 0)
+        assert "unsloth" not in started or gc.get_freeze_count() > 100_000, gc.get_freeze_count()
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_heavy_imports_run_without_the_collector_and_freeze_what_they_made():
+    """fastft.core.models.heavy_imports: the collector off in the block (a gen-0 collection
+    would have run after 700 new objects), on again after unless it was off before, and the
+    objects made in the block frozen (later collections skip them)."""
+    import gc
+
+    from fastft.core.models import heavy_imports
+
+    before = gc.get_freeze_count()
+    with heavy_imports():
+        assert not gc.isenabled()
+        made = [[i] for i in range(10_000)]        # tracked objects, as an import makes
+        assert gc.get_count()[0] >= 10_000            # none collected in the block
+    assert gc.isenabled() and gc.get_freeze_count() >= before + len(made)
+    gc.disable()
+    try:
+        with heavy_imports():
+            pass
+        assert not gc.isenabled()                    # the caller's choice is kept
+    finally:
+        gc.enable()
 
 
 def test_import_unsloth_refuses_a_late_import():

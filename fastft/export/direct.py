@@ -401,8 +401,11 @@ def export(job: Job, result: ChildResult) -> str | None:
     (imports, tokenizer, queueing), writing the GGUF, and writing the checkpoint's other
     tensors."""
     t = time.perf_counter()
-    import torch
-    from transformers import AutoTokenizer
+    from ..core.models import heavy_imports
+
+    with heavy_imports():
+        import torch
+        from transformers import AutoTokenizer
 
     source = merge_source(job.adapter, job.model_path)
     if isinstance(source, str):
