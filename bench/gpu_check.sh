@@ -7,6 +7,8 @@
 #                     stays warm, so a later call reuses its model, llama.cpp and finished runs
 #   profile           bench/import_profile.py: where fastft train's start-up import goes (importtime,
 #                     cProfile), in fresh interpreters, twice
+#   importgc          bench/import_profile.py --gc --runs 3: import unsloth as a notebook does it
+#                     against fastft's import_unsloth() (collector off, objects frozen), side by side
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import
@@ -76,6 +78,9 @@ for step in "$@"; do
     profile)
       timeout $(( $(left) - 5 )) python3 bench/import_profile.py --out "$OUT/profile" > "$OUT/import-profile.txt" 2>&1
       echo "profile rc=$?"; grep -A12 "^== run" "$OUT/import-profile.txt" | head -40 ;;
+    importgc)
+      timeout $(( $(left) - 5 )) python3 bench/import_profile.py --gc --runs 3 2>&1 | grep -v Warn \
+        | tee "$OUT/import-gc.txt" | tail -4 ;;
     quants)
       wait $BUILD
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
