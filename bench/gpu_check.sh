@@ -7,6 +7,10 @@
 #                     stays warm, so a later call reuses its model, llama.cpp and finished runs
 #   profile           bench/import_profile.py: where fastft train's start-up import goes (importtime,
 #                     cProfile), in fresh interpreters, twice
+#   throughput:DIST   bench/run.py --shape 4b --steps 30 --dist DIST (longtail or fixed): classic,
+#                     fastft 2x4, fastft, fastft under --vram-budget 8 (the big-data bars), in
+#                     /tmp/ttfc (its model shared with ttfc), --reuse: a later call carries on,
+#                     e.g. THROUGHPUT_ONLY=classic,fastft2x4,fastft then THROUGHPUT_ONLY=budget
 #   importgc          bench/import_profile.py --gc --runs 3: import unsloth as a notebook does it
 #                     against fastft's import_unsloth() (collector off, objects frozen), side by side
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
@@ -78,6 +82,10 @@ for step in "$@"; do
     profile)
       timeout $(( $(left) - 5 )) python3 bench/import_profile.py --out "$OUT/profile" > "$OUT/import-profile.txt" 2>&1
       echo "profile rc=$?"; grep -A12 "^== run" "$OUT/import-profile.txt" | head -40 ;;
+    throughput:*)
+      python3 bench/run.py --shape 4b --steps 30 --dist "${step#throughput:}" --work "$W" \
+        --out "$OUT" --quiet --reuse --deadline-s $(( $(left) - 10 )) ${THROUGHPUT_ONLY:+--only $THROUGHPUT_ONLY} \
+        2>&1 | tail -25 ;;
     importgc)
       timeout $(( $(left) - 5 )) python3 bench/import_profile.py --gc --runs 3 2>&1 | grep -v Warn \
         | tee "$OUT/import-gc.txt" | tail -4 ;;
