@@ -18,7 +18,6 @@ if _GCSITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
 
 
 import contextlib
-import gc
 import signal
 import sys
 from pathlib import Path
@@ -33,17 +32,14 @@ import pytest
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# As in `fastft train`: Unsloth first, so it patches transformers/peft/trl before they load.
-# Without the garbage collector while importing (they make next to no garbage; its collections
-# cost 1.3 s of these 8.5 s here), then Unsloth's imports (torch, transformers, TRL, PEFT:
-# ~600,000 objects that live as long as the process) kept out of its way: each full collection
-# in every in-process training scanned them all again. Objects made later, the tests' own, are
-# collected as ever.
-gc.disable()
-with contextlib.redirect_stdout(sys.stderr):
+# As in `fastft train`: Unsloth first, so it patches transformers/peft/trl before they load,
+# through fastft's heavy_imports (the collector off while importing, the ~600,000 objects
+# frozen after, so no full collection in an in-process training scans them again; objects made
+# later, the tests' own, are collected as ever). fastft.core.models itself imports none of them.
+from fastft.core.models import heavy_imports  # noqa: E402
+
+with contextlib.redirect_stdout(sys.stderr), heavy_imports():
     import unsloth  # noqa: F401
-gc.freeze()
-gc.enable()
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "favorite_color.jsonl"

@@ -40,12 +40,11 @@ SERVER = r"""
 import contextlib, gc, json, os, runpy, select, signal, sys
 
 replies = os.fdopen(int(sys.argv[1]), "w", buffering=1)
-gc.disable()                              # imports make next to no garbage: 1.3 s of 8.5 s
-with contextlib.redirect_stdout(sys.stderr):
+from fastft.core.models import heavy_imports   # the collector off while importing (none of them)
+with contextlib.redirect_stdout(sys.stderr), heavy_imports():
     import unsloth  # noqa: F401  (first, as in `fastft train`)
-import fastft.cli, fastft.export.llamacpp, fastft.export.pipeline, fastft.train.trainer  # noqa
-import torch
-gc.enable()
+    import fastft.cli, fastft.export.llamacpp, fastft.export.pipeline, fastft.train.trainer  # noqa
+    import torch
 
 replies.write(json.dumps({"ready": not torch.cuda.is_initialized()}) + "\n")
 children = set()

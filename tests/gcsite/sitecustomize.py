@@ -10,6 +10,11 @@ gc.freeze()` at exit, as fastft.cli and fastft.export.direct do). The suite star
 such processes. Collections still happen, only less often; what a process computes, prints or
 writes does not change. (tests/conftest.py and tests/forkserver.py disable the collector while
 importing instead: they know where their imports end.)
+
+Since 2026-12-06 fastft does that itself for those imports (fastft.core.models.heavy_imports),
+and this threshold no longer shortens `import fastft.cli, fastft.train.trainer` measurably
+(5.2-6.1 s with it, 5.0-5.4 s without, three runs each); it still covers what fastft does not
+wrap, such as llama.cpp's converter process importing torch.
 """
 
 import gc
