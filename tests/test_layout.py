@@ -151,6 +151,14 @@ def test_modules_that_load_models_import_unsloth_before_transformers(module):
         assert not early, f"imported before unsloth: {{early}}"
         import gc   # heavy_imports froze what Unsloth's import made (600k objects, not 0)
         assert "unsloth" not in started or gc.get_freeze_count() > 100_000, gc.get_freeze_count()
+        # on a GPU, Unsloth was told to rewrite TRL's SFTTrainer alone (its CPU backend loads no
+        # unsloth.models.rl); the finder that told it is gone
+        import functools
+        if rl := sys.modules.get("unsloth.models.rl"):
+            only = rl.patch_trl_rl_trainers
+            assert isinstance(only, functools.partial) and only.func is rl._patch_trl_rl_trainers \
+                and only.args == ("sft_trainer",), only
+        assert not any(type(f).__name__ == "_SFTTrainerOnly" for f in sys.meta_path)
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -178,6 +186,68 @@ def test_heavy_imports_run_without_the_collector_and_freeze_what_they_made():
         assert not gc.isenabled()                    # the caller's choice is kept
     finally:
         gc.enable()
+
+
+def test_heavy_imports_read_the_installed_packages_once(monkeypatch):
+    """transformers and TRL each call importlib.metadata.packages_distributions() when imported;
+    in heavy_imports the second call reuses the first's scan, each caller gets its own copy, and
+    the function is itself again after the block."""
+    import importlib.metadata as metadata
+
+    from fastft.core.models import heavy_imports
+
+    scans = []
+
+    def scan():
+        scans.append(1)
+        return {"yaml": ["PyYAML"]}
+
+    monkeypatch.setattr(metadata, "packages_distributions", scan)
+    with heavy_imports():
+        first = metadata.packages_distributions()
+        first["yaml"].append("changed by its caller")
+        second = metadata.packages_distributions()
+    assert len(scans) == 1 and second == {"yaml": ["PyYAML"]}
+    assert metadata.packages_distributions is scan
+
+
+def test_unsloths_import_rewrites_the_sft_trainer_alone(tmp_path):
+    """fastft.core.models._sft_trainer_only: an `unsloth.models.rl` shaped as Unsloth's (its
+    PatchFastRL, run when `unsloth.models` is imported, calls patch_trl_rl_trainers, which
+    rewrites every TRL trainer) rewrites sft_trainer alone when imported in the block, every
+    trainer when imported outside it. The real module's binding is checked on import above; the
+    GPU test compares the SFT trainer Unsloth generates with a full import's."""
+    models = tmp_path / "unsloth" / "models"
+    models.mkdir(parents=True)
+    (tmp_path / "unsloth" / "__init__.py").write_text("")
+    (models / "__init__.py").write_text("from .rl import PatchFastRL\nPatchFastRL()\n")
+    (models / "rl.py").write_text(textwrap.dedent("""
+        rewritten = []
+        def _patch_trl_rl_trainers(trainer_file="grpo_trainer"):
+            rewritten.append(trainer_file)
+        def patch_trl_rl_trainers():
+            for t in ("dpo_trainer", "grpo_trainer", "sft_trainer"):
+                _patch_trl_rl_trainers(t)
+        def PatchFastRL():
+            patch_trl_rl_trainers()
+    """))
+    code = textwrap.dedent("""
+        import sys
+        from fastft.core.models import _sft_trainer_only
+        sys.path.insert(0, sys.argv[1])
+        with _sft_trainer_only():
+            import unsloth.models
+        print(unsloth.models.rl.rewritten)
+        for m in [m for m in sys.modules if m.startswith("unsloth")]:
+            del sys.modules[m]
+        import unsloth.models
+        print(unsloth.models.rl.rewritten)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["['sft_trainer']",
+                                           "['dpo_trainer', 'grpo_trainer', 'sft_trainer']"]
 
 
 def test_import_unsloth_refuses_a_late_import():

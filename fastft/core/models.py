@@ -6,7 +6,10 @@ peft and trl; weights are safetensors only; remote code is never trusted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import importlib.abc
+import importlib.machinery
 import os
 import socket
 import sys
@@ -112,11 +115,28 @@ def heavy_imports():
     enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        with _distributions_once():
+            yield
     finally:
         if enabled:
             gc.enable()
         gc.freeze()
+
+
+@contextlib.contextmanager
+def _distributions_once():
+    """importlib.metadata.packages_distributions() computed once in the block: transformers and
+    TRL each call it when imported, and each call reads the metadata of every installed package
+    (a torch environment holds hundreds). Each caller gets its own copy, as it would uncached."""
+    import importlib.metadata as metadata
+
+    original = metadata.packages_distributions
+    once = functools.cache(original)
+    metadata.packages_distributions = lambda: {k: list(v) for k, v in once().items()}
+    try:
+        yield
+    finally:
+        metadata.packages_distributions = original
 
 
 def import_unsloth():
@@ -129,9 +149,50 @@ def import_unsloth():
         if late:
             raise ImportError(f"fastft bug: {', '.join(late)} imported before unsloth")
         compile_caches()
-        with contextlib.redirect_stdout(sys.stderr), heavy_imports():
+        with contextlib.redirect_stdout(sys.stderr), heavy_imports(), _sft_trainer_only():
             import unsloth  # noqa: F401
     return sys.modules["unsloth"]
+
+
+# The module of Unsloth that rewrites TRL's trainers when Unsloth is imported, and what it does.
+UNSLOTH_RL = "unsloth.models.rl"
+SFT_TRAINER = "sft_trainer"
+
+
+class _SFTTrainerOnly(importlib.abc.MetaPathFinder):
+    """Has Unsloth's import rewrite TRL's SFTTrainer alone. Unsloth generates, writes and compiles
+    a faster copy of every TRL trainer (GRPO, DPO, KTO, PPO, ... and a dozen experimental ones)
+    each time it is imported, whichever one will be used: about 5 s of every `fastft train`'s
+    start-up. fastft trains with SFTTrainer only, and its copy is generated as before (the GPU
+    test compares it byte for byte with a full import's). Unsloth's PatchFastRL looks its
+    patch_trl_rl_trainers up when called, so replacing it as its module is loaded is enough."""
+
+    def find_spec(self, name, path, target=None):
+        if name != UNSLOTH_RL:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute = spec.loader.exec_module              # this spec's own loader, made just now
+
+        def exec_module(module):
+            execute(module)
+            one = getattr(module, "_patch_trl_rl_trainers", None)
+            if callable(one) and callable(getattr(module, "patch_trl_rl_trainers", None)):
+                module.patch_trl_rl_trainers = functools.partial(one, SFT_TRAINER)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+@contextlib.contextmanager
+def _sft_trainer_only():
+    finder = _SFTTrainerOnly()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def compile_caches() -> None:
