@@ -2,6 +2,9 @@
 # The GPU host's checks, as device calls of at most 10 minutes each (carry .whl). Each argument is
 # one step, run in order until the call's time (GPU_CHECK_LIMIT_S, 570 s) is spent:
 #   tests             the GPU tests (pytest -m gpu: training, auto-tune and its cache), 150 s at most
+#   gputests          the GPU tests of the export's quantizing (tests/test_gpuquant.py,
+#                     test_export_direct_quant.py, test_kquants_triton.py) and of Unsloth's import
+#                     rewriting the SFT trainer alone (tests/test_gpu.py), with llama.cpp built
 #   ttfc:ONLY         bench/ttfc.py --shape 4b --only ONLY (scenarios and/or recipes, comma-separated),
 #                     e.g. ttfc:favorite,fastft; its --work /tmp/ttfc is kept while the host
 #                     stays warm, so a later call reuses its model, llama.cpp and finished runs
@@ -54,6 +57,13 @@ for step in "$@"; do
       timeout $(( $(left) < 150 ? $(left) : 150 )) python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/test_gpu.py tests/test_autobatch.py --durations=8 > "$OUT/gpu-tests.txt" 2>&1
       echo "tests rc=$?"; tail -15 "$OUT/gpu-tests.txt" ;;
+    gputests)
+      wait $BUILD
+      timeout $(( $(left) - 5 )) python3 -m pytest -m gpu -q -s -p no:cacheprovider --durations=6 \
+        tests/test_gpu.py::test_unsloth_rewrites_the_same_sft_trainer_when_told_to_rewrite_it_alone \
+        tests/test_gpuquant.py tests/test_export_direct_quant.py $(ls tests/test_kquants_triton.py 2>/dev/null) \
+        > "$OUT/gpu-tests-export.txt" 2>&1
+      echo "gputests rc=$?"; grep -E "import [0-9.]+ s|passed|failed|Error" "$OUT/gpu-tests-export.txt" | tail -12 ;;
     ttfc:*)
       wait $BUILD; tail -1 "$OUT/llama-build.txt"
       python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" --runs-per ${RUNS_PER:-2} \
