@@ -21,7 +21,12 @@ import pytest
 import torch
 
 TYPES = ("q4_K", "q6_K")
-BLOCKS = 16                # blocks (256 elements) per case: the interpreter takes ~0.2 ms per block
+BLOCKS = 64                # blocks (256 elements) per case
+# The interpreter's time is per operation, hardly per element (one program takes 2^16
+# sub-blocks): 2048 more blocks of weights cost a second, and catch the one-ulp slips (a
+# product's operands grouped otherwise, a reciprocal for a division) that change a decision
+# once in a few thousand sub-blocks.
+WEIGHTS_BLOCKS = 2048
 
 
 def _per_block(x, make):
@@ -56,6 +61,7 @@ def cases(blocks: int = BLOCKS) -> dict[str, torch.Tensor]:
         return torch.randn(n, generator=g)
 
     out = {f"normal*{s:g}": normal() * s for s in (0.02, 1.0, 1e-3, 300.0)}
+    out["many normal*0.02"] = torch.randn(WEIGHTS_BLOCKS * 256, generator=g) * 0.02
     out["bf16 weights"] = (normal() * 0.02).bfloat16().float()
     out["zeros"] = torch.zeros(n)
     out["negative zeros"] = torch.full((n,), -0.0)
@@ -82,6 +88,9 @@ def cases(blocks: int = BLOCKS) -> dict[str, torch.Tensor]:
     ends[::16], ends[5::16] = 2.0, -2.0             # equal magnitudes: the first is Q6_K's top
     ends[8::32], ends[13::32] = -3.0, 3.0
     out["equal largest magnitudes"] = ends
+    nan = normal() * 0.02
+    nan[7::512] = float("nan")                     # torch's argmax takes NaN as the largest
+    out["a NaN in some sub-blocks"] = nan
     return out
 
 
@@ -101,10 +110,10 @@ def compare(device: str, extra: dict | None = None) -> list[str]:
             got = kquants.quantize(x, kind, triton=True)
         finally:
             kquants._make_qkx2_quants, kquants._make_qx_quants = saved
-        size = kquants.BLOCKS[kind][1] // 256
+        assert got.shape == want.shape == (x.numel() // 256 * kquants.BLOCKS[kind][1],)
         start = 0
         for name, values in data.items():
-            end = start + values.numel() * size
+            end = start + values.numel() // 256 * kquants.BLOCKS[kind][1]
             if not torch.equal(got[start:end], want[start:end]):
                 bad.append(f"{kind} {name}: {int((got[start:end] != want[start:end]).sum())} bytes")
             start = end

@@ -14,12 +14,11 @@ The bytes are kquants' own, because each float operation is the torch code's, in
 - each sum over a sub-block's elements a loop in element order, from 0.0 where kquants uses
   `_zero_chain`, from the first term where it uses `_chain` (a loop, not tl.static_range: the
   unrolled form held every element in registers and took Triton 16 s to compile);
-- rounding half to even by ggml's own nearest_int (adding and removing 1.5 * 2^23): exact for
-  |v| <= 2^22, and beyond that the result lies outside the levels with v's sign, so the clamp
-  gives what torch.round then clamp gives. (libdevice's rint would also do, but the interpreter
-  the CPU tests run these kernels in cannot call libdevice.)
-- clamp keeps NaN as torch.clamp does (a flat sub-block's search is all NaN, so it never
-  improves, in both);
+- rounding half to even by ggml's own nearest_int (adding and removing 1.5 * 2^23, `_level`):
+  exact for |v| <= 2^22, and beyond that the result lies outside the levels with v's sign, so
+  the clamp gives what torch.round then torch.clamp give. (libdevice's rint would do as well,
+  but Triton's interpreter, where the CPU tests run these kernels, cannot call libdevice.) The
+  clamp keeps NaN, as torch.clamp does: a flat sub-block's search is NaN, and never improves;
 - no unary minus: Triton 3.6 writes -x as 0 - x, which is +0 for +0.
 
 Instead of each element's best level, a sub-block keeps the (iscale, shift) that made it and
@@ -35,30 +34,17 @@ import triton
 import triton.language as tl
 
 CUDA_BLOCK = 128          # sub-blocks per program on the GPU: one per thread of 4 warps
-INTERPRETED_BLOCK = 4096  # in the interpreter a program costs per operation, not per element
+INTERPRETED_BLOCK = 1 << 16  # the interpreter's cost is per operation, hardly per element
 # No FMA: each product rounds on its own, as in the C and in torch's separate kernels.
 OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
 
 
 @triton.jit
-def _nearest(v):
-    return (v + 12582912.0) - 12582912.0
-
-
-@triton.jit
-def _clamp(v, lo, hi):
-    return tl.where(v < lo, lo, tl.where(v > hi, hi, v))
-
-
-@triton.jit
-def _row(xp, i, rows, mask):
-    """Element i of the program's sub-blocks: `rows` (int64: no overflow) apart."""
-    return tl.load(xp + i * rows, mask=mask, other=0.0)
-
-
-@triton.jit
-def _q4_level(x, iscale, shift, NMAX: tl.constexpr):
-    return _clamp(_nearest(iscale * (x - shift)), 0.0, NMAX * 1.0)
+def _level(v, lo, hi):
+    """torch.clamp(torch.round(v), lo, hi). One function, not three: the interpreter's cost
+    is mostly per call of a jitted function."""
+    r = (v + 12582912.0) - 12582912.0
+    return tl.where(r < lo, lo, tl.where(r > hi, hi, r))
 
 
 @triton.jit
@@ -66,15 +52,15 @@ def _q4_weights(xp, rows, mask, BLOCK: tl.constexpr):
     """av_x = sqrtf(sum x^2 / 32) (w = av_x + |x|), sum_w and sum_x (sums of w and w*x)."""
     s = tl.zeros([BLOCK], tl.float32)
     for i in range(32):
-        x = _row(xp, i, rows, mask)
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
         s = s + x * x
     av_x = tl.sqrt_rn(tl.math.div_rn(s, 32.0))
-    x = _row(xp, 0, rows, mask)
+    x = tl.load(xp, mask=mask, other=0.0)
     w = av_x + tl.abs(x)
     sum_w = w
     sum_x = w * x
     for i in range(1, 32):
-        x = _row(xp, i, rows, mask)
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
         w = av_x + tl.abs(x)
         sum_w = sum_w + w
         sum_x = sum_x + w * x
@@ -88,8 +74,8 @@ def _q4_sums(xp, rows, mask, av_x, iscale, shift, NMAX: tl.constexpr, BLOCK: tl.
     sum_l2 = tl.zeros([BLOCK], tl.float32)
     sum_xl = tl.zeros([BLOCK], tl.float32)
     for i in range(32):
-        x = _row(xp, i, rows, mask)
-        level = _q4_level(x, iscale, shift, NMAX)
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
+        level = _level(iscale * (x - shift), 0.0, NMAX * 1.0)
         wl = (av_x + tl.abs(x)) * level
         sum_l = sum_l + wl
         sum_l2 = sum_l2 + wl * level
@@ -103,8 +89,8 @@ def _q4_error(xp, rows, mask, av_x, iscale, shift, scale, the_min, NMAX: tl.cons
     """Sum of w * (scale*l + min - x)^2 over the levels l that (iscale, shift) gives."""
     err = tl.zeros([BLOCK], tl.float32)
     for i in range(32):
-        x = _row(xp, i, rows, mask)
-        diff = scale * _q4_level(x, iscale, shift, NMAX) + the_min - x
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
+        diff = scale * _level(iscale * (x - shift), 0.0, NMAX * 1.0) + the_min - x
         err = err + (av_x + tl.abs(x)) * (diff * diff)
     return err
 
@@ -155,7 +141,8 @@ def _q4_search(x_ptr, lo_ptr, hi_ptr, l_ptr, scale_ptr, min_ptr, S, NMAX: tl.con
         scale = tl.where(better, this_scale, scale)
         lo = tl.where(better, this_min, lo)
     for i in range(32):
-        level = _q4_level(_row(xp, i, rows, mask), best_iscale, best_shift, NMAX)
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
+        level = _level(best_iscale * (x - best_shift), 0.0, NMAX * 1.0)
         tl.store(l_ptr + cols + i * rows, tl.where(flat, 0.0, level), mask=mask)
     tl.store(scale_ptr + cols, tl.where(flat, 0.0, scale), mask=mask)
     tl.store(min_ptr + cols, lo, mask=mask)
@@ -165,10 +152,10 @@ def _q4_search(x_ptr, lo_ptr, hi_ptr, l_ptr, scale_ptr, min_ptr, S, NMAX: tl.con
 def _q6_top(xp, rows, mask):
     """The sub-block's element of largest magnitude, the first of equal ones (NaN the largest,
     as torch's argmax has it), and its magnitude."""
-    top = _row(xp, 0, rows, mask)
+    top = tl.load(xp + 0 * rows, mask=mask, other=0.0)
     amax = tl.abs(top)
     for i in range(1, 16):
-        x = _row(xp, i, rows, mask)
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
         a = tl.abs(x)
         take = (a > amax) | ((a != a) & (amax == amax))
         top = tl.where(take, x, top)
@@ -177,18 +164,13 @@ def _q6_top(xp, rows, mask):
 
 
 @triton.jit
-def _q6_level(x, iscale, NMAX: tl.constexpr):
-    return _clamp(_nearest(iscale * x), NMAX * -1.0, NMAX - 1.0)
-
-
-@triton.jit
 def _q6_sums(xp, rows, mask, iscale, NMAX: tl.constexpr, BLOCK: tl.constexpr):
     """Sums of w*x*l and w*l*l (w = x*x) over the levels l that iscale gives."""
     sumlx = tl.zeros([BLOCK], tl.float32)
     suml2 = tl.zeros([BLOCK], tl.float32)
     for i in range(16):
-        x = _row(xp, i, rows, mask)
-        level = _q6_level(x, iscale, NMAX)
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
+        level = _level(iscale * x, NMAX * -1.0, NMAX - 1.0)
         w = x * x
         sumlx = sumlx + (w * x) * level
         suml2 = suml2 + (w * level) * level
@@ -222,7 +204,8 @@ def _q6_search(x_ptr, l_ptr, scale_ptr, S, NMAX: tl.constexpr, EPS: tl.constexpr
         best = tl.where(better, scale * sumlx, best)
     zero = amax < EPS
     for i in range(16):
-        level = _q6_level(_row(xp, i, rows, mask), best_iscale, NMAX) + NMAX * 1.0
+        x = tl.load(xp + i * rows, mask=mask, other=0.0)
+        level = _level(best_iscale * x, NMAX * -1.0, NMAX - 1.0) + NMAX * 1.0
         tl.store(l_ptr + cols + i * rows, tl.where(zero, 0.0, level), mask=mask)
     tl.store(scale_ptr + cols, tl.where(zero, 0.0, scale), mask=mask)
 
