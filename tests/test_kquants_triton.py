@@ -155,6 +155,28 @@ def test_cases_reach_the_edges():
     assert torch.isinf(data["outlier 1e+20"] ** 2).sum() == BLOCKS
 
 
+def test_the_path_is_triton_for_cuda_tensors_unless_triton_is_off_or_missing(monkeypatch):
+    """Left to choose, a CUDA tensor's searches run in Triton and a CPU tensor's in torch;
+    kquants.TRITON off, or a Triton that does not import, means torch (asked for, it raises)."""
+    from types import SimpleNamespace
+
+    from fastft.export import kquants, kquants_triton
+
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert kquants._kernels(cuda, None) is kquants_triton and kquants._kernels(cpu, None) is None
+    assert kquants._kernels(cpu, True) is kquants_triton and kquants._kernels(cuda, False) is None
+    monkeypatch.setattr(kquants, "TRITON", False)
+    assert kquants._kernels(cuda, None) is None
+    monkeypatch.setattr(kquants, "TRITON", True)
+    import fastft.export
+
+    monkeypatch.delattr(fastft.export, "kquants_triton")
+    monkeypatch.setitem(sys.modules, "fastft.export.kquants_triton", None)   # import fails
+    assert kquants._kernels(cuda, None) is None
+    with pytest.raises(ImportError):
+        kquants._kernels(cuda, True)
+
+
 def test_compiled_kernels_round_each_operation_once():
     """The kernels as compiled for an H100 (no GPU needed): no fused multiply-add in the PTX
     (with Triton's default fusion there is), every float add, subtract and multiply rounded to

@@ -1,4 +1,5 @@
-"""ggml's Q4_K, Q6_K and Q8_0 blocks, computed with torch (on the GPU when there is one).
+"""ggml's Q4_K, Q6_K and Q8_0 blocks, computed with torch (on the GPU when there is one, the
+k-quants' scale searches there as Triton kernels).
 
 llama-quantize spends most of its time in the k-quants' scale searches: 31.6 s of a 77 s export
 of the 4B model on a 16-core host, while the GPU that merged the adapter sits idle. These are
@@ -59,8 +60,8 @@ def _kernels(x, triton: bool | None):
     Triton does not import; asked for, Triton must import."""
     import torch
 
-    if triton is False or (triton is None and not (x.is_cuda and TRITON
-                                                   and torch.version.hip is None)):
+    chosen = (x.is_cuda and TRITON and torch.version.hip is None) if triton is None else triton
+    if not chosen:
         return None
     try:
         from . import kquants_triton
