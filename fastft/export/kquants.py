@@ -1,4 +1,5 @@
-"""ggml's Q4_K, Q6_K and Q8_0 blocks, computed with torch (on the GPU when there is one).
+"""ggml's Q4_K, Q6_K and Q8_0 blocks, computed with torch (on the GPU when there is one, the
+k-quants' scale searches there as Triton kernels).
 
 llama-quantize spends most of its time in the k-quants' scale searches: 31.6 s of a 77 s export
 of the 4B model on a 16-core host, while the GPU that merged the adapter sits idle. These are
@@ -16,6 +17,15 @@ are llama-quantize's own:
 A block's elements lie along dim 0 and the blocks along dim 1 (`x.T`), so that every element
 step of a chain is a contiguous row. tests/test_gpuquant.py compares files made here with
 llama-quantize's, byte for byte.
+
+On CUDA the two scale searches (`_make_qkx2_quants` with Q4_K's weights, `_make_qx_quants`)
+run as Triton kernels instead (fastft.export.kquants_triton; TRITON, or quantize's `triton`):
+in torch each of their ~20 steps is some thirty whole-tensor kernels, memory-bound, where a
+kernel reads each sub-block and keeps its search in registers. They are the same float
+operations in the same order (no FMA, correctly rounded divisions and roots, in-order sums),
+so the same bytes: tests/test_kquants_triton.py compares the two paths in Triton's interpreter
+on the CPU and on CUDA, and checks the compiled PTX. The rest (super-block scales, packing)
+is torch's in both.
 """
 
 from __future__ import annotations
@@ -24,16 +34,42 @@ QK_K = 256
 # type name (as llama-quantize prints it) -> (elements, bytes) per block
 BLOCKS = {"q4_K": (QK_K, 144), "q6_K": (QK_K, 210), "q8_0": (32, 34)}
 GROUP_MAX_EPS = 1e-15
+# The scale searches of CUDA tensors as Triton kernels (kquants_triton); off: torch's ops there too.
+TRITON = True
 
 
 def supported(ggml_type: str) -> bool:
     return ggml_type in BLOCKS
 
 
-def quantize(x, ggml_type: str):
-    """`x` (float32, 1-D, a whole number of blocks) as `ggml_type` blocks: uint8, on x's device."""
+def quantize(x, ggml_type: str, triton: bool | None = None):
+    """`x` (float32, 1-D, a whole number of blocks) as `ggml_type` blocks: uint8, on x's device.
+    `triton`: the scale searches as Triton kernels (the same bytes; the CPU tests run them in
+    Triton's interpreter) or as torch ops; None: Triton for a CUDA tensor where TRITON is on
+    and Triton imports."""
     blocks = x.reshape(-1, BLOCKS[ggml_type][0])
-    return {"q4_K": _q4_k, "q6_K": _q6_k, "q8_0": _q8_0}[ggml_type](blocks).reshape(-1)
+    if ggml_type == "q8_0":
+        return _q8_0(blocks).reshape(-1)
+    search = {"q4_K": _q4_k, "q6_K": _q6_k}[ggml_type]
+    return search(blocks, _kernels(x, triton)).reshape(-1)
+
+
+def _kernels(x, triton: bool | None):
+    """fastft.export.kquants_triton where the searches run in Triton, else None. Left to
+    choose (None), not on AMD's GPUs (the kernels' bytes are checked on NVIDIA's), nor where
+    Triton does not import; asked for, Triton must import."""
+    import torch
+
+    chosen = (x.is_cuda and TRITON and torch.version.hip is None) if triton is None else triton
+    if not chosen:
+        return None
+    try:
+        from . import kquants_triton
+    except ImportError:
+        if triton:
+            raise
+        return None
+    return kquants_triton
 
 
 # -- the C's arithmetic --------------------------------------------------------------------------
@@ -122,8 +158,7 @@ def _make_qkx2_quants(x, w, nmax: int, rmin: float, rdelta: float, nstep: int):
     every column of x (its elements along dim 0): (L, scale, the_min)."""
     import torch
 
-    lo = torch.clamp(x.amin(dim=0), max=0.0)
-    hi = x.amax(dim=0)
+    lo, hi = _bounds(x)
     sum_w = _chain(w)
     sum_x = _chain(w * x)
     flat = hi == lo
@@ -156,14 +191,24 @@ def _make_qkx2_quants(x, w, nmax: int, rmin: float, rdelta: float, nstep: int):
     return L, torch.where(flat, zero, scale), -lo
 
 
-def _q4_k(x):
+def _bounds(x):
+    """Each column's lowest element (0 where it is positive) and its highest."""
+    import torch
+
+    return torch.clamp(x.amin(dim=0), max=0.0), x.amax(dim=0)
+
+
+def _q4_k(x, kernels=None):
     import torch
 
     nb = x.shape[0]
     xs = x.reshape(nb * 8, 32).T.contiguous()            # (32, subblocks)
-    av_x = _sqrt(_div(_zero_chain(xs * xs), 32))
-    w = av_x + xs.abs()
-    L, scales, mins = _make_qkx2_quants(xs, w, 15, -1.0, 0.1, 20)
+    if kernels is not None:
+        L, scales, mins = kernels.make_qkx2_quants(xs, *_bounds(xs), 15, -1.0, 0.1, 20)
+    else:
+        av_x = _sqrt(_div(_zero_chain(xs * xs), 32))
+        w = av_x + xs.abs()
+        L, scales, mins = _make_qkx2_quants(xs, w, 15, -1.0, 0.1, 20)
     scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
     max_scale = torch.clamp(scales.amax(dim=1), min=0.0)
     max_min = torch.clamp(mins.amax(dim=1), min=0.0)
@@ -220,12 +265,15 @@ def _make_qx_quants(x, nmax: int):
     return torch.where(zero, torch.zeros_like(L), L), torch.where(zero, torch.zeros_like(scale), scale)
 
 
-def _q6_k(x):
+def _q6_k(x, kernels=None):
     import torch
 
     nb = x.shape[0]
     xs = x.reshape(nb * 16, 16).T.contiguous()           # (16, subblocks)
-    L, scales = _make_qx_quants(xs, 32)
+    if kernels is not None:
+        L, scales = kernels.make_qx_quants(xs, 32, GROUP_MAX_EPS)
+    else:
+        L, scales = _make_qx_quants(xs, 32)
     scales = scales.reshape(nb, 16)
     first = scales.abs().argmax(dim=1, keepdim=True)
     max_scale = scales.gather(1, first)[:, 0]
