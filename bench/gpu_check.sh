@@ -5,6 +5,8 @@
 #   gputests          the GPU tests of the export's quantizing (tests/test_gpuquant.py,
 #                     test_export_direct_quant.py, test_kquants_triton.py) and of Unsloth's import
 #                     rewriting the SFT trainer alone (tests/test_gpu.py), with llama.cpp built
+#   kqspeed           bench/kquants_speed.py: seconds per 2^25 elements of q4_K and q6_K on the GPU,
+#                     torch's ops against the Triton kernels, side by side, and whether the bytes agree
 #   ttfc:ONLY         bench/ttfc.py --shape 4b --only ONLY (scenarios and/or recipes, comma-separated),
 #                     e.g. ttfc:favorite,fastft; its --work /tmp/ttfc is kept while the host
 #                     stays warm, so a later call reuses its model, llama.cpp and finished runs
@@ -64,6 +66,8 @@ for step in "$@"; do
         tests/test_gpuquant.py tests/test_export_direct_quant.py $(ls tests/test_kquants_triton.py 2>/dev/null) \
         > "$OUT/gpu-tests-export.txt" 2>&1
       echo "gputests rc=$?"; grep -E "import [0-9.]+ s|passed|failed|Error" "$OUT/gpu-tests-export.txt" | tail -12 ;;
+    kqspeed)
+      timeout $(( $(left) - 5 )) python3 bench/kquants_speed.py 2>&1 | grep -v Warn | tee "$OUT/kquants-speed.txt" | tail -12 ;;
     ttfc:*)
       wait $BUILD; tail -1 "$OUT/llama-build.txt"
       python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" --runs-per ${RUNS_PER:-2} \
