@@ -15,7 +15,10 @@
 #   throughput:DIST   bench/run.py --shape 4b --steps 30 --dist DIST (longtail or fixed): classic,
 #                     fastft 2x4, fastft, fastft under --vram-budget 8 (the big-data bars), in
 #                     /tmp/ttfc (its model shared with ttfc), --reuse: a later call carries on,
-#                     e.g. THROUGHPUT_ONLY=classic,fastft2x4,fastft then THROUGHPUT_ONLY=budget
+#                     e.g. THROUGHPUT_ONLY=classic,fastft2x4,fastft then THROUGHPUT_ONLY=budget;
+#                     THROUGHPUT_BASELINE=DIR adds the recipe `baseline`, fastft's defaults from the
+#                     source in DIR (here: git archive REV fastft | tar -x -C .baseline, then carry
+#                     .baseline beside .whl; add /.baseline/ to .git/info/exclude)
 #   importgc          bench/import_profile.py --gc --runs 3: import unsloth as a notebook does it
 #                     against fastft's import_unsloth() (collector off, objects frozen), side by side
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
@@ -99,6 +102,7 @@ for step in "$@"; do
     throughput:*)
       python3 bench/run.py --shape 4b --steps 30 --dist "${step#throughput:}" --work "$W" \
         --out "$OUT" --quiet --reuse --deadline-s $(( $(left) - 10 )) ${THROUGHPUT_ONLY:+--only $THROUGHPUT_ONLY} \
+        ${THROUGHPUT_BASELINE:+--baseline $THROUGHPUT_BASELINE} \
         2>&1 | tail -25 ;;
     importgc)
       timeout $(( $(left) - 5 )) python3 bench/import_profile.py --gc --runs 3 2>&1 | grep -v Warn \

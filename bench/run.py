@@ -9,6 +9,9 @@ recipe in its own subprocess, one after another on the same GPU:
   fastft2x4     fastft train --batch-size 2 --grad-accum 4 --no-auto-batch  (memory, loss)
   fastft        fastft train with auto micro-batch, effective batch 8       (throughput)
   fastft@<G>GB  the same under --vram-budget G, for each G in --vram-budget (default 12,8)
+  baseline      with --baseline DIR: fastft's defaults from another source of fastft (e.g. an
+                older commit: git archive REV fastft | tar -x -C DIR), so that a change in the
+                ratio to classic can be told from a change in the host
 
 and writes to --out: <date>-<gpu>.json (every number, per-step records, versions), <date>-<gpu>.png
 (tokens/s and peak memory side by side) and <date>-<gpu>.log (all subprocess output). The same
@@ -44,6 +47,7 @@ TARGETS = {
     "eval_loss_rel_diff": 0.01,  # held-out loss after the same steps within 1% of classic's
     "budget8_speedup": 5.0,  # under --vram-budget 8: >= 5x classic ...
     "budget8_reserved_gib": 8.0,  # ... with peak reserved <= 8 GiB (and no out-of-memory)
+    "vs_baseline": 0.95,  # fastft's defaults at least 0.95x --baseline's tokens/s, same run
 }
 
 
@@ -194,7 +198,46 @@ def fastft_cmd(recipe: dict, a, model: Path, data: Path, runs: Path) -> list[str
         cmd += ["--vram-budget", f"{recipe['budget']:g}"]
     if recipe.get("eval_data"):  # evaluated once, after the last step, like the classic recipe
         cmd += ["--eval-file", str(recipe["eval_data"]), "--save-steps", str(recipe["steps"])]
+    if recipe.get("src"):
+        cmd = known_options(cmd, train_options(Path(recipe["src"])))
     return cmd
+
+
+def source_env(src: Path) -> dict:
+    """The environment of a fastft run from the source in `src` instead of this repo's."""
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def train_options(src: Path) -> set[str]:
+    """The options `fastft train` of the source in `src` knows (from its --help)."""
+    proc = subprocess.run([sys.executable, "-m", "fastft.cli", "train", "--help"], cwd=src,
+                          env={**source_env(src), "COLUMNS": "200"}, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{src}: fastft train --help failed:\n{proc.stderr[-2000:]}")
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", proc.stdout))
+
+
+def known_options(cmd: list[str], known: set[str]) -> list[str]:
+    """`cmd` without the options (and their values) an older fastft does not know. Those this
+    benchmark adds, --compile on and --retune, only stop a newer fastft from skipping what an
+    older one always did (compile, probe)."""
+    out, i = [], 0
+    while i < len(cmd):
+        arg, takes_value = cmd[i], i + 1 < len(cmd) and not cmd[i + 1].startswith("--")
+        if arg.startswith("--") and arg not in known:
+            i += 2 if arg in VALUED and takes_value else 1
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+# The options fastft_cmd passes with a value (the rest are flags).
+VALUED = {"--model", "--max-steps", "--name", "--runs-dir", "--lr", "--seed", "--warmup-ratio",
+          "--batch-size", "--grad-accum", "--compile", "--vram-budget", "--eval-file", "--save-steps"}
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -226,6 +269,27 @@ def read_fastft(run: Path, recipe: dict) -> dict:
         **rec.model_dump(mode="json", include={"versions", "hardware"}),
         "run_dir": str(run),
     }
+
+
+def read_fastft_json(run: Path, recipe: dict) -> dict:
+    """What read_fastft reads, from the run folder's JSON as such: a run written by another
+    fastft (--baseline), whose record may not parse as this one's types."""
+    rec = json.loads((run / "fastft.json").read_text())
+    final, plan = rec.get("final") or {}, rec.get("plan") or {}
+    if rec.get("status") != "done" or not final:
+        raise RuntimeError(f"{run}/fastft.json: status {rec.get('status')!r}, no final metrics")
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()] \
+        if metrics.exists() else []
+    keys = ("tokens_per_s", "seconds_per_step", "peak_mem_alloc_gib", "peak_mem_reserved_gib",
+            "last_loss", "eval_loss", "timed_steps")
+    return {"recipe": recipe["name"], "status": "ok", "src": str(recipe["src"]),
+            "micro_batch": plan.get("batch_size"), "grad_accum": plan.get("grad_accum"),
+            "padding_free": plan.get("padding_free"), "checkpointing": plan.get("gradient_checkpointing"),
+            "steps": final.get("steps") or len(records), **{k: final.get(k) for k in keys},
+            "losses": [r.get("loss") for r in records], "records": records,
+            "optim": plan.get("optim"), "final": final, "timings": rec.get("timings"),
+            "versions": rec.get("versions"), "run_dir": str(run)}
 
 
 def loss_over(r: dict, lo: int, hi: int) -> float | None:
@@ -286,6 +350,10 @@ def targets(by: dict, dist: str) -> dict:
         "budget8_reserved_gib": target(b8.get("peak_mem_reserved_gib"),
                                        lambda v: v <= TARGETS["budget8_reserved_gib"],
                                        "under --vram-budget 8: peak reserved <= 8 GiB"),
+        "vs_baseline": target(_ratio(fd.get("tokens_per_s"), by.get("baseline", {}).get("tokens_per_s")),
+                              lambda v: v >= TARGETS["vs_baseline"],
+                              f"fastft (defaults) tokens/s >= {TARGETS['vs_baseline']:g}x --baseline's "
+                              f"in the same run"),
     }
 
 
@@ -437,6 +505,9 @@ def plan(a, cuda: bool, quiet: bool = False) -> list[dict]:
         {"name": "fastft2x4", "kind": "fastft", "auto": False, "steps": a.steps},
         {"name": "fastft", "kind": "fastft", "auto": True, "steps": a.steps},
     ]
+    if getattr(a, "baseline", None):
+        recipes.append({"name": "baseline", "kind": "fastft", "auto": True, "steps": a.steps,
+                        "src": a.baseline.resolve()})
     for b in budgets:
         recipes.append({"name": f"fastft@{b:g}GB", "kind": "fastft", "auto": True, "budget": b,
                         "steps": a.budget_steps or a.steps})
@@ -498,7 +569,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=BENCH / "results", help="results folder (bench/results)")
     ap.add_argument("--work", type=Path, default=WORK, help="models, data, runs (bench/work)")
     ap.add_argument("--only", help="comma-separated recipes to run: classic, fastft2x4, fastft, "
-                                   "fastft@<G>GB, or budget (all budget runs); default all")
+                                   "baseline, fastft@<G>GB, or budget (all budget runs); default all")
     ap.add_argument("--vram-budget", default="8",
                     help="GiB budgets for extra fastft runs, comma-separated; 'none' for none (8)")
     ap.add_argument("--examples", type=int, default=256, help="examples in the data (256)")
@@ -519,6 +590,10 @@ def main(argv=None) -> int:
                          "start, leaving time to write results; 0 = no deadline")
     ap.add_argument("--min-recipe-s", type=float, default=60,
                     help="with --deadline-s: do not start a recipe with less time left (60)")
+    ap.add_argument("--baseline", type=Path,
+                    help="a folder holding another source of the fastft package (e.g. `git archive "
+                         "REV fastft | tar -x -C DIR`): its defaults run too, as the recipe "
+                         "'baseline', to tell a change in fastft from a change in the host")
     ap.add_argument("--reuse", action="store_true",
                     help="also report earlier results (from --work) of recipes not run now, if "
                          "they used the same shape, steps and data")
@@ -620,11 +695,13 @@ def main(argv=None) -> int:
                     if run.exists():
                         shutil.rmtree(run)
                     cmd = fastft_cmd(recipe, a, model, data, runs)
+                    src = recipe.get("src")
                     rc, tail, secs = run_cmd(name, cmd, logfile, timeout,
-                                             watch=run / "metrics.jsonl", echo=echo)
+                                             watch=run / "metrics.jsonl", echo=echo,
+                                             env=source_env(src) if src else None, cwd=src)
                     if rc != 0:
                         raise RuntimeError(f"exit {rc}")
-                    res = read_fastft(run, recipe)
+                    res = read_fastft_json(run, recipe) if src else read_fastft(run, recipe)
                 res["wall_s"] = secs
             except (SystemExit, KeyboardInterrupt):  # a signal: record it, then unwind
                 summary["results"].append({"recipe": name, "status": "interrupted",

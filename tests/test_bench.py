@@ -1,6 +1,7 @@
 """CPU smoke tests of the benchmark pieces that do not need `fastft train` or a GPU."""
 
 import json
+import os
 import subprocess
 import sys
 from argparse import Namespace
@@ -230,6 +231,45 @@ def test_plan_selects_recipes():
     a.only = "nope"
     with pytest.raises(SystemExit):
         bench_run.plan(a, cuda=True)
+
+
+def test_a_baseline_source_runs_with_the_options_it_knows(tmp_path):
+    """--baseline DIR: a recipe 'baseline' after fastft's defaults, run from DIR's fastft (its
+    own `train --help` decides which of the bench's options it gets: an older fastft has no
+    --compile or --retune), read from its run folder's JSON as such, and compared with fastft's
+    defaults in the targets."""
+    src = tmp_path / "old"
+    (src / "fastft").mkdir(parents=True)
+    (src / "fastft" / "__init__.py").write_text("")
+    (src / "fastft" / "cli.py").write_text(
+        "import sys\nprint('Options:\\n  --model TEXT\\n  --max-steps INTEGER  (e.g. --seed)\\n'"
+        "      '  --name, --runs-dir TEXT\\n  --lr FLOAT\\n  --auto-batch / --no-auto-batch')\n")
+    a = Namespace(vram_budget="8", steps=20, budget_steps=10, only=None, baseline=src, lr=2e-4, seed=42)
+    recipes = bench_run.plan(a, cuda=True)
+    assert [r["name"] for r in recipes] == ["classic", "fastft2x4", "fastft", "baseline", "fastft@8GB"]
+    base = recipes[3]
+    cmd = bench_run.fastft_cmd(base, a, tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "runs")
+    assert cmd[cmd.index("--seed") + 1] == "42" and "--auto-batch" in cmd and "--lr" in cmd
+    for gone in ("--compile", "on", "--retune", "--batch-size", "--grad-accum", "--warmup-ratio"):
+        assert gone not in cmd
+    assert "--compile" in bench_run.fastft_cmd(recipes[2], a, tmp_path / "m", tmp_path / "d.jsonl",
+                                                tmp_path / "runs")
+    assert bench_run.source_env(src)["PYTHONPATH"].split(os.pathsep)[0] == str(src)
+
+    run = tmp_path / "runs" / "baseline"
+    run.mkdir(parents=True)
+    (run / "fastft.json").write_text(json.dumps({
+        "status": "done", "schema_version": 1, "plan": {"batch_size": 8, "grad_accum": 1,
+                                                       "gradient_checkpointing": "false"},
+        "final": {"tokens_per_s": 10000.0, "seconds_per_step": 0.4, "steps": 2, "timed_steps": 1,
+                  "last_loss": 11.2, "future_field": 1}}))
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 12.0, "steps": 1}\n'
+                                       '{"step": 2, "loss": 11.2, "steps": 1}\n')
+    got = bench_run.read_fastft_json(run, base)
+    assert got["tokens_per_s"] == 10000.0 and got["micro_batch"] == 8 and got["losses"] == [12.0, 11.2]
+    results = [fake("classic", 1000, 4.8, [12.0, 11.0]), fake("fastft", 9000, 4.1, [12.0, 11.2]), got]
+    t = bench_run.add_comparisons(results, "longtail")
+    assert t["vs_baseline"]["value"] == pytest.approx(0.9) and t["vs_baseline"]["pass"] is False
 
 
 # -- bench/ttfc.py: time to first chat ---------------------------------------------------------
