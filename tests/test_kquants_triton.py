@@ -177,6 +177,46 @@ def test_the_path_is_triton_for_cuda_tensors_unless_triton_is_off_or_missing(mon
         kquants._kernels(cuda, True)
 
 
+def test_kernels_that_fail_to_build_leave_the_torch_path(monkeypatch, caplog):
+    """Left to choose, a Triton that cannot build or launch its kernels (a GPU or toolchain it
+    does not support) gives the torch path's bytes, says so once and stays off; asked for, or
+    out of GPU memory (the export then falls back to llama-quantize), the error is the caller's."""
+    import types
+
+    import torch
+
+    from fastft.export import kquants
+
+    x = torch.randn(4 * kquants.QK_K, generator=torch.Generator().manual_seed(3)) * 0.02
+    expected = {t: kquants.quantize(x, t, triton=False) for t in ("q4_K", "q6_K")}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX .version 8.7 does not support .target sm_35\nmore")
+
+    failing = types.SimpleNamespace(make_qkx2_quants=broken, make_qx_quants=broken)
+    monkeypatch.setattr(kquants, "_kernels", lambda x, triton: failing if kquants.TRITON else None)
+    monkeypatch.setattr(kquants, "TRITON", True)
+    with pytest.raises(RuntimeError):
+        kquants.quantize(x, "q4_K", triton=True)
+    assert kquants.TRITON
+    for t in ("q4_K", "q6_K"):
+        assert torch.equal(kquants.quantize(x, t), expected[t])
+    assert not kquants.TRITON and caplog.text.count("Triton k-quant kernels failed") == 1
+    assert "sm_35" in caplog.text and "more" not in caplog.text
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def no_memory(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(kquants, "TRITON", True)
+    failing.make_qkx2_quants = no_memory
+    with pytest.raises(OutOfMemoryError):
+        kquants.quantize(x, "q4_K")
+    assert kquants.TRITON
+
+
 def test_compiled_kernels_round_each_operation_once():
     """The kernels as compiled for an H100 (no GPU needed): no fused multiply-add in the PTX
     (with Triton's default fusion there is), every float add, subtract and multiply rounded to

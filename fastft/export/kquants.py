@@ -51,7 +51,27 @@ def quantize(x, ggml_type: str, triton: bool | None = None):
     if ggml_type == "q8_0":
         return _q8_0(blocks).reshape(-1)
     search = {"q4_K": _q4_k, "q6_K": _q6_k}[ggml_type]
-    return search(blocks, _kernels(x, triton)).reshape(-1)
+    kernels = _kernels(x, triton)
+    if kernels is None:
+        return search(blocks).reshape(-1)
+    try:
+        return search(blocks, kernels).reshape(-1)
+    except Exception as e:
+        if triton or type(e).__name__ == "OutOfMemoryError":   # the caller's to handle
+            raise
+        return _without_triton(e, search, blocks)
+
+
+def _without_triton(e: Exception, search, blocks):
+    """The torch path, for this call and the rest of the process, where Triton could not build
+    or launch its kernels (a GPU or a toolchain it does not support): the same bytes, slower."""
+    import logging
+
+    global TRITON
+    TRITON = False
+    logging.warning("the Triton k-quant kernels failed (%s: %s): quantizing with torch's ops",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    return search(blocks).reshape(-1)
 
 
 def _kernels(x, triton: bool | None):
