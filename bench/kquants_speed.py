@@ -37,12 +37,12 @@ def _measure(x, kind: str, triton: bool, runs: int) -> tuple[float, float, float
     out = kquants.quantize(x, kind, triton=triton)
     peak = torch.cuda.max_memory_allocated() / 2**30
     eager = _median_seconds(lambda: kquants.quantize(x, kind, triton=triton), runs)
-    kquants.TRITON = triton          # the Quantizer's kquants.quantize picks the path by it
+    before, kquants.TRITON = kquants.TRITON, triton   # the Quantizer's quantize picks by it
     try:
         quantizer = gpuquant.Quantizer("cuda")
         graph = _median_seconds(lambda: quantizer._run(x, kind), runs)
     finally:
-        kquants.TRITON = True
+        kquants.TRITON = before
     return eager, graph, peak, out
 
 

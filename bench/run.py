@@ -224,20 +224,13 @@ def known_options(cmd: list[str], known: set[str]) -> list[str]:
     """`cmd` without the options (and their values) an older fastft does not know. Those this
     benchmark adds, --compile on and --retune, only stop a newer fastft from skipping what an
     older one always did (compile, probe)."""
-    out, i = [], 0
-    while i < len(cmd):
-        arg, takes_value = cmd[i], i + 1 < len(cmd) and not cmd[i + 1].startswith("--")
-        if arg.startswith("--") and arg not in known:
-            i += 2 if arg in VALUED and takes_value else 1
-            continue
-        out.append(arg)
-        i += 1
+    out, dropping = [], False
+    for arg in cmd:
+        if arg.startswith("--"):
+            dropping = arg not in known
+        if not dropping:    # fastft_cmd's positionals come before its options, no value is "--"
+            out.append(arg)
     return out
-
-
-# The options fastft_cmd passes with a value (the rest are flags).
-VALUED = {"--model", "--max-steps", "--name", "--runs-dir", "--lr", "--seed", "--warmup-ratio",
-          "--batch-size", "--grad-accum", "--compile", "--vram-budget", "--eval-file", "--save-steps"}
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -204,15 +204,12 @@ def test_kernels_that_fail_to_build_leave_the_torch_path(monkeypatch, caplog):
     assert not kquants.TRITON and caplog.text.count("Triton k-quant kernels failed") == 1
     assert "sm_35" in caplog.text and "more" not in caplog.text
 
-    class OutOfMemoryError(RuntimeError):
-        pass
-
     def no_memory(*args, **kwargs):
-        raise OutOfMemoryError("CUDA out of memory")
+        raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(kquants, "TRITON", True)
     failing.make_qkx2_quants = no_memory
-    with pytest.raises(OutOfMemoryError):
+    with pytest.raises(torch.OutOfMemoryError):
         kquants.quantize(x, "q4_K")
     assert kquants.TRITON
 

@@ -164,8 +164,9 @@ class _SFTTrainerOnly(importlib.abc.MetaPathFinder):
     a faster copy of every TRL trainer (GRPO, DPO, KTO, PPO, ... and a dozen experimental ones)
     each time it is imported, whichever one will be used: a fresh import took 12.6 s on an H100,
     8.1 s rewriting SFTTrainer alone. fastft trains with SFTTrainer only, and its copy is
-    generated as before (tests/test_gpu.py compares it byte for byte with a full import's). Unsloth's PatchFastRL looks its
-    patch_trl_rl_trainers up when called, so replacing it as its module is loaded is enough."""
+    generated as before (tests/test_gpu.py compares it byte for byte with a full import's).
+    Unsloth's PatchFastRL looks its patch_trl_rl_trainers up when called, so replacing it as
+    its module is loaded is enough."""
 
     def find_spec(self, name, path, target=None):
         if name != UNSLOTH_RL:

@@ -54,10 +54,12 @@ def quantize(x, ggml_type: str, triton: bool | None = None):
     kernels = _kernels(x, triton)
     if kernels is None:
         return search(blocks).reshape(-1)
+    import torch
+
     try:
         return search(blocks, kernels).reshape(-1)
     except Exception as e:
-        if triton or type(e).__name__ == "OutOfMemoryError":   # the caller's to handle
+        if triton or isinstance(e, torch.OutOfMemoryError):   # the caller's to handle
             raise
         return _without_triton(e, search, blocks)
 
