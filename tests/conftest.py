@@ -188,9 +188,11 @@ def walkthrough(tmp_path_factory):
     return Walk({"walk": root / "walk", "tools": root / "walk"})
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
     """Remove the walkthrough's folder, once every worker is done with it (only the controller,
-    or a run without xdist, gets here after all of them)."""
+    or a run without xdist, gets here after all of them). First, before pytest's own hook
+    removes the temporary root that names the folder."""
     import shutil
 
     factory = getattr(session.config, "_tmp_path_factory", None)
