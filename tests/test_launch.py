@@ -32,10 +32,11 @@ from fastft.train.launch import LaunchError, command, failure_message, per_devic
 
 def test_the_launch_command_is_torchrun_as_a_module_running_fastft_cli():
     argv = ["train", "data.jsonl", "--gpus", "2", "--json"]
-    assert command(2, argv, python="/venv/bin/python") == [
+    assert command(2, argv, Path("/launch"), python="/venv/bin/python") == [
         "/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "fastft.cli", "train", "data.jsonl", "--gpus", "2", "--json"]
-    assert command(4, argv)[0] == sys.executable   # no `torchrun` script needed on PATH
+        "--log-dir", "/launch/torchrun", "-m", "fastft.cli", "train", "data.jsonl", "--gpus", "2",
+        "--json"]
+    assert command(4, argv, Path("/launch"))[0] == sys.executable   # no `torchrun` script needed on PATH
 
 
 def test_the_effective_batch_is_shared_out_among_the_gpus():
@@ -300,7 +301,9 @@ def tiny_args(tiny_path, runs: Path, name: str, *extra) -> list[str]:
 def runs(tiny_path, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     # CPU processes even on a GPU host: CUDA_VISIBLE_DEVICES="" hides the GPUs.
+    (tmp / "tmpdir").mkdir()
     env = dict(os.environ, FASTFT_CACHE=str(tmp / "cache"), FASTFT_DDP_ON_CPU="1",
+               TMPDIR=str(tmp / "tmpdir"),
                CUDA_VISIBLE_DEVICES="", FASTFT_DEBUG_WEIGHTS_DIR=str(tmp / "weights"),
                HF_HUB_OFFLINE="1", PYTHONPATH=python_path(), OMP_NUM_THREADS="1")
     (tmp / "weights").mkdir()
@@ -327,6 +330,7 @@ def test_two_processes_end_with_the_same_adapter(runs):
     saved = load_file(tmp / "runs" / "two" / "adapter" / "adapter_model.safetensors")
     assert weights_digest(saved) == w["rank0"]["sha256"]   # ... and rank 0 saved them
     assert not list((tmp / "cache" / "launch").iterdir())   # the launch folder goes after success
+    assert not list((tmp / "tmpdir").glob("torchelastic_*"))   # torchrun's own folder went with it
 
 
 @pytest.mark.slow

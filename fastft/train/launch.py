@@ -77,10 +77,12 @@ def per_device_batch(batch_size: int, grad_accum: int, world_size: int) -> tuple
     return micro, share // micro
 
 
-def command(nprocs: int, argv: list[str], python: str = sys.executable) -> list[str]:
-    """The torchrun command line that runs `fastft <argv>` in `nprocs` processes on this host."""
+def command(nprocs: int, argv: list[str], folder: Path, python: str = sys.executable) -> list[str]:
+    """The torchrun command line that runs `fastft <argv>` in `nprocs` processes on this host.
+    torchrun's own per-run folder goes in the launch `folder`: left to itself it makes a
+    /tmp/torchelastic_* folder at every launch and never removes it."""
     return [python, "-m", TORCHRUN, "--standalone", "--nproc_per_node", str(nprocs),
-            "-m", "fastft.cli", *argv]
+            "--log-dir", str(folder / "torchrun"), "-m", "fastft.cli", *argv]
 
 
 def failure_message(failures: list[RankFailure], nprocs: int, returncode: int, folder: Path,
@@ -180,7 +182,7 @@ def relaunch(nprocs: int, argv: list[str], console, verbose: bool = False) -> in
     folder.mkdir(parents=True)
     console.print(f"[bold cyan]•[/] training on {nprocs} {'GPUs' if visible_gpus() else 'CPU processes'} "
                   f"(torchrun, data-parallel); rank 0's output follows", highlight=False)
-    cmd = command(nprocs, argv)
+    cmd = command(nprocs, argv, folder)
     (folder / "command.json").write_text(json.dumps(cmd), encoding="utf-8")
     returncode, interrupted = run(cmd, rank_env(folder), folder, verbose)
     if returncode == 0:
