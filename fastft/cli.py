@@ -151,9 +151,10 @@ def report_bug(e: BaseException, debug: bool) -> Path | None:
     if debug:
         console.print(text, markup=False, highlight=False)
     console.print(f"[bold red]internal error[/] (a bug in fastft or a library it uses): "
-                  f"{escape(type(e).__name__)}: {escape(str(e))}", highlight=False)
+                  f"{escape(type(e).__name__)}: {escape(str(e))}", highlight=False, soft_wrap=True)
     if log:
-        console.print(f"the full traceback is in {log}; --debug prints it", highlight=False)
+        console.print(f"the full traceback is in {log}; --debug prints it", highlight=False,
+                      soft_wrap=True)
     return log
 
 

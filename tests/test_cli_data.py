@@ -156,6 +156,20 @@ def test_errors_are_reported_with_file_line_and_field(runner, in_tmp):
     assert "ready to train" not in result.output
 
 
+def test_a_problem_is_one_line_at_any_width_and_counted_in_words(runner, in_tmp):
+    """Not on a terminal, rich wraps at 80 columns: a problem's path and message stay on one
+    line, for grep and for editors that jump to file:line."""
+    name = "conversations-exported-from-the-support-desk-2026-12-06-final.jsonl"
+    write(in_tmp / name, [GOOD, json.dumps({"messages": [U]})])
+    result = runner.invoke(main, ["data", "check", name, "--model", "tiny"])
+    assert result.exit_code == 1, result.output
+    [line] = problem_lines(result.output)
+    assert line.startswith(f"{name}:2: messages:") and line.endswith("(last is user)"), result.output
+    assert len(line) > 80
+    assert row(result.output, "examples") == "1 valid, 1 problem in 1 record"
+    assert "1 problem — fix it or pass --skip-invalid" in result.output
+
+
 def test_skip_invalid_exits_0_and_says_what_would_be_dropped(runner, in_tmp):
     write(in_tmp / "bad.jsonl", BAD_LINES)
     result = runner.invoke(main, ["data", "check", "bad.jsonl", "--model", "tiny", "--skip-invalid"])
@@ -329,7 +343,8 @@ def test_ctrl_c_exits_130_and_a_bug_is_logged_with_its_traceback(runner, in_tmp,
     import fastft.train.trainer
 
     write(in_tmp / "good.jsonl", [GOOD])
-    monkeypatch.setenv("FASTFT_CACHE", str(in_tmp / "cache"))
+    cache = in_tmp / ("a-cache-folder-with-a-long-name-" * 3) / "cache"   # the log's path > 80 columns
+    monkeypatch.setenv("FASTFT_CACHE", str(cache))
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -343,8 +358,9 @@ def test_ctrl_c_exits_130_and_a_bug_is_logged_with_its_traceback(runner, in_tmp,
     result = runner.invoke(main, ["train", "good.jsonl", "--model", "tiny"])
     assert result.exit_code == 70 and "internal error" in result.output
     assert "Traceback" not in result.output          # the traceback goes to the log...
-    logs = list((in_tmp / "cache" / "logs").glob("crash-*.log"))
+    logs = list((cache / "logs").glob("crash-*.log"))
     assert len(logs) == 1 and "ZeroDivisionError: deep inside a library" in logs[0].read_text()
+    assert f"the full traceback is in {logs[0]};" in result.output   # on one line, whole
     assert "in buggy" in logs[0].read_text()
     result = runner.invoke(main, ["--debug", "train", "good.jsonl", "--model", "tiny"])
     assert result.exit_code == 70 and "Traceback" in result.output   # ...or to the screen with --debug

@@ -220,4 +220,4 @@ def _finish(cap: Capture, failure: BaseException | None, console) -> None:
         cap.log.unlink(missing_ok=True)
     elif not ok and console is not None:
         console.print(f"the libraries' output (warnings, progress) is in {keep}", markup=False,
-                      highlight=False, style="dim")
+                      highlight=False, style="dim", soft_wrap=True)

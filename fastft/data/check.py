@@ -130,19 +130,25 @@ def check_dataset(path, model: str, max_seq_len: int = 2048, think: str = "strip
     return result
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def print_check(result: CheckResult, console: Console) -> None:
     ds = result.dataset
     for issue in result.issues[:200]:
-        console.print(f"[red]✗[/] {escape(str(issue))}", highlight=False)
+        # soft_wrap: one problem a line at any width (a path split over two lines is no path)
+        console.print(f"[red]✗[/] {escape(str(issue))}", highlight=False, soft_wrap=True)
     if len(result.issues) > 200:
         console.print(f"[red]… and {len(result.issues) - 200} more problems[/]")
     for warning in ds.warnings[:50]:    # the records are kept: worth a look, not a failure
-        console.print(f"[yellow]![/] {escape(str(warning))}", highlight=False)
+        console.print(f"[yellow]![/] {escape(str(warning))}", highlight=False, soft_wrap=True)
     if len(ds.warnings) > 50:
         console.print(f"[yellow]… and {len(ds.warnings) - 50} more warnings[/]")
     t = Table(title=f"Dataset {escape(shown_path(ds.path))}", show_header=False, title_justify="left")
     t.add_row("format", ", ".join(f"{k} ({v})" for k, v in ds.formats.most_common()) or "-")
-    t.add_row("examples", f"{len(ds.examples)} valid, {len(ds.issues)} problems in {ds.skipped} records")
+    t.add_row("examples", f"{len(ds.examples)} valid, {_count(len(ds.issues), 'problem')} in "
+                          f"{_count(ds.skipped, 'record')}")
     turns = [len(e.messages) for e in ds.examples]
     if turns:
         t.add_row("turns", f"{sum(turns)} messages, {statistics.mean(turns):.1f} per example "
@@ -163,8 +169,10 @@ def print_check(result: CheckResult, console: Console) -> None:
     if not result.lengths:  # never "ready" (nor "would be dropped") with nothing to train on
         console.print("[bold red]✗ nothing to train on[/]")
     elif result.issues and result.skip_invalid:
-        console.print(f"[yellow]--skip-invalid: {len(result.issues)} problems; those records would be dropped[/]")
+        console.print(f"[yellow]--skip-invalid: {_count(len(result.issues), 'problem')}; those "
+                      f"records would be dropped[/]")
     elif result.issues:
-        console.print(f"[bold red]{len(result.issues)} problems[/] — fix them or pass --skip-invalid")
+        console.print(f"[bold red]{_count(len(result.issues), 'problem')}[/] — fix "
+                      f"{'it' if len(result.issues) == 1 else 'them'} or pass --skip-invalid")
     else:
         console.print("[bold green]✓ ready to train[/]")
