@@ -131,14 +131,23 @@ def test_a_section_value_of_the_wrong_type_names_its_section(command, toml, mess
     result = CliRunner().invoke(main, [command, "r", "d"][:3 if command == "eval" else 2]
                                 + ["--config", str(tmp_path / "f.toml")])
     assert result.exit_code == 1
-    assert f"f.toml [{command}]: wrong type for {message}" in " ".join(result.output.split())
+    assert f"f.toml:2: [{command}] {message}" in " ".join(result.output.split())
 
 
-def test_an_unknown_key_in_a_section_is_an_unknown_option(tmp_path):
-    (tmp_path / "f.toml").write_text("[chat]\ntemprature = 0.5\n")
+def test_a_section_given_as_a_value_is_named_with_its_line(tmp_path):
+    (tmp_path / "f.toml").write_text("rank = 8\nexport = true\n")
+    result = CliRunner().invoke(main, ["export", "r", "--config", str(tmp_path / "f.toml")])
+    assert result.exit_code == 1
+    assert (f"{tmp_path / 'f.toml'}:2: export: expected a table ([export]) of export options"
+            in " ".join(result.output.split()))
+
+
+def test_an_unknown_key_in_a_section_is_named_with_its_line(tmp_path):
+    (tmp_path / "f.toml").write_text("rank = 8\n[chat]\ntemprature = 0.5\n")
     result = CliRunner().invoke(main, ["chat", "--config", str(tmp_path / "f.toml")])
     assert result.exit_code == 1
-    assert "invalid config: temprature: unknown option" in result.output
+    assert (f"{tmp_path / 'f.toml'}:3: [chat] temprature: unknown option (did you mean "
+            f"temperature?)") in result.output
 
 
 def test_train_ignores_the_other_commands_sections(tmp_path):

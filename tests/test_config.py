@@ -77,11 +77,34 @@ def test_a_flag_and_a_toml_value_fail_the_same_way(runner, in_tmp, trains, flag,
     assert trains == [] and not (in_tmp / "runs").exists()
 
 
-def test_an_unknown_toml_key_is_an_unknown_option(runner, in_tmp, trains):
-    (in_tmp / "run.toml").write_text("rnak = 8\n")
+def test_an_unknown_toml_key_is_named_with_its_line_and_the_likely_option(runner, in_tmp, trains):
+    (in_tmp / "run.toml").write_text("# mine\nlr = 1e-4\nrnak = 8\n")
     err = error_of(runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"]))
-    assert err == "error: invalid config: rnak: unknown option"
+    assert err == "error: run.toml:3: rnak: unknown option (did you mean rank?)"
     assert trains == [] and not (in_tmp / "runs").exists()
+
+
+def test_a_train_table_is_named_as_the_mistake_before_its_missing_data(runner, in_tmp, trains):
+    """`[train]` reads naturally beside [export] and [chat], but training's options are the
+    top-level keys: say so, rather than that DATA is missing (it is in the table)."""
+    (in_tmp / "run.toml").write_text('model = "tiny"\n\n[train]\ndata = "data.jsonl"\nlr = 1e-4\n'
+                                     '\n[export]\nmerged = true\n')
+    err = error_of(runner.invoke(main, ["train", "--config", "run.toml"]))
+    assert err == ("error: run.toml:3: train: unknown table: training's options are top-level keys, "
+                   "above the first table (the tables are [export], [chat], [eval])")
+    assert trains == [] and not (in_tmp / "runs").exists()
+
+
+def test_every_problem_of_a_toml_file_is_listed_with_its_line(runner, in_tmp, trains):
+    (in_tmp / "run.toml").write_text('"lr" = true\nepoch = 2\nrank = 8\n[evl]\nsamples = 1\n')
+    result = runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[:4] == [
+        "error: run.toml: 3 problems:",
+        "  run.toml:1: lr: expected a number, got a boolean (true)",
+        "  run.toml:2: epoch: unknown option (did you mean epochs?)",
+        "  run.toml:4: evl: unknown table (the tables are [export], [chat], [eval])"]
+    assert trains == []
 
 
 @pytest.mark.parametrize("toml, message", [
@@ -99,7 +122,7 @@ def test_a_toml_value_of_the_wrong_type_names_the_key_and_the_type(runner, in_tm
     """TOML says its types: `lr = true` must not train at lr 1.0 (pydantic reads a boolean as 1)."""
     (in_tmp / "run.toml").write_text(toml + "\n")
     err = error_of(runner.invoke(main, ["train", "data.jsonl", "--config", "run.toml"]))
-    assert err.startswith("error: run.toml: wrong type for ") and message in err
+    assert err.startswith(f"error: run.toml:1: {message}")
     assert trains == [] and not (in_tmp / "runs").exists()
 
 

@@ -362,16 +362,67 @@ def _expected(annotation) -> str:
     return " or ".join(words)
 
 
-def check_toml_types(values: dict, path: str, cls: type[Config] = TrainConfig) -> None:
-    """Every known key of a TOML config holds a value of its option's type (unknown keys are
-    the config's to report); raise ConfigError naming each key, what it takes, and what it got."""
+def check_toml(values: dict, path: str, cls: type[Config] = TrainConfig,
+               table: str | None = None) -> None:
+    """Every key of a TOML config (of its [table], or training's top level) is an option of
+    `cls`, and holds a value of that option's type; raise ConfigError naming the file, the
+    line and the key, with what it takes and what it got (`lr = true` must not train at lr
+    1.0: pydantic's lax mode reads a boolean as 1)."""
     fields = cls.model_fields
-    wrong = [f"{key}: expected {_expected(fields[key].annotation)}, got "
-             f"{_TOML_TYPES.get(type(v), type(v).__name__)} ({toml_value(v) if type(v) in _TOML_TYPES else v})"
-             for key, v in values.items() if key in fields and not _accepts(fields[key].annotation, v)]
-    if wrong:
-        raise ConfigError(f"{path}: wrong type" + (f" for {wrong[0]}" if len(wrong) == 1 else
-                                                   "s:\n  " + "\n  ".join(wrong)))
+    problems = []
+    for key, v in values.items():
+        if key not in fields:
+            problems.append((key, _unknown(key, v, cls, table)))
+        elif not _accepts(fields[key].annotation, v):
+            problems.append((key, f"expected {_expected(fields[key].annotation)}, got "
+                                  f"{_TOML_TYPES.get(type(v), type(v).__name__)} "
+                                  f"({toml_value(v) if type(v) in _TOML_TYPES else v})"))
+    if not problems:
+        return
+    text = _text(path)
+    lines = [f"{path}:{_toml_line(text, key, table) or 0}: {f'[{table}] ' if table else ''}"
+             f"{key}: {what}" for key, what in problems]
+    raise ConfigError(lines[0] if len(lines) == 1 else
+                      f"{path}: {len(lines)} problems:\n  " + "\n  ".join(lines))
+
+
+def _unknown(key: str, value, cls: type[Config], table: str | None) -> str:
+    """What is wrong with a key that is no option of `cls`, and the likeliest fix."""
+    import difflib
+
+    tables = ", ".join(f"[{t}]" for t in SECTIONS)
+    if table is None and isinstance(value, dict):
+        if key == "train":
+            return (f"unknown table: training's options are top-level keys, above the first "
+                    f"table (the tables are {tables})")
+        return f"unknown table (the tables are {tables})"
+    near = difflib.get_close_matches(key, list(cls.model_fields), n=1)
+    return "unknown option" + (f" (did you mean {near[0]}?)" if near else "")
+
+
+def _text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+_TABLE_HEADER = re.compile(r"\s*\[\[?\s*([^\]]+?)\s*\]")
+
+
+def _toml_line(text: str, key: str, table: str | None = None) -> int | None:
+    """The line of a TOML file where `key` is set in [table] (None: at the top level, where
+    `key` may also open a table), for messages: tomllib's parsed values carry no positions."""
+    current = None
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := _TABLE_HEADER.match(line):
+            current = m.group(1).strip("\"'")
+            if table is None and current == key:
+                return n
+        elif current == table and re.match(rf"""\s*["']?{re.escape(key)}["']?\s*[=.]""", line):
+            return n
+    return None
 
 
 # The tables of a fastft.toml that configure other commands than train (see annotated_toml).
@@ -385,7 +436,7 @@ def resolve_config(data: str | None, config_file: str | None, flags: dict) -> Tr
         if isinstance(values.get(name), dict):
             del values[name]
     if config_file:
-        check_toml_types(values, config_file)
+        check_toml(values, config_file)
     values.update({k: v for k, v in flags.items() if v is not None})
     if data:
         values["data"] = data
@@ -401,10 +452,11 @@ def resolve_section(cls: type[Config], config_file: str | None, given: dict):
     values: dict = {}
     if config_file:
         table = load_toml(config_file).get(cls.command, {})
-        where = f"{config_file} [{cls.command}]"
         if not isinstance(table, dict):
-            raise ConfigError(f"{where}: expected a table of {cls.command} options")
-        check_toml_types(table, where, cls)
+            line = _toml_line(_text(config_file), cls.command) or 0
+            raise ConfigError(f"{config_file}:{line}: {cls.command}: expected a table "
+                              f"([{cls.command}]) of {cls.command} options")
+        check_toml(table, config_file, cls, cls.command)
         values.update(table)
     values.update({k: v for k, v in given.items() if v is not None and v != ()})
     missing = [k for k, f in cls.model_fields.items() if f.is_required() and k not in values]
