@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -82,6 +83,16 @@ def test_enough_space_passes(tiny_path, tmp_path, monkeypatch):
     with pytest.raises(DiskSpaceError, match=r"^not enough disk space in .*/runs: need ~0.2 GB, "
                                              r"have 1 MB free \(3 checkpoints"):
         check_train_space(TrainConfig(data="x"), tmp_path / "runs", str(tiny_path))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_a_filesystem_that_stores_nothing_is_named_as_such(tiny_path):
+    """Root passes the writable check in /proc or /sys; "0 MB free" would send them looking
+    for disk space to free."""
+    with pytest.raises(DiskSpaceError, match=r"^/proc/runs is on a filesystem that stores no "
+                                             r"files \(such as /proc or /sys\); choose another "
+                                             r"--runs-dir$"):
+        check_train_space(TrainConfig(data="x"), Path("/proc/runs"), str(tiny_path))
 
 
 def test_train_stops_before_creating_or_loading_anything(tmp_path, monkeypatch):

@@ -182,7 +182,11 @@ def check_export_space(model_path: str, quants: tuple[str, ...], merged: bool,
 def _check(folder: Path, need: int, what: str, option: str) -> None:
     need = int(need * HEADROOM)
     existing = next(p for p in [folder, *folder.parents] if p.exists())
-    free = shutil.disk_usage(existing).free
+    usage = shutil.disk_usage(existing)
+    if usage.total == 0:   # /proc, /sys: root may "write" there, but nothing is stored
+        raise DiskSpaceError(f"{folder} is on a filesystem that stores no files (such as /proc or "
+                             f"/sys); choose another {option}")
+    free = usage.free
     if free < need:
         raise DiskSpaceError(f"not enough disk space in {folder}: need ~{_size(need)}, have "
                              f"{_size(free)} free ({what}); free some space or choose another "
