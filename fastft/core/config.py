@@ -377,13 +377,18 @@ def check_toml(values: dict, path: str, cls: type[Config] = TrainConfig,
             problems.append((key, f"expected {_expected(fields[key].annotation)}, got "
                                   f"{_TOML_TYPES.get(type(v), type(v).__name__)} "
                                   f"({toml_value(v) if type(v) in _TOML_TYPES else v})"))
-    if not problems:
-        return
+    if problems:
+        raise _located(path, problems, table)
+
+
+def _located(path: str, problems: list[tuple[str, str]], table: str | None = None) -> ConfigError:
+    """The error for (key, what is wrong) problems of a TOML file's [table] (None: its top
+    level), each as `file:line: key: what`."""
     text = _text(path)
     lines = [f"{path}:{_toml_line(text, key, table) or 0}: {f'[{table}] ' if table else ''}"
              f"{key}: {what}" for key, what in problems]
-    raise ConfigError(lines[0] if len(lines) == 1 else
-                      f"{path}: {len(lines)} problems:\n  " + "\n  ".join(lines))
+    return ConfigError(lines[0] if len(lines) == 1 else
+                       f"{path}: {len(lines)} problems:\n  " + "\n  ".join(lines))
 
 
 def _unknown(key: str, value, cls: type[Config], table: str | None) -> str:
@@ -453,9 +458,8 @@ def resolve_section(cls: type[Config], config_file: str | None, given: dict):
     if config_file:
         table = load_toml(config_file).get(cls.command, {})
         if not isinstance(table, dict):
-            line = _toml_line(_text(config_file), cls.command) or 0
-            raise ConfigError(f"{config_file}:{line}: {cls.command}: expected a table "
-                              f"([{cls.command}]) of {cls.command} options")
+            raise _located(config_file, [(cls.command, f"expected a table ([{cls.command}]) of "
+                                                       f"{cls.command} options")])
         check_toml(table, config_file, cls, cls.command)
         values.update(table)
     values.update({k: v for k, v in given.items() if v is not None and v != ()})
