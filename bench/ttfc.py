@@ -59,7 +59,8 @@ QUANT = "q4_k_m"
 # earlier run of the same pair has measured it (4b: the notes' 115 s train + ~170 s export).
 # A cold run's seconds before any ran on the host (for --deadline-s), per shape, scenario and
 # recipe: the measured ones with some margin (4B on H100/H200, 2026-12-06: fastft 86-126 s,
-# the notebook 178-287 s on favorite-color and 223-322 s on longtail).
+# the notebook 178-287 s on favorite-color and 223-322 s on longtail; 2026-12-07, an H100: the
+# notebook still quantizing 270 s into a longtail run, so 230 s was too little).
 ESTIMATE_S = {"4b": {"favorite": {"fastft": 150, "notebook": 300},
                      "longtail": {"fastft": 150, "notebook": 340}},
               "tiny": {"favorite": {"fastft": 90, "notebook": 90},
