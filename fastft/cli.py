@@ -349,6 +349,9 @@ def train(data, config_file, print_config, resume, verbose, as_json, **flags):
             inputs = check_inputs(cfg)
         elif cfg is not None:
             load_data(cfg)
+        if cfg is not None:   # the disk reads the weights while the CPU imports (fastft.core.prefetch)
+            from .core.prefetch import read_ahead, weight_files
+            read_ahead(weight_files(cfg.model, cfg.load_in_4bit))
     # Several GPUs: this command again in N processes through torchrun (fastft.train.launch).
     code = dispatch(cfg, resume, flags.get("gpus"),
                     train_argv(data, config_file, resume, verbose, as_json, flags), console, verbose)
