@@ -1,28 +1,29 @@
 """The model's weights read into the OS page cache while `fastft train` imports Unsloth.
 
 The first run after a reboot, or after other work pushed the files out of memory, reads the
-weights from disk inside the load stage: 5.8 s of load against 2.6 s warm for the 4B shape on
-an H100 host's NVMe (bench/ttfc.py, 2026-12-07), and a SATA disk reads a 3.5 GB 4-bit
-checkpoint in about 7 s. Which files the load will read is known before the 10-40 s import of
-Unsloth, torch and transformers, which keeps the CPU busy and leaves the disk idle. So the
-kernel is asked to read them meanwhile (posix_fadvise WILLNEED: its own readahead, no copy into
-this process), from a thread, since the call returns only once the reads are queued.
+weights from disk inside the load stage: on an H100 host the 4B shape's load took 6.9 s with
+its 7.5 GB of weights dropped from the page cache and 3.6 s with them cached, and reading them
+alone took 4.4 s (bench/read_ahead.py, bench/ttfc.py, 2026-12-07). Which files the load will
+read is known before the 10-40 s import of Unsloth, torch and transformers, which keeps one CPU
+core busy and leaves the disk idle. So a thread reads them meanwhile, into one reused buffer
+(the reads release the GIL); what stays behind is the page cache the load then reads from.
 
-Asked only for files that fit in half the memory available, so that reading ahead never pushes
-out what the import and the load need; not at all where the OS has no posix_fadvise.
+Read, not advised: posix_fadvise(WILLNEED) returned at once and read nothing of the 7.5 GB on
+that host (Linux caps it at the disk's readahead window, read_ahead_kb: 128 KB there, 8 MB on
+another machine). Only files that fit in half the memory available are read, so that reading
+ahead never pushes out what the import and the load need.
 """
-
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import threading
 from pathlib import Path
 
 from .models import ModelRef, resolve_model
 
 SHARE_OF_AVAILABLE = 0.5
+CHUNK = 16 * 2**20
 
 
 def unsloth_repo(name: str, load_in_4bit: bool) -> str:
@@ -79,23 +80,21 @@ def available_memory() -> int | None:
 
 
 def read_ahead(files: list[Path]) -> threading.Thread | None:
-    """Ask the kernel to read `files` into the page cache, from a daemon thread (returned), or
-    None when not: no posix_fadvise, no files, or more than half the memory available."""
+    """Read `files` into the page cache from a daemon thread (returned), or None when not: no
+    files, or more than half the memory available (or no way to tell how much that is)."""
     sizes = [p.stat().st_size for p in files if p.is_file()]
     memory = available_memory()
-    if not (hasattr(os, "posix_fadvise") and sizes and memory) or \
-            sum(sizes) > SHARE_OF_AVAILABLE * memory:
+    if not (sizes and memory) or sum(sizes) > SHARE_OF_AVAILABLE * memory:
         return None
-    thread = threading.Thread(target=_advise, args=(files,), name="fastft-read-ahead", daemon=True)
+    thread = threading.Thread(target=_read, args=(files,), name="fastft-read-ahead", daemon=True)
     thread.start()
     return thread
 
 
-def _advise(files: list[Path]) -> None:
+def _read(files: list[Path]) -> None:
+    buffer = memoryview(bytearray(CHUNK))
     for path in files:
         with contextlib.suppress(OSError):   # gone or unreadable: the load will say so
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
+            with open(path, "rb", buffering=0) as f:
+                while f.readinto(buffer):
+                    pass
