@@ -9,10 +9,12 @@ core busy and leaves the disk idle. So a thread reads them meanwhile, into one r
 (the reads release the GIL); what stays behind is the page cache the load then reads from.
 
 Read, not advised: posix_fadvise(WILLNEED) returned at once and read nothing of the 7.5 GB on
-that host (Linux caps it at the disk's readahead window, read_ahead_kb: 128 KB there, 8 MB on
-another machine). Only files that fit in half the memory available are read, so that reading
-ahead never pushes out what the import and the load need.
+that host. Linux reads no more for it than the disk's readahead window (read_ahead_kb; 8 MB on
+the machine this was written on, where it seemed to work on small files). Only files that fit
+in half the memory available are read, so that reading ahead never pushes out what the import
+and the load need.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +22,7 @@ import importlib.util
 import threading
 from pathlib import Path
 
-from .models import ModelRef, resolve_model
+from .models import resolve_model
 
 SHARE_OF_AVAILABLE = 0.5
 CHUNK = 16 * 2**20
@@ -56,7 +58,7 @@ def weight_files(name: str, load_in_4bit: bool) -> list[Path]:
     """The safetensors files that loading model `name` will read, where they are on this
     machine: a local folder's, or the cached snapshot of the repo Unsloth maps a hub id to
     (none when it is not cached: then it is downloaded, and read from the network)."""
-    ref: ModelRef = resolve_model(name)
+    ref = resolve_model(name)
     folder = Path(ref.path) if ref.is_local else _cached_snapshot(unsloth_repo(name, load_in_4bit))
     return sorted(folder.glob("*.safetensors")) if folder else []
 
