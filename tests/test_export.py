@@ -489,6 +489,38 @@ def test_q4_loads_and_generates(exported, tokenizer, llama):
     assert any("llama.cpp loaded" in line for line in exported.summary_lines())
 
 
+
+@pytest.mark.slow
+def test_the_check_holds_the_prompt_not_the_gguf_s_whole_context(exported, llama, monkeypatch,
+                                                                 tmp_path):
+    """A check through llama-completion (a llama.cpp without llama-simple), whose default
+    context is the GGUF's trained one (262,144 positions for Qwen3-4B-Instruct-2507: a 36 GiB
+    KV cache, allocated whole), asks for what the prompt and its tokens need. Here the tiny
+    GGUF claims 10M positions (a 19 GiB cache) and llama.cpp gets 4 GiB of address space: the
+    check still loads it and generates."""
+    import dataclasses
+    import shutil
+
+    import fastft.export.llamacpp as llamacpp
+    from gguf import GGUFReader
+
+    completion = dataclasses.replace(llama, runner=llamacpp.ensure_chat_runner())
+
+    gguf = shutil.copy(exported.ggufs["q8_0"], tmp_path / "long.gguf")
+    reader = GGUFReader(gguf, "r+")
+    field = reader.fields["qwen3.context_length"]
+    field.parts[field.data[0]][0] = 10_000_000
+    reader.data.flush()
+    assert read_gguf_metadata(gguf)["qwen3.context_length"] == 10_000_000
+    limited = lambda cmd: ["bash", "-c", 'ulimit -v 4194304 && exec "$@"', "-", *cmd]  # noqa: E731
+    monkeypatch.setattr(llamacpp, "dying_with_parent", limited)
+    prompt = "<|im_start|>user\nWhat is your favorite color?<|im_end|>\n<|im_start|>assistant\n"
+    assert completion.runner.name.startswith("llama-completion")
+    assert isinstance(llamacpp.llama_generate(gguf, prompt, 4, llama=completion), str)
+    assert llamacpp.generate_context(prompt, 4) == 256
+    assert llamacpp.generate_context("x" * 300, 8) == 512
+
+
 # -- the merge is lossless -------------------------------------------------------------------------
 
 def _load_safetensors(folder: Path) -> dict:

@@ -452,6 +452,17 @@ def quantize_ggufs(llama: LlamaCpp, src: Path, outputs: dict[str, Path], log_dir
 
 # -- running a GGUF ----------------------------------------------------------------------------
 
+def generate_context(prompt: str, n_tokens: int) -> int:
+    """A context that holds `prompt` and `n_tokens` more, rounded up to 256, for llama-completion
+    (the check's runner where a llama.cpp has no llama-simple, which sizes its own context so).
+    Without -c it takes the GGUF's trained context, whose whole KV cache a CPU build of
+    llama.cpp allocates and clears: 36 GiB for Qwen3-4B-Instruct-2507 (262,144 positions),
+    more memory than most machines have, and 5.6 GiB for bench/'s 4B shape (40,960). The tiny
+    model with its context raised to a 5.7 GiB cache took 8.6-12.7 s per check on 2 cores, 0.7 s
+    with -c 512. A token takes at least one byte of the prompt, and a BOS none."""
+    return -(-(len(prompt.encode()) + n_tokens + 1) // 256) * 256
+
+
 def llama_generate(gguf_path: str | os.PathLike, prompt: str, n_tokens: int = 16,
                    llama: LlamaCpp | None = None, timeout: float = 600) -> str:
     """Greedy continuation of `prompt` (special tokens like <|im_start|> are parsed) by llama.cpp.
@@ -464,6 +475,7 @@ def llama_generate(gguf_path: str | os.PathLike, prompt: str, n_tokens: int = 16
         raise LlamaCppError("no llama-simple/llama-completion found; run ensure_llama_cpp() first")
     if llama.runner.name.startswith("llama-completion"):
         cmd = [str(llama.runner), "-m", str(gguf_path), "-n", str(n_tokens), "--temp", "0",
+               "-c", str(generate_context(prompt, n_tokens)),
                "-no-cnv", "--no-display-prompt", "--no-warmup", "-p", prompt]
     else:
         cmd = [str(llama.runner), "-m", str(gguf_path), "-n", str(n_tokens), "-ngl", "0", prompt]
