@@ -21,6 +21,9 @@
 #                     .baseline beside .whl; add /.baseline/ to .git/info/exclude)
 #   importgc          bench/import_profile.py --gc --runs 3: import unsloth as a notebook does it
 #                     against fastft's import_unsloth() (collector off, objects frozen), side by side
+#   readahead         bench/read_ahead.py on the 4B shape (built if need be, ~40 s): fastft train's
+#                     load with the model out of the page cache, the read-ahead during the import
+#                     off and on, alternately, twice each after a warm-up run (~4 min)
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import
@@ -117,6 +120,10 @@ for step in "$@"; do
     importgc)
       timeout $(( $(left) - 5 )) python3 bench/import_profile.py --gc --runs 3 2>&1 | grep -v Warn \
         | tee "$OUT/import-gc.txt" | tail -4 ;;
+    readahead)
+      M=$(python3 bench/make_model.py --shape 4b --out-dir $W/models 2>/dev/null | tail -1)
+      timeout $(( $(left) - 5 )) python3 bench/read_ahead.py --model "$M" --data examples/favorite_color.jsonl \
+        --work /tmp/read-ahead --runs 2 --out "$OUT/read-ahead.json" 2>&1 | grep "\[bench" ;;
     quants)
       wait $BUILD
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
