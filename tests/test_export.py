@@ -489,7 +489,6 @@ def test_q4_loads_and_generates(exported, tokenizer, llama):
     assert any("llama.cpp loaded" in line for line in exported.summary_lines())
 
 
-
 @pytest.mark.slow
 def test_the_check_holds_the_prompt_not_the_gguf_s_whole_context(exported, llama, monkeypatch,
                                                                  tmp_path):
@@ -505,7 +504,6 @@ def test_the_check_holds_the_prompt_not_the_gguf_s_whole_context(exported, llama
     from gguf import GGUFReader
 
     completion = dataclasses.replace(llama, runner=llamacpp.ensure_chat_runner())
-
     gguf = shutil.copy(exported.ggufs["q8_0"], tmp_path / "long.gguf")
     reader = GGUFReader(gguf, "r+")
     field = reader.fields["qwen3.context_length"]

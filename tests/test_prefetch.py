@@ -1,4 +1,4 @@
-"""`fastft train` has the kernel read the model's weights into the page cache while it imports
+"""`fastft train` reads the model's weights into the page cache in a thread while it imports
 Unsloth (fastft.core.prefetch): the files the load will read, found before any heavy import."""
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def check_model(name: str) -> None:
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1 or (
             os.sep != "/" and os.sep in name):
         raise TrainError(f"--model {name}: {'not a folder' if path.exists() else 'no such folder'}")
-    if not _cached(name) and (why := hub_problem(name)):
+    if cached_snapshot(name) is None and (why := hub_problem(name)):
         raise TrainError(f"--model {name}: not in the local Hugging Face cache, and {why}; or give "
                          f"a local folder with --model")
 
@@ -93,14 +93,16 @@ def _check_model_folder(name: str, path: Path) -> None:
                          f"a folder written by save_pretrained (safetensors) or a hub id owner/name")
 
 
-def _cached(name: str) -> bool:
-    """The hub id's config is in the local Hugging Face cache."""
+def cached_snapshot(name: str) -> Path | None:
+    """The folder of hub id `name` in the local Hugging Face cache (where its config.json is),
+    or None when it is not cached."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+        config = try_to_load_from_cache(name, "config.json")
     except ValueError:   # not a valid repo id: not cached, and the hub will say it is not found
-        return False
+        return None
+    return Path(config).parent if isinstance(config, str) else None
 
 
 @contextlib.contextmanager

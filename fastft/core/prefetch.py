@@ -22,7 +22,7 @@ import importlib.util
 import threading
 from pathlib import Path
 
-from .models import resolve_model
+from .models import cached_snapshot, resolve_model
 
 SHARE_OF_AVAILABLE = 0.5
 CHUNK = 16 * 2**20
@@ -59,17 +59,8 @@ def weight_files(name: str, load_in_4bit: bool) -> list[Path]:
     machine: a local folder's, or the cached snapshot of the repo Unsloth maps a hub id to
     (none when it is not cached: then it is downloaded, and read from the network)."""
     ref = resolve_model(name)
-    folder = Path(ref.path) if ref.is_local else _cached_snapshot(unsloth_repo(name, load_in_4bit))
+    folder = Path(ref.path) if ref.is_local else cached_snapshot(unsloth_repo(name, load_in_4bit))
     return sorted(folder.glob("*.safetensors")) if folder else []
-
-
-def _cached_snapshot(repo: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    with contextlib.suppress(ValueError):   # not a valid repo id
-        config = try_to_load_from_cache(repo, "config.json")
-        return Path(config).parent if isinstance(config, str) else None
-    return None
 
 
 def available_memory() -> int | None:
