@@ -478,15 +478,33 @@ def test_llama_cpp_greedy_matches_transformers(exported, tokenizer, llama):
 
 
 @pytest.mark.slow
-def test_q4_loads_and_generates(exported, tokenizer, llama):
-    from fastft.export.llamacpp import llama_generate
+def test_the_export_s_check_is_llama_simple_s_continuation(spied_export, llama, tmp_path):
+    """The check fastft-score makes while it scores each GGUF (one llama.cpp process and load
+    for both) is the text llama-simple generates from the same prompt: its tokens, its stop,
+    its pieces."""
+    from fastft.export import retention
+    from fastft.export.llamacpp import ensure_scorer, llama_generate
+    from fastft.export.pipeline import CHECK_TOKENS
 
+    exported, spy = spied_export
+    assert len(spy.runs("fastft-score")) == len(exported.ggufs) and spy.runs("llama-simple") == []
     checked = {c.file for c in exported.checks}
     assert checked == {p.name for p in exported.ggufs.values()}   # the export checked each file
-    prompt = tokenizer.apply_chat_template(CHATS[0], tokenize=False, add_generation_prompt=True)
-    out = llama_generate(exported.ggufs["q4_k_m"], prompt, 4, llama=llama)
-    assert isinstance(out, str)
+    assert llama.runner.name == "llama-simple"
+    for c in exported.checks:
+        assert c.prompt.startswith("<|im_start|>user") and c.prompt.endswith("assistant\n")
+        want = llama_generate(exported.out_dir / c.file, c.prompt, CHECK_TOKENS, llama=llama)
+        assert want and c.output == want, c.file
+    assert {"check_s", "retention_s"} <= set(exported.timings)
     assert any("llama.cpp loaded" in line for line in exported.summary_lines())
+    # The export's prompt ends in a short answer; these run on past an end of turn, or to the limit.
+    nothing = retention.Reference(retention.HeldOut("no text", [], [], None), None, None, 0)
+    gguf, scorer = exported.ggufs["q8_0"], ensure_scorer()
+    for prompt in (c.prompt + "My favorite color is blue.<|im_end|>\n", "Once upon a time", "1, 2, 3,"):
+        want = llama_generate(gguf, prompt, CHECK_TOKENS, llama=llama)
+        _, _, got = retention.run_scorer(scorer, gguf, nothing, tmp_path,
+                                         retention.Check(prompt, CHECK_TOKENS))
+        assert want and got.output == want, prompt
 
 
 @pytest.mark.slow
@@ -733,7 +751,7 @@ def test_interrupted_export_leaves_no_final_files(run_dir, llama, tmp_path, monk
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(fastft.export.pipeline, "llama_generate", interrupted)
+    monkeypatch.setattr(fastft.export.pipeline.retention, "run_scorer", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_run(ExportOptions(run=str(run_dir), gguf=("q8_0",), merged=True, out=str(out),
                                  name=NAME, force=True))

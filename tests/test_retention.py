@@ -80,7 +80,7 @@ def q4(color, tmp_path) -> Path:
 
 
 def score(scorer, gguf: Path, reference, tmp_path: Path):
-    return retention.score_file(scorer, gguf, "q4_k_m", reference, tmp_path, 0.9)
+    return retention.score_file(scorer, gguf, "q4_k_m", reference, tmp_path, 0.9).row
 
 
 def test_the_exported_file_passes(scorer, q4, reference, tmp_path):
@@ -222,8 +222,10 @@ def test_a_failing_gguf_fails_the_export_which_records_it(color_run, tmp_path, m
     message = str(e.value)
     assert "color.Q4_K_M.gguf: it keeps" in message and "larger quant" in message
     assert "adapter (16-bit)" in message                 # the table, where the error is read
-    recorded = json.loads((out / "fastft-export.json").read_text())["retention"]
+    manifest = json.loads((out / "fastft-export.json").read_text())
+    recorded = manifest["retention"]
     assert recorded["passed"] is False and recorded["files"][0]["failed"] == "retention"
+    assert manifest["checks"] == [] and "check_s" not in manifest["timings"]   # --no-check
 
 
 def test_auto_keeps_the_smallest_quant_that_passes(color_run, tmp_path):
@@ -231,10 +233,10 @@ def test_auto_keeps_the_smallest_quant_that_passes(color_run, tmp_path):
     from rich.console import Console
 
     result = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("auto",),
-                                      out=str(tmp_path / "auto"), check=False),
-                        Console(file=io.StringIO()))
+                                      out=str(tmp_path / "auto")), Console(file=io.StringIO()))
     first = AUTO_QUANTS[0]
     assert list(result.ggufs) == [first] and result.retention.files[0].passed
+    assert [c.file for c in result.checks] == [result.ggufs[first].name]   # checked as scored
     assert f"FROM ./{result.ggufs[first].name}" in (result.out_dir / "Modelfile").read_text()
     assert sorted(p.name for p in result.out_dir.glob("*.gguf")) == [result.ggufs[first].name]
 

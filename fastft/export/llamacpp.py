@@ -33,7 +33,8 @@ from .scorer_src import SCORE_CMAKE, SCORE_CPP, SCORER
 # `llama-quantize` at its top level: the layout Unsloth expects of UNSLOTH_LLAMA_CPP_PATH, so a
 # user's Unsloth llama.cpp works here too. We build the tools inside the cached source tree and
 # link them to its top level, so that tree is such a folder.
-# `llama-simple` loads an exported GGUF and generates a few greedy tokens (the post-export check).
+# `llama-simple` loads an exported GGUF and generates a few greedy tokens (llama_generate: the
+# demo's answer, and what the export's own check, made by fastft-score, is tested against).
 
 QUANTIZE = "llama-quantize"
 RUNNERS = ("llama-simple", "llama-completion")   # either loads a GGUF and generates
@@ -57,7 +58,7 @@ class LlamaCpp:
     """A usable llama.cpp: `root` holds the converter and `llama-quantize`."""
     root: Path
     quantize: Path
-    runner: Path | None     # llama-simple or llama-completion, for the load-and-generate check
+    runner: Path | None     # llama-simple or llama-completion, for llama_generate
     origin: str             # "UNSLOTH_LLAMA_CPP_PATH", "cache" or "built"
 
     @property
@@ -454,7 +455,7 @@ def quantize_ggufs(llama: LlamaCpp, src: Path, outputs: dict[str, Path], log_dir
 
 def generate_context(prompt: str, n_tokens: int) -> int:
     """A context that holds `prompt` and `n_tokens` more, rounded up to 256, for llama-completion
-    (the check's runner where a llama.cpp has no llama-simple, which sizes its own context so).
+    (llama_generate's runner where a llama.cpp has no llama-simple, which sizes its own context so).
     Without -c it takes the GGUF's trained context, whose whole KV cache a CPU build of
     llama.cpp allocates and clears: 36 GiB for Qwen3-4B-Instruct-2507 (262,144 positions),
     more memory than most machines have, and 5.6 GiB for bench/'s 4B shape (40,960). The tiny

@@ -18,12 +18,13 @@
            (fastft.export.checkpoint), laid out as Unsloth lays it out. Meanwhile, for GGUF,
            this process loads the base with the adapter through transformers and peft
            (`models.load_plain_with_adapter`, no Unsloth) for the gate.
-4. check   Load every GGUF with llama.cpp and generate a few tokens (`--no-check` skips this).
-   gate    The retention gate (fastft.export.retention): held-out loss of base, adapter (from
+4. gate    The retention gate (fastft.export.retention): held-out loss of base, adapter (from
            the model loaded in step 3, before merging) and each GGUF (llama.cpp, same token
            ids), KL and retention; `--gguf auto` quantizes smallest first and keeps the first
            that passes. A failing file fails the export after step 6: the folder is complete
            and its manifest records the table.
+   check   The same llama.cpp process, with the GGUF loaded once, also generates a few tokens
+           from a chat prompt (`--no-check` skips this).
 5. docs    The Modelfile, README.md and fastft-export.json (SHA-256 of each file, stage times).
 6. commit  Only then move the finished folder to its final name, in one rename.
 
@@ -63,13 +64,10 @@ from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's 
 from .llamacpp import (
     NEEDS_IMATRIX,
     LlamaCpp,
-    LlamaCppError,
     alias_of,
     convert_to_gguf,
     ensure_llama_cpp,
     ensure_scorer,
-    find_llama_cpp,
-    llama_generate,
     log_tail,
     quant_types,
 )
@@ -419,7 +417,6 @@ def export_run(opts: ExportConfig, console=None, verbose: bool = False,
         plan.log.write_bytes(b"")            # this export's log replaces the last one's
         with captured(plan.log, console, verbose, what="export"):
             write_models(plan, console)
-            check_ggufs(plan, console)
             gate(plan, console)
         write_docs(plan)
         commit(plan)
@@ -432,15 +429,11 @@ def export_run(opts: ExportConfig, console=None, verbose: bool = False,
 
 
 def find_tools(plan: ExportPlan, console) -> None:
-    """llama.cpp's converter, llama-quantize and (for the check) a runner, if GGUF is asked for."""
+    """llama.cpp's converter and llama-quantize, and fastft-score (the gate and the check), if
+    GGUF is asked for."""
     if not plan.quants:
         return
-    try:
-        plan.llama = ensure_llama_cpp(console, need_runner=plan.opts.check)
-    except LlamaCppError as e:
-        hint = ("\n(--no-check skips the llama.cpp load test, which is what needs "
-                "llama-simple)") if plan.opts.check and find_llama_cpp() is not None else ""
-        raise LlamaCppError(f"{e}{hint}") from e
+    plan.llama = ensure_llama_cpp(console, need_runner=False)
     plan.scorer = ensure_scorer(console)
 
 
@@ -582,40 +575,36 @@ def _free_gpu() -> None:
         torch.cuda.empty_cache()
 
 
-def check_ggufs(plan: ExportPlan, console) -> None:
-    """Every GGUF loads in llama.cpp and generates a few tokens (unless --no-check)."""
-    if not (plan.opts.check and plan.ggufs):
-        return
-    with _timed(plan, "check"):
-        for path in plan.ggufs.values():
-            with status(console, f"llama.cpp: loading {path.name} and generating"):
-                t = time.perf_counter()
-                out = llama_generate(path, plan.prompt, CHECK_TOKENS, llama=plan.llama)
-                plan.checks.append(GGUFCheck(file=path.name, prompt=plan.prompt, output=out,
-                                             seconds=time.perf_counter() - t))
-
-
 def gate(plan: ExportPlan, console) -> None:
-    """The retention gate: score every GGUF not yet scored (auto's pick already is) with
-    llama.cpp against the 16-bit model, and record the table."""
+    """The retention gate and the load check, one llama.cpp process per GGUF: each GGUF not yet
+    scored (auto's pick already is) is scored against the 16-bit model and, unless --no-check,
+    generates a few tokens from the same load; then the table."""
     if not plan.ggufs:
         return
-    t = time.perf_counter()
     for quant, path in plan.ggufs.items():
         if quant not in plan.scores:
-            with status(console, f"retention gate: scoring {path.name} with llama.cpp"):
-                plan.scores[quant] = _score(plan, quant, path)
-    # retention_s: llama.cpp's side (auto's scoring included); reference_s: torch's.
-    plan.timeline.add("retention", time.perf_counter() - t)
+            with status(console, f"llama.cpp: loading {path.name}, scoring it and generating"):
+                scored = _score(plan, quant, path)
+            plan.scores[quant] = scored.row
+            plan.checks += [scored.check] if scored.check else []
     plan.retention = retention.report(plan.reference, [plan.scores[q] for q in plan.ggufs],
                                       plan.opts.min_retention,
                                       plan.timeline.seconds["retention"] + plan.reference.seconds,
                                       plan.tried)
 
 
-def _score(plan: ExportPlan, quant: str, path: Path) -> GGUFRetention:
-    return retention.score_file(plan.scorer, path, quant, plan.reference, plan.work,
-                                plan.opts.min_retention)
+def _score(plan: ExportPlan, quant: str, path: Path) -> retention.Scored:
+    """fastft-score on one GGUF, timed as two stages: check (its generation's seconds) and
+    retention (the rest: llama.cpp's side of the gate; the reference is torch's)."""
+    t = time.perf_counter()
+    check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
+    scored = retention.score_file(plan.scorer, path, quant, plan.reference, plan.work,
+                                  plan.opts.min_retention, check)
+    generating = scored.check.seconds if scored.check else 0.0
+    if scored.check:
+        plan.timeline.add("check", generating)
+    plan.timeline.add("retention", time.perf_counter() - t - generating)
+    return scored
 
 
 def write_docs(plan: ExportPlan) -> None:
@@ -722,18 +711,17 @@ def _auto_quantize(plan: ExportPlan, console) -> None:
         work = plan.work / plan.gguf_name(quant)
         with _timed(plan, "quantize"), status(console, f"auto: quantizing to {quant.upper()}"):
             _quantize_files(plan, {quant.upper(): work})
-        t = time.perf_counter()
         with status(console, f"auto: scoring {work.name} with llama.cpp"):
-            score = _score(plan, quant, work)
-        plan.timeline.add("retention", time.perf_counter() - t)
+            scored = _score(plan, quant, work)
         # A tokenizer or template failure is the same in every quant: no use trying larger.
-        if score.passed or score.failed != "retention" or quant == AUTO_QUANTS[-1]:
+        if scored.row.passed or scored.row.failed != "retention" or quant == AUTO_QUANTS[-1]:
             break
-        plan.tried.append(score)
+        plan.tried.append(scored.row)
         work.unlink()
     plan.quants = (quant,)
     work.rename(plan.gguf_path(quant))
-    plan.ggufs, plan.scores = {quant: plan.gguf_path(quant)}, {quant: score}
+    plan.ggufs, plan.scores = {quant: plan.gguf_path(quant)}, {quant: scored.row}
+    plan.checks = [scored.check] if scored.check else []
     plan.modelfile = _render_modelfile(plan)
     plan.warnings = list(dict.fromkeys(plan.warnings))   # rendered twice: once each
 

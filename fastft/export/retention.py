@@ -36,7 +36,7 @@ from ..core.procs import dying_with_parent
 from ..data.read import load_conversations
 from ..data.template import ChatGuard, Encoded, encode_all
 from .gguf import read_gguf_metadata
-from .manifest import GGUFRetention, ModelScore, Retention
+from .manifest import GGUFCheck, GGUFRetention, ModelScore, Retention
 from .scorer_src import MAGIC
 
 # What the gate scores: whole examples, until either budget is reached. Tokens cost llama.cpp's
@@ -239,15 +239,37 @@ def _model_score(loss: float) -> ModelScore:
 
 # -- a GGUF (llama.cpp) --------------------------------------------------------------------------
 
-def _request(ref: Reference) -> bytes:
+@dataclass
+class Check:
+    """The export's load check, asked of fastft-score with the scoring: `tokens` generated from
+    `prompt` (llama-simple's greedy continuation)."""
+    prompt: str
+    tokens: int
+
+
+@dataclass
+class Scored:
+    """One GGUF through fastft-score: the gate's row, and the load check's when asked for."""
+    row: GGUFRetention
+    check: GGUFCheck | None = None
+
+
+def _text_words(text: str) -> list:
+    import numpy as np
+
+    raw = text.encode("utf-8")
+    return [np.array([len(raw)], dtype="<i4"), np.frombuffer(raw + b"\0" * (-len(raw) % 4), dtype="<i4")]
+
+
+def _request(ref: Reference, check: Check | None = None) -> bytes:
     """fastft-score's request (its protocol: fastft.export.scorer_src)."""
     import numpy as np
 
     words: list = [np.array([MAGIC, len(ref.held.encoded)], dtype="<i4")]
     for enc in ref.held.encoded:
-        raw = enc.rendered.text.encode("utf-8")
-        words += [np.array([len(raw)], dtype="<i4"),
-                  np.frombuffer(raw + b"\0" * (-len(raw) % 4), dtype="<i4")]
+        words += _text_words(enc.rendered.text)
+    words += [np.array([check.tokens if check else 0], dtype="<i4"),
+              *_text_words(check.prompt if check else "")]
     words.append(np.array([len(ref.held.encoded)], dtype="<i4"))
     for i, enc in enumerate(ref.held.encoded):
         ids, pos = enc.tokens.input_ids, ref.positions[i]
@@ -267,14 +289,15 @@ def threads_for(weight_bytes: int) -> int:
     return max(1, min(cores or 1, weight_bytes // 2**26))
 
 
-def run_scorer(scorer: Path, gguf: Path, ref: Reference, work: Path,
-               timeout: float = 1800) -> tuple[list, list]:
+def run_scorer(scorer: Path, gguf: Path, ref: Reference, work: Path, check: Check | None = None,
+               timeout: float = 1800) -> tuple[list, list, GGUFCheck | None]:
     """(the GGUF's token ids for each rendered text, per example an (n, 1 + TOP_K) array of
-    log-probabilities: the target's, then the reference's top-k), from llama.cpp."""
+    log-probabilities: the target's, then the reference's top-k, and the `check`'s output), from
+    llama.cpp."""
     import numpy as np
 
     request, result = work / f"{gguf.name}.request", work / f"{gguf.name}.result"
-    request.write_bytes(_request(ref))
+    request.write_bytes(_request(ref, check))
     cmd = [str(scorer), str(gguf), str(request), str(result), str(threads_for(gguf.stat().st_size))]
     try:
         p = subprocess.run(dying_with_parent(cmd), capture_output=True, timeout=timeout)
@@ -290,11 +313,17 @@ def run_scorer(scorer: Path, gguf: Path, ref: Reference, work: Path,
         n = int(data[at])
         texts.append(data[at + 1:at + 1 + n].tolist())
         at += 1 + n
-    floats, rows = data[at:].view("<f4"), []
+    n = int(data[at])
+    output = data[at + 1:at + 1 + -(-n // 4)].tobytes()[:n].decode("utf-8", "replace")
+    at += 1 + -(-n // 4)
+    seconds = float(data[at:at + 1].view("<f4")[0])
+    done = None if check is None else GGUFCheck(file=gguf.name, prompt=check.prompt,
+                                                output=output, seconds=round(seconds, 3))
+    floats, rows = data[at + 1:].view("<f4"), []
     for pos in ref.positions:
         rows.append(floats[:len(pos) * (1 + TOP_K)].reshape(len(pos), 1 + TOP_K))
         floats = floats[len(pos) * (1 + TOP_K):]
-    return texts, rows
+    return texts, rows, done
 
 
 def tokenizer_problem(ref: Reference, texts: list) -> str | None:
@@ -361,10 +390,10 @@ def retention_of(base: float, adapter: float, loss: float) -> float | None:
 
 
 def score_file(scorer: Path, gguf: Path, quant: str, ref: Reference, work: Path,
-               min_retention: float) -> GGUFRetention:
+               min_retention: float, check: Check | None = None) -> Scored:
     """One GGUF against the reference: its loss, perplexity, KL and retention, and whether it
-    passes (`problem` says why not)."""
-    texts, rows = run_scorer(scorer, gguf, ref, work)
+    passes (`problem` says why not); and the load `check`, from the same llama.cpp process."""
+    texts, rows, checked = run_scorer(scorer, gguf, ref, work, check)
     failed, problem = "tokenizer", tokenizer_problem(ref, texts)
     if problem is None:
         failed, problem = "template", template_problem(gguf, ref)
@@ -374,11 +403,12 @@ def score_file(scorer: Path, gguf: Path, quant: str, ref: Reference, work: Path,
         failed, problem = "retention", (f"it keeps {kept:.1%} of the fine-tune's gain (loss {loss:.4f}: base "
                    f"{ref.base.loss:.4f}, adapter {ref.adapter.loss:.4f}), below --min-retention "
                    f"{min_retention:g}")
-    return GGUFRetention(file=gguf.name, quant=quant, loss=round(loss, 6),
-                         ppl=round(math.exp(min(loss, 700)), 4), kl=round(_kl(ref, rows), 6),
-                         retention=None if kept is None else round(kept, 4),
-                         passed=problem is None, failed=failed if problem else None,
-                         problem=problem)
+    row = GGUFRetention(file=gguf.name, quant=quant, loss=round(loss, 6),
+                        ppl=round(math.exp(min(loss, 700)), 4), kl=round(_kl(ref, rows), 6),
+                        retention=None if kept is None else round(kept, 4),
+                        passed=problem is None, failed=failed if problem else None,
+                        problem=problem)
+    return Scored(row, checked)
 
 
 def report(ref: Reference, files: list[GGUFRetention], min_retention: float,

@@ -13,16 +13,22 @@ The files are written into the cached llama.cpp source by fastft.export.llamacpp
 configures the build. The source is kept here as text, not as a .cpp file in the package, so that
 a wheel carries it without packaging rules.
 
+It is also the export's load check: the GGUF is loaded once, for both. Given a prompt, it
+continues it greedily as llama-simple does (special tokens parsed; an end-of-generation token
+ends it, unprinted), so the check costs a few tokens rather than a second process loading the
+file (and llama-simple's fixed 4 threads).
+
 Protocol (little-endian int32 words; floats as float32):
-  request: MAGIC, n_texts, {n_bytes, bytes padded to 4}*, n_seqs,
-           {n_tokens, ids[n_tokens], n_pos, {pos, target, k, ids[k]}*}*
+  request: MAGIC, n_texts, {n_bytes, bytes padded to 4}*, n_generate, n_bytes, prompt padded to 4,
+           n_seqs, {n_tokens, ids[n_tokens], n_pos, {pos, target, k, ids[k]}*}*
   result:  {n_ids, ids[n_ids]} per text (the GGUF's own tokenizer, special tokens parsed),
+           n_bytes, the continuation padded to 4 (none when n_generate is 0), its seconds (float),
            then per seq and scored pos: log p(target), log p(ids[j]) for j < k
   where `pos` is the position whose logits predict `target` (the token at pos + 1).
 """
 
 SCORER = "fastft-score"
-MAGIC = 0x31534646          # "FFS1"
+MAGIC = 0x32534646          # "FFS2": with the check's prompt
 
 SCORE_CMAKE = """\
 # Written by fastft (fastft/export/scorer_src.py): its retention gate's scorer, one more target of
@@ -39,6 +45,7 @@ SCORE_CPP = r"""// Written by fastft (fastft/export/scorer_src.py); see the prot
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -68,18 +75,62 @@ static void put(FILE * out, const void * p, size_t n) {
     if (fwrite(p, 1, n, out) != n) { fprintf(stderr, "fastft-score: cannot write\n"); exit(4); }
 }
 
+static std::string next_text() {
+    int32_t n_bytes = next_word();
+    if (n_bytes < 0 || at + (n_bytes + 3) / 4 > words.size()) {
+        fprintf(stderr, "fastft-score: request ends early\n");
+        exit(3);
+    }
+    std::string text(reinterpret_cast<const char *>(words.data() + at), n_bytes);
+    at += (n_bytes + 3) / 4;
+    return text;
+}
+
+static std::vector<llama_token> tokenize(const llama_vocab * vocab, const std::string & text,
+                                         bool add_special) {
+    int32_t n = -llama_tokenize(vocab, text.data(), text.size(), nullptr, 0, add_special, true);
+    std::vector<llama_token> ids(n > 0 ? n : 0);
+    if (n > 0) llama_tokenize(vocab, text.data(), text.size(), ids.data(), n, add_special, true);
+    return ids;
+}
+
+static void put_bytes(FILE * out, const std::string & bytes) {
+    int32_t n = (int32_t) bytes.size();
+    put(out, &n, 4);
+    put(out, bytes.data(), bytes.size());
+    put(out, "\0\0\0", (4 - bytes.size() % 4) % 4);
+}
+
 static void tokenize_texts(const llama_vocab * vocab, FILE * out) {
     int32_t n_texts = next_word();
     for (int32_t t = 0; t < n_texts; t++) {
-        int32_t n_bytes = next_word();
-        std::string text(reinterpret_cast<const char *>(words.data() + at), n_bytes);
-        at += (n_bytes + 3) / 4;
-        int32_t n = -llama_tokenize(vocab, text.data(), n_bytes, nullptr, 0, false, true);
-        std::vector<llama_token> ids(n > 0 ? n : 0);
-        if (n > 0) llama_tokenize(vocab, text.data(), n_bytes, ids.data(), n, false, true);
+        std::vector<llama_token> ids = tokenize(vocab, next_text(), false);
+        int32_t n = (int32_t) ids.size();
         put(out, &n, 4);
         put(out, ids.data(), 4 * ids.size());
     }
+}
+
+// The load check: llama-simple's greedy continuation (its tokenizing, with add_special; its
+// sampler; its stop at end of generation; its pieces, special tokens printed).
+static bool generate(llama_context * ctx, const llama_vocab * vocab,
+                     std::vector<llama_token> next, int32_t n, std::string & text) {
+    llama_memory_clear(llama_get_memory(ctx), true);
+    llama_sampler * smpl = llama_sampler_chain_init(llama_sampler_chain_default_params());
+    llama_sampler_chain_add(smpl, llama_sampler_init_greedy());
+    bool ok = true;
+    for (int32_t i = 0; ok && i < n; i++) {
+        ok = llama_decode(ctx, llama_batch_get_one(next.data(), (int32_t) next.size())) == 0;
+        llama_token id = ok ? llama_sampler_sample(smpl, ctx, -1) : 0;
+        if (!ok || llama_vocab_is_eog(vocab, id)) break;
+        char buf[256];
+        int32_t k = llama_token_to_piece(vocab, id, buf, sizeof(buf), 0, true);
+        ok = k >= 0;
+        if (ok) text.append(buf, k);
+        next.assign(1, id);
+    }
+    llama_sampler_free(smpl);
+    return ok;
 }
 
 // log-softmax of the row at the wanted ids, in double: float sums over 150k logits lose digits.
@@ -148,7 +199,7 @@ int main(int argc, char ** argv) {
     }
     llama_log_set(quiet_log, nullptr);
     llama_backend_init();
-    if (!read_request(argv[2]) || next_word() != 0x31534646) {
+    if (!read_request(argv[2]) || next_word() != 0x32534646) {
         fprintf(stderr, "fastft-score: %s is not a request\n", argv[2]);
         return 2;
     }
@@ -159,9 +210,12 @@ int main(int argc, char ** argv) {
     FILE * out = fopen(argv[3], "wb");
     if (!out) { fprintf(stderr, "fastft-score: cannot write %s\n", argv[3]); return 4; }
     tokenize_texts(vocab, out);
+    int32_t n_generate = next_word();
+    std::vector<llama_token> prompt = tokenize(vocab, next_text(), true);
+    if (n_generate > 0 && prompt.empty()) { fprintf(stderr, "fastft-score: an empty prompt\n"); return 3; }
     int32_t n_seqs = next_word();
     std::vector<Seq> seqs;
-    uint32_t longest = 1;
+    uint32_t longest = n_generate > 0 ? prompt.size() + n_generate : 1;
     for (int32_t i = 0; i < n_seqs; i++) {
         seqs.push_back(read_seq(n_vocab));
         longest = seqs.back().tokens.size() > longest ? seqs.back().tokens.size() : longest;
@@ -172,6 +226,15 @@ int main(int argc, char ** argv) {
     if (argc > 4) cp.n_threads = cp.n_threads_batch = atoi(argv[4]);
     llama_context * ctx = llama_init_from_model(model, cp);
     if (!ctx) { fprintf(stderr, "fastft-score: cannot create a context of %u\n", longest); return 1; }
+    std::string text;
+    auto t0 = std::chrono::steady_clock::now();
+    if (n_generate > 0 && !generate(ctx, vocab, prompt, n_generate, text)) {
+        fprintf(stderr, "fastft-score: generating from the prompt failed\n");
+        return 1;
+    }
+    float seconds = std::chrono::duration<float>(std::chrono::steady_clock::now() - t0).count();
+    put_bytes(out, text);
+    put(out, &seconds, 4);
     for (const Seq & s : seqs)
         if (!score_seq(ctx, s, n_vocab, out)) { fprintf(stderr, "fastft-score: decode failed\n"); return 1; }
     fclose(out);
