@@ -24,6 +24,8 @@
 #   readahead         bench/read_ahead.py on the 4B shape (built if need be, ~40 s): fastft train's
 #                     load with the model out of the page cache, the read-ahead during the import
 #                     off and on, alternately, twice each after a warm-up run (~4 min)
+#   scorer            bench/scorer_threads.py on the Q4_K_M of ttfc's last finished fastft export:
+#                     fastft-score (the gate and the check) at 4, 8 and 16 threads, and lscpu
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import
@@ -124,6 +126,12 @@ for step in "$@"; do
       M=$(python3 bench/make_model.py --shape 4b --out-dir $W/models 2>/dev/null | tail -1)
       timeout $(( $(left) - 5 )) python3 bench/read_ahead.py --model "$M" --data examples/favorite_color.jsonl \
         --work /tmp/read-ahead --runs 2 --out "$OUT/read-ahead.json" 2>&1 | grep "\[bench" ;;
+    scorer)
+      wait $BUILD
+      gguf=$(ls -t $W/runs/*-fastft-*/export/*.Q4_K_M.gguf 2>/dev/null | head -1)
+      [ -z "$gguf" ] && { echo "scorer: no finished fastft export in $W"; continue; }
+      timeout $(( $(left) - 5 )) python3 bench/scorer_threads.py "$gguf" --out "$OUT/scorer-threads.json" \
+        2>&1 | grep "\[bench" ;;
     quants)
       wait $BUILD
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)

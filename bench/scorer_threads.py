@@ -1,0 +1,95 @@
+"""fastft-score's time by thread count, on one GGUF: the export's retention gate and load check,
+which one llama.cpp process does (fastft.export.scorer_src).
+
+    python bench/scorer_threads.py GGUF [--threads 4,8,16] [--tokens 609] [--runs 2] [--out FILE]
+
+The request is shaped like the gate's on bench/ttfc.py's long-tailed data (one example of
+--tokens tokens, every position scored against 16 reference tokens) plus the check's 8 tokens
+from a chat prompt; token ids are random, which costs llama.cpp what real ones cost. Each thread
+count runs --runs times, the counts alternating, after one warm-up run (the GGUF into the page
+cache). The export gives llama.cpp one thread per logical CPU (retention.threads_for); the
+host's cores and threads per core are printed beside the times, for whether fewer would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPT = "<|im_start|>user\nHello! Who are you?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def request(n: int):
+    """A retention.Reference of one example of `n` random token ids, every position scored."""
+    import numpy as np
+
+    from fastft.export import retention
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 20000, n).tolist()
+    example = SimpleNamespace(rendered=SimpleNamespace(text="x", line=1),
+                              tokens=SimpleNamespace(input_ids=ids))
+    held = retention.HeldOut("bench", [example], [], None)
+    top = rng.integers(1000, 20000, (n - 1, retention.TOP_K))
+    return retention.Reference(held, None, None, n - 1, [list(range(n - 1))], [ids[1:]], [top],
+                               [np.zeros(top.shape)])
+
+
+def cpu_shape() -> dict:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return {}
+    keys = ("CPU(s)", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "Model name")
+    return {k: v.strip() for line in out.splitlines() if ":" in line
+            for k, v in [line.split(":", 1)] if k in keys}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("gguf", type=Path)
+    p.add_argument("--threads", default="4,8,16")
+    p.add_argument("--tokens", type=int, default=609)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+
+    from fastft.export import retention
+    from fastft.export.llamacpp import ensure_scorer
+
+    scorer, ref = ensure_scorer(), request(args.tokens)
+    counts = [int(t) for t in args.threads.split(",")]
+    real, seconds = retention.threads_for, {t: [] for t in counts}
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            for i in range(args.runs + 1):
+                for n in counts:
+                    retention.threads_for = lambda _bytes, n=n: n
+                    t = time.perf_counter()
+                    _, _, check = retention.run_scorer(scorer, args.gguf, ref, Path(work),
+                                                       retention.Check(PROMPT, 8))
+                    if i:                      # the first round warms the page cache
+                        seconds[n].append(round(time.perf_counter() - t, 3))
+                        print(f"[bench] threads {n}: {seconds[n][-1]:.2f} s "
+                              f"(check {check.seconds:.2f} s)", flush=True)
+        finally:
+            retention.threads_for = real
+    result = {"gguf": str(args.gguf), "tokens": args.tokens, "seconds": seconds,
+              "export_gives": real(args.gguf.stat().st_size), "cpu": cpu_shape()}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
