@@ -77,6 +77,8 @@ NOTES = [
     "its total (data preparation, LoRA set-up, saving the adapter) is reported as 'save', and "
     "its start-up is its wall time minus total_s (imports, config, data check, loss plot, exit).",
     "fastft export runs a load-and-generate check of the GGUF ('check'); the notebook has none. "
+    "Since 2026-12-07 (3645e70) the gate's llama.cpp process makes it, the GGUF loaded once: "
+    "'check' is then its generating alone, the load counted in 'gate'. "
     "'other' is export's README/Modelfile/manifest step.",
 ]
 

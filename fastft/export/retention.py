@@ -17,7 +17,8 @@ fails the export.
 - GGUFs: fastft-score (fastft.export.scorer_src), llama.cpp itself on the same token ids,
   returning per-position log-probabilities. It also tokenises each rendered text with the GGUF's
   own tokenizer, which must give the training ids, and the GGUF's embedded chat template (what
-  llama.cpp serves with) must render each serving prompt as training did.
+  llama.cpp serves with) must render each serving prompt as training did. The same process,
+  with the file loaded once, makes the export's load check (`Check`: a few greedy tokens).
 """
 
 from __future__ import annotations
