@@ -314,9 +314,9 @@ def run_scorer(scorer: Path, gguf: Path, ref: Reference, work: Path, check: Chec
         n = int(data[at])
         texts.append(data[at + 1:at + 1 + n].tolist())
         at += 1 + n
-    n = int(data[at])
-    output = data[at + 1:at + 1 + -(-n // 4)].tobytes()[:n].decode("utf-8", "replace")
-    at += 1 + -(-n // 4)
+    n, padded = int(data[at]), -(-int(data[at]) // 4)     # the continuation's bytes, its words
+    output = data[at + 1:at + 1 + padded].tobytes()[:n].decode("utf-8", "replace")
+    at += 1 + padded
     seconds = float(data[at:at + 1].view("<f4")[0])
     done = None if check is None else GGUFCheck(file=gguf.name, prompt=check.prompt,
                                                 output=output, seconds=round(seconds, 3))

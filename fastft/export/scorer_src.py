@@ -199,7 +199,7 @@ int main(int argc, char ** argv) {
     }
     llama_log_set(quiet_log, nullptr);
     llama_backend_init();
-    if (!read_request(argv[2]) || next_word() != 0x32534646) {
+    if (!read_request(argv[2]) || next_word() != FASTFT_MAGIC) {
         fprintf(stderr, "fastft-score: %s is not a request\n", argv[2]);
         return 2;
     }
@@ -242,4 +242,4 @@ int main(int argc, char ** argv) {
     llama_model_free(model);
     return 0;
 }
-"""
+""".replace("FASTFT_MAGIC", f"{MAGIC:#x}")   # the one magic number, Python's and the program's
