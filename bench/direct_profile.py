@@ -52,6 +52,9 @@ def main() -> None:
                     help="tensors the converter computes ahead (direct.LOOKAHEAD) instead")
     ap.add_argument("--no-graphs", action="store_true", help="quantize without CUDA graphs")
     ap.add_argument("--keep", type=Path, default=None, help="move the GGUF files made here into this folder")
+    ap.add_argument("--no-handoff", action="store_true",
+                    help="quantize every tensor from its 16-bit bytes moved back to the GPU, as "
+                         "before 2026-12-07's thirteenth session (direct.merged_values off)")
     ap.add_argument("--quant-lookahead", type=int, default=None,
                     help="tensors quantized ahead of the writer (gpuquant.LOOKAHEAD) instead")
     a = ap.parse_args()
@@ -72,8 +75,11 @@ def main() -> None:
         gpuquant.LOOKAHEAD = a.quant_lookahead or gpuquant.LOOKAHEAD
         if a.no_graphs:
             gpuquant.MAX_GRAPHS = 0
+        if a.no_handoff:
+            direct.merged_values = lambda raw, made: None
         print(f"lookahead {direct.LOOKAHEAD}, quantize lookahead {gpuquant.LOOKAHEAD}, "
-              f"CUDA graphs at most {getattr(gpuquant, 'MAX_GRAPHS', 0)}")
+              f"CUDA graphs at most {getattr(gpuquant, 'MAX_GRAPHS', 0)}, "
+              f"merged tensors handed to the quantizer: {not a.no_handoff}")
         plan = pipeline.make_plan(opts)
         pipeline.find_tools(plan, Console(stderr=True, quiet=True))
         plan.scratch = Path(tmp) / "scratch"
@@ -97,7 +103,7 @@ def main() -> None:
                             (direct, "_prepared"),
                             (direct, "_plans"), (direct, "_write_probe"), (direct, "_write_quantized"),
                             (direct, "_write_gguf"), (direct.MergeSource, "_merged"),
-                            (direct, "bf16_bytes"),
+                            (direct, "bf16_bytes"), (direct, "merged_values"),
                             (gpuquant, "dry_run"), (gpuquant, "quantize_file"),
                             (gpuquant, "_tensor"), (gpuquant, "_floats"), (gpuquant, "_quantized"),
                             (gpuquant, "header_bytes")]:

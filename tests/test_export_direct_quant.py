@@ -79,6 +79,55 @@ def test_the_export_quantizes_in_the_child_with_no_16_bit_file(color_run, refere
 
 
 @pytest.mark.slow
+def test_each_merged_tensor_reaches_the_quantizer_where_it_was_merged(color_run, llama, reference,
+                                                                      tmp_path, monkeypatch):
+    """The child hands each adapted tensor to the quantizer as merged, on the merge device (here
+    the CPU; the GPU on a GPU host), instead of its 16-bit bytes to move there again; the base's
+    own tensors (the embedding) go from their bytes. The file is llama-quantize's either way."""
+    from fastft.export import direct, gpuquant
+    from fastft.export.direct import ChildResult, main
+
+    sources, given = [], []
+    merge_source, floats = direct.merge_source, gpuquant._floats
+    monkeypatch.setattr(direct, "merge_source",
+                        lambda *a: sources.append(merge_source(*a)) or sources[-1])
+    monkeypatch.setattr(gpuquant, "_floats",
+                        lambda g, *a: given.append(g.values is not None) or floats(g, *a))
+    job = child_job(color_run, llama, tmp_path / "x", ("Q8_0",))
+    assert main(job.argv()) == 0
+    assert ChildResult.read(job.result_file).quantized == {"Q8_0": "cpu"}
+    assert filecmp.cmp(job.quants["Q8_0"], reference["Q8_0"], shallow=False)
+    adapted = len(sources[0].lora)
+    assert adapted > 0 and given.count(True) == adapted
+    assert given.count(False) == len(given) - adapted >= 1     # token_embd.weight: not adapted
+
+
+def test_merged_values_are_handed_over_only_for_the_merge_s_own_bytes():
+    """merged_values gives the merge device's tensor only when the converter's bytes are exactly
+    the one merge's: a changed element, another length or dtype, two merges or none: None."""
+    import numpy as np
+    import torch
+
+    from fastft.export.direct import merged_values
+
+    values = torch.arange(12, dtype=torch.bfloat16).reshape(3, 4)
+    made = [(values.clone(), values)]
+    raw = values.view(torch.uint8).numpy().reshape(-1).copy()
+    assert merged_values(raw, made) is values
+    changed = raw.copy()
+    changed[5] ^= 1
+    assert merged_values(changed, made) is None
+    assert merged_values(raw[:-2], made) is None
+    widened = values.float().view(torch.uint8).numpy().reshape(-1).copy()
+    assert merged_values(widened, made) is None
+    assert merged_values(raw, made * 2) is None
+    assert merged_values(raw, []) is None
+    odd = np.frombuffer(b"\x01\x02\x03", dtype=np.uint8)        # not a whole number of words
+    assert merged_values(odd, [(torch.tensor([1, 2, 3], dtype=torch.uint8), "on device")]) \
+        == "on device"
+
+
+@pytest.mark.slow
 def test_a_type_it_cannot_make_gets_the_16_bit_file(color_run, llama, reference, tmp_path,
                                                      monkeypatch):
     """When llama-quantize's plan names a type gpuquant does not make, the child writes the

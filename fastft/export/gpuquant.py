@@ -68,8 +68,17 @@ class GpuQuantError(FastftError):
     pass
 
 
-# A tensor's bytes in the 16-bit file (bytes-like, its length in bytes), by its tensor info.
-Reader = Callable[[TensorInfo], object]
+@dataclass(frozen=True)
+class Given:
+    """A tensor as the 16-bit file has it: its bytes (bytes-like), and, when the caller still
+    holds them there, the same values as a torch tensor of that 16-bit dtype on a device (the
+    direct export's merge on the GPU), which spares moving the bytes back to the GPU."""
+    raw: object
+    values: object = None
+
+
+# Each tensor of the 16-bit file, by its tensor info.
+Reader = Callable[[TensorInfo], Given]
 
 
 @dataclass
@@ -153,8 +162,8 @@ def _made_on(src: Path, plans: list[Plan], on: str) -> bool:
 
 def quantize_file(src: Path, plans: list[Plan], on: str, read: Reader | None = None) -> None:
     """Write every plan's file from `src` in one pass, quantizing on device `on`. `read`: each
-    tensor's 16-bit bytes, asked for in the plans' order (default: from `src` itself; the
-    direct export gives them from memory, `src` then holding only their header)."""
+    tensor as the 16-bit file has it, asked for in the plans' order (default: from `src` itself;
+    the direct export gives them from memory, `src` then holding only their header)."""
     with open(src, "rb") as f:
         # left to be closed by its collection: a tensor still alive in a traceback holds a
         # view of it, and closing would raise over the error being raised
@@ -187,7 +196,7 @@ def _reader(view, header: Header) -> Reader:
         if ti.type not in _TYPE_NAMES:
             raise GpuQuantError(f"{ti.name}: ggml type {ti.type} is not read here")
         start = header.data_start + ti.offset
-        return view[start:start + _nbytes(ti.elements, _TYPE_NAMES[ti.type])]
+        return Given(view[start:start + _nbytes(ti.elements, _TYPE_NAMES[ti.type])])
     return read
 
 
@@ -242,11 +251,10 @@ def _nbytes(elements: int, kind: str) -> int:
     return elements // block * size
 
 
-def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]],
+def _tensor(given: Given, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]],
             quantizer: Quantizer):
-    """Tensor `ti` (`raw`: its bytes) as each plan's row has it: as it is, or quantized."""
-    import numpy as np
-
+    """Tensor `ti` as each plan's row has it: its 16-bit bytes as they are, or quantized."""
+    raw = given.raw
     if any(name != ti.name for name, _, _ in rows):
         raise GpuQuantError(f"{ti.name}: not where llama-quantize's plan has it")
     old = rows[0][1]
@@ -254,7 +262,7 @@ def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]
         raise GpuQuantError(f"{ti.name}: llama-quantize's plan reads it as {old}")
     if all(new == old for _, _, new in rows):
         return [raw] * len(rows)
-    x = _floats(np.frombuffer(raw, dtype=np.uint8), old, quantizer.on)
+    x = _floats(given, old, quantizer.on)
     out = []
     for _, _, new in rows:
         if new == old:
@@ -266,14 +274,19 @@ def _tensor(raw, header: Header, ti: TensorInfo, rows: list[tuple[str, str, str]
     return out
 
 
-def _floats(raw, source: str, on: str):
-    """The tensor's values as float32 on `on`, widened as llama-quantize widens them (exactly)."""
+def _floats(given: Given, source: str, on: str):
+    """The tensor's values as float32 on `on`, widened as llama-quantize widens them (exactly):
+    from the values the caller holds on a device when they are of the file's type, else from
+    its bytes."""
+    import numpy as np
     import torch
 
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[source]
+    if given.values is not None and given.values.dtype == dtype:
+        return given.values.reshape(-1).to(on).float()
     with warnings.catch_warnings():   # the file's read-only map: read here, never written
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(raw).view(dtype).to(on).float()
+        return torch.from_numpy(np.frombuffer(given.raw, dtype=np.uint8)).view(dtype).to(on).float()
 
 
 def chunk_elements(device) -> int:
