@@ -9,15 +9,22 @@ from a chat prompt; token ids are random, which costs llama.cpp what real ones c
 count runs --runs times, the counts alternating, after one warm-up run (the GGUF into the page
 cache). The export gives llama.cpp one thread per logical CPU (retention.threads_for); the
 host's cores and threads per core are printed beside the times, for whether fewer would do.
+
+--hashing also runs each count beside a SHA-256 of the GGUF in a thread of this process, over
+and over until the scorer is done: the export hashes each finished GGUF for its manifest while
+the gate scores it (pipeline._Hashes), and a thread pool that has every core (ggml's) waits at
+each op for the one that shares its core.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,6 +51,34 @@ def request(n: int):
                                [np.zeros(top.shape)])
 
 
+def label(threads: int, hashing: bool) -> str:
+    return f"threads {threads}" + (" beside a SHA-256" if hashing else "")
+
+
+@contextlib.contextmanager
+def hashed(path: Path, on: bool):
+    """While the block runs (if `on`), a thread hashes `path` as the export's manifest does, again
+    and again; yields [how many hashes it finished]."""
+    from fastft.core.cache import sha256_file
+
+    done, stop = [0], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            sha256_file(path)
+            done[0] += 1
+
+    thread = threading.Thread(target=loop, daemon=True)
+    if on:
+        thread.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        if on:
+            thread.join()
+
+
 def cpu_shape() -> dict:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -61,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=609)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--out", type=Path)
+    p.add_argument("--hashing", action="store_true",
+                   help="each count also beside a SHA-256 of the GGUF, as the export's gate runs")
     args = p.parse_args(argv)
 
     from fastft.export import retention
@@ -68,19 +105,23 @@ def main(argv=None) -> int:
 
     scorer, ref = ensure_scorer(), request(args.tokens)
     counts = [int(t) for t in args.threads.split(",")]
-    real, seconds = retention.threads_for, {t: [] for t in counts}
+    runs = [(n, h) for n in counts for h in ((False, True) if args.hashing else (False,))]
+    real, seconds = retention.threads_for, {label(n, h): [] for n, h in runs}
     with tempfile.TemporaryDirectory() as work:
         try:
             for i in range(args.runs + 1):
-                for n in counts:
+                for n, hashing in runs:
                     retention.threads_for = lambda _bytes, n=n: n
-                    t = time.perf_counter()
-                    _, _, check = retention.run_scorer(scorer, args.gguf, ref, Path(work),
-                                                       retention.Check(PROMPT, 8))
+                    with hashed(args.gguf, hashing) as hashes:
+                        t = time.perf_counter()
+                        _, _, check = retention.run_scorer(scorer, args.gguf, ref, Path(work),
+                                                           retention.Check(PROMPT, 8))
+                        took = time.perf_counter() - t
                     if i:                      # the first round warms the page cache
-                        seconds[n].append(round(time.perf_counter() - t, 3))
-                        print(f"[bench] threads {n}: {seconds[n][-1]:.2f} s "
-                              f"(check {check.seconds:.2f} s)", flush=True)
+                        seconds[label(n, hashing)].append(round(took, 3))
+                        print(f"[bench] {label(n, hashing)}: {took:.2f} s (check "
+                              f"{check.seconds:.2f} s{f', {hashes[0]} hashes' if hashing else ''})",
+                              flush=True)
         finally:
             retention.threads_for = real
     result = {"gguf": str(args.gguf), "tokens": args.tokens, "seconds": seconds,

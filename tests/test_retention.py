@@ -228,6 +228,60 @@ def test_a_failing_gguf_fails_the_export_which_records_it(color_run, tmp_path, m
     assert manifest["checks"] == [] and "check_s" not in manifest["timings"]   # --no-check
 
 
+def test_threads_for_leaves_the_busy_threads_their_cores(monkeypatch):
+    """llama.cpp gets a thread per usable core less one per busy thread of the export (at least
+    one), and a small model one thread whatever the cores."""
+    monkeypatch.setattr(retention.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    big = 8 << 30
+    assert [retention.threads_for(big, busy) for busy in (0, 1, 4, 16, 20)] == [16, 15, 12, 1, 1]
+    assert retention.threads_for(10 << 20) == retention.threads_for(10 << 20, busy=1) == 1
+
+
+def test_the_gate_leaves_a_core_to_each_file_being_hashed(color_run, tmp_path, monkeypatch):
+    """The export hashes each finished GGUF for its manifest while the gate scores it: the
+    gate's llama.cpp process is given the cores less the one that hash is using (here 16 cores,
+    as if the tiny model were large enough for all; the scorer then runs on one thread, as
+    this 2-core machine needs)."""
+    import threading
+
+    import fastft.export.pipeline as pipeline
+    from fastft.core.procs import command_of
+    from fastft.export.pipeline import ExportOptions, export_run
+    from rich.console import Console
+
+    monkeypatch.setattr(retention.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(retention, "BYTES_PER_THREAD", 1)
+    scored, hashing = threading.Event(), []
+    real_hash, real_run = pipeline.sha256_file, retention.subprocess.run
+
+    def slow_hash(path):                       # still hashing when the gate starts
+        if str(path).endswith(".gguf"):
+            hashing.append(path)
+            assert scored.wait(120)
+        return real_hash(path)
+
+    given = []
+
+    def run(cmd, *args, **kwargs):
+        scorer = command_of(cmd)
+        if Path(scorer[0]).name == "fastft-score" and len(scorer) == 5:   # GGUF, request, result, threads
+            given.append(int(cmd[-1]))
+            cmd = [*cmd[:-1], "1"]
+            try:
+                return real_run(cmd, *args, **kwargs)
+            finally:
+                scored.set()
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sha256_file", slow_hash)
+    monkeypatch.setattr(retention.subprocess, "run", run)
+    result = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q8_0",), check=False,
+                                      out=str(tmp_path / "out")), Console(file=io.StringIO()))
+    assert [p.name for p in hashing] == [result.ggufs["q8_0"].name]
+    assert given == [15]
+    assert result.retention.passed
+
+
 def test_auto_keeps_the_smallest_quant_that_passes(color_run, tmp_path):
     from fastft.export.pipeline import ExportOptions, export_run
     from rich.console import Console

@@ -598,8 +598,9 @@ def _score(plan: ExportPlan, quant: str, path: Path) -> retention.Scored:
     retention (the rest: llama.cpp's side of the gate; the reference is torch's)."""
     t = time.perf_counter()
     check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
+    # the manifest's hashes of finished files run meanwhile: llama.cpp gets the other cores
     scored = retention.score_file(plan.scorer, path, quant, plan.reference, plan.work,
-                                  plan.opts.min_retention, check)
+                                  plan.opts.min_retention, check, busy=plan.hashes.running())
     generating = scored.check.seconds if scored.check else 0.0
     if scored.check:
         plan.timeline.add("check", generating)
@@ -788,8 +789,13 @@ class _Hashes:
     merged weights overlaps the GGUF conversion and hashing the GGUFs overlaps the check."""
 
     def __init__(self):
-        self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+        self.workers = min(4, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers)
         self.futures: dict[Path, Future] = {}
+
+    def running(self) -> int:
+        """Threads hashing now (or about to: files queued while all are busy)."""
+        return min(self.workers, sum(not f.done() for f in self.futures.values()))
 
     def start(self, paths) -> None:
         for p in paths:

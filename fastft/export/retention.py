@@ -280,26 +280,34 @@ def _request(ref: Reference, check: Check | None = None) -> bytes:
     return b"".join(w.tobytes() for w in words)
 
 
-def threads_for(weight_bytes: int) -> int:
-    """CPU threads for a model of `weight_bytes`: one per 64 MiB, at most one per usable core
-    (a 4B model gets them all, the tiny one a single thread).
+BYTES_PER_THREAD = 2**26
+
+
+def threads_for(weight_bytes: int, busy: int = 0) -> int:
+    """CPU threads for a model of `weight_bytes`: one per BYTES_PER_THREAD (64 MiB), at most one
+    per usable core that `busy` other threads of this process leave free (a 4B model gets them
+    all, the tiny one a single thread).
     A small model gains nothing from more, and idle threads spin (OpenMP, ggml): on a busy
     machine (a CI runner) llama.cpp scored the tiny model in 6.3 s of CPU time with two
-    threads, 0.9 s with one."""
+    threads, 0.9 s with one. And ggml's threads meet at every op, so one that shares its core
+    with a busy thread holds up all of them: beside a SHA-256 in a thread, on 2 cores, the tiny
+    model's 8-token check took 0.10-0.15 s with 2 threads against 0.02 s with 1
+    (bench/scorer_threads.py --hashing)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, weight_bytes // 2**26))
+    return max(1, min((cores or 1) - busy, weight_bytes // BYTES_PER_THREAD))
 
 
 def run_scorer(scorer: Path, gguf: Path, ref: Reference, work: Path, check: Check | None = None,
-               timeout: float = 1800) -> tuple[list, list, GGUFCheck | None]:
+               timeout: float = 1800, busy: int = 0) -> tuple[list, list, GGUFCheck | None]:
     """(the GGUF's token ids for each rendered text, per example an (n, 1 + TOP_K) array of
     log-probabilities: the target's, then the reference's top-k, and the `check`'s output), from
-    llama.cpp."""
+    llama.cpp, on the cores that `busy` threads of this process leave it."""
     import numpy as np
 
     request, result = work / f"{gguf.name}.request", work / f"{gguf.name}.result"
     request.write_bytes(_request(ref, check))
-    cmd = [str(scorer), str(gguf), str(request), str(result), str(threads_for(gguf.stat().st_size))]
+    threads = threads_for(gguf.stat().st_size, busy)
+    cmd = [str(scorer), str(gguf), str(request), str(result), str(threads)]
     try:
         p = subprocess.run(dying_with_parent(cmd), capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
@@ -391,10 +399,11 @@ def retention_of(base: float, adapter: float, loss: float) -> float | None:
 
 
 def score_file(scorer: Path, gguf: Path, quant: str, ref: Reference, work: Path,
-               min_retention: float, check: Check | None = None) -> Scored:
+               min_retention: float, check: Check | None = None, busy: int = 0) -> Scored:
     """One GGUF against the reference: its loss, perplexity, KL and retention, and whether it
-    passes (`problem` says why not); and the load `check`, from the same llama.cpp process."""
-    texts, rows, checked = run_scorer(scorer, gguf, ref, work, check)
+    passes (`problem` says why not); and the load `check`, from the same llama.cpp process
+    (given the cores that `busy` threads of this process leave)."""
+    texts, rows, checked = run_scorer(scorer, gguf, ref, work, check, busy=busy)
     failed, problem = "tokenizer", tokenizer_problem(ref, texts)
     if problem is None:
         failed, problem = "template", template_problem(gguf, ref)
