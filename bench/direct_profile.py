@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--no-handoff", action="store_true",
                     help="quantize every tensor from its 16-bit bytes moved back to the GPU, as "
                          "before 2026-12-07's thirteenth session (direct.merged_values off)")
+    ap.add_argument("--no-streams", action="store_true",
+                    help="every thread on the default CUDA stream, as before 2026-12-07's "
+                         "thirteenth session (gpuquant.own_stream off)")
     ap.add_argument("--quant-lookahead", type=int, default=None,
                     help="tensors quantized ahead of the writer (gpuquant.LOOKAHEAD) instead")
     a = ap.parse_args()
@@ -77,9 +80,12 @@ def main() -> None:
             gpuquant.MAX_GRAPHS = 0
         if a.no_handoff:
             direct.merged_values = lambda raw, made: None
+        if a.no_streams:
+            gpuquant.own_stream = lambda device: None
         print(f"lookahead {direct.LOOKAHEAD}, quantize lookahead {gpuquant.LOOKAHEAD}, "
               f"CUDA graphs at most {getattr(gpuquant, 'MAX_GRAPHS', 0)}, "
-              f"merged tensors handed to the quantizer: {not a.no_handoff}")
+              f"merged tensors handed to the quantizer: {not a.no_handoff}, "
+              f"a stream per thread: {not a.no_streams}")
         plan = pipeline.make_plan(opts)
         pipeline.find_tools(plan, Console(stderr=True, quiet=True))
         plan.scratch = Path(tmp) / "scratch"

@@ -96,19 +96,24 @@ class MergeSource:
     def _merged(self, name: str, local) -> object:
         import torch
 
+        from . import gpuquant
+
         dtype = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32)))[local.dtype]
         w = torch.from_numpy(local.mmap_bytes()).view(dtype).reshape(local.shape)
         if name not in self.lora:
             return w
         a, b = self.lora[name]
-        # unsloth_zoo's _merge_lora, op for op: float32 on the merge device, addmm_, cast back.
-        merged = w.to(self.device, dtype=torch.float32, non_blocking=True)
-        merged.addmm_(b.to(self.device, dtype=torch.float32, non_blocking=True),
-                      a.to(self.device, dtype=torch.float32, non_blocking=True), alpha=self.scaling)
-        if not torch.isfinite(torch.amax(merged)).item():
-            raise DirectExportError(f"the merge of {name} has infinite elements")
-        merged = merged.to(dtype).contiguous()
-        out = merged.cpu()
+        # each merging thread on its own CUDA stream; .cpu() waits for it, so the tensor is
+        # finished when handed on
+        with torch.cuda.stream(gpuquant.own_stream(self.device)):
+            # unsloth_zoo's _merge_lora, op for op: float32 on the merge device, addmm_, cast back.
+            merged = w.to(self.device, dtype=torch.float32, non_blocking=True)
+            merged.addmm_(b.to(self.device, dtype=torch.float32, non_blocking=True),
+                          a.to(self.device, dtype=torch.float32, non_blocking=True), alpha=self.scaling)
+            if not torch.isfinite(torch.amax(merged)).item():
+                raise DirectExportError(f"the merge of {name} has infinite elements")
+            merged = merged.to(dtype).contiguous()
+            out = merged.cpu()
         if (made := getattr(_made, "tensors", None)) is not None:
             made.append((out, merged))
         return out

@@ -22,6 +22,7 @@ import mmap
 import re
 import struct
 import subprocess
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -200,16 +201,36 @@ def _reader(view, header: Header) -> Reader:
     return read
 
 
+_streams = threading.local()
+
+
+def own_stream(device):
+    """This thread's own CUDA stream on `device` (None, which torch.cuda.stream takes as "as
+    it is", elsewhere). On the default stream every thread's copies and kernels run one after
+    another, and each sync waits for all of them: in the direct export the quantizing thread's
+    kernels and copies waited behind the eight merging threads'."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    if getattr(_streams, "stream", None) is None:
+        _streams.stream = torch.cuda.Stream(device)
+    return _streams.stream
+
+
 def _write_tensors(read: Reader, header: Header, tensors: list[TensorInfo], plans: list[Plan],
                    outs, on: str) -> None:
     """Each tensor as each plan has it, in order, each padded to the alignment; the next
     LOOKAHEAD tensors read and quantized in a thread meanwhile (one thread: `read` is called
-    in order)."""
+    in order), on that thread's own stream."""
+    import torch
+
     quantizer = Quantizer(on)
 
     def job(i: int):
-        return _tensor(read(tensors[i]), header, tensors[i], [p.tensors[i] for p in plans],
-                       quantizer)
+        given = read(tensors[i])
+        with torch.cuda.stream(own_stream(on)):
+            return _tensor(given, header, tensors[i], [p.tensors[i] for p in plans], quantizer)
 
     with ahead(job, len(tensors), 1, LOOKAHEAD) as results:
         for data in results:
@@ -283,6 +304,8 @@ def _floats(given: Given, source: str, on: str):
 
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[source]
     if given.values is not None and given.values.dtype == dtype:
+        if given.values.is_cuda:   # made on another stream (and finished): freed after this one's use
+            given.values.record_stream(torch.cuda.current_stream(given.values.device))
         return given.values.reshape(-1).to(on).float()
     with warnings.catch_warnings():   # the file's read-only map: read here, never written
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
