@@ -21,7 +21,9 @@ Unsloth before transformers), with no Unsloth and no second pass over the weight
   as long as the whole file would be, for `llama-quantize --dry-run` to plan each tensor's type;
   then each tensor, as the converter computes it (merged, cast to 16 bits), is quantized on the
   GPU from those bytes, which are the 16-bit file's (the files are llama-quantize's, byte for
-  byte). No GPU, another type, or the GPU out of memory: the 16-bit GGUF is written as before;
+  byte): from the merge's own tensor still on the GPU where the converter's bytes are exactly
+  its bytes (merged_values), so they need not cross back; each thread on its own CUDA stream.
+  No GPU, another type, or the GPU out of memory: the 16-bit GGUF is written as before;
 - GGUF only, that folder is scratch and no checkpoint is written. With --merged it is the
   merged folder the older path writes, and each tensor, as it is merged for the GGUF writer,
   is also written into that folder's safetensors files (fastft.export.checkpoint), laid out as
