@@ -51,7 +51,9 @@
 #                     DP_RUNS="1" runs the first alone; 4: without the merged tensors handed to
 #                     the quantizer on the GPU (from their 16-bit bytes, as before 2026-12-07's
 #                     thirteenth session) and cmp with the first: DP_RUNS="1 4 1 4"; 5: every
-#                     thread on the default CUDA stream (as before the same session), cmp
+#                     thread on the default CUDA stream (as before the same session), cmp; 6:
+#                     measurement only, no merged tensor copied back to the CPU (--no-copy-back:
+#                     what the copy back and the byte check cost), cmp
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
 #       bash bench/gpu_check.sh ttfc:favorite,notebook quants   Results go to $OUT.
 LIMIT=${GPU_CHECK_LIMIT_S:-570}
@@ -196,7 +198,7 @@ PY
       for i in ${DP_RUNS:-1 2 3}; do
         more=$(case $i in 1) echo --keep /tmp/dp-graphs;; 2) echo --no-graphs --keep /tmp/dp-eager;;
                3) echo --lookahead 16 --quant-lookahead 4;; 4) echo --no-handoff --keep /tmp/dp-bytes;;
-               5) echo --no-streams --keep /tmp/dp-default;; esac)
+               5) echo --no-streams --keep /tmp/dp-default;; 6) echo --no-copy-back --keep /tmp/dp-nocb;; esac)
         [ $i = 3 ] && [ $(left) -lt 60 ] && break
         UNSLOTH_LLAMA_CPP_PATH=$(python3 -c "from bench.common import llama_cpp_root as r; print(r('$W/fastft-cache'))" | tail -1) \
           timeout $(( $(left) - 5 )) python3 bench/direct_profile.py "$run" $more --out "$OUT/direct-profile-$i" 2>&1 \
@@ -210,6 +212,9 @@ PY
         [ $i = 5 ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "/tmp/dp-default/$(basename "$f")" \
           && echo "$(basename "$f"): own streams and the default stream identical ($(stat -c %s "$f") bytes)"; done \
           | tee -a "$OUT/direct-profile-5.txt"
+        [ $i = 6 ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "/tmp/dp-nocb/$(basename "$f")" \
+          && echo "$(basename "$f"): without the copy back identical ($(stat -c %s "$f") bytes)"; done \
+          | tee -a "$OUT/direct-profile-6.txt"
       done
       rm -rf /tmp/dp-graphs /tmp/dp-eager ;;
     *) echo "unknown step $step" ;;

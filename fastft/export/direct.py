@@ -95,13 +95,20 @@ class MergeSource:
             self.sink.put(name, out)
         return out
 
+    @staticmethod
+    def _base_tensor(local):
+        """The base's tensor as stored, a CPU view of its safetensors file."""
+        import torch
+
+        dtype = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32)))[local.dtype]
+        return torch.from_numpy(local.mmap_bytes()).view(dtype).reshape(local.shape)
+
     def _merged(self, name: str, local) -> object:
         import torch
 
         from . import gpuquant
 
-        dtype = dict(zip(DTYPES, (torch.bfloat16, torch.float16, torch.float32)))[local.dtype]
-        w = torch.from_numpy(local.mmap_bytes()).view(dtype).reshape(local.shape)
+        w = self._base_tensor(local)
         if name not in self.lora:
             return w
         a, b = self.lora[name]
@@ -114,7 +121,7 @@ class MergeSource:
                           a.to(self.device, dtype=torch.float32, non_blocking=True), alpha=self.scaling)
             if not torch.isfinite(torch.amax(merged)).item():
                 raise DirectExportError(f"the merge of {name} has infinite elements")
-            merged = merged.to(dtype).contiguous()
+            merged = merged.to(w.dtype).contiguous()
             out = merged.cpu()
         if (made := getattr(_made, "tensors", None)) is not None:
             made.append((out, merged))
