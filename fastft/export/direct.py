@@ -134,7 +134,8 @@ _made = threading.local()
 
 @contextlib.contextmanager
 def recording():
-    """A list that gets (on the CPU, where merged) of each merge this thread makes in the block."""
+    """A list that gets, for each merge this thread makes in the block, (its copy on the CPU,
+    the tensor where it was merged)."""
     _made.tensors = []
     try:
         yield _made.tensors
