@@ -52,13 +52,9 @@ def merged_on_device(self, name: str, local):
     w = direct.MergeSource._base_tensor(local)
     if name not in self.lora:
         return w
-    a, b = self.lora[name]
     stream = gpuquant.own_stream(self.device)
     with torch.cuda.stream(stream):
-        merged = w.to(self.device, dtype=torch.float32)
-        merged.addmm_(b.to(self.device, dtype=torch.float32), a.to(self.device, dtype=torch.float32),
-                      alpha=self.scaling)
-        merged = merged.to(w.dtype).contiguous()
+        merged = self.merge_on_device(name, w)
     if stream is not None:
         stream.synchronize()
     if (made := getattr(direct._made, "tensors", None)) is not None:

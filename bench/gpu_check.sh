@@ -196,27 +196,23 @@ PY
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
       [ -z "$run" ] && { echo "direct-profile: no finished fastft run in $W"; continue; }
       for i in ${DP_RUNS:-1 2 3}; do
-        more=$(case $i in 1) echo --keep /tmp/dp-graphs;; 2) echo --no-graphs --keep /tmp/dp-eager;;
-               3) echo --lookahead 16 --quant-lookahead 4;; 4) echo --no-handoff --keep /tmp/dp-bytes;;
-               5) echo --no-streams --keep /tmp/dp-default;; 6) echo --no-copy-back --keep /tmp/dp-nocb;; esac)
+        # each run but 1 and 3 keeps its files in $keep, compared with run 1's (/tmp/dp-graphs)
+        keep= what= more=
+        case $i in 1) more="--keep /tmp/dp-graphs";; 2) more=--no-graphs keep=/tmp/dp-eager what="graphs and eager";;
+               3) more="--lookahead 16 --quant-lookahead 4";;
+               4) more=--no-handoff keep=/tmp/dp-bytes what="handed over and from bytes";;
+               5) more=--no-streams keep=/tmp/dp-default what="own streams and the default stream";;
+               6) more=--no-copy-back keep=/tmp/dp-nocb what="with and without the copy back";; esac
+        [ -n "$keep" ] && more="$more --keep $keep"
         [ $i = 3 ] && [ $(left) -lt 60 ] && break
         UNSLOTH_LLAMA_CPP_PATH=$(python3 -c "from bench.common import llama_cpp_root as r; print(r('$W/fastft-cache'))" | tail -1) \
           timeout $(( $(left) - 5 )) python3 bench/direct_profile.py "$run" $more --out "$OUT/direct-profile-$i" 2>&1 \
           | grep -v Warning | tee -a "$OUT/direct-profile-$i.txt" | tail -25
-        [ $i = 2 ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "/tmp/dp-eager/$(basename "$f")" \
-          && echo "$(basename "$f"): graphs and eager identical ($(stat -c %s "$f") bytes)"; done \
-          | tee -a "$OUT/direct-profile-2.txt"
-        [ $i = 4 ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "/tmp/dp-bytes/$(basename "$f")" \
-          && echo "$(basename "$f"): handed over and from bytes identical ($(stat -c %s "$f") bytes)"; done \
-          | tee -a "$OUT/direct-profile-4.txt"
-        [ $i = 5 ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "/tmp/dp-default/$(basename "$f")" \
-          && echo "$(basename "$f"): own streams and the default stream identical ($(stat -c %s "$f") bytes)"; done \
-          | tee -a "$OUT/direct-profile-5.txt"
-        [ $i = 6 ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "/tmp/dp-nocb/$(basename "$f")" \
-          && echo "$(basename "$f"): without the copy back identical ($(stat -c %s "$f") bytes)"; done \
-          | tee -a "$OUT/direct-profile-6.txt"
+        [ -n "$keep" ] && for f in /tmp/dp-graphs/*.gguf; do cmp "$f" "$keep/$(basename "$f")" \
+          && echo "$(basename "$f"): $what identical ($(stat -c %s "$f") bytes)"; done \
+          | tee -a "$OUT/direct-profile-$i.txt"
       done
-      rm -rf /tmp/dp-graphs /tmp/dp-eager ;;
+      rm -rf /tmp/dp-graphs /tmp/dp-eager /tmp/dp-bytes /tmp/dp-default /tmp/dp-nocb ;;
     *) echo "unknown step $step" ;;
   esac
 done

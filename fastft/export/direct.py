@@ -111,21 +111,27 @@ class MergeSource:
         w = self._base_tensor(local)
         if name not in self.lora:
             return w
-        a, b = self.lora[name]
         # each merging thread on its own CUDA stream; .cpu() waits for it, so the tensor is
         # finished when handed on
         with torch.cuda.stream(gpuquant.own_stream(self.device)):
-            # unsloth_zoo's _merge_lora, op for op: float32 on the merge device, addmm_, cast back.
-            merged = w.to(self.device, dtype=torch.float32, non_blocking=True)
-            merged.addmm_(b.to(self.device, dtype=torch.float32, non_blocking=True),
-                          a.to(self.device, dtype=torch.float32, non_blocking=True), alpha=self.scaling)
-            if not torch.isfinite(torch.amax(merged)).item():
-                raise DirectExportError(f"the merge of {name} has infinite elements")
-            merged = merged.to(w.dtype).contiguous()
+            merged = self.merge_on_device(name, w)
             out = merged.cpu()
         if (made := getattr(_made, "tensors", None)) is not None:
             made.append((out, merged))
         return out
+
+    def merge_on_device(self, name: str, w) -> object:
+        """`w` (the base's tensor `name`) merged with its LoRA pair on self.device, in w's dtype:
+        unsloth_zoo's _merge_lora, op for op (float32 on the merge device, addmm_, cast back)."""
+        import torch
+
+        a, b = self.lora[name]
+        merged = w.to(self.device, dtype=torch.float32, non_blocking=True)
+        merged.addmm_(b.to(self.device, dtype=torch.float32, non_blocking=True),
+                      a.to(self.device, dtype=torch.float32, non_blocking=True), alpha=self.scaling)
+        if not torch.isfinite(torch.amax(merged)).item():
+            raise DirectExportError(f"the merge of {name} has infinite elements")
+        return merged.to(w.dtype).contiguous()
 
 
 # The merges a converter thread made while computing one tensor for the quantizer (recording)

@@ -322,7 +322,8 @@ def run_scorer(scorer: Path, gguf: Path, ref: Reference, work: Path, check: Chec
         n = int(data[at])
         texts.append(data[at + 1:at + 1 + n].tolist())
         at += 1 + n
-    n, padded = int(data[at]), -(-int(data[at]) // 4)     # the continuation's bytes, its words
+    n = int(data[at])                                     # the continuation's bytes
+    padded = -(-n // 4)                                   # ... in 4-byte words
     output = data[at + 1:at + 1 + padded].tobytes()[:n].decode("utf-8", "replace")
     at += 1 + padded
     seconds = float(data[at:at + 1].view("<f4")[0])
