@@ -183,3 +183,23 @@ def test_on_cuda_q4_k_m_and_q8_0_are_made_in_the_child(color_run, llama, referen
     quantize_ggufs(llama, reference["BF16"], {"Q4_K_M": q4}, tmp_path)
     assert filecmp.cmp(res.ggufs["q4_k_m"], q4, shallow=False)
     assert filecmp.cmp(res.ggufs["q8_0"], reference["Q8_0"], shallow=False)
+
+
+@pytest.mark.gpu
+def test_each_thread_gets_its_own_cuda_stream():
+    """gpuquant.own_stream: one stream per thread, kept for the thread, never the default one
+    (which would make every thread's copies and kernels wait for the others'); None off CUDA."""
+    import threading
+
+    import torch
+
+    from fastft.export.gpuquant import own_stream
+
+    mine = own_stream("cuda")
+    assert mine is own_stream("cuda") and mine != torch.cuda.default_stream()
+    other = []
+    thread = threading.Thread(target=lambda: other.append(own_stream("cuda")))
+    thread.start()
+    thread.join()
+    assert other[0] != mine and other[0] != torch.cuda.default_stream()
+    assert own_stream("cpu") is None
