@@ -42,26 +42,6 @@ def timed(owner, attr: str, label: str | None = None) -> None:
     setattr(owner, attr, wrapper)
 
 
-def merged_on_device(self, name: str, local):
-    """--no-copy-back's MergeSource._merged: the same merge, left on the GPU for the quantizer;
-    the converter gets the base's tensor."""
-    import torch
-
-    from fastft.export import direct, gpuquant
-
-    w = direct.MergeSource._base_tensor(local)
-    if name not in self.lora:
-        return w
-    stream = gpuquant.own_stream(self.device)
-    with torch.cuda.stream(stream):
-        merged = self.merge_on_device(name, w)
-    if stream is not None:
-        stream.synchronize()
-    if (made := getattr(direct._made, "tensors", None)) is not None:
-        made.append((w, merged))
-    return w
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -78,12 +58,10 @@ def main() -> None:
     ap.add_argument("--no-streams", action="store_true",
                     help="every thread on the default CUDA stream, as before 2026-12-07's "
                          "thirteenth session (gpuquant.own_stream off)")
-    ap.add_argument("--no-copy-back", action="store_true",
-                    help="measurement only: the merged tensors stay on the GPU for the quantizer "
-                         "(unchecked) and the converter gets the base's own bytes, so no merged "
-                         "tensor crosses back: what the copy back and the byte check cost. The "
-                         "quantized files must still equal the product's (every adapted tensor is "
-                         "quantized in Q4_K_M and Q8_0)")
+    ap.add_argument("--copy-back", action="store_true",
+                    help="every merged tensor copied back to the CPU for the converter and compared "
+                         "with its bytes, as before 2026-12-07's fourteenth session (direct.STAND_IN "
+                         "off: no base tensor standing in for the merge)")
     ap.add_argument("--quant-lookahead", type=int, default=None,
                     help="tensors quantized ahead of the writer (gpuquant.LOOKAHEAD) instead")
     a = ap.parse_args()
@@ -108,13 +86,12 @@ def main() -> None:
             direct.merged_values = lambda raw, made: None
         if a.no_streams:
             gpuquant.own_stream = lambda device: None
-        if a.no_copy_back:
-            direct.MergeSource._merged = merged_on_device
-            direct.merged_values = lambda raw, made: made[0][1] if len(made) == 1 else None
+        if a.copy_back:
+            direct.STAND_IN = False
         print(f"lookahead {direct.LOOKAHEAD}, quantize lookahead {gpuquant.LOOKAHEAD}, "
               f"CUDA graphs at most {getattr(gpuquant, 'MAX_GRAPHS', 0)}, "
               f"merged tensors handed to the quantizer: {not a.no_handoff}, "
-              f"a stream per thread: {not a.no_streams}, copied back: {not a.no_copy_back}")
+              f"a stream per thread: {not a.no_streams}, copied back: {a.copy_back}")
         plan = pipeline.make_plan(opts)
         pipeline.find_tools(plan, Console(stderr=True, quiet=True))
         plan.scratch = Path(tmp) / "scratch"

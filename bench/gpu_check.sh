@@ -52,8 +52,8 @@
 #                     the quantizer on the GPU (from their 16-bit bytes, as before 2026-12-07's
 #                     thirteenth session) and cmp with the first: DP_RUNS="1 4 1 4"; 5: every
 #                     thread on the default CUDA stream (as before the same session), cmp; 6:
-#                     measurement only, no merged tensor copied back to the CPU (--no-copy-back:
-#                     what the copy back and the byte check cost), cmp
+#                     every merged tensor copied back to the CPU for the converter, no base
+#                     tensor standing in (--copy-back, as before the fourteenth session), cmp
 # e.g.  bash bench/gpu_check.sh tests ttfc:favorite,fastft     then
 #       bash bench/gpu_check.sh ttfc:favorite,notebook quants   Results go to $OUT.
 LIMIT=${GPU_CHECK_LIMIT_S:-570}
@@ -202,7 +202,7 @@ PY
                3) more="--lookahead 16 --quant-lookahead 4";;
                4) more=--no-handoff keep=/tmp/dp-bytes what="handed over and from bytes";;
                5) more=--no-streams keep=/tmp/dp-default what="own streams and the default stream";;
-               6) more=--no-copy-back keep=/tmp/dp-nocb what="with and without the copy back";; esac
+               6) more=--copy-back keep=/tmp/dp-cb what="standing in and copied back";; esac
         [ -n "$keep" ] && more="$more --keep $keep"
         [ $i = 3 ] && [ $(left) -lt 60 ] && break
         UNSLOTH_LLAMA_CPP_PATH=$(python3 -c "from bench.common import llama_cpp_root as r; print(r('$W/fastft-cache'))" | tail -1) \
@@ -212,7 +212,7 @@ PY
           && echo "$(basename "$f"): $what identical ($(stat -c %s "$f") bytes)"; done \
           | tee -a "$OUT/direct-profile-$i.txt"
       done
-      rm -rf /tmp/dp-graphs /tmp/dp-eager /tmp/dp-bytes /tmp/dp-default /tmp/dp-nocb ;;
+      rm -rf /tmp/dp-graphs /tmp/dp-eager /tmp/dp-bytes /tmp/dp-default /tmp/dp-cb ;;
     *) echo "unknown step $step" ;;
   esac
 done

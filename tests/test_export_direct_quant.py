@@ -9,8 +9,11 @@ Q4_K_M and Q8_0 this way on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import io
+import json
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +103,85 @@ def test_each_merged_tensor_reaches_the_quantizer_where_it_was_merged(color_run,
     adapted = len(sources[0].lora)
     assert adapted > 0 and given.count(True) == adapted
     assert given.count(False) == len(given) - adapted >= 1     # token_embd.weight: not adapted
+
+
+@pytest.mark.slow
+def test_no_merge_crosses_back_to_the_cpu_where_the_converter_passes_it_through(
+        color_run, llama, reference, tmp_path, monkeypatch):
+    """Every adapted tensor is quantized in Q8_0, so the converter computes it with the base's
+    own tensor standing in for the merge: every merge is made under a stand-in, none is copied
+    back for the converter, and the file is still llama-quantize's. With direct.STAND_IN off
+    (as before), every merge is copied back: the spy sees the difference."""
+    from fastft.export import direct
+    from fastft.export.direct import main
+
+    recording = direct.recording
+
+    def merges(stand_in: bool) -> dict[bool, int]:
+        counts = {True: 0, False: 0}
+
+        @contextlib.contextmanager
+        def spied(stand_in=False):
+            with recording(stand_in) as made:
+                yield made
+            counts[stand_in] += len(made)
+
+        monkeypatch.setattr(direct, "recording", spied)
+        monkeypatch.setattr(direct, "STAND_IN", stand_in)
+        job = child_job(color_run, llama, tmp_path / f"stand-in-{stand_in}", ("Q8_0",))
+        assert main(job.argv()) == 0
+        assert filecmp.cmp(job.quants["Q8_0"], reference["Q8_0"], shallow=False)
+        return counts
+
+    standing_in, copied_back = merges(True), merges(False)
+    assert standing_in[True] > 0 and standing_in[False] == 0
+    assert copied_back == {True: 0, False: standing_in[True]}
+
+
+@pytest.mark.slow
+def test_a_tensor_the_converter_changes_is_quantized_from_the_merge_itself(
+        color_run, llama, reference, tmp_path, monkeypatch):
+    """A converter that swaps the halves of each attn_q (through a split, whose two halves share
+    one computation): the base standing in shows the change, so those tensors are computed again
+    from the merge, untouched by the stand-in's computation, and quantized from those bytes. The
+    file is the one made with every merge copied back (direct.STAND_IN off)."""
+    import torch
+
+    from fastft.export import direct, gpuquant
+    from fastft.export.direct import main
+
+    real = direct.direct_class
+
+    def swapping(conversion, gguf, model_cls, source):
+        cls = real(conversion, gguf, model_cls, source)
+
+        def modify_tensors(self, data, name, bid):
+            for new, t in cls.modify_tensors(self, data, name, bid):
+                if new.endswith("attn_q.weight"):
+                    top, bottom = torch.chunk(t, 2, dim=0)
+                    t = torch.cat([bottom, top])
+                yield new, t
+
+        return type(cls.__name__, (cls,), {"model_arch": cls.model_arch,
+                                           "modify_tensors": modify_tensors})
+
+    monkeypatch.setattr(direct, "direct_class", swapping)
+    given, floats = [], gpuquant._floats
+    monkeypatch.setattr(gpuquant, "_floats",
+                        lambda g, *a: given.append(g.values is not None) or floats(g, *a))
+    files, handed = {}, {}
+    for stand_in in (True, False):
+        monkeypatch.setattr(direct, "STAND_IN", stand_in)
+        job = child_job(color_run, llama, tmp_path / f"stand-in-{stand_in}", ("Q8_0",))
+        assert main(job.argv()) == 0
+        files[stand_in], handed[stand_in] = job.quants["Q8_0"], given.count(True)
+        given.clear()
+    assert filecmp.cmp(files[True], files[False], shallow=False)
+    assert not filecmp.cmp(files[True], reference["Q8_0"], shallow=False)   # the swap took
+    config = json.loads((Path(color_run.model_path) / "config.json").read_text())
+    adapted = len(direct.merge_source(color_run.adapter_dir, color_run.model_path).lora)
+    # each attn_q from its bytes, every other adapted tensor handed over, either way
+    assert handed == {True: adapted - config["num_hidden_layers"], False: handed[True]}
 
 
 def test_merged_values_are_handed_over_only_for_the_merge_s_own_bytes():

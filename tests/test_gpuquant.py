@@ -164,6 +164,30 @@ def test_a_small_card_quantizes_in_smaller_chunks_to_the_same_bytes(monkeypatch)
     assert gpuquant._quantized(x, "q4_K") == whole
 
 
+def test_bytes_standing_in_for_a_tensor_are_never_written():
+    """A tensor the direct export hands over with the base's bytes standing in (Given.stand_in)
+    is written only as its values quantized: a plan that keeps it 16-bit, or no values, fails;
+    values of another dtype than the file's fail too, where before they read the bytes."""
+    import torch
+
+    from fastft.export import gpuquant
+    from fastft.export.gguf import TensorInfo
+
+    values = torch.randn(4, 256, generator=torch.Generator().manual_seed(0)).bfloat16()
+    base = torch.zeros_like(values).view(torch.uint8).numpy().reshape(-1)
+    ti = TensorInfo("blk.0.attn_q.weight", (256, 4), gpuquant.TYPE_IDS["bf16"], 0)
+    quantizer = gpuquant.Quantizer("cpu")
+    made = gpuquant._tensor(gpuquant.Given(base, values, stand_in=True), None, ti,
+                            [(ti.name, "bf16", "q8_0")], quantizer)
+    assert made == [gpuquant._quantized(values.reshape(-1).float(), "q8_0")]
+    for given, rows in [(gpuquant.Given(base, values, stand_in=True),
+                         [(ti.name, "bf16", "q8_0"), (ti.name, "bf16", "bf16")]),
+                        (gpuquant.Given(base, None, stand_in=True), [(ti.name, "bf16", "q8_0")]),
+                        (gpuquant.Given(base, values.half()), [(ti.name, "bf16", "q8_0")])]:
+        with pytest.raises(gpuquant.GpuQuantError):
+            gpuquant._tensor(given, None, ti, rows, quantizer)
+
+
 def test_c_rounding_is_kept():
     """The steps where torch's defaults round otherwise than the C: a number over a tensor
     (torch multiplies by a reciprocal), sqrtf (torch's CPU sqrt can be an ulp off), roundf."""

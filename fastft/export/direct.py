@@ -23,6 +23,9 @@ Unsloth before transformers), with no Unsloth and no second pass over the weight
   GPU from those bytes, which are the 16-bit file's (the files are llama-quantize's, byte for
   byte): from the merge's own tensor still on the GPU where the converter's bytes are exactly
   its bytes (merged_values), so they need not cross back; each thread on its own CUDA stream.
+  A tensor every file quantizes is not copied back at all: the converter computes it with the
+  base's own tensor standing in for the merge, and where that comes out unchanged the merge
+  goes to the quantizer (_stood_in; else it is computed again from the merge, copied back).
   No GPU, another type, or the GPU out of memory: the 16-bit GGUF is written as before;
 - GGUF only, that folder is scratch and no checkpoint is written. With --merged it is the
   merged folder the older path writes, and each tensor, as it is merged for the GGUF writer,
@@ -111,12 +114,16 @@ class MergeSource:
         w = self._base_tensor(local)
         if name not in self.lora:
             return w
-        # each merging thread on its own CUDA stream; .cpu() waits for it, so the tensor is
-        # finished when handed on
-        with torch.cuda.stream(gpuquant.own_stream(self.device)):
+        made = getattr(_made, "tensors", None)
+        stand_in = made is not None and _made.stand_in and self.sink is None
+        # each merging thread on its own CUDA stream; .cpu() (or, with no copy, the sync) waits
+        # for it, so the tensor is finished when handed on
+        with torch.cuda.stream(stream := gpuquant.own_stream(self.device)):
             merged = self.merge_on_device(name, w)
-            out = merged.cpu()
-        if (made := getattr(_made, "tensors", None)) is not None:
+            out = w if stand_in else merged.cpu()
+        if stand_in and stream is not None:
+            stream.synchronize()
+        if made is not None:
             made.append((out, merged))
         return out
 
@@ -139,10 +146,12 @@ _made = threading.local()
 
 
 @contextlib.contextmanager
-def recording():
-    """A list that gets, for each merge this thread makes in the block, (its copy on the CPU,
-    the tensor where it was merged)."""
-    _made.tensors = []
+def recording(stand_in: bool = False):
+    """A list that gets, for each merge this thread makes in the block, (the CPU tensor the
+    converter was given, the tensor where it was merged). The converter is given the merge's
+    copy on the CPU; with `stand_in`, the base's own tensor instead (a view of its file, no
+    copy), the merge staying where it was made."""
+    _made.tensors, _made.stand_in = [], stand_in
     try:
         yield _made.tensors
     finally:
@@ -151,8 +160,9 @@ def recording():
 
 def merged_values(raw, made: list):
     """The merged tensor behind the converter's bytes `raw`, still on the merge device, when
-    those bytes are the one merge's as it came back to the CPU (the converter computed nothing
-    from it: no permute, no split, no other dtype); else None, and the quantizer reads `raw`."""
+    those bytes are exactly the one CPU tensor the converter was given for it (the converter
+    computed nothing from it: no permute, no split, no other dtype); else None, and the
+    quantizer reads `raw`."""
     import numpy as np
     import torch
 
@@ -571,19 +581,24 @@ def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
     LOOKAHEAD of them ahead in threads) and quantized from those values: as still on the merge
     device where the converter passed a merge through unchanged (on an H100, 5.3 s of the
     quantizing thread's 10 s went to moving the 16-bit bytes back to the GPU), else from its
-    bytes; the probe removed."""
+    bytes; the probe removed. A tensor every file quantizes is first computed with the base's
+    own tensor standing in for the merge (`_stood_in`), so no merge crosses back to the CPU."""
     import numpy as np
 
     from . import gpuquant
 
     writer = model.gguf_writer
     order = [name for name, _, _ in plans[0].tensors]
+    quantized = [all(p.tensors[i][1] != p.tensors[i][2] for p in plans) for i in range(len(order))]
     tensors = {name: ti.tensor for name, ti in writer.tensors[0].items()}
     for ti in writer.tensors[0].values():
         ti.tensor = None                       # each computed once, then let go
 
     def computed(i: int):
         t = tensors.pop(order[i])
+        if STAND_IN and quantized[i] and isinstance(t, gguf.LazyBase) and \
+                (given := _stood_in(t, gguf.LazyBase)) is not None:
+            return order[i], given
         with recording() as made:
             data = type(t).to_eager(t) if isinstance(t, gguf.LazyBase) else t
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
@@ -601,6 +616,59 @@ def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
     finally:
         writer.close()                         # the probe: overwritten by a fallback, or removed
     job.outfile.unlink()
+
+
+# A tensor that every output quantizes goes to the quantizer from its merge on the device
+# without a copy back to the CPU, where the converter passes it through (_stood_in). False: each
+# merge is copied back and compared (bench/direct_profile.py --copy-back, the A/B).
+STAND_IN = True
+
+
+def _stood_in(t, lazy_base):
+    """Lazy tensor `t` for a file that quantizes it, computed on a copy of its graph with the
+    base's own tensor standing in for each merge: when the converter's bytes are exactly the
+    stand-in's (it passed the tensor through, changing nothing), the quantizer gets the merge
+    itself, still where it was made, and no merge crosses back to the CPU. The converter's work
+    on a tensor (renames, dtype casts, reshapes, permutes, splits) does not depend on its values:
+    what leaves the base's bytes as they are leaves the merge's too. Its raw bytes (the base's)
+    are never written: every file quantizes this tensor from the merge. None when the converter
+    changed the stand-in: then `t`, untouched by the copy, is computed from the merge."""
+    import numpy as np
+
+    from . import gpuquant
+
+    with recording(stand_in=True) as made:
+        data = lazy_base.to_eager(_unevaluated_copy(t, lazy_base))
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if not made:                               # nothing merged: these are the tensor's bytes
+        return gpuquant.Given(raw)
+    values = merged_values(raw, made)
+    return None if values is None else gpuquant.Given(raw, values, stand_in=True)
+
+
+def _unevaluated_copy(t, lazy_base):
+    """A copy of lazy tensor `t`'s graph, shared nodes and argument lists shared in it as in
+    `t`'s, that computes it again from its sources: to_eager on it leaves `t` and every node
+    `t` shares with other tensors (whose cached results the copy's would otherwise be) as they
+    were. Nodes already computed are kept: their results are the sources'."""
+    memo: dict[int, object] = {}
+
+    def copied(o):
+        if isinstance(o, lazy_base):
+            if o._data is not None:
+                return o
+            if id(o) not in memo:
+                memo[id(o)] = type(o)(meta=o._meta, args=copied(o._args), kwargs=o._kwargs,
+                                      func=o._func)
+        elif isinstance(o, (list, tuple)):
+            if id(o) not in memo:
+                items = [copied(x) for x in o]
+                memo[id(o)] = tuple(items) if isinstance(o, tuple) else items
+        else:
+            return o
+        return memo[id(o)]
+
+    return copied(t)
 
 
 def _write_gguf(model, gguf) -> None:

@@ -73,9 +73,12 @@ class GpuQuantError(FastftError):
 class Given:
     """A tensor as the 16-bit file has it: its bytes (bytes-like), and, when the caller still
     holds them there, the same values as a torch tensor of that 16-bit dtype on a device (the
-    direct export's merge on the GPU), which spares moving the bytes back to the GPU."""
+    direct export's merge on the GPU), which spares moving the bytes back to the GPU. With
+    `stand_in`, `raw` has the tensor's length but not its values (the direct export's base
+    tensor, standing in for the merge): only `values` may be written, quantized."""
     raw: object
     values: object = None
+    stand_in: bool = False
 
 
 # Each tensor of the 16-bit file, by its tensor info.
@@ -281,6 +284,8 @@ def _tensor(given: Given, header: Header, ti: TensorInfo, rows: list[tuple[str, 
     old = rows[0][1]
     if TYPE_IDS.get(old) != ti.type or len(raw) != _nbytes(ti.elements, old):
         raise GpuQuantError(f"{ti.name}: llama-quantize's plan reads it as {old}")
+    if given.stand_in and (given.values is None or any(new == old for _, _, new in rows)):
+        raise GpuQuantError(f"{ti.name}: its bytes stood in for its values, and are not its own")
     if all(new == old for _, _, new in rows):
         return [raw] * len(rows)
     x = _floats(given, old, quantizer.on)
@@ -297,13 +302,15 @@ def _tensor(given: Given, header: Header, ti: TensorInfo, rows: list[tuple[str, 
 
 def _floats(given: Given, source: str, on: str):
     """The tensor's values as float32 on `on`, widened as llama-quantize widens them (exactly):
-    from the values the caller holds on a device when they are of the file's type, else from
-    its bytes."""
+    from the values the caller holds on a device (which must be of the file's type: they are
+    the tensor's), else from its bytes."""
     import numpy as np
     import torch
 
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[source]
-    if given.values is not None and given.values.dtype == dtype:
+    if given.values is not None and given.values.dtype != dtype:
+        raise GpuQuantError(f"values of {given.values.dtype} handed over for a {source} tensor")
+    if given.values is not None:
         if given.values.is_cuda:   # made on another stream (and finished): freed after this one's use
             given.values.record_stream(torch.cuda.current_stream(given.values.device))
         return given.values.reshape(-1).to(on).float()
