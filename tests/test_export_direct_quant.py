@@ -111,14 +111,16 @@ def test_no_merge_crosses_back_to_the_cpu_where_the_converter_passes_it_through(
     """Every adapted tensor is quantized in Q8_0, so the converter computes it with the base's
     own tensor standing in for the merge: every merge is made under a stand-in, none is copied
     back for the converter, and the file is still llama-quantize's. With direct.STAND_IN off
-    (as before), every merge is copied back: the spy sees the difference."""
+    (as before), or a gguf whose lazy tensors are not read as they were, every merge is copied
+    back: the spy sees the difference."""
     from fastft.export import direct
     from fastft.export.direct import main
 
-    recording = direct.recording
+    recording, lazy_graph = direct.recording, direct.LAZY_GRAPH
 
-    def merges(stand_in: bool) -> dict[bool, int]:
+    def merges(stand_in: bool, drifted: bool = False) -> dict[bool, int]:
         counts = {True: 0, False: 0}
+        monkeypatch.setattr(direct, "LAZY_GRAPH", lazy_graph | ({"_renamed"} if drifted else set()))
 
         @contextlib.contextmanager
         def spied(stand_in=False):
@@ -128,7 +130,7 @@ def test_no_merge_crosses_back_to_the_cpu_where_the_converter_passes_it_through(
 
         monkeypatch.setattr(direct, "recording", spied)
         monkeypatch.setattr(direct, "STAND_IN", stand_in)
-        job = child_job(color_run, llama, tmp_path / f"stand-in-{stand_in}", ("Q8_0",))
+        job = child_job(color_run, llama, tmp_path / f"stand-in-{stand_in}-{drifted}", ("Q8_0",))
         assert main(job.argv()) == 0
         assert filecmp.cmp(job.quants["Q8_0"], reference["Q8_0"], shallow=False)
         return counts
@@ -136,6 +138,7 @@ def test_no_merge_crosses_back_to_the_cpu_where_the_converter_passes_it_through(
     standing_in, copied_back = merges(True), merges(False)
     assert standing_in[True] > 0 and standing_in[False] == 0
     assert copied_back == {True: 0, False: standing_in[True]}
+    assert merges(True, drifted=True) == copied_back
 
 
 @pytest.mark.slow

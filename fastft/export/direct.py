@@ -590,13 +590,14 @@ def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
     writer = model.gguf_writer
     order = [name for name, _, _ in plans[0].tensors]
     quantized = [all(p.tensors[i][1] != p.tensors[i][2] for p in plans) for i in range(len(order))]
+    stand_in = STAND_IN and LAZY_GRAPH <= set(getattr(gguf.LazyBase, "__annotations__", {}))
     tensors = {name: ti.tensor for name, ti in writer.tensors[0].items()}
     for ti in writer.tensors[0].values():
         ti.tensor = None                       # each computed once, then let go
 
     def computed(i: int):
         t = tensors.pop(order[i])
-        if STAND_IN and quantized[i] and isinstance(t, gguf.LazyBase) and \
+        if stand_in and quantized[i] and isinstance(t, gguf.LazyBase) and \
                 (given := _stood_in(t, gguf.LazyBase)) is not None:
             return order[i], given
         with recording() as made:
@@ -622,6 +623,9 @@ def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
 # without a copy back to the CPU, where the converter passes it through (_stood_in). False: each
 # merge is copied back and compared (bench/direct_profile.py --copy-back, the A/B).
 STAND_IN = True
+# What _unevaluated_copy reads of llama.cpp's gguf.LazyBase (a node of the converter's graph); a
+# gguf without them: every merge is copied back, as before
+LAZY_GRAPH = {"_meta", "_data", "_args", "_kwargs", "_func"}
 
 
 def _stood_in(t, lazy_base):
@@ -629,8 +633,9 @@ def _stood_in(t, lazy_base):
     base's own tensor standing in for each merge: when the converter's bytes are exactly the
     stand-in's (it passed the tensor through, changing nothing), the quantizer gets the merge
     itself, still where it was made, and no merge crosses back to the CPU. The converter's work
-    on a tensor (renames, dtype casts, reshapes, permutes, splits) does not depend on its values:
-    what leaves the base's bytes as they are leaves the merge's too. Its raw bytes (the base's)
+    on a weight (renames, dtype casts exact for every finite value, reshapes, permutes, splits)
+    does not depend on its values, and a permute or split that moved any row would show in the
+    base's bytes: what leaves those as they are leaves the merge's too. Its raw bytes (the base's)
     are never written: every file quantizes this tensor from the merge. None when the converter
     changed the stand-in: then `t`, untouched by the copy, is computed from the merge."""
     import numpy as np
