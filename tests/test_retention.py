@@ -54,15 +54,21 @@ def test_q8_0_keeps_the_gain_and_every_report_shows_q4_k_m(color_export):
 
 
 @pytest.fixture(scope="module")
-def reference(color_run, tmp_path_factory):
-    """The gate's 16-bit side for the color run: its model loaded once, as the export does."""
+def loaded(color_run, tmp_path_factory):
+    """(model, tokenizer, run) for the gate's 16-bit side of the color run, loaded once, as the
+    export does."""
     from fastft.core.models import load_base_with_adapter
     from fastft.core.run import read_trained
 
     info = read_trained(color_run.run_dir, "export")
     model, tokenizer = load_base_with_adapter(info.adapter_dir, info.model_path, info.max_seq_len,
                                               tmp_path_factory.mktemp("reference"))
-    return retention.reference(model, tokenizer, info, None)
+    return model, tokenizer, info
+
+
+@pytest.fixture(scope="module")
+def reference(loaded):
+    return retention.reference(*loaded, None)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +92,31 @@ def score(scorer, gguf: Path, reference, tmp_path: Path):
 def test_the_exported_file_passes(scorer, q4, reference, tmp_path):
     row = score(scorer, q4, reference, tmp_path)
     assert row.passed and row.retention > 0.9, row
+
+
+def test_the_example_that_reaches_the_trained_budget_is_cut_where_it_does(
+        loaded, reference, scorer, q4, tmp_path, monkeypatch):
+    """With a trained budget that ends inside the first example, the gate takes that example
+    up to its budget-th trained token only; torch and llama.cpp score the positions kept as
+    they score them in the whole example (a causal model: each sees only the tokens before)."""
+    first = reference.held.encoded[0]
+    budget = first.trained // 2
+    assert budget >= 2
+    monkeypatch.setattr(retention, "TRAINED_TOKENS", first.trained)
+    whole = retention.reference(*loaded, None)      # the first example alone, as a whole
+    monkeypatch.setattr(retention, "TRAINED_TOKENS", budget)
+    cut = retention.reference(*loaded, None)
+    ids = cut.held.encoded[0].tokens.input_ids
+    assert whole.held.encoded[0].tokens == first.tokens and whole.tokens == first.trained
+    assert len(cut.held.encoded) == 1 and cut.tokens == budget
+    assert len(ids) < len(first.tokens.input_ids) and ids == first.tokens.input_ids[:len(ids)]
+    kept = cut.positions[0]
+    assert kept == whole.positions[0][:budget] and kept[-1] == len(ids) - 2
+    np.testing.assert_allclose(cut.top_logp[0], whole.top_logp[0][:budget], atol=1e-4)
+    texts, rows, _ = retention.run_scorer(scorer, q4, cut, tmp_path)
+    assert retention.tokenizer_problem(cut, texts) is None
+    whole_rows = retention.run_scorer(scorer, q4, whole, tmp_path)[1]
+    np.testing.assert_allclose(rows[0], whole_rows[0][:budget], atol=1e-4)
 
 
 def _tensor(gguf: Path, name: str):

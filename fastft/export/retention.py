@@ -8,8 +8,9 @@ fails the export.
 - Held-out data: --eval-data FILE if given, else the run's eval file or eval split, else a
   seeded sample of the training data (said so: the gain it measures is memorised, not general).
   The examples are rendered, tokenised and masked by training's own code (data.template.
-  encode_all, under the run's chat guard) up to HELD_OUT_TOKENS tokens, which keeps the gate
-  cheap (each GGUF runs them all through llama.cpp on the CPU).
+  encode_all, under the run's chat guard) up to HELD_OUT_TOKENS tokens and TRAINED_TOKENS
+  trained ones (the example that reaches the latter cut there), which keeps the gate cheap
+  (each GGUF runs them all through llama.cpp on the CPU).
 - Base and adapter: the model the export loaded to merge, adapter on and off (peft's
   disable_adapter): no second load. The adapter's next-token distribution is the KL reference:
   its TOP_K most likely tokens plus one bucket for the rest (a lower bound of the full KL, exact
@@ -29,7 +30,7 @@ import os
 import random
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core.errors import FastftError
@@ -40,9 +41,10 @@ from .gguf import read_gguf_metadata
 from .manifest import GGUFCheck, GGUFRetention, ModelScore, Retention
 from .scorer_src import MAGIC
 
-# What the gate scores: whole examples, until either budget is reached. Tokens cost llama.cpp's
-# (CPU) forward pass, ~8 GFLOP each on a 4B model; trained tokens also cost the vocabulary
-# projection, which dominates on a small model. bench/retention.py measures them.
+# What the gate scores: examples until either budget is reached, the one that reaches the
+# trained budget cut just after it (held_out). Tokens cost llama.cpp's (CPU) forward pass, ~8
+# GFLOP each on a 4B model; trained tokens also cost the vocabulary projection, which dominates
+# on a small model. bench/retention.py measures them.
 HELD_OUT_TOKENS = 1024       # tokens of held-out examples, context included
 TRAINED_TOKENS = 256         # of which trained (scored) tokens
 TOP_K = 16                   # KL over the reference's top-k tokens plus one tail bucket
@@ -106,8 +108,9 @@ def held_out(run, tokenizer, eval_data: str | None, budget: int | None = None,
              trained_budget: int | None = None) -> HeldOut:
     """Held-out examples as training renders and masks them, until `budget` tokens or
     `trained_budget` trained tokens (default: the module's, read now, so bench/retention.py can
-    set them), at least one example. `tokenizer` is the run's: the guard fixes it in place, as
-    training did."""
+    set them), at least one example; the example that would pass the trained budget is cut at
+    it (`_cut`: one long answer no longer doubles the gate's cost). `tokenizer` is the run's:
+    the guard fixes it in place, as training did."""
     budget = HELD_OUT_TOKENS if budget is None else budget
     trained_budget = TRAINED_TOKENS if trained_budget is None else trained_budget
     examples, source, path = _held_out_examples(run, eval_data)
@@ -119,12 +122,30 @@ def held_out(run, tokenizer, eval_data: str | None, budget: int | None = None,
             break
         enc = encode_all(guard, [ex], cfg.max_seq_len, cfg.train_on_all)[0]
         if enc is not None and enc.trained:
+            if trained + enc.trained > trained_budget:
+                enc = _cut(enc, trained_budget - trained)
             chosen.append((ex, enc))
             used, trained = used + len(enc.tokens.input_ids), trained + enc.trained
     if not chosen:
         raise RetentionError(f"{path}: no example with a trained token to measure retention on")
     return HeldOut(f"{len(chosen)} examples ({used:,} tokens) from {source}",
                    [e for _, e in chosen], [(ex.chat(), ex.tools) for ex, _ in chosen], guard)
+
+
+def _cut(enc: Encoded, trained: int) -> Encoded:
+    """`enc` up to and with its `trained`-th trained token. A causal model's scores at the
+    positions kept are the whole example's (each sees only the tokens before it), and the GGUF's
+    tokenizer check compares a prefix of the text's ids, so the gate reads it as it reads any
+    example, over fewer tokens."""
+    seen = 0
+    for end, label in enumerate(enc.tokens.labels, 1):
+        seen += label != IGNORE
+        if seen == trained:
+            break
+    t = enc.tokens
+    tokens = replace(t, input_ids=t.input_ids[:end], labels=t.labels[:end],
+                     offsets=None if t.offsets is None else t.offsets[:end])
+    return replace(enc, tokens=tokens, trained=trained)
 
 
 # -- the 16-bit model (torch) --------------------------------------------------------------------
