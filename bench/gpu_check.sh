@@ -25,9 +25,11 @@
 #                     load with the model out of the page cache, the read-ahead during the import
 #                     off and on, alternately, twice each after a warm-up run (~4 min)
 #   scorer            bench/scorer_threads.py on the Q4_K_M of ttfc's last finished fastft export:
-#                     fastft-score (the gate and the check) at SCORER_THREADS (15,16) threads,
-#                     each alone and beside a SHA-256 of the GGUF (as the export's gate runs
-#                     beside the manifest's hash), and lscpu (2026-12-07, 4,8,16 alone: 16 fastest)
+#                     fastft-score (the gate and the check) on a request of SCORER_TOKENS (609,295:
+#                     the long-tailed example whole, as the gate scored it before 2026-12-07's
+#                     fourteenth session, and cut at the trained budget, as since) at
+#                     SCORER_THREADS (16) threads; SCORER_HASHING=1 also beside a SHA-256 of the
+#                     GGUF (2026-12-07: 4,8,16 alone, 16 fastest; beside a hash 15 beat 16)
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import
@@ -138,7 +140,7 @@ for step in "$@"; do
       gguf=$(ls -t $W/runs/*-fastft-*/export/*.Q4_K_M.gguf 2>/dev/null | head -1)
       [ -z "$gguf" ] && { echo "scorer: no finished fastft export in $W"; continue; }
       timeout $(( $(left) - 5 )) python3 bench/scorer_threads.py "$gguf" --out "$OUT/scorer-threads.json" \
-        --threads ${SCORER_THREADS:-15,16} --hashing \
+        --threads ${SCORER_THREADS:-16} --tokens ${SCORER_TOKENS:-609,295} ${SCORER_HASHING:+--hashing} \
         2>&1 | grep "\[bench" ;;
     quants)
       wait $BUILD

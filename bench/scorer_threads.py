@@ -1,13 +1,15 @@
 """fastft-score's time by thread count, on one GGUF: the export's retention gate and load check,
 which one llama.cpp process does (fastft.export.scorer_src).
 
-    python bench/scorer_threads.py GGUF [--threads 4,8,16] [--tokens 609] [--runs 2] [--out FILE]
+    python bench/scorer_threads.py GGUF [--threads 4,8,16] [--tokens 609,295] [--runs 2] [--out FILE]
 
 The request is shaped like the gate's on bench/ttfc.py's long-tailed data (one example of
 --tokens tokens, every position scored against 16 reference tokens) plus the check's 8 tokens
-from a chat prompt; token ids are random, which costs llama.cpp what real ones cost. Each thread
-count runs --runs times, the counts alternating, after one warm-up run (the GGUF into the page
-cache). The export gives llama.cpp one thread per logical CPU (retention.threads_for); the
+from a chat prompt; token ids are random, which costs llama.cpp what real ones cost. 609 tokens
+is that data's first example whole, as the gate scored it before 2026-12-07's fourteenth session;
+295 is the same example cut after its 256th trained token (retention.TRAINED_TOKENS), as the
+gate scores it since. Each (tokens, threads) runs --runs times, alternating, after one warm-up
+round (the GGUF into the page cache). The export gives llama.cpp one thread per logical CPU (retention.threads_for); the
 host's cores and threads per core are printed beside the times, for whether fewer would do.
 
 --hashing also runs each count beside a SHA-256 of the GGUF in a thread of this process, over
@@ -51,8 +53,8 @@ def request(n: int):
                                [np.zeros(top.shape)])
 
 
-def label(threads: int, hashing: bool) -> str:
-    return f"threads {threads}" + (" beside a SHA-256" if hashing else "")
+def label(tokens: int, threads: int, hashing: bool) -> str:
+    return f"{tokens} tokens, threads {threads}" + (" beside a SHA-256" if hashing else "")
 
 
 @contextlib.contextmanager
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("gguf", type=Path)
     p.add_argument("--threads", default="4,8,16")
-    p.add_argument("--tokens", type=int, default=609)
+    p.add_argument("--tokens", default="609,295", help="the request's length(s), comma-separated")
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--out", type=Path)
     p.add_argument("--hashing", action="store_true",
@@ -103,28 +105,30 @@ def main(argv=None) -> int:
     from fastft.export import retention
     from fastft.export.llamacpp import ensure_scorer
 
-    scorer, ref = ensure_scorer(), request(args.tokens)
+    lengths = [int(t) for t in args.tokens.split(",")]
+    scorer, refs = ensure_scorer(), {n: request(n) for n in lengths}
     counts = [int(t) for t in args.threads.split(",")]
-    runs = [(n, h) for n in counts for h in ((False, True) if args.hashing else (False,))]
-    real, seconds = retention.threads_for, {label(n, h): [] for n, h in runs}
+    runs = [(k, n, h) for k in lengths for n in counts
+            for h in ((False, True) if args.hashing else (False,))]
+    real, seconds = retention.threads_for, {label(*run): [] for run in runs}
     with tempfile.TemporaryDirectory() as work:
         try:
             for i in range(args.runs + 1):
-                for n, hashing in runs:
+                for tokens, n, hashing in runs:
                     retention.threads_for = lambda _bytes, n=n: n
                     with hashed(args.gguf, hashing) as hashes:
                         t = time.perf_counter()
-                        _, _, check = retention.run_scorer(scorer, args.gguf, ref, Path(work),
-                                                           retention.Check(PROMPT, 8))
+                        _, _, check = retention.run_scorer(scorer, args.gguf, refs[tokens],
+                                                           Path(work), retention.Check(PROMPT, 8))
                         took = time.perf_counter() - t
                     if i:                      # the first round warms the page cache
-                        seconds[label(n, hashing)].append(round(took, 3))
-                        print(f"[bench] {label(n, hashing)}: {took:.2f} s (check "
+                        seconds[label(tokens, n, hashing)].append(round(took, 3))
+                        print(f"[bench] {label(tokens, n, hashing)}: {took:.2f} s (check "
                               f"{check.seconds:.2f} s{f', {hashes[0]} hashes' if hashing else ''})",
                               flush=True)
         finally:
             retention.threads_for = real
-    result = {"gguf": str(args.gguf), "tokens": args.tokens, "seconds": seconds,
+    result = {"gguf": str(args.gguf), "tokens": lengths, "seconds": seconds,
               "export_gives": real(args.gguf.stat().st_size), "cpu": cpu_shape()}
     print(json.dumps(result, indent=1))
     if args.out:
