@@ -29,7 +29,7 @@
 #                     the long-tailed example whole, as the gate scored it before 2026-12-07's
 #                     fourteenth session, and cut at the trained budget, as since) at
 #                     SCORER_THREADS (16) threads; SCORER_HASHING=1 also beside a SHA-256 of the
-#                     GGUF (2026-12-07: 4,8,16 alone, 16 fastest; beside a hash 15 beat 16)
+#                     GGUF (2026-12-07: 4,8,16 alone, 16 fastest; 15 beside a hash: to run)
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import

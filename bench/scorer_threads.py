@@ -9,8 +9,9 @@ from a chat prompt; token ids are random, which costs llama.cpp what real ones c
 is that data's first example whole, as the gate scored it before 2026-12-07's fourteenth session;
 295 is the same example cut after its 256th trained token (retention.TRAINED_TOKENS), as the
 gate scores it since. Each (tokens, threads) runs --runs times, alternating, after one warm-up
-round (the GGUF into the page cache). The export gives llama.cpp one thread per logical CPU (retention.threads_for); the
-host's cores and threads per core are printed beside the times, for whether fewer would do.
+round (the GGUF into the page cache). The export gives llama.cpp one thread per logical CPU
+(retention.threads_for); the host's cores and threads per core are printed beside the times,
+for whether fewer would do.
 
 --hashing also runs each count beside a SHA-256 of the GGUF in a thread of this process, over
 and over until the scorer is done: the export hashes each finished GGUF for its manifest while
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
         try:
             for i in range(args.runs + 1):
                 for tokens, n, hashing in runs:
-                    retention.threads_for = lambda _bytes, n=n: n
+                    # the export's signature (weight bytes, busy threads), the count fixed
+                    retention.threads_for = lambda _bytes, _busy=0, n=n: n
                     with hashed(args.gguf, hashing) as hashes:
                         t = time.perf_counter()
                         _, _, check = retention.run_scorer(scorer, args.gguf, refs[tokens],

@@ -403,3 +403,26 @@ def test_ttfc_tiny_fastft_end_to_end(tmp_path):
     assert (out / result.name.replace(".json", ".png")).exists()
     assert (out / result.name.replace(".json", ".log")).stat().st_size > 0
     assert "end to" in proc.stdout   # the table's last column (its header may wrap)
+
+
+def test_scorer_threads_runs_llama_cpp_with_each_count_asked(color, tmp_path, monkeypatch):
+    """bench/scorer_threads.py hands fastft-score the thread counts it is asked to time, for
+    each request length, alternately (from 21dacb2 to this test, the export's busy-thread
+    argument took the count's place: every run got 0 threads, llama.cpp's default of 4)."""
+    from bench import scorer_threads
+    from fastft.export import retention
+
+    gguf = next(color[1].glob("*.Q4_K_M.gguf"))
+    threads, run = [], retention.subprocess.run
+
+    def spied(cmd, **kw):                       # fastft-score's runs: the last argument, threads
+        if str(gguf) in cmd:
+            threads.append(cmd[-1])
+        return run(cmd, **kw)
+
+    monkeypatch.setattr(retention.subprocess, "run", spied)
+    assert scorer_threads.main([str(gguf), "--threads", "1,2", "--tokens", "24,12", "--runs", "1",
+                                "--out", str(tmp_path / "t.json")]) == 0
+    assert threads == ["1", "2", "1", "2"] * 2                   # a warm-up round, then one run
+    seconds = json.loads((tmp_path / "t.json").read_text())["seconds"]
+    assert sorted(seconds) == sorted(f"{k} tokens, threads {n}" for k in (24, 12) for n in (1, 2))
