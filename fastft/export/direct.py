@@ -583,8 +583,6 @@ def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
     quantizing thread's 10 s went to moving the 16-bit bytes back to the GPU), else from its
     bytes; the probe removed. A tensor every file quantizes is first computed with the base's
     own tensor standing in for the merge (`_stood_in`), so no merge crosses back to the CPU."""
-    import numpy as np
-
     from . import gpuquant
 
     writer = model.gguf_writer
@@ -600,9 +598,7 @@ def _write_quantized(job: Job, model, gguf, plans: list, on: str) -> None:
         if stand_in and quantized[i] and isinstance(t, gguf.LazyBase) and \
                 (given := _stood_in(t, gguf.LazyBase)) is not None:
             return order[i], given
-        with recording() as made:
-            data = type(t).to_eager(t) if isinstance(t, gguf.LazyBase) else t
-        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        raw, made = _computed_bytes(t, gguf.LazyBase)
         return order[i], gpuquant.Given(raw, merged_values(raw, made))
 
     try:
@@ -638,17 +634,22 @@ def _stood_in(t, lazy_base):
     base's bytes: what leaves those as they are leaves the merge's too. Its raw bytes (the base's)
     are never written: every file quantizes this tensor from the merge. None when the converter
     changed the stand-in: then `t`, untouched by the copy, is computed from the merge."""
-    import numpy as np
-
     from . import gpuquant
 
-    with recording(stand_in=True) as made:
-        data = lazy_base.to_eager(_unevaluated_copy(t, lazy_base))
-    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    raw, made = _computed_bytes(_unevaluated_copy(t, lazy_base), lazy_base, stand_in=True)
     if not made:                               # nothing merged: these are the tensor's bytes
         return gpuquant.Given(raw)
     values = merged_values(raw, made)
     return None if values is None else gpuquant.Given(raw, values, stand_in=True)
+
+
+def _computed_bytes(t, lazy_base, stand_in: bool = False):
+    """(tensor `t` as the converter computes it, as bytes; the merges it made, `recording`'s)."""
+    import numpy as np
+
+    with recording(stand_in) as made:
+        data = lazy_base.to_eager(t) if isinstance(t, lazy_base) else t
+    return np.ascontiguousarray(data).reshape(-1).view(np.uint8), made
 
 
 def _unevaluated_copy(t, lazy_base):
