@@ -267,7 +267,7 @@ def load_plain_with_adapter(adapter_dir: Path, base_path: str):
     with heavy_imports():
         import torch
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
@@ -277,7 +277,15 @@ def load_plain_with_adapter(adapter_dir: Path, base_path: str):
         device_map="sequential" if cuda else None, local_files_only=Path(base_path).is_dir(),
         **LOADING_RULES)
     model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
-    return model, AutoTokenizer.from_pretrained(str(adapter_dir))
+    return model, run_tokenizer(adapter_dir)
+
+
+def run_tokenizer(adapter_dir: Path):
+    """The run's tokenizer as saved with its adapter (guarded chat template, EOS, pad)."""
+    with heavy_imports():
+        from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(adapter_dir))
 
 
 def load_base_with_adapter(adapter_dir: Path, base_path: str, max_seq_len: int, work: Path):

@@ -90,6 +90,9 @@ class MergeSource:
     # --merged: each tensor also goes to the merged checkpoint as it is made, so that the GGUF
     # writer and the safetensors writer share one merge of it
     sink: checkpoint.MergedCheckpoint | None = None
+    # the retention gate's model is built here after writing (fastft.export.gate_model): each
+    # adapted base tensor, as moved to the merge device, is kept (name -> tensor)
+    kept: dict | None = None
 
     def tensor(self, name: str, local) -> object:
         """`name` merged (or the base's own tensor), on the CPU in the base's dtype."""
@@ -119,13 +122,20 @@ class MergeSource:
         # each merging thread on its own CUDA stream; .cpu() (or, with no copy, the sync) waits
         # for it, so the tensor is finished when handed on
         with torch.cuda.stream(stream := gpuquant.own_stream(self.device)):
-            merged = self.merge_on_device(name, w)
+            merged = self.merge_on_device(name, self._kept(name, w))
             out = w if stand_in else merged.cpu()
         if stand_in and stream is not None:
             stream.synchronize()
         if made is not None:
             made.append((out, merged))
         return out
+
+    def _kept(self, name: str, w):
+        """`w`, or (kept) its copy on the merge device, which the merge then starts from."""
+        if self.kept is None:
+            return w
+        on = self.kept[name] = w.to(self.device, non_blocking=True)
+        return on
 
     def merge_on_device(self, name: str, w) -> object:
         """`w` (the base's tensor `name`) merged with its LoRA pair on self.device, in w's dtype:
@@ -413,19 +423,22 @@ class Job:
     quants: dict[str, Path] = field(default_factory=dict)
     quantize: Path | None = None
     device: str | None = None
+    # measure the retention gate's 16-bit side, where it can, on the held-out tokens the caller
+    # sends once the files are written (fastft.export.gate_model)
+    reference: bool = False
 
     def argv(self) -> list[str]:
         return [str(self.adapter), self.model_path, _arg(self.root), str(self.work),
                 _arg(self.outfile), self.outtype, self.name, _arg(self.merged),
                 json.dumps({q: str(p) for q, p in self.quants.items()}), _arg(self.quantize),
-                self.device or ""]
+                self.device or "", "reference" if self.reference else ""]
 
     @classmethod
     def from_argv(cls, argv: list[str]) -> Job:
         path = lambda a: Path(a) if a else None  # noqa: E731
         return cls(Path(argv[0]), argv[1], path(argv[2]), Path(argv[3]), path(argv[4]), argv[5],
                    argv[6], path(argv[7]), {q: Path(p) for q, p in json.loads(argv[8]).items()},
-                   path(argv[9]), argv[10] or None)
+                   path(argv[9]), argv[10] or None, argv[11] == "reference")
 
     @property
     def folder(self) -> Path:
@@ -444,10 +457,13 @@ class Job:
 
 @dataclass
 class ChildResult:
-    """What the child reports besides its files: its stage times, and which of job.quants it
-    made (type -> device; empty: it wrote the 16-bit GGUF instead)."""
+    """What the child reports besides its files: its stage times, which of job.quants it
+    made (type -> device; empty: it wrote the 16-bit GGUF instead), and the gate's 16-bit side
+    (retention.Measured.to_dict()) when it measured it, else why not, if it was asked."""
     seconds: dict[str, float] = field(default_factory=dict)
     quantized: dict[str, str] = field(default_factory=dict)
+    reference: dict | None = None
+    no_reference: str | None = None
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -479,14 +495,49 @@ def export(job: Job, result: ChildResult) -> str | None:
         return source
     if job.merged and (problem := checkpoint.checkpoint_problem(source.base, source.parts)):
         return problem
+    if job.reference:
+        _keep_for_gate(job, source)
     # The tokenizer as the older path saves it into its merged folder: the run's own.
     tokenizer = AutoTokenizer.from_pretrained(str(job.adapter))
     if job.merged:
         checkpoint.write_folder_files(job.merged, source.base, source.parts, tokenizer)
     else:
         write_config_folder(job.folder, source.base, tokenizer)
+    serving = source.kept is not None
     with torch.inference_mode():
-        return _write(job, source, result, t)
+        if (why := _write(job, source, result, t)) is None and serving:
+            _measure_for_gate(job, source, result)
+        return why
+
+
+def _keep_for_gate(job: Job, source: MergeSource) -> None:
+    """source.kept, where the gate's model can be built from it (gate_model.keeps)."""
+    from . import gate_model
+
+    size = sum((source.base / p).stat().st_size for p in source.parts)
+    if gate_model.keeps(source.device, weights_dtype(job.model_path), size):
+        source.kept = {}
+
+
+def _measure_for_gate(job: Job, source: MergeSource, result: ChildResult) -> None:
+    """The gate's 16-bit side on the held-out tokens the caller sends (result.reference), or
+    why not (result.no_reference): the caller then loads its own model. Never raises but for
+    an interrupt: the files are written."""
+    from . import gate_model
+
+    t = time.perf_counter()
+    if source.kept is None:
+        result.no_reference = "the GPU ran out of memory while quantizing"
+        return
+    try:
+        if (asked := gate_model.request()) is not None:
+            result.reference = gate_model.measured(source, job.adapter, asked)
+    except Exception as e:   # noqa: BLE001  (any failure here has the caller's fallback)
+        logging.exception("the gate's model in the direct child")
+        result.no_reference = f"{type(e).__name__}: {e}"
+    finally:
+        source.kept = None
+    result.seconds["reference"] = time.perf_counter() - t
 
 
 def _write(job: Job, source: MergeSource, result: ChildResult, t: float) -> str | None:
@@ -506,7 +557,7 @@ def _write(job: Job, source: MergeSource, result: ChildResult, t: float) -> str 
             source.sink = checkpoint.MergedCheckpoint(job.merged, source.base, source.parts)
             stack.callback(source.sink.close)
         seconds["prepare"], t = time.perf_counter() - t, time.perf_counter()
-        _say_ready()
+        _say_ready(source.kept is not None)
         if model is not None:
             result.quantized = _write_ggufs(job, source, model, conversion, gguf)
             seconds["write"], t = time.perf_counter() - t, time.perf_counter()
@@ -528,6 +579,7 @@ def _write_ggufs(job: Job, source: MergeSource, model, conversion, gguf) -> dict
             return {q: on for q in job.quants}
         except torch.OutOfMemoryError:       # quantize_file removed what it had begun
             logging.warning("out of GPU memory while quantizing: writing the 16-bit GGUF")
+            source.kept = None               # the gate's model: loaded by the caller instead
             model = _prepared(conversion, gguf, source, job)   # its tensors were consumed
     _write_gguf(model, gguf)
     return {}
@@ -747,17 +799,19 @@ DECLINED = 3
 READY_FD = "FASTFT_DIRECT_READY_FD"   # the pipe the child says "ready" on, once it is writing
 
 
-def _say_ready() -> None:
-    """In the child: the adapter and the converter passed every check; writing starts."""
+def _say_ready(reference: bool) -> None:
+    """In the child: the adapter and the converter passed every check; writing starts; and
+    whether it will measure the gate's side (`reference`, then it waits for the request)."""
     if fd := os.environ.get(READY_FD):
-        os.write(int(fd), b"ready\n")
+        os.write(int(fd), b"ready reference\n" if reference else b"ready\n")
         os.close(int(fd))
 
 
 class DirectChild:
     """The direct export's child process (`python -m fastft.export.direct`), started first: the
-    caller learns within seconds whether it declined (`declined`), and may then do its own work
-    (the retention gate's 16-bit side) while the child merges and writes, then `finish`.
+    caller learns within seconds whether it declined (`declined`) and whether it will measure
+    the gate's 16-bit side (`measures`: then `send` it the held-out tokens; else the caller
+    loads its own model meanwhile), then `finish`.
 
     A child, not this process: llama.cpp's converter imports transformers, and should the
     older path follow, Unsloth must be imported here before transformers (fastft.core.models).
@@ -766,30 +820,54 @@ class DirectChild:
     def __init__(self, job: Job, log: Path):
         from .llamacpp import start_to_log
 
+        from .gate_model import REQUEST_FD
+
         self.job, self.log = job, log
         ready, said = os.pipe()
+        asked, self.ask = os.pipe()
         try:
             self.proc = start_to_log([sys.executable, "-m", "fastft.export.direct", *job.argv()],
-                                     log, pass_fds=(said,), env=os.environ | {READY_FD: str(said)})
+                                     log, pass_fds=(said, asked),
+                                     env=os.environ | {READY_FD: str(said), REQUEST_FD: str(asked)})
         except BaseException:
             os.close(ready)
+            self.send(None)
             raise
         finally:
             os.close(said)
+            os.close(asked)
         self.ready = ready
+        self.measures = False
         self.result = ChildResult()
 
     def declined(self) -> str | None:
         """Wait until the child writes (None) or has exited: why it declined, or raise."""
         with os.fdopen(self.ready, "rb") as pipe:
-            said = pipe.read()      # "ready", or nothing once the child has exited
+            said = pipe.read()      # "ready [reference]", or nothing once the child has exited
+        self.measures = said.split()[1:] == [b"reference"]
         return None if said else self.finish()
+
+    def send(self, request: bytes | None) -> None:
+        """The held-out tokens for the gate's side (gate_model.encode_request), or (None) none:
+        the pipe closed, the child does not wait for it."""
+        if self.ask is None:
+            return
+        try:
+            if request:
+                with os.fdopen(self.ask, "wb", closefd=False) as pipe:
+                    pipe.write(request)
+        except BrokenPipeError:      # the child is gone: finish says why
+            pass
+        finally:
+            os.close(self.ask)
+            self.ask = None
 
     def finish(self) -> str | None:
         """Wait for the child: None when its outputs are written (`result` says which, and its
         stage times), else why it declined (raises when it failed)."""
         from .llamacpp import log_tail
 
+        self.send(None)              # if not sent yet: the child must not wait for it
         try:
             rc = self.proc.wait()
         finally:
@@ -808,6 +886,7 @@ class DirectChild:
 
     def stop(self) -> None:
         """Ctrl-C or a failure here: a writer must not keep writing into a folder about to go."""
+        self.send(None)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

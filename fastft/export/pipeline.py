@@ -58,7 +58,7 @@ from . import gpuquant
 from .direct import DirectChild, DirectExportError, Job, folder_bytes, merge_device, weights_dtype
 from .manifest import (MANIFEST, ExportManifest, FileEntry, GGUFCheck, GGUFRetention, ManifestError,
                        Retention, ServedModelfile)
-from . import retention
+from . import gate_model, retention
 from .readme import readme_text
 from .gguf import read_gguf_metadata  # noqa: F401  (also part of this module's API)
 from .llamacpp import (
@@ -72,7 +72,7 @@ from .llamacpp import (
     quant_types,
 )
 from .modelfile import NAME_RE, Modelfile, ModelfileError, render_modelfile, template_mismatch
-from ..core.models import load_base_with_adapter, load_plain_with_adapter
+from ..core.models import load_base_with_adapter, load_plain_with_adapter, run_tokenizer
 from ..core.timeline import Timeline, timings_line
 from ..core.quiet import captured, status
 from ..core.preflight import (
@@ -515,12 +515,17 @@ def _direct_job(plan: ExportPlan, dtype: str | None) -> Job:
         plan.gguf16 = (plan.stage if job.outtype in plan.quants else plan.work) / plan.gguf_name(
             job.outtype)
         job.root, job.outfile = plan.llama.root, plan.gguf16
+        job.reference = REFERENCE_IN_CHILD
         if _quantized_in_child(plan):
             job.quants = {q.upper(): plan.gguf_path(q) for q in plan.quants}
             job.quantize, job.device = plan.llama.quantize, DIRECT_QUANTIZE_DEVICE
     return job
 
 
+# Whether the direct child, asked for GGUF, measures the gate's 16-bit side from the base it
+# merges (fastft.export.gate_model), where it can; else this process loads the base again,
+# beside the child, to measure it (as before 2026-12-07's fifteenth session; the A/B).
+REFERENCE_IN_CHILD = True
 # Where the direct child quantizes: "auto" is fastft.export.gpuquant.device() there (the GPU,
 # or none: then it writes the 16-bit GGUF and llama-quantize quantizes it here).
 DIRECT_QUANTIZE_DEVICE = "auto"
@@ -547,10 +552,15 @@ def _direct_outputs(job: Job) -> str:
 
 
 def _finish_direct(plan: ExportPlan, console, child: DirectChild) -> None:
-    """While the child merges and writes: the gate's 16-bit side (when there is GGUF to
-    gate), from a model loaded without Unsloth; then wait for the child."""
+    """While the child merges and writes, when there is GGUF to gate: the held-out tokens for
+    the child, which measures the gate's 16-bit side from the base it merges (gate_model),
+    or, where it cannot, that side here, from a model loaded without Unsloth. Then wait."""
+    held = None
     try:
-        if plan.quants:
+        if plan.quants and child.measures:
+            held = _held_out_for_child(plan, child)
+        elif plan.quants:
+            child.send(None)
             _load_and_merge(plan, console, merge=False)
             gc.collect()
             _free_gpu()
@@ -560,11 +570,41 @@ def _finish_direct(plan: ExportPlan, console, child: DirectChild) -> None:
                 raise DirectExportError(f"the direct export stopped: {why}")
     finally:
         child.stop()
+    if held is not None:
+        _reference_from_child(plan, console, child, held)
     plan.path = "direct"
     plan.quantized_by.update({child.job.quants[q].name: on
                               for q, on in child.result.quantized.items()})
     if plan.opts.merged:
         plan.hashes.start(plan.merged_dir.rglob("*"))
+
+
+def _held_out_for_child(plan: ExportPlan, child: DirectChild) -> retention.HeldOut:
+    """The held-out examples, rendered by the run's tokenizer under its guard, sent to the
+    child; and the check's prompt (_use_tokenizer), as the model's load gives them."""
+    with _timed(plan, "reference"):
+        tokenizer = run_tokenizer(plan.info.adapter_dir)
+        _use_tokenizer(plan, tokenizer)
+        with retention.guard_undone(tokenizer):
+            held = retention.held_out(plan.info, tokenizer, plan.opts.eval_data)
+            child.send(gate_model.encode_request(tokenizer.pad_token_id, held.encoded))
+    return held
+
+
+def _reference_from_child(plan: ExportPlan, console, child: DirectChild,
+                          held: retention.HeldOut) -> None:
+    """plan.reference from the child's measurement; where it has none, from a model loaded
+    here now, saying why in one line."""
+    result = child.result
+    if result.reference is None:
+        console.print(f"note: the retention gate loads the 16-bit model itself: the direct "
+                      f"export did not measure it ({result.no_reference or 'no reason given'})",
+                      markup=False, highlight=False)
+        _load_and_merge(plan, console, merge=False)
+        return
+    measured = retention.Measured.from_dict(result.reference)
+    plan.reference = retention.assembled(held, measured,
+                                         plan.timeline.seconds["reference"] + measured.seconds)
 
 
 def _free_gpu() -> None:
@@ -692,17 +732,10 @@ def _load_and_merge(plan: ExportPlan, console, merge: bool = True) -> None:
 
 
 def _reference(plan: ExportPlan, model, tokenizer, console) -> None:
-    """The gate's 16-bit side, from the model loaded for the merge, before merging. The chat
-    guard fixes a tokenizer in place; what it may change is put back afterwards, so the merged
-    folder (and every GGUF) carries the run's tokenizer as saved, which is what the gate checks
-    (a copy.deepcopy of a Qwen tokenizer costs 1-3 s)."""
-    saved = {k: getattr(tokenizer, k) for k in retention.GUARDED_ATTRIBUTES}
-    try:
-        with _timed(plan, "reference"), status(console, "retention gate: scoring base and adapter"):
-            plan.reference = retention.reference(model, tokenizer, plan.info, plan.opts.eval_data)
-    finally:
-        for key, value in saved.items():
-            setattr(tokenizer, key, value)
+    """The gate's 16-bit side, from the model loaded for the merge, before merging; the
+    tokenizer as it was (retention.guard_undone): the merged folder carries the run's."""
+    with _timed(plan, "reference"), status(console, "retention gate: scoring base and adapter"):
+        plan.reference = retention.reference(model, tokenizer, plan.info, plan.opts.eval_data)
 
 
 def _auto_quantize(plan: ExportPlan, console) -> None:

@@ -202,15 +202,42 @@ class _Scorer:
                 at += len(pos)
 
 
-def _adapter_pass(scorer: _Scorer, tokens, ref: Reference) -> float:
-    """The adapter's summed loss; fills the reference's positions and top-k."""
+@dataclass
+class Measured:
+    """The 16-bit model's side of the gate, in numbers: what `measure` computes, in this process
+    or in the direct export's child (fastft.export.direct), which sends it back as JSON."""
+    base: float                          # summed losses on the trained tokens
+    adapter: float
+    tokens: int                          # trained tokens scored
+    positions: list[list[int]]
+    targets: list[list[int]]
+    top_ids: list                        # per example: (n, TOP_K) int64
+    top_logp: list                       # per example: (n, TOP_K) float32
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "top_ids": [a.tolist() for a in self.top_ids],
+                "top_logp": [a.tolist() for a in self.top_logp]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Measured:
+        """Exact: a float32 written as JSON's float reads back as the same float32."""
+        import numpy as np
+
+        arrays = lambda rows, dtype: [np.asarray(r, dtype=dtype).reshape(-1, TOP_K) for r in rows]  # noqa: E731
+        return cls(**{**d, "top_ids": arrays(d["top_ids"], np.int64),
+                      "top_logp": arrays(d["top_logp"], np.float32)})
+
+
+def _adapter_pass(scorer: _Scorer, tokens, m: Measured) -> float:
+    """The adapter's summed loss; fills the positions and top-k."""
     total, index = 0.0, {id(t): i for i, t in enumerate(tokens)}
     for ex, logp, pos, targets in scorer.logp(tokens):
         i = index[id(ex)]
         total -= float(logp[range(len(pos)), targets].sum())
         top = logp.topk(TOP_K, dim=-1)
-        ref.positions[i], ref.targets[i] = pos, targets
-        ref.top_ids[i], ref.top_logp[i] = top.indices.cpu().numpy(), top.values.cpu().numpy()
+        m.positions[i], m.targets[i] = pos, targets
+        m.top_ids[i], m.top_logp[i] = top.indices.cpu().numpy(), top.values.cpu().numpy()
     return total
 
 
@@ -220,23 +247,48 @@ def _base_pass(scorer: _Scorer, tokens) -> float:
                     for _, logp, pos, targets in scorer.logp(tokens))
 
 
+def measure(model, pad_id: int, tokens) -> Measured:
+    """Base and adapter loss on `tokens` (TokenizedExample-like: input_ids, labels), and the
+    adapter's top-k at each trained position, from `model` (a PeftModel, adapter not merged)."""
+    t = time.perf_counter()
+    n = len(tokens)
+    m = Measured(0.0, 0.0, 0, [[]] * n, [[]] * n, [None] * n, [None] * n)
+    scorer = _Scorer(model, pad_id)
+    with _cpu_threads(model):
+        m.adapter = _adapter_pass(scorer, tokens, m)
+        m.base = _base_pass(scorer, tokens)
+    m.tokens = sum(len(p) for p in m.positions)   # a trained first token predicts nothing
+    m.seconds = time.perf_counter() - t
+    return m
+
+
+def assembled(held: HeldOut, m: Measured, seconds: float) -> Reference:
+    """The Reference of `held`'s examples from their measurement."""
+    return Reference(held, _model_score(m.base / m.tokens), _model_score(m.adapter / m.tokens),
+                     m.tokens, m.positions, m.targets, m.top_ids, m.top_logp, seconds)
+
+
+@contextlib.contextmanager
+def guard_undone(tokenizer):
+    """The chat guard fixes a tokenizer in place (held_out); what it may change is put back
+    afterwards, so a tokenizer saved or read later is the run's as saved (a copy.deepcopy of a
+    Qwen tokenizer costs 1-3 s)."""
+    saved = {k: getattr(tokenizer, k) for k in GUARDED_ATTRIBUTES}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(tokenizer, key, value)
+
+
 def reference(model, tokenizer, run, eval_data: str | None) -> Reference:
     """Base and adapter loss on the held-out tokens, and the adapter's top-k per position,
     from the model the export loaded (adapter attached, not merged in memory)."""
     t = time.perf_counter()
-    held = held_out(run, tokenizer, eval_data)
-    tokens = [e.tokens for e in held.encoded]
-    n = len(tokens)
-    ref = Reference(held, ModelScore(loss=0, ppl=0), ModelScore(loss=0, ppl=0), 0,
-                    [[]] * n, [[]] * n, [None] * n, [None] * n)
-    scorer = _Scorer(model, tokenizer.pad_token_id)
-    with _cpu_threads(model):
-        adapter = _adapter_pass(scorer, tokens, ref)
-        ref.tokens = sum(len(p) for p in ref.positions)   # a trained first token predicts nothing
-        ref.adapter = _model_score(adapter / ref.tokens)
-        ref.base = _model_score(_base_pass(scorer, tokens) / ref.tokens)
-    ref.seconds = time.perf_counter() - t
-    return ref
+    with guard_undone(tokenizer):
+        held = held_out(run, tokenizer, eval_data)
+        m = measure(model, tokenizer.pad_token_id, [e.tokens for e in held.encoded])
+    return assembled(held, m, time.perf_counter() - t)
 
 
 @contextlib.contextmanager
