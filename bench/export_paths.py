@@ -9,6 +9,9 @@ examples/favorite_color.jsonl --max-steps 5`), or takes one (--run), then times,
   gguf/direct    fastft export RUN --gguf q4_k_m                (the default: no 16-bit checkpoint)
   gguf/detour    fastft export RUN --gguf q4_k_m --no-direct    (through the merged checkpoint)
   merged         fastft export RUN --merged --gguf q4_k_m --gguf q8_0
+  gguf/gate-beside  as gguf/direct, the gate's 16-bit model loaded by the export's process
+                 beside the child (pipeline.REFERENCE_IN_CHILD off, as before 2026-12-07's
+                 fifteenth session): the A/B of the child measuring it
 
 Each is one `fastft export --json` process timed from outside (wall), with the export's own stage
 times, which path it took and its peak scratch disk (both from --json). The first round fills
@@ -38,7 +41,10 @@ CASES = {
     "gguf/direct": ["--gguf", "q4_k_m"],
     "gguf/detour": ["--gguf", "q4_k_m", "--no-direct"],
     "merged": ["--merged", "--gguf", "q4_k_m", "--gguf", "q8_0"],
+    "gguf/gate-beside": ["--gguf", "q4_k_m"],
 }
+# Cases that run fastft with a module constant set (its A/B toggle), as `module.NAME = value`
+PATCHES = {"gguf/gate-beside": "fastft.export.pipeline.REFERENCE_IN_CHILD = False"}
 # The issue's targets on an H100 with the 4B shape, warm (seconds).
 TARGETS = {"gguf/direct": 45.0, "merged": 120.0}
 # The export's own timeline (fastft.core.timeline); the direct child's sub-stages are in export.log.
@@ -46,8 +52,14 @@ STAGES = ("startup", "imports", "tools", "load", "reference", "merge", "convert"
           "check", "retention", "docs")
 
 
-def fastft(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fastft.cli", *args]
+def fastft(*args: str, patch: str | None = None) -> list[str]:
+    """The fastft command line; with `patch`, run as `python -m fastft.cli` after it."""
+    if patch is None:
+        return [sys.executable, "-m", "fastft.cli", *args]
+    module = patch.split("=")[0].strip().rsplit(".", 1)[0]
+    program = (f"import sys, runpy, {module}; {patch}; sys.argv = ['fastft', *sys.argv[1:]]; "
+               f"runpy.run_module('fastft.cli', run_name='__main__')")
+    return [sys.executable, "-c", program, *args]
 
 
 def train_run(model: Path, work: Path, logfile: Logfile) -> Path:
@@ -66,7 +78,8 @@ def train_run(model: Path, work: Path, logfile: Logfile) -> Path:
 
 def export_once(run: Path, case: str, out: Path, logfile: Logfile) -> dict:
     """One export of `case`, timed from outside; its --json result's timings, path, disk."""
-    cmd = fastft("export", str(run), *CASES[case], "--out", str(out), "--force", "--json")
+    cmd = fastft("export", str(run), *CASES[case], "--out", str(out), "--force", "--json",
+                 patch=PATCHES.get(case))
     log(f"[{case}] $ {' '.join(cmd)}")
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, errors="replace")
@@ -107,7 +120,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="4b", choices=("4b", "tiny"))
     ap.add_argument("--run", type=Path, help="a trained run to export (default: train one)")
-    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, in this order")
+    ap.add_argument("--cases", default="gguf/direct,gguf/detour,merged",
+                    help=f"comma-separated, in this order, of {', '.join(CASES)}")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", type=Path, default=WORK / "export-paths")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")

@@ -30,6 +30,10 @@
 #                     fourteenth session, and cut at the trained budget, as since) at
 #                     SCORER_THREADS (16) threads; SCORER_HASHING=1 also beside a SHA-256 of the
 #                     GGUF (2026-12-07: 4,8,16 alone, 16 fastest; 15 beside a hash: to run)
+#   gateab            bench/export_paths.py on ttfc's last finished fastft run: fastft export
+#                     --gguf q4_k_m with the gate's 16-bit side measured in the direct child (the
+#                     product) and loaded beside it (gguf/gate-beside, as before 2026-12-07's
+#                     fifteenth session), alternately, GATEAB_ROUNDS (3) rounds
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import
@@ -135,6 +139,13 @@ for step in "$@"; do
       M=$(python3 bench/make_model.py --shape 4b --out-dir $W/models 2>/dev/null | tail -1)
       timeout $(( $(left) - 5 )) python3 bench/read_ahead.py --model "$M" --data examples/favorite_color.jsonl \
         --work /tmp/read-ahead --runs 2 --out "$OUT/read-ahead.json" 2>&1 | grep "\[bench" ;;
+    gateab)
+      wait $BUILD
+      run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
+      [ -z "$run" ] && { echo "gateab: no finished fastft run in $W"; continue; }
+      timeout $(( $(left) - 5 )) python3 bench/export_paths.py --run "$run" --work $W \
+        --cases gguf/direct,gguf/gate-beside --rounds ${GATEAB_ROUNDS:-3} --out "$OUT/gateab" 2>&1 \
+        | grep -v Warning | tail -20 ;;
     scorer)
       wait $BUILD
       gguf=$(ls -t $W/runs/*-fastft-*/export/*.Q4_K_M.gguf 2>/dev/null | head -1)

@@ -58,7 +58,6 @@ def build(base: Path, parts: list[str], adapter: Path, kept: dict, device: str):
     """The base with the adapter attached (a PeftModel, eval), from `kept` (name -> tensor on
     `device`) and the base's other tensors; raises ValueError where the checkpoint does not
     fill the model exactly."""
-    import torch
     from accelerate import init_empty_weights
     from peft import PeftModel
     from safetensors import safe_open
