@@ -15,11 +15,13 @@
            Unless --no-direct, the merge and the 16-bit GGUF are one step in a child process
            (fastft.export.direct), unless that path declines: no checkpoint on disk for GGUF
            only; with --merged, each tensor merged for the GGUF is also written into `merged/`
-           (fastft.export.checkpoint), laid out as Unsloth lays it out. Meanwhile, for GGUF,
-           this process loads the base with the adapter through transformers and peft
-           (`models.load_plain_with_adapter`, no Unsloth) for the gate.
+           (fastft.export.checkpoint), laid out as Unsloth lays it out. For GGUF, the child
+           also measures the gate's 16-bit side on the held-out tokens this process sends it,
+           from the base tensors it moved to the GPU to merge (fastft.export.gate_model); where
+           it cannot, this process loads the base with the adapter through transformers and
+           peft (`models.load_plain_with_adapter`, no Unsloth) meanwhile.
 4. gate    The retention gate (fastft.export.retention): held-out loss of base, adapter (from
-           the model loaded in step 3, before merging) and each GGUF (llama.cpp, same token
+           the 16-bit model of step 3, adapter unmerged) and each GGUF (llama.cpp, same token
            ids), KL and retention; `--gguf auto` quantizes smallest first and keeps the first
            that passes. A failing file fails the export after step 6: the folder is complete
            and its manifest records the table.
