@@ -11,8 +11,9 @@ fails the export.
   encode_all, under the run's chat guard) up to HELD_OUT_TOKENS tokens and TRAINED_TOKENS
   trained ones (the example that reaches the latter cut there), which keeps the gate cheap
   (each GGUF runs them all through llama.cpp on the CPU).
-- Base and adapter: the model the export loaded to merge, adapter on and off (peft's
-  disable_adapter): no second load. The adapter's next-token distribution is the KL reference:
+- Base and adapter: the 16-bit model the export merges, adapter on and off (peft's
+  disable_adapter), as the export loaded it or as the direct child built it from the tensors it
+  merges (fastft.export.gate_model, `measure` there): no second load. The adapter's next-token distribution is the KL reference:
   its TOP_K most likely tokens plus one bucket for the rest (a lower bound of the full KL, exact
   where the top tokens hold nearly all the mass).
 - GGUFs: fastft-score (fastft.export.scorer_src), llama.cpp itself on the same token ids,
