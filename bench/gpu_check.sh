@@ -3,7 +3,8 @@
 # one step, run in order until the call's time (GPU_CHECK_LIMIT_S, 570 s) is spent:
 #   tests             the GPU tests (pytest -m gpu: training, auto-tune and its cache), 150 s at most
 #   gputests          the GPU tests of the export's quantizing (tests/test_gpuquant.py,
-#                     test_export_direct_quant.py, test_kquants_triton.py) and of Unsloth's import
+#                     test_export_direct_quant.py, test_kquants_triton.py), of the gate's model
+#                     built in the direct child (test_gate_model.py) and of Unsloth's import
 #                     rewriting the SFT trainer alone (tests/test_gpu.py), with llama.cpp built
 #   kqspeed           bench/kquants_speed.py: seconds per 2^25 elements of q4_K and q6_K on the GPU,
 #                     torch's ops against the Triton kernels, side by side, and whether the bytes agree
@@ -94,7 +95,8 @@ for step in "$@"; do
       wait $BUILD
       timeout $(( $(left) - 5 )) python3 -m pytest -m gpu -q -s -p no:cacheprovider --durations=6 \
         tests/test_gpu.py::test_unsloth_rewrites_the_same_sft_trainer_when_told_to_rewrite_it_alone \
-        tests/test_gpuquant.py tests/test_export_direct_quant.py $(ls tests/test_kquants_triton.py 2>/dev/null) \
+        tests/test_gpuquant.py tests/test_export_direct_quant.py tests/test_gate_model.py \
+        $(ls tests/test_kquants_triton.py 2>/dev/null) \
         > "$OUT/gpu-tests-export.txt" 2>&1
       echo "gputests rc=$?"; grep -E "import [0-9.]+ s|passed|failed|Error" "$OUT/gpu-tests-export.txt" | tail -12 ;;
     kqspeed)
