@@ -160,8 +160,10 @@ def test_direct_writes_no_checkpoint_and_runs_no_converter_script(both):
     assert not any(Path(a).name == "convert_hf_to_gguf.py" for p in procs for a in p[:2])
     assert [p[2:4] for p in procs if p[1:3] == ["-m", "fastft.export.direct"]] == [
         ["fastft.export.direct", str(new.run_dir / "adapter")]]
-    # Loaded once, for the retention gate's 16-bit side; merged only in the child.
-    assert "merge_s" not in new.timings and {"load_s", "reference_s", "convert_s"} <= set(new.timings)
+    # Loaded and merged only in the child, which also measures the gate's 16-bit side: here
+    # only the held-out tokens are made for it (reference)
+    assert not {"merge_s", "load_s"} & set(new.timings)
+    assert {"reference_s", "convert_s"} <= set(new.timings)
     assert {"load_s", "merge_s", "convert_s"} <= set(old.timings)
 
 
