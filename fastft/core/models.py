@@ -242,13 +242,35 @@ def load_model(ref: ModelRef, max_seq_len: int, load_in_4bit: bool = True):
     return from_pretrained(ref.path, max_seq_len, load_in_4bit, local_files_only=ref.is_local)
 
 
-def from_pretrained(path: str, max_seq_len: int, load_in_4bit: bool, local_files_only: bool):
-    """`FastLanguageModel.from_pretrained` under fastft's loading rules: (model, tokenizer)."""
+def from_pretrained(path: str, max_seq_len: int, load_in_4bit: bool, local_files_only: bool,
+                    dtype=None):
+    """`FastLanguageModel.from_pretrained` under fastft's loading rules: (model, tokenizer).
+    `dtype` None: Unsloth picks bf16 where the device supports it, else fp16/fp32."""
     unsloth = import_unsloth()  # heavy: kept off the CLI's start-up path
     return unsloth.FastLanguageModel.from_pretrained(
-        model_name=path, max_seq_length=max_seq_len, load_in_4bit=load_in_4bit,
-        dtype=None,  # Unsloth picks bf16 where the device supports it, else fp16/fp32
+        model_name=path, max_seq_length=max_seq_len, load_in_4bit=load_in_4bit, dtype=dtype,
         local_files_only=local_files_only, **LOADING_RULES)
+
+
+def stored_dtype(base_path: str):
+    """The torch dtype a local base's weights are stored in, where it is 16-bit and this
+    machine computes in it; else None (Unsloth's pick). For the export's merge: on a CPU
+    without native bf16 Unsloth picks float16, and a bf16 base loaded so is no longer itself
+    (its small weights lose bits in float16's subnormals: the older path's merged weights
+    differed from the base's in the last bit of 6% of them, on a 2-core AMD EPYC, 2026-12-07)."""
+    import json
+
+    import torch
+
+    config = Path(base_path) / "config.json"
+    if not config.is_file():
+        return None
+    cfg = json.loads(config.read_text())
+    name = str(cfg.get("dtype") or cfg.get("torch_dtype")).removeprefix("torch.")
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
+    if dtype is torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return None   # a GPU without bf16 (T4, pre-Ampere): Unsloth's float16
+    return dtype
 
 
 def load_for_inference(adapter_dir: Path, max_seq_len: int, load_in_4bit: bool):
@@ -307,8 +329,10 @@ def load_base_with_adapter(adapter_dir: Path, base_path: str, max_seq_len: int, 
     cfg = json.loads(cfg_file.read_text())
     cfg["base_model_name_or_path"] = base_path
     cfg_file.write_text(json.dumps(cfg, indent=2))
+    import_unsloth()   # before torch (stored_dtype), as Unsloth asks
     model, _ = from_pretrained(str(adapter), max_seq_len, load_in_4bit=False,
-                               local_files_only=Path(base_path).is_dir())
+                               local_files_only=Path(base_path).is_dir(),
+                               dtype=stored_dtype(base_path))
     from transformers import AutoTokenizer  # after Unsloth (imported by from_pretrained)
 
     return model, AutoTokenizer.from_pretrained(str(adapter))
