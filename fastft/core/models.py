@@ -255,9 +255,10 @@ def from_pretrained(path: str, max_seq_len: int, load_in_4bit: bool, local_files
 def stored_dtype(base_path: str):
     """The torch dtype a local base's weights are stored in, where it is 16-bit and this
     machine computes in it; else None (Unsloth's pick). For the export's merge: on a CPU
-    without native bf16 Unsloth picks float16, and a bf16 base loaded so is no longer itself
-    (its small weights lose bits in float16's subnormals: the older path's merged weights
-    differed from the base's in the last bit of 6% of them, on a 2-core AMD EPYC, 2026-12-07)."""
+    without native bf16 Unsloth loads a bf16 base in float32 (tests/test_tiny.py), and the older
+    path's BF16 GGUF then differed from the direct path's, the base's own bytes merged, in the
+    last bit of 6% of the adapted weights and of the embeddings' smallest values (a 2-core AMD
+    EPYC, 2026-12-07), as if rounded through float16 on the way."""
     import json
 
     import torch
