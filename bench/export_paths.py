@@ -92,7 +92,7 @@ def export_once(run: Path, case: str, out: Path, logfile: Logfile) -> dict:
             "peak_disk_bytes": res["peak_disk_bytes"], "warnings": res["warnings"],
             # base, adapter and each file's loss and KL: where the gate's 16-bit side was
             # measured (gguf/gate-beside) must not change them
-            "retention": res.get("retention"),
+            "retention": res["manifest"].get("retention"),
             "files_bytes": {Path(g["path"]).name: g["bytes"] for g in res["ggufs"].values()}}
 
 
