@@ -426,3 +426,14 @@ def test_scorer_threads_runs_llama_cpp_with_each_count_asked(color, tmp_path, mo
     assert threads == ["1", "2", "1", "2"] * 2                   # a warm-up round, then one run
     seconds = json.loads((tmp_path / "t.json").read_text())["seconds"]
     assert sorted(seconds) == sorted(f"{k} tokens, threads {n}" for k in (24, 12) for n in (1, 2))
+
+
+def test_export_paths_runs_a_patched_case_with_its_constant_set():
+    """bench/export_paths.py's A/B cases run `fastft` with a module constant set first: the
+    process that runs the CLI sees it (here fastft's version, which --version prints)."""
+    from bench.export_paths import CASES, PATCHES, fastft
+
+    assert set(PATCHES) <= set(CASES)
+    p = subprocess.run(fastft("--version", patch="fastft.__version__ = '9.9.9-patched'"),
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "fastft, version 9.9.9-patched", p.stderr
