@@ -252,6 +252,38 @@ def from_pretrained(path: str, max_seq_len: int, load_in_4bit: bool, local_files
         local_files_only=local_files_only, **LOADING_RULES)
 
 
+def base_folder(model_path: str) -> Path | None:
+    """The base as a local folder: `model_path` itself, or its Hugging Face cache snapshot."""
+    if Path(model_path).is_dir():
+        return Path(model_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_path, local_files_only=True))
+    except Exception:   # not cached (the older path downloads it), or not a repo id
+        return None
+
+
+def weights_dtype(model_path: str) -> str | None:
+    """The base's dtype as its config.json names it ("bfloat16", ...), None if not local."""
+    import json
+
+    base = base_folder(model_path)
+    if base is None or not (base / "config.json").is_file():
+        return None
+    config = json.loads((base / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype")).removeprefix("torch.")
+
+
+def plain_dtype():
+    """The 16-bit dtype a model runs in here without Unsloth: bf16, or float16 on a GPU
+    without bf16 (load_plain_with_adapter, and the gate's model in the direct child)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
+
+
 def stored_dtype(base_path: str):
     """The torch dtype a local base's weights are stored in, where it is 16-bit and this
     machine computes in it; else None (Unsloth's pick). For the export's merge: on a CPU
@@ -259,16 +291,11 @@ def stored_dtype(base_path: str):
     path's BF16 GGUF then differed from the direct path's, the base's own bytes merged, in the
     last bit of 6% of the adapted weights and of the embeddings' smallest values (a 2-core AMD
     EPYC, 2026-12-07), as if rounded through float16 on the way."""
-    import json
-
     import torch
 
-    config = Path(base_path) / "config.json"
-    if not config.is_file():
+    if not Path(base_path).is_dir():
         return None
-    cfg = json.loads(config.read_text())
-    name = str(cfg.get("dtype") or cfg.get("torch_dtype")).removeprefix("torch.")
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(weights_dtype(base_path))
     if dtype is torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         return None   # a GPU without bf16 (T4, pre-Ampere): Unsloth's float16
     return dtype
@@ -294,7 +321,7 @@ def load_plain_with_adapter(adapter_dir: Path, base_path: str):
 
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
-        base_path, dtype=torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16,
+        base_path, dtype=plain_dtype(),
         # "sequential", as Unsloth loads it: the GPU first, the rest in CPU memory, so an 8 GB
         # card still exports a 4B model (its 16-bit weights are 8 GB)
         device_map="sequential" if cuda else None, local_files_only=Path(base_path).is_dir(),

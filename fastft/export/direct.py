@@ -61,6 +61,7 @@ from pathlib import Path
 
 from ..core.ahead import ahead
 from ..core.errors import FastftError
+from ..core.models import base_folder, weights_dtype
 from . import checkpoint
 
 # The merged safetensors folder the older path converts is named so; the converter looks at the
@@ -190,18 +191,6 @@ def merge_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def base_folder(model_path: str) -> Path | None:
-    """The base as a local folder: `model_path` itself, or its Hugging Face cache snapshot."""
-    if Path(model_path).is_dir():
-        return Path(model_path)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model_path, local_files_only=True))
-    except Exception:   # not cached (the older path downloads it), or not a repo id
-        return None
 
 
 def safetensors_parts(base: Path) -> list[str]:
@@ -394,15 +383,6 @@ def write_config_folder(folder: Path, base: Path, tokenizer) -> None:
 def folder_bytes(folder: Path) -> int:
     """Disk space the files under `folder` take (allocated blocks)."""
     return sum(p.lstat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
-
-
-def weights_dtype(model_path: str) -> str | None:
-    """The base's dtype as its config.json names it ("bfloat16", ...), None if not local."""
-    base = base_folder(model_path)
-    if base is None or not (base / "config.json").is_file():
-        return None
-    config = json.loads((base / "config.json").read_text())
-    return str(config.get("dtype") or config.get("torch_dtype")).removeprefix("torch.")
 
 
 @dataclass

@@ -25,19 +25,13 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..core.models import plain_dtype
+
 # Room on the GPU for the kept base beside the child's own working set (the merge's float32
 # copies and the quantizer's blocks, LOOKAHEAD tensors ahead): the export's process loaded the
 # same base onto the same GPU at the same time before, so this asks for no more than it did.
 HEADROOM_BYTES = 3 * 2**30
 REQUEST_FD = "FASTFT_DIRECT_REQUEST_FD"   # the pipe the export's process sends the held-out on
-
-
-def gate_dtype():
-    """The dtype the gate's model runs in (models.load_plain_with_adapter's rule)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    return torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
 
 
 def keeps(device: str, weights: str | None, base_bytes: int) -> bool:
@@ -46,7 +40,7 @@ def keeps(device: str, weights: str | None, base_bytes: int) -> bool:
     tensors are views of the base's files, which cost nothing."""
     import torch
 
-    if weights != str(gate_dtype()).removeprefix("torch."):
+    if weights != str(plain_dtype()).removeprefix("torch."):
         return False
     if not device.startswith("cuda"):
         return True
@@ -65,7 +59,7 @@ def build(base: Path, parts: list[str], adapter: Path, kept: dict, device: str):
 
     from ..core.models import LOADING_RULES
 
-    dtype = gate_dtype()
+    dtype = plain_dtype()
     rules = {"trust_remote_code": LOADING_RULES["trust_remote_code"]}
     config = AutoConfig.from_pretrained(str(base), local_files_only=True, **rules)
     with init_empty_weights():                    # parameters on meta; buffers (RoPE) real
