@@ -118,6 +118,9 @@ def run_env(caches: Path, llama: Path) -> dict:
                      ("UNSLOTH_COMPILE_LOCATION", "unsloth_compiled_cache"),
                      ("HF_HOME", "hf"), ("XDG_CACHE_HOME", "xdg")):
         env[var] = str(caches / sub)
+        # made, as a user's ~/.cache is: torch makes its CUDA kernel cache's folder under
+        # XDG_CACHE_HOME only where that exists, and otherwise warns and caches nothing
+        (caches / sub).mkdir(parents=True, exist_ok=True)
     env.pop("HF_DATASETS_CACHE", None)  # under HF_HOME
     env["UNSLOTH_LLAMA_CPP_PATH"] = str(llama)
     return env

@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from readme_outputs import BLOCKS, README, Walk, differences, prepare_tools, readme_blocks, render_block, rewrite
+from readme_outputs import (BLOCKS, README, Walk, differences, prepare_tools, readme_blocks, render_block,
+                             rewrite, same)
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +47,20 @@ def test_a_hand_edited_output_fails_and_a_masked_field_does_not(rendered):
     time_row = next(line for line in train.splitlines() if "│ time " in line)
     retimed = text.replace(time_row, re.sub(r"\d+ s\b", "12345 s", time_row))
     assert retimed != text and differences(retimed, rendered) == []   # a duration is masked
+
+
+# The walkthrough's rows as a CPU with native bf16 and one without printed them (2026-12-07).
+BF16_ROWS = ("base 16.7354 18,538,534.19 0.0%\nadapter (16-bit) 0.6731 1.96 100.0%\n"
+             "favorite_color.Q4_K_M.gguf 0.6744 1.96 0.0002 100.0% ok\nloss 0.0053")
+FLOAT32_ROWS = ("base 16.7372 18,572,342.09 0.0%\nadapter (16-bit) 0.6723 1.96 100.0%\n"
+                "favorite_color.Q4_K_M.gguf 0.6742 1.96 0.0001 100.0% ok\nloss 0.0054")
+
+
+def test_measured_numbers_are_compared_to_three_digits_and_counts_and_text_exactly():
+    assert same(BF16_ROWS, FLOAT32_ROWS)
+    assert not same(BF16_ROWS, BF16_ROWS.replace("0.6731", "0.6831"))     # a loss 1.5% off
+    assert not same(BF16_ROWS, BF16_ROWS.replace("0.0002", "0.0005"))     # 3 units of the last digit
+    assert not same("trained tokens 1,003", "trained tokens 1,004")      # a count
+    assert not same("28 examples (854 tokens)", "28 examples (855 tokens)")
+    assert not same(BF16_ROWS, BF16_ROWS.replace("ok", "low"))           # the text around them
+    assert not same("loss 0.6731", "loss 0.6731 0.1")                     # a number more
