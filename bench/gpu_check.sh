@@ -5,7 +5,8 @@
 #   gputests          the GPU tests of the export's quantizing (tests/test_gpuquant.py,
 #                     test_export_direct_quant.py, test_kquants_triton.py), of the gate's model
 #                     built in the direct child (test_gate_model.py) and of Unsloth's import
-#                     rewriting the SFT trainer alone (tests/test_gpu.py), with llama.cpp built
+#                     rewriting the SFT trainer alone (tests/test_gpu.py), with llama.cpp built;
+#                     GPUTESTS_K=EXPR runs those that pytest's -k EXPR selects
 #   kqspeed           bench/kquants_speed.py: seconds per 2^25 elements of q4_K and q6_K on the GPU,
 #                     torch's ops against the Triton kernels, side by side, and whether the bytes agree
 #   ttfc:ONLY         bench/ttfc.py --shape 4b --only ONLY (scenarios and/or recipes, comma-separated),
@@ -94,7 +95,7 @@ for step in "$@"; do
     gputests)
       wait $BUILD
       timeout $(( $(left) - 5 )) python3 -m pytest -m gpu -q -s -p no:cacheprovider --durations=6 \
-        tests/test_gpu.py::test_unsloth_rewrites_the_same_sft_trainer_when_told_to_rewrite_it_alone \
+        ${GPUTESTS_K:+-k "$GPUTESTS_K"} tests/test_gpu.py::test_unsloth_rewrites_the_same_sft_trainer_when_told_to_rewrite_it_alone \
         tests/test_gpuquant.py tests/test_export_direct_quant.py tests/test_gate_model.py \
         $(ls tests/test_kquants_triton.py 2>/dev/null) \
         > "$OUT/gpu-tests-export.txt" 2>&1
@@ -106,9 +107,12 @@ for step in "$@"; do
       python3 bench/ttfc.py --shape 4b --work $W --out "$OUT" --quiet --only "${step#ttfc:}" --runs-per ${RUNS_PER:-2} \
         --deadline-s $(( $(left) - 10 )) 2>&1 | tail -40
       # per-step times and logs of the fastft runs, for where the time goes: one archive, as a
-      # device call brings back at most 8 files
+      # device call brings back at most 8 files; with every file each recipe's compile caches
+      # hold (write time, bytes, path: Triton names each kernel's folder's files after it), for
+      # what a cold run compiles and when
+      find $W/caches -type f -printf '%T@ %s %P\n' 2>/dev/null | sort -n > $W/runs/caches.txt
       ( cd $W/runs && tar czf "$OUT/fastft-runs.tgz" --ignore-failed-read */runs/ttfc/{metrics.jsonl,train.log,fastft.json} \
-          */export/{*.log,fastft-export.json} 2>/dev/null ) ;;
+          */export/{*.log,fastft-export.json} caches.txt 2>/dev/null ) ;;
     pyc)
       if [ -d /tmp/pycache ]; then export PYTHONPYCACHEPREFIX=/tmp/pycache; echo "pyc: done on this host"; continue; fi
       SITE=$(python3 -c "import importlib.util as u, os; print(os.path.dirname(os.path.dirname(u.find_spec('torch').origin)))")
