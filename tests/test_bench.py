@@ -437,3 +437,31 @@ def test_export_paths_runs_a_patched_case_with_its_constant_set():
     p = subprocess.run(fastft("--version", patch="fastft.__version__ = '9.9.9-patched'"),
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == "fastft, version 9.9.9-patched", p.stderr
+
+
+def test_cold_compiles_reads_each_triton_compile_from_the_cache_listing(tmp_path):
+    from bench import cold_compiles
+
+    listing = tmp_path / "caches.txt"   # as gpu_check's find -printf '%T@ %s %P\n' writes it
+    listing.write_text("\n".join([
+        "1000.0 10 longtail-fastft/fastft/tuning/a.json",
+        "1002.0 100 longtail-fastft/triton/K1/_rms_layernorm_forward.ttir",
+        "1003.0 5000 longtail-fastft/triton/K1/_rms_layernorm_forward.cubin",
+        "1003.1 300 longtail-fastft/triton/K1/_rms_layernorm_forward.json",
+        "1003.5 100 longtail-fastft/triton/K2/_rope_embedding.ttir",
+        "1004.0 6000 longtail-fastft/triton/K2/_rope_embedding.cubin",
+        "1004.5 100 longtail-fastft/triton/K3/_rms_layernorm_forward.ttir",   # another specialization
+        "1006.0 6000 longtail-fastft/triton/K3/_rms_layernorm_forward.cubin",
+        "1001.0 2048 longtail-notebook/xdg/torch/kernels/x",
+    ]) + "\n")
+    rep = cold_compiles.report(cold_compiles.read_listing(listing.read_text()))
+    fastft = rep["longtail-fastft"]
+    assert fastft["parts"] == {"fastft": {"files": 1, "bytes": 10},
+                               "triton": {"files": 7, "bytes": 17600}}
+    assert [(c["kernel"], c["folder"], c["at_s"], c["took_s"], c["after_s"])
+            for c in fastft["triton"]] == [("_rms_layernorm_forward", "K1", 3.0, 1.0, 3.0),
+                                           ("_rope_embedding", "K2", 4.0, 0.5, 1.0),
+                                           ("_rms_layernorm_forward", "K3", 6.0, 1.5, 2.0)]
+    assert rep["longtail-notebook"] == {"parts": {"xdg": {"files": 1, "bytes": 2048}}, "triton": []}
+    assert list(cold_compiles.report(cold_compiles.read_listing(listing.read_text()),
+                                     "longtail-notebook")) == ["longtail-notebook"]
