@@ -2,6 +2,7 @@
 which one llama.cpp process does (fastft.export.scorer_src).
 
     python bench/scorer_threads.py GGUF [--threads 4,8,16] [--tokens 609,295] [--runs 2] [--out FILE]
+                                        [--hashing] [--against OLD_FASTFT_SCORE]
 
 The request is shaped like the gate's on bench/ttfc.py's long-tailed data (one example of
 --tokens tokens, every position scored against 16 reference tokens) plus the check's 8 tokens
@@ -17,6 +18,10 @@ for whether fewer would do.
 and over until the scorer is done: the export hashes each finished GGUF for its manifest while
 the gate scores it (pipeline._Hashes), and a thread pool that has every core (ggml's) waits at
 each op for the one that shares its core.
+
+--against EXE also runs another fastft-score (an older build, kept aside before its source
+changed), alternating with this fastft's, on the same requests, and says whether its results are
+the same (the GGUF's token ids, every scored row, the check's continuation).
 """
 
 from __future__ import annotations
@@ -54,8 +59,19 @@ def request(n: int):
                                [np.zeros(top.shape)])
 
 
-def label(tokens: int, threads: int, hashing: bool) -> str:
-    return f"{tokens} tokens, threads {threads}" + (" beside a SHA-256" if hashing else "")
+def label(tokens: int, threads: int, hashing: bool, against: bool = False) -> str:
+    return (f"{tokens} tokens, threads {threads}" + (" beside a SHA-256" if hashing else "")
+            + (" (--against)" if against else ""))
+
+
+def same_results(a, b) -> bool:
+    """Two run_scorer results alike but for the check's time."""
+    import numpy as np
+
+    (texts_a, rows_a, check_a), (texts_b, rows_b, check_b) = a, b
+    return texts_a == texts_b and len(rows_a) == len(rows_b) \
+        and all(np.array_equal(x, y) for x, y in zip(rows_a, rows_b)) \
+        and (check_a.output if check_a else None) == (check_b.output if check_b else None)
 
 
 @contextlib.contextmanager
@@ -101,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--hashing", action="store_true",
                    help="each count also beside a SHA-256 of the GGUF, as the export's gate runs")
+    p.add_argument("--against", type=Path, metavar="EXE",
+                   help="another fastft-score, run alternately with this one, results compared")
     args = p.parse_args(argv)
 
     from fastft.export import retention
@@ -109,29 +127,40 @@ def main(argv=None) -> int:
     lengths = [int(t) for t in args.tokens.split(",")]
     scorer, refs = ensure_scorer(), {n: request(n) for n in lengths}
     counts = [int(t) for t in args.threads.split(",")]
-    runs = [(k, n, h) for k in lengths for n in counts
-            for h in ((False, True) if args.hashing else (False,))]
+    runs = [(k, n, h, ag) for k in lengths for n in counts
+            for h in ((False, True) if args.hashing else (False,))
+            for ag in ((False, True) if args.against else (False,))]
     real, seconds = retention.threads_for, {label(*run): [] for run in runs}
+    results, same = {}, {}
     with tempfile.TemporaryDirectory() as work:
         try:
             for i in range(args.runs + 1):
-                for tokens, n, hashing in runs:
+                for tokens, n, hashing, against in runs:
                     # the export's signature (weight bytes, busy threads), the count fixed
                     retention.threads_for = lambda _bytes, _busy=0, n=n: n
                     with hashed(args.gguf, hashing) as hashes:
                         t = time.perf_counter()
-                        _, _, check = retention.run_scorer(scorer, args.gguf, refs[tokens],
-                                                           Path(work), retention.Check(PROMPT, 8))
+                        got = retention.run_scorer(args.against if against else scorer, args.gguf,
+                                                   refs[tokens], Path(work), retention.Check(PROMPT, 8))
                         took = time.perf_counter() - t
+                    check = got[2]
+                    if args.against:
+                        key = (tokens, n, hashing)
+                        if against:
+                            same[label(*key)] = same.get(label(*key), True) and same_results(results[key], got)
+                        else:
+                            results[key] = got
                     if i:                      # the first round warms the page cache
-                        seconds[label(tokens, n, hashing)].append(round(took, 3))
-                        print(f"[bench] {label(tokens, n, hashing)}: {took:.2f} s (check "
+                        seconds[label(tokens, n, hashing, against)].append(round(took, 3))
+                        print(f"[bench] {label(tokens, n, hashing, against)}: {took:.2f} s (check "
                               f"{check.seconds:.2f} s{f', {hashes[0]} hashes' if hashing else ''})",
                               flush=True)
         finally:
             retention.threads_for = real
     result = {"gguf": str(args.gguf), "tokens": lengths, "seconds": seconds,
               "export_gives": real(args.gguf.stat().st_size), "cpu": cpu_shape()}
+    if args.against:
+        result |= {"against": str(args.against), "same_results": same}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -428,6 +428,27 @@ def test_scorer_threads_runs_llama_cpp_with_each_count_asked(color, tmp_path, mo
     assert sorted(seconds) == sorted(f"{k} tokens, threads {n}" for k in (24, 12) for n in (1, 2))
 
 
+
+def test_scorer_threads_against_another_scorer_compares_their_results(color, tmp_path):
+    """--against runs a second fastft-score on the same requests, alternately, and says whether
+    its rows are the first's: the same program is, one that changes a float is not."""
+    from bench import scorer_threads
+    from fastft.export.llamacpp import ensure_scorer
+
+    gguf, scorer = next(color[1].glob("*.Q4_K_M.gguf")), ensure_scorer()
+    changed = tmp_path / "changed-score"        # fastft-score, then its last float's low byte flipped
+    changed.write_text(f"#!/bin/sh\n'{scorer}' \"$@\" || exit $?\n"
+                       f"'{sys.executable}' -c \"import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb')"
+                       f".read()); b[-4] ^= 1; open(p, 'wb').write(b)\" \"$3\"\n")
+    changed.chmod(0o755)
+    for other, alike in ((scorer, True), (changed, False)):
+        out = tmp_path / f"{alike}.json"
+        assert scorer_threads.main([str(gguf), "--threads", "1", "--tokens", "12", "--runs", "1",
+                                    "--against", str(other), "--out", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["same_results"] == {"12 tokens, threads 1": alike}
+        assert sorted(result["seconds"]) == ["12 tokens, threads 1", "12 tokens, threads 1 (--against)"]
+
 def test_export_paths_runs_a_patched_case_with_its_constant_set():
     """bench/export_paths.py's A/B cases run `fastft` with a module constant set first: the
     process that runs the CLI sees it (here fastft's version, which --version prints)."""

@@ -95,6 +95,24 @@ def test_the_exported_file_passes(scorer, q4, reference, tmp_path):
     assert row.passed and row.retention > 0.9, row
 
 
+
+def test_the_scorer_gives_the_same_rows_on_one_thread_and_on_several(scorer, q4, reference,
+                                                                      tmp_path, monkeypatch):
+    """fastft-score computes the rows' log-softmaxes on llama.cpp's threads, each row one
+    thread's loop, and writes them in order: the same floats, in the same places, as on one."""
+    check = retention.Check("<|im_start|>user\nWhat is your favorite color?<|im_end|>\n"
+                            "<|im_start|>assistant\n", 8)
+    got = {}
+    for n in (1, 3):
+        monkeypatch.setattr(retention, "threads_for", lambda _bytes, _busy=0, n=n: n)
+        got[n] = retention.run_scorer(scorer, q4, reference, tmp_path, check)
+    (texts1, rows1, check1), (texts3, rows3, check3) = got[1], got[3]
+    assert sum(len(r) for r in rows1) > 3 and texts1 == texts3
+    assert [r.shape for r in rows1] == [r.shape for r in rows3]
+    for a, b in zip(rows1, rows3):
+        np.testing.assert_array_equal(a, b)
+    assert check1.output == check3.output
+
 @contextlib.contextmanager
 def float32(model):
     """`model` computing in float32, then each parameter back in its dtype (exactly: float32
