@@ -134,3 +134,44 @@ def test_measured_numbers_cross_the_process_boundary_exactly():
     np.testing.assert_array_equal(back.top_ids[0], m.top_ids[0])
     np.testing.assert_array_equal(back.top_logp[0], m.top_logp[0])
     assert (back.base, back.adapter, back.tokens, back.positions) == (1.5, 0.25, 3, [[0, 1, 2]])
+
+
+@pytest.mark.parametrize("machine, lines, override, native", [
+    ("x86_64", "flags\t\t: fpu sse2 avx2 avx512f", "", False),
+    ("x86_64", "flags\t\t: fpu avx2 avx512f avx512_bf16", "", True),
+    ("x86_64", "flags\t\t: fpu amx_bf16 amx_tile", "", True),
+    ("aarch64", "Features\t: fp asimd sve bf16 i8mm", "", True),
+    ("aarch64", "Features\t: fp asimd", "", False),
+    ("x86_64", "flags\t\t: fpu avx2", "1", True),            # Unsloth's override, both ways
+    ("x86_64", "flags\t\t: avx512_bf16", "off", False),
+])
+def test_the_gate_computes_in_bf16_on_a_cpu_only_where_the_cpu_has_it(
+        machine, lines, override, native, tmp_path, monkeypatch):
+    """As Unsloth's CPU backend chooses the dtype it trains in (tests/test_tiny.py checks the two
+    agree on the machine the tests run on): float32 where bf16 would be emulated."""
+    import platform
+
+    import torch
+
+    from fastft.core import models
+
+    (info := tmp_path / "cpuinfo").write_text(f"processor\t: 0\n{lines}\n\nprocessor\t: 1\n{lines}\n")
+    monkeypatch.setattr(models, "CPUINFO", info)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setenv("UNSLOTH_CPU_BF16", override)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.cpu_computes_bf16() is native
+    assert models.plain_dtype() == (torch.bfloat16 if native else torch.float32)
+
+
+def test_on_a_cpu_computing_in_float32_the_child_keeps_a_16bit_base(monkeypatch):
+    """The kept tensors are cast as the gate's model is built (float32 holds every 16-bit
+    value); a base stored wider than the gate computes is not kept."""
+    import torch
+
+    monkeypatch.setattr(gate_model, "plain_dtype", lambda: torch.float32)
+    assert gate_model.keeps("cpu", "bfloat16", 1) and gate_model.keeps("cpu", "float16", 1)
+    assert gate_model.keeps("cpu", "float32", 1)
+    monkeypatch.setattr(gate_model, "plain_dtype", lambda: torch.bfloat16)
+    assert gate_model.keeps("cpu", "bfloat16", 1) and not gate_model.keeps("cpu", "float32", 1)
+    assert not gate_model.keeps("cpu", "float16", 1)
