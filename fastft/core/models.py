@@ -11,7 +11,6 @@ import gc
 import importlib.abc
 import importlib.machinery
 import os
-import platform
 import socket
 import sys
 from dataclasses import dataclass
@@ -277,39 +276,12 @@ def weights_dtype(model_path: str) -> str | None:
 
 
 def plain_dtype():
-    """The dtype a 16-bit model computes in here without Unsloth, as Unsloth trains it here:
-    bf16; float16 on a GPU without bf16; float32 on a CPU without native bf16, where torch
-    emulates bf16 matmuls (load_plain_with_adapter, and the gate's model in the direct child).
-    On this repo's 2-core AMD EPYC the tiny model's gate reference in bf16 took 8 of the demo
-    export's 25 s; the export took 17 s with it in float32 (2026-12-07)."""
+    """The 16-bit dtype a model runs in here without Unsloth: bf16, or float16 on a GPU
+    without bf16 (load_plain_with_adapter, and the gate's model in the direct child)."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
-
-
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (AMX or AVX512-BF16 on x86, the BF16 extension on
-    Arm): unsloth_zoo.cpu's rule, which decides the dtype Unsloth trains in on a CPU, with its
-    override UNSLOTH_CPU_BF16, so that the gate computes as training did. (unsloth_zoo cannot be
-    imported before Unsloth, which the export does not import.) Without /proc/cpuinfo: no."""
-    override = os.environ.get("UNSLOTH_CPU_BF16", "").strip().lower()
-    if override in ("0", "false", "no", "off", "1", "true", "yes", "on"):
-        return override in ("1", "true", "yes", "on")
-    try:
-        info = CPUINFO.read_text(errors="replace")
-    except OSError:
-        return False
-    flags = {f for line in info.lower().splitlines()
-             if ":" in line and line.split(":")[0].strip() in ("flags", "features")
-             for f in line.split(":", 1)[1].split()}
-    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
-        return bool(flags & {"amx_bf16", "avx512_bf16"})
-    return platform.machine().lower() in ("aarch64", "arm64") and "bf16" in flags
+    cuda = torch.cuda.is_available()
+    return torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
 
 
 def stored_dtype(base_path: str):

@@ -13,10 +13,9 @@ those tensors assigned in place, the adapter attached by peft, unmerged, as
 models.load_plain_with_adapter attaches it. Then it measures what the export's process asks
 for (`measure`, on the held-out tokens it sends, retention.measure) and sends back the numbers.
 
-The child keeps tensors only where the gate would run on the same device, in the same dtype or
-(on the CPU) in float32, with room to spare on the GPU (`keeps`); anything that goes wrong in
-building or measuring is reported, not raised: the export's process then loads its own model,
-as before.
+The child keeps tensors only where the gate would run on the same device in the same dtype
+(`keeps`) with room to spare on the GPU; anything that goes wrong in building or measuring
+is reported, not raised: the export's process then loads its own model, as before.
 """
 
 from __future__ import annotations
@@ -36,17 +35,15 @@ REQUEST_FD = "FASTFT_DIRECT_REQUEST_FD"   # the pipe the export's process sends 
 
 
 def keeps(device: str, weights: str | None, base_bytes: int) -> bool:
-    """Whether the child keeps the base for the gate. On a GPU: where its weights are stored in
-    the gate's dtype (no copy to cast) and fit beside the child's work. On the CPU the kept
-    tensors are views of the base's files, which cost nothing, and a 16-bit base is cast as the
-    model is built where the gate computes in float32 (which holds every 16-bit value)."""
+    """Whether the child keeps the base for the gate: its weights are stored in the gate's dtype
+    (no copy to cast) and, on a GPU, they fit beside the child's work. On the CPU the kept
+    tensors are views of the base's files, which cost nothing."""
     import torch
 
-    gate = str(plain_dtype()).removeprefix("torch.")
-    if not device.startswith("cuda"):
-        return weights == gate or (gate == "float32" and weights in ("bfloat16", "float16"))
-    if weights != gate:
+    if weights != str(plain_dtype()).removeprefix("torch."):
         return False
+    if not device.startswith("cuda"):
+        return True
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     return free >= base_bytes * 1.2 + HEADROOM_BYTES
 
@@ -72,7 +69,7 @@ def build(base: Path, parts: list[str], adapter: Path, kept: dict, device: str):
     for part in parts:
         with safe_open(str(base / part), framework="pt", device=device) as f:
             for key in f.keys():
-                state[key] = (kept[key] if key in kept else f.get_tensor(key)).to(dtype)
+                state[key] = kept[key] if key in kept else f.get_tensor(key).to(dtype)
     loaded = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     empty = [n for n, p in model.named_parameters() if p.is_meta]
