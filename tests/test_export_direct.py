@@ -307,3 +307,61 @@ def test_bf16_by_torch_writes_ggufs_own_rounding(llama, monkeypatch):
     for ours, theirs in zip(torch_way, numpy_way):
         assert ours.dtype == theirs.dtype == np.uint8 and ours.shape == theirs.shape
         assert np.array_equal(ours, theirs)
+
+
+def test_the_vocabulary_keys_are_named_by_the_tokenizer_files_and_the_converter(llama, tmp_path):
+    """fastft.export.gguf_vocab's cache file: the same for the same files and converter, in
+    any process (the modules are hashed in one order); another for a changed tokenizer file; the
+    same whatever the weights."""
+    import subprocess
+    import sys
+
+    from fastft.export import gguf_vocab
+    from fastft.export.direct import llama_cpp_modules
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"]}')
+    (folder / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+
+    def named() -> Path:
+        with llama_cpp_modules(llama.root) as (conversion, gguf):
+            cls = conversion.get_model_class("Qwen3ForCausalLM")
+            return gguf_vocab._path(folder, gguf_vocab._sources(conversion, gguf, cls))
+
+    first = named()
+    assert first.parent.name == gguf_vocab.FOLDER and named() == first
+    elsewhere = subprocess.run([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from fastft.export import gguf_vocab\n"
+        "from fastft.export.direct import llama_cpp_modules\n"
+        f"with llama_cpp_modules(Path({str(llama.root)!r})) as (c, g):\n"
+        "    s = gguf_vocab._sources(c, g, c.get_model_class('Qwen3ForCausalLM'))\n"
+        f"print(gguf_vocab._path(Path({str(folder)!r}), s))")],
+        capture_output=True, text=True, timeout=300)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert elsewhere.stdout.strip() == str(first)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    assert named() == first
+    (folder / "tokenizer.json").write_text('{"model": {"vocab": {"b": 0}}}')
+    assert named() != first
+
+
+@pytest.mark.slow
+def test_a_second_export_replays_the_vocabulary_and_writes_the_same_file(run_dir, llama, tmp_path,
+                                                                         monkeypatch):
+    """The first direct export remembers the converter's vocabulary keys in fastft's cache, the
+    second replays them (the child's log says so) and writes the same GGUF, byte for byte."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FASTFT_CACHE", str(cache))              # an empty cache of the keys ...
+    monkeypatch.setenv("UNSLOTH_LLAMA_CPP_PATH", str(llama.root))   # ... and the built llama.cpp
+    log = read_run(run_dir).folder.export_log
+    said = []
+    for i in (1, 2):
+        res, _ = export(run_dir, tmp_path / f"out{i}", ("bf16",), direct=True)
+        assert res.path == "direct"
+        said.append([line for line in log.read_text(errors="replace").splitlines()
+                     if "fastft: the vocabulary's" in line][-1])
+    assert " remembered in " in said[0] and " replayed from " in said[1], said
+    assert [p.name for p in (cache / "gguf-vocab").iterdir()] == [said[0].rsplit("/", 1)[1]]
+    assert filecmp.cmp(tmp_path / "out1" / f"{NAME}.BF16.gguf", tmp_path / "out2" / f"{NAME}.BF16.gguf",
+                       shallow=False)

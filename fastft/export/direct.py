@@ -63,6 +63,7 @@ from ..core.ahead import ahead
 from ..core.errors import FastftError
 from ..core.models import base_folder, weights_dtype
 from . import checkpoint
+from .gguf_vocab import remembering
 
 # The merged safetensors folder the older path converts is named so; the converter looks at the
 # folder's name (Qwen3's reranker detection), so the direct one carries it too.
@@ -340,7 +341,8 @@ def converter_problem(conversion, gguf, root: Path, model_cls) -> str | None:
 
 
 def direct_class(conversion, gguf, model_cls, source: MergeSource):
-    """`model_cls` with its tensors from `source` instead of the folder's safetensors files."""
+    """`model_cls` with its tensors from `source` instead of the folder's safetensors files, and
+    its vocabulary's keys remembered between exports (fastft.export.gguf_vocab)."""
     lazy_cls = conversion.LazyTorchTensor
 
     def index_tensors(self, remote_hf_model_id=None):
@@ -356,7 +358,8 @@ def direct_class(conversion, gguf, model_cls, source: MergeSource):
         return tensors
 
     return type(f"Direct{model_cls.__name__}", (model_cls,),
-                {"model_arch": model_cls.model_arch, "index_tensors": index_tensors})
+                {"model_arch": model_cls.model_arch, "index_tensors": index_tensors,
+                 "set_vocab": remembering(model_cls.set_vocab, conversion, gguf, model_cls)})
 
 
 def _generator(lazy: bool, lazy_cls, source: MergeSource, name: str, local):
