@@ -296,7 +296,7 @@ def stored_dtype(base_path: str):
     if not Path(base_path).is_dir():
         return None
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(weights_dtype(base_path))
-    if dtype is torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    if dtype is torch.bfloat16 and plain_dtype() is not torch.bfloat16:
         return None   # a GPU without bf16 (T4, pre-Ampere): Unsloth's float16
     return dtype
 
