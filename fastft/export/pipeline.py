@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import re
 import shutil
@@ -780,9 +779,7 @@ def convert_type(quants: tuple[str, ...], weights: str) -> str:
 
 def _weights_type(merged: Path) -> str:
     """"f16" if the merged checkpoint is float16, else "bf16" (its config.json says which)."""
-    config = json.loads((merged / "config.json").read_text())
-    dtype = config.get("dtype") or config.get("torch_dtype")
-    return "f16" if str(dtype).removeprefix("torch.") == "float16" else "bf16"
+    return "f16" if weights_dtype(str(merged)) == "float16" else "bf16"
 
 
 def _convert(plan: ExportPlan, console) -> None:
