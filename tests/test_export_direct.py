@@ -365,3 +365,25 @@ def test_a_second_export_replays_the_vocabulary_and_writes_the_same_file(run_dir
     assert [p.name for p in (cache / "gguf-vocab").iterdir()] == [said[0].rsplit("/", 1)[1]]
     assert filecmp.cmp(tmp_path / "out1" / f"{NAME}.BF16.gguf", tmp_path / "out2" / f"{NAME}.BF16.gguf",
                        shallow=False)
+
+
+def test_the_vocabulary_cache_keeps_the_newest_files_and_drops_a_killed_writers_temporary(tmp_path):
+    """gguf_vocab._prune: the KEEP files used last stay, older ones go; a temporary older than
+    STALE_S (its writer was killed before the rename) goes, a fresh one (a writer at work) stays."""
+    import os
+    import time
+
+    from fastft.export import gguf_vocab
+
+    now = time.time()
+    names = [f"{i}.json" for i in range(gguf_vocab.KEEP + 2)]
+    for age, name in enumerate(names):              # 0.json used last
+        (tmp_path / name).write_text("[]")
+        os.utime(tmp_path / name, (now - age, now - age))
+    stale, fresh = tmp_path / ".6.json.tmp-999", tmp_path / ".7.json.tmp-998"
+    for path, age in ((stale, gguf_vocab.STALE_S + 5), (fresh, 1)):
+        path.write_text("[")
+        os.utime(path, (now - age, now - age))
+    gguf_vocab._prune(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(names[:gguf_vocab.KEEP] + [fresh.name])

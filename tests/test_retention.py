@@ -113,6 +113,28 @@ def test_the_scorer_gives_the_same_rows_on_one_thread_and_on_several(scorer, q4,
         np.testing.assert_array_equal(a, b)
     assert check1.output == check3.output
 
+def test_the_scorer_exits_4_when_its_result_cannot_be_written(scorer, q4, reference, tmp_path):
+    """fastft-score checks fclose: a result that fits stdio's buffer is written only there, so a
+    full disk (/dev/full) fails at the close and must not exit 0 with nothing written."""
+    import dataclasses
+    import subprocess
+
+    one = dataclasses.replace(                    # one example, three positions: a small result
+        reference, held=dataclasses.replace(reference.held, encoded=reference.held.encoded[:1]),
+        positions=[reference.positions[0][:3]], targets=[reference.targets[0][:3]],
+        top_ids=[reference.top_ids[0][:3]])
+    request = tmp_path / "request"
+    request.write_bytes(retention._request(one))
+    ok = subprocess.run([str(scorer), str(q4), str(request), str(tmp_path / "result"), "2"],
+                        capture_output=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert 0 < (tmp_path / "result").stat().st_size < 4096   # buffered whole: fails at fclose
+    full = subprocess.run([str(scorer), str(q4), str(request), "/dev/full", "2"],
+                          capture_output=True, timeout=600)
+    assert full.returncode == 4
+    assert b"cannot write /dev/full" in full.stderr
+
+
 @contextlib.contextmanager
 def float32(model):
     """`model` computing in float32, then each parameter back in its dtype (exactly: float32

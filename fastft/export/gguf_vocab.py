@@ -24,11 +24,13 @@ import inspect
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 KEEP = 4          # files kept (~9 MB each for Qwen's vocabulary): the newest, by use
 FOLDER = "gguf-vocab"
+STALE_S = 600     # a write takes well under a second: an older temporary's writer was killed
 
 
 def remembering(set_vocab, conversion, gguf, model_cls):
@@ -95,7 +97,7 @@ def _write(path: Path | None, items: list) -> bool:
     """Written under a temporary name, then renamed: a reader sees a whole file or none."""
     if path is None or not all(_exact(item[1]) for item in items):
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
@@ -115,6 +117,12 @@ def _exact(value) -> bool:
 
 
 def _prune(folder: Path) -> None:
+    """Keeps the KEEP files used last, and removes the temporaries a killed writer left."""
     files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[KEEP:]:
         old.unlink(missing_ok=True)
+    now = time.time()
+    for tmp in folder.glob(".*.json.tmp-*"):
+        with contextlib.suppress(OSError):      # another writer's, renamed meanwhile
+            if now - tmp.stat().st_mtime > STALE_S:
+                tmp.unlink()
