@@ -858,6 +858,7 @@ class DirectChild:
         job = self.job
         why = job.reason_file.read_text().strip() if job.reason_file.is_file() else None
         self.result = ChildResult.read(job.result_file)
+        self._log_exit()
         shutil.rmtree(job.work, ignore_errors=True)   # the tokenizer: not held while quantizing
         if rc == DECLINED and why:
             _remove_outputs(job)
@@ -866,6 +867,15 @@ class DirectChild:
         if rc != 0 or not all(p.exists() for p in (*ggufs, job.merged) if p):
             raise DirectExportError(f"the direct export failed (exit {rc}):\n{log_tail(self.log)}")
         return None
+
+    def _log_exit(self) -> None:
+        """Its stage times and how long its exit (CUDA's teardown) took, in export.log."""
+        with contextlib.suppress(OSError):
+            after = time.time() - self.job.result_file.stat().st_mtime
+            stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.result.seconds.items())
+            with self.log.open("a", encoding="utf-8") as f:
+                f.write(f"fastft: the direct child's stages: {stages}; it exited {after:.2f}s "
+                        "after writing its result\n")
 
     def stop(self) -> None:
         """Ctrl-C or a failure here: a writer must not keep writing into a folder about to go."""
