@@ -111,7 +111,7 @@ for step in "$@"; do
       # hold (write time, bytes, path: Triton names each kernel's folder's files after it), for
       # what a cold run compiles and when
       find $W/caches -type f -printf '%T@ %s %P\n' 2>/dev/null | sort -n > $W/runs/caches.txt
-      ( cd $W/runs && tar czf "$OUT/fastft-runs.tgz" --ignore-failed-read */runs/ttfc/{metrics.jsonl,train.log,fastft.json} \
+      ( cd $W/runs && tar czf "$OUT/fastft-runs.tgz" --ignore-failed-read */runs/ttfc/{metrics.jsonl,train.log,export.log,fastft.json} \
           */export/{*.log,fastft-export.json} caches.txt 2>/dev/null ) ;;
     pyc)
       if [ -d /tmp/pycache ]; then export PYTHONPYCACHEPREFIX=/tmp/pycache; echo "pyc: done on this host"; continue; fi
