@@ -71,14 +71,23 @@ def _path(folder: Path, sources: bytes) -> Path | None:
     from ..core.cache import CacheError, cache_dir
 
     h = hashlib.sha256(sources)
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not p.name.endswith((".safetensors", ".safetensors.index.json")):
-            h.update(str(p.relative_to(folder)).encode() + b"\0")
-            h.update(hashlib.sha256(p.read_bytes()).digest())
+    digests = _digests(folder)
+    for name, digest in digests:
+        h.update(name.encode() + b"\0" + digest)
+    # which input changed, when a later export of the same base does not replay
+    log.info("fastft: the vocabulary's key from the converter %s, %s", sources.hex()[:8],
+             ", ".join(f"{name} {digest.hex()[:8]}" for name, digest in digests))
     try:
         return cache_dir() / FOLDER / f"{h.hexdigest()[:32]}.json"
     except CacheError:
         return None
+
+
+def _digests(folder: Path) -> list[tuple[str, bytes]]:
+    """(name, SHA-256) of each file the converter may read: all but the weights."""
+    return [(str(p.relative_to(folder)), hashlib.sha256(p.read_bytes()).digest())
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith((".safetensors", ".safetensors.index.json"))]
 
 
 def _read(path: Path | None) -> list | None:
