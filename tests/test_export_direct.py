@@ -387,3 +387,37 @@ def test_the_vocabulary_cache_keeps_the_newest_files_and_drops_a_killed_writers_
     gguf_vocab._prune(tmp_path)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(names[:gguf_vocab.KEEP] + [fresh.name])
+
+
+def test_the_run_tokenizer_files_copied_are_what_loading_and_saving_writes(run_dir, tmp_path):
+    """A GGUF-only direct export copies the run's tokenizer files into the converter's folder
+    instead of loading and saving the tokenizer: the same files, byte for byte, but for
+    tokenizer_config.json's `local_files_only`, which the converter does not read. A run folder
+    with another tokenizer's files (a slow tokenizer's vocab.json) or without tokenizer.json is
+    loaded and saved as before."""
+    from transformers import AutoTokenizer
+
+    from fastft.export.direct import run_tokenizer_files, write_config_folder
+
+    adapter = read_run(run_dir).adapter_dir
+    base = Path(json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"])
+    files = run_tokenizer_files(adapter)
+    assert files is not None and {p.name for p in files} >= {"tokenizer.json", "tokenizer_config.json"}
+    write_config_folder(tmp_path / "copied", base, files)
+    write_config_folder(tmp_path / "saved", base, AutoTokenizer.from_pretrained(str(adapter)))
+    copied = sorted(p.name for p in (tmp_path / "copied").iterdir())
+    assert copied == sorted(p.name for p in (tmp_path / "saved").iterdir())
+    for name in copied:
+        a, b = (tmp_path / "copied" / name).read_bytes(), (tmp_path / "saved" / name).read_bytes()
+        if name == "tokenizer_config.json":
+            a, b = json.loads(a), json.loads(b)
+            assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= {"local_files_only"}
+        else:
+            assert a == b, name
+    other = tmp_path / "other"
+    shutil.copytree(adapter, other)
+    (other / "vocab.json").write_text("{}")
+    assert run_tokenizer_files(other) is None
+    (other / "vocab.json").unlink()
+    (other / "tokenizer.json").unlink()
+    assert run_tokenizer_files(other) is None

@@ -374,12 +374,46 @@ def _generator(lazy: bool, lazy_cls, source: MergeSource, name: str, local):
 
 def write_config_folder(folder: Path, base: Path, tokenizer) -> None:
     """What the converter reads besides the weights, as the older path's merged folder has it:
-    the base's config.json and generation_config.json, the run's tokenizer."""
+    the base's config.json and generation_config.json, and the run's tokenizer (a tokenizer,
+    saved here, or the files run_tokenizer_files found, copied)."""
     folder.mkdir(parents=True)
     for name in COPIED:
         if (base / name).is_file():
             shutil.copyfile(base / name, folder / name)
-    tokenizer.save_pretrained(str(folder))
+    if isinstance(tokenizer, list):
+        for path in tokenizer:
+            shutil.copyfile(path, folder / path.name)
+    else:
+        tokenizer.save_pretrained(str(folder))
+
+
+# What transformers' save_pretrained writes for a fast tokenizer, and files that would mean
+# another kind (a slow tokenizer's vocabulary, an older transformers' special-token files)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+OTHER_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+                         "special_tokens_map.json", "vocab.txt")
+
+
+def run_tokenizer_files(adapter: Path) -> list[Path] | None:
+    """The run's tokenizer files, where they are what loading and saving its tokenizer writes
+    (fastft's training saved them with the same transformers): a fast tokenizer's three files
+    and nothing else. Else None: the tokenizer is loaded and saved. Copied, they spare the
+    child transformers' tokenizer modules and the load (2.2 s on a 2-core CPU, cProfile of
+    the demo's export) when the converter's vocabulary keys are replayed (gguf_vocab). The
+    GGUF is the same: the saved tokenizer_config.json differs only in `local_files_only`,
+    which the converter does not read (tests/test_export_direct.py compares the files)."""
+    found = [adapter / name for name in TOKENIZER_FILES if (adapter / name).is_file()]
+    if not set(TOKENIZER_FILES[:2]) <= {p.name for p in found} \
+            or any((adapter / name).exists() for name in OTHER_TOKENIZER_FILES):
+        return None
+    return found
+
+
+def _tokenizer(job: Job):
+    """The run's tokenizer, as the older path saves it into its merged folder."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(job.adapter))
 
 
 def folder_bytes(folder: Path) -> int:
@@ -470,7 +504,6 @@ def export(job: Job, result: ChildResult) -> str | None:
 
     with heavy_imports():
         import torch
-        from transformers import AutoTokenizer
 
     source = merge_source(job.adapter, job.model_path)
     if isinstance(source, str):
@@ -479,12 +512,13 @@ def export(job: Job, result: ChildResult) -> str | None:
         return problem
     if job.reference:
         _keep_for_gate(job, source)
-    # The tokenizer as the older path saves it into its merged folder: the run's own.
-    tokenizer = AutoTokenizer.from_pretrained(str(job.adapter))
     if job.merged:
-        checkpoint.write_folder_files(job.merged, source.base, source.parts, tokenizer)
+        checkpoint.write_folder_files(job.merged, source.base, source.parts, _tokenizer(job))
+    elif (files := run_tokenizer_files(job.adapter)) is not None:
+        write_config_folder(job.folder, source.base, files)
+        logging.info("fastft: the run's tokenizer files copied: %s", ", ".join(p.name for p in files))
     else:
-        write_config_folder(job.folder, source.base, tokenizer)
+        write_config_folder(job.folder, source.base, _tokenizer(job))
     serving = source.kept is not None
     with torch.inference_mode():
         if (why := _write(job, source, result, t)) is None and serving:
