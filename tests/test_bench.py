@@ -320,7 +320,6 @@ def test_ttfc_stages_add_up():
     assert all(len(r) == len(ttfc.COLUMNS) for r in rows) and rows[-1][-1] == "error"
 
 
-
 def test_ttfc_makes_every_cache_folder_it_points_a_run_at(tmp_path):
     """As a user's ~/.cache exists: torch makes its CUDA kernel cache's folder under
     XDG_CACHE_HOME only where that exists, and otherwise caches nothing (every H100 run's
@@ -329,6 +328,7 @@ def test_ttfc_makes_every_cache_folder_it_points_a_run_at(tmp_path):
     folders = [env[v] for v in ("FASTFT_CACHE", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
                                 "UNSLOTH_COMPILE_LOCATION", "HF_HOME", "XDG_CACHE_HOME")]
     assert all(Path(f).parent == tmp_path / "caches" and Path(f).is_dir() for f in folders)
+
 
 def test_ttfc_selection_and_order():
     a = Namespace(only="fastft", scenarios="favorite")

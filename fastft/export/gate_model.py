@@ -29,6 +29,8 @@ from types import SimpleNamespace
 
 from ..core.models import plain_dtype
 
+log = logging.getLogger(__name__)
+
 # Room on the GPU for the kept base beside the child's own working set (the merge's float32
 # copies and the quantizer's blocks, LOOKAHEAD tensors ahead): the export's process loaded the
 # same base onto the same GPU at the same time before, so this asks for no more than it did.
@@ -62,8 +64,7 @@ def build(base: Path, parts: list[str], adapter: Path, kept: dict, device: str):
 
     from ..core.models import LOADING_RULES
 
-    logging.getLogger(__name__).info("fastft: the gate's model's imports took %.2fs",
-                                     time.perf_counter() - t)
+    log.info("fastft: the gate's model's imports took %.2fs", time.perf_counter() - t)
 
     dtype = plain_dtype()
     rules = {"trust_remote_code": LOADING_RULES["trust_remote_code"]}
@@ -119,6 +120,6 @@ def measured(source, adapter: Path, asked: dict) -> dict:
     measured = measure(model, asked["pad_id"], tokens).to_dict()
     # in export.log: where the child's reference time goes (imports and peft's set-up, or the
     # forward passes), for bench/ttfc.py's runs to tell
-    logging.getLogger(__name__).info("fastft: the gate's model built in %.2fs, measured in %.2fs",
-                                     built - t, time.perf_counter() - built)
+    log.info("fastft: the gate's model built in %.2fs, measured in %.2fs",
+             built - t, time.perf_counter() - built)
     return measured

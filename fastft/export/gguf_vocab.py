@@ -104,17 +104,16 @@ def _read(path: Path | None) -> list | None:
 
 def _write(path: Path | None, items: list) -> bool:
     """Written under a temporary name, then renamed: a reader sees a whole file or none."""
+    from ..core.run import write_text_atomic   # on a miss only: the child starts without it
+
     if path is None or not all(_exact(item[1]) for item in items):
         return False
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(items, ensure_ascii=False))
         _prune(path.parent)
         return True
     except OSError:
-        tmp.unlink(missing_ok=True)
         return False
 
 
