@@ -7,6 +7,7 @@ the GGUF files must hold the same tensors (names, shapes, types, bytes) and the 
 import filecmp
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -362,6 +363,13 @@ def test_a_second_export_replays_the_vocabulary_and_writes_the_same_file(run_dir
         said.append([line for line in log.read_text(errors="replace").splitlines()
                      if "fastft: the vocabulary's" in line][-1])
     assert " remembered in " in said[0] and " replayed from " in said[1], said
+    # where the child's time went, for bench/ttfc.py's runs: what it copied, each input of the
+    # vocabulary's key, its stages and its exit
+    text = log.read_text(errors="replace")
+    assert "fastft: the run's tokenizer files copied: tokenizer.json, tokenizer_config.json" in text
+    assert "fastft: the vocabulary's key from the converter " in text and " tokenizer.json " in text
+    assert re.search(r"fastft: the direct child's stages: prepare [\d.]+s, write [\d.]+s(, \w+ [\d.]+s)*; "
+                     r"it exited [\d.]+s after writing its result", text), text[-2000:]
     assert [p.name for p in (cache / "gguf-vocab").iterdir()] == [said[0].rsplit("/", 1)[1]]
     assert filecmp.cmp(tmp_path / "out1" / f"{NAME}.BF16.gguf", tmp_path / "out2" / f"{NAME}.BF16.gguf",
                        shallow=False)
