@@ -12,6 +12,13 @@ examples/favorite_color.jsonl --max-steps 5`), or takes one (--run), then times,
   gguf/gate-beside  as gguf/direct, the gate's 16-bit model loaded by the export's process
                  beside the child (pipeline.REFERENCE_IN_CHILD off, as before 2026-12-07's
                  fifteenth session): the A/B of the child measuring it
+  gguf/score-after  as gguf/direct, the gate's llama.cpp side started once the child is done
+                 (pipeline.SCORE_EARLY off, as before 2026-12-07's eighteenth session), not as
+                 soon as the child has written the file it quantized: the A/B of that overlap
+
+--quant Q puts Q in place of q4_k_m; --child-device DEV has the direct child quantize on DEV
+(pipeline.DIRECT_QUANTIZE_DEVICE: "cpu" on a machine without a GPU, where by default llama-
+quantize quantizes after the child, and nothing overlaps it).
 
 Each is one `fastft export --json` process timed from outside (wall), with the export's own stage
 times, which path it took and its peak scratch disk (both from --json). The first round fills
@@ -42,9 +49,11 @@ CASES = {
     "gguf/detour": ["--gguf", "q4_k_m", "--no-direct"],
     "merged": ["--merged", "--gguf", "q4_k_m", "--gguf", "q8_0"],
     "gguf/gate-beside": ["--gguf", "q4_k_m"],
+    "gguf/score-after": ["--gguf", "q4_k_m"],
 }
 # Cases that run fastft with a module constant set (its A/B toggle), as `module.NAME = value`
-PATCHES = {"gguf/gate-beside": "fastft.export.pipeline.REFERENCE_IN_CHILD = False"}
+PATCHES = {"gguf/gate-beside": "fastft.export.pipeline.REFERENCE_IN_CHILD = False",
+           "gguf/score-after": "fastft.export.pipeline.SCORE_EARLY = False"}
 # The issue's targets on an H100 with the 4B shape, warm (seconds).
 TARGETS = {"gguf/direct": 45.0, "merged": 120.0}
 # The export's own timeline (fastft.core.timeline); the direct child's sub-stages are in export.log.
@@ -52,12 +61,15 @@ STAGES = ("startup", "imports", "tools", "load", "reference", "merge", "convert"
           "check", "retention", "docs")
 
 
-def fastft(*args: str, patch: str | None = None) -> list[str]:
-    """The fastft command line; with `patch`, run as `python -m fastft.cli` after it."""
-    if patch is None:
+def fastft(*args: str, patch: list[str] | str | None = None) -> list[str]:
+    """The fastft command line; with `patch` (`module.NAME = value` each), run as
+    `python -m fastft.cli` after it."""
+    patches = [patch] if isinstance(patch, str) else patch or []
+    if not patches:
         return [sys.executable, "-m", "fastft.cli", *args]
-    module = patch.split("=")[0].strip().rsplit(".", 1)[0]
-    program = (f"import sys, runpy, {module}; {patch}; sys.argv = ['fastft', *sys.argv[1:]]; "
+    modules = ", ".join(dict.fromkeys(p.split("=")[0].strip().rsplit(".", 1)[0] for p in patches))
+    program = (f"import sys, runpy, {modules}; {'; '.join(patches)}; "
+               f"sys.argv = ['fastft', *sys.argv[1:]]; "
                f"runpy.run_module('fastft.cli', run_name='__main__')")
     return [sys.executable, "-c", program, *args]
 
@@ -76,10 +88,14 @@ def train_run(model: Path, work: Path, logfile: Logfile) -> Path:
     return runs / "latest"
 
 
-def export_once(run: Path, case: str, out: Path, logfile: Logfile) -> dict:
+def export_once(run: Path, case: str, out: Path, logfile: Logfile, quant: str = "q4_k_m",
+                child_device: str | None = None) -> dict:
     """One export of `case`, timed from outside; its --json result's timings, path, disk."""
-    cmd = fastft("export", str(run), *CASES[case], "--out", str(out), "--force", "--json",
-                 patch=PATCHES.get(case))
+    patches = [PATCHES[case]] if case in PATCHES else []
+    if child_device:
+        patches.append(f"fastft.export.pipeline.DIRECT_QUANTIZE_DEVICE = {child_device!r}")
+    args = [quant if a == "q4_k_m" else a for a in CASES[case]]
+    cmd = fastft("export", str(run), *args, "--out", str(out), "--force", "--json", patch=patches)
     log(f"[{case}] $ {' '.join(cmd)}")
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, errors="replace")
@@ -126,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="gguf/direct,gguf/detour,merged",
                     help=f"comma-separated, in this order, of {', '.join(CASES)}")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quant", default="q4_k_m", help="the GGUF type of every case (q4_k_m)")
+    ap.add_argument("--child-device", help="where the direct child quantizes (default: the GPU, "
+                    "or llama-quantize after it); \"cpu\" for the overlap on a machine without one")
     ap.add_argument("--work", type=Path, default=WORK / "export-paths")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     a = ap.parse_args(argv)
@@ -139,7 +158,8 @@ def main(argv=None) -> int:
     for n in range(1, a.rounds + 1):
         for case in a.cases.split(","):
             out = a.work / "exports" / case.replace("/", "-")
-            results.append({"round": n, **export_once(run, case, out, logfile)})
+            results.append({"round": n, **export_once(run, case, out, logfile, a.quant,
+                                                      a.child_device)})
             save(a, run, results)              # after each: a killed bench keeps what it measured
     print_rows("fastft export, by path (seconds; peak scratch disk in GB)",
                ["round", "case", "path", "wall", *STAGES, "peak disk"], rows(results))

@@ -35,7 +35,10 @@
 #   gateab            bench/export_paths.py on ttfc's last finished fastft run: fastft export
 #                     --gguf q4_k_m with the gate's 16-bit side measured in the direct child (the
 #                     product) and loaded beside it (gguf/gate-beside, as before 2026-12-07's
-#                     fifteenth session), alternately, GATEAB_ROUNDS (3) rounds
+#                     fifteenth session), alternately, GATEAB_ROUNDS (3) rounds;
+#                     GATEAB_CASES=gguf/direct,gguf/score-after instead times the gate's llama.cpp
+#                     started on the child's file while the child measures (the product since
+#                     2026-12-07's eighteenth session) against started after the child
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import
@@ -150,7 +153,7 @@ for step in "$@"; do
       run=$(ls -td $W/runs/*-fastft-*/runs/ttfc 2>/dev/null | head -1)
       [ -z "$run" ] && { echo "gateab: no finished fastft run in $W"; continue; }
       timeout $(( $(left) - 5 )) python3 bench/export_paths.py --run "$run" --work $W \
-        --cases gguf/direct,gguf/gate-beside --rounds ${GATEAB_ROUNDS:-3} --out "$OUT/gateab" 2>&1 \
+        --cases ${GATEAB_CASES:-gguf/direct,gguf/gate-beside} --rounds ${GATEAB_ROUNDS:-3} --out "$OUT/gateab" 2>&1 \
         | grep -v Warning | tail -20 ;;
     scorer)
       wait $BUILD

@@ -21,7 +21,9 @@ each op for the one that shares its core.
 
 --against EXE also runs another fastft-score (an older build, kept aside before its source
 changed), alternating with this fastft's, on the same requests, and says whether its results are
-the same (the GGUF's token ids, every scored row, the check's continuation).
+the same (the GGUF's token ids, every scored row, the check's continuation). The older build
+must speak the same protocol (fastft.export.scorer_src's MAGIC): since 2026-12-07's eighteenth
+session the reference's top-k ids go to the program on stdin.
 """
 
 from __future__ import annotations

@@ -424,14 +424,14 @@ def test_scorer_threads_runs_llama_cpp_with_each_count_asked(color, tmp_path, mo
     from fastft.export import retention
 
     gguf = next(color[1].glob("*.Q4_K_M.gguf"))
-    threads, run = [], retention.subprocess.run
+    threads, popen = [], retention.subprocess.Popen
 
     def spied(cmd, **kw):                       # fastft-score's runs: the last argument, threads
         if str(gguf) in cmd:
             threads.append(cmd[-1])
-        return run(cmd, **kw)
+        return popen(cmd, **kw)
 
-    monkeypatch.setattr(retention.subprocess, "run", spied)
+    monkeypatch.setattr(retention.subprocess, "Popen", spied)
     assert scorer_threads.main([str(gguf), "--threads", "1,2", "--tokens", "24,12", "--runs", "1",
                                 "--out", str(tmp_path / "t.json")]) == 0
     assert threads == ["1", "2", "1", "2"] * 2                   # a warm-up round, then one run
@@ -469,6 +469,10 @@ def test_export_paths_runs_a_patched_case_with_its_constant_set():
     p = subprocess.run(fastft("--version", patch="fastft.__version__ = '9.9.9-patched'"),
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == "fastft, version 9.9.9-patched", p.stderr
+    two = ["fastft.__version__ = '9.9.9'", "fastft.__version__ = fastft.__version__ + '-two'"]
+    p = subprocess.run(fastft("--version", patch=two), capture_output=True, text=True, cwd=REPO,
+                       timeout=300)                     # several, in order (a case and --child-device)
+    assert p.returncode == 0 and p.stdout.strip() == "fastft, version 9.9.9-two", p.stderr
 
 
 def test_cold_compiles_reads_each_triton_compile_from_the_cache_listing(tmp_path):

@@ -310,6 +310,40 @@ def test_bf16_by_torch_writes_ggufs_own_rounding(llama, monkeypatch):
         assert np.array_equal(ours, theirs)
 
 
+def test_the_fast_packing_writes_the_header_bytes_gguf_writes(llama):
+    """gguf_vocab.packed_fast packs arrays of strings and of integers in one go, to the bytes
+    gguf's writer packs item by item, in either byte order; every other value (an array of
+    enum members, bools, floats, bytes, one item; a scalar) goes gguf's way, and a mixed array
+    fails as gguf's does. The block puts gguf's method back."""
+    import enum
+
+    from fastft.export import direct, gguf_vocab
+
+    class Kind(enum.IntEnum):
+        NORMAL = 1
+        CONTROL = 3
+
+    with direct.llama_cpp_modules(llama.root) as (_, gguf):
+        vt, own = gguf.GGUFValueType, gguf.GGUFWriter._pack_val
+        values = [(["Ġthe", "é", "", "<|im_end|>", "日本"] * 50, vt.ARRAY, None),
+                  (["a b", "c"], vt.ARRAY, vt.STRING), (list(range(-300, 300)), vt.ARRAY, None),
+                  ([0, 2**31 - 1, -2**31], vt.ARRAY, vt.INT32), ([1, 2**40], vt.ARRAY, vt.UINT64),
+                  ([5, 250], vt.ARRAY, vt.UINT8), ([Kind.NORMAL, Kind.CONTROL], vt.ARRAY, None),
+                  ([True, False], vt.ARRAY, None), ([0.5, 1.25], vt.ARRAY, None),
+                  ([b"x", b"yz"], vt.ARRAY, None), (["one"], vt.ARRAY, None),
+                  ("qwen3", vt.STRING, None), (7, vt.UINT32, None)]
+        for endian in (gguf.GGUFEndian.LITTLE, gguf.GGUFEndian.BIG):
+            writer = gguf.GGUFWriter(None, "qwen3", endianess=endian)
+            gguf_way = [writer._pack_val(v, t, True, sub) for v, t, sub in values]
+            with gguf_vocab.packed_fast(gguf):
+                assert gguf.GGUFWriter._pack_val is not own
+                fast = [writer._pack_val(v, t, True, sub) for v, t, sub in values]
+                with pytest.raises(ValueError, match="same type"):
+                    writer._pack_val([1, True], vt.ARRAY, True)
+            assert fast == gguf_way
+        assert gguf.GGUFWriter._pack_val is own
+
+
 def test_the_vocabulary_keys_are_named_by_the_tokenizer_files_and_the_converter(llama, tmp_path):
     """fastft.export.gguf_vocab's cache file: the same for the same files and converter, in
     any process (the modules are hashed in one order); another for a changed tokenizer file; the

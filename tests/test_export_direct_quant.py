@@ -82,6 +82,49 @@ def test_the_export_quantizes_in_the_child_with_no_16_bit_file(color_run, refere
 
 
 @pytest.mark.slow
+def test_the_gate_scores_the_childs_file_while_the_child_measures_its_16_bit_side(
+        color_run, tmp_path, monkeypatch):
+    """Once the child has written the file it quantized it says so, and the export starts the
+    gate's llama.cpp side on that file while the child, still running, measures the 16-bit side;
+    that one process scores it (no second start), and its row is what fastft-score started
+    afterwards gives against the same reference."""
+    from fastft.export import pipeline, retention
+    from fastft.export.llamacpp import ensure_scorer
+
+    monkeypatch.setattr(pipeline, "DIRECT_QUANTIZE_DEVICE", "cpu")
+    alive, early, started, refs = [], [], [], []
+    start_scoring, init, score_file = (pipeline._start_scoring, retention.Scoring.__init__,
+                                       retention.score_file)
+
+    def spied_start(plan, child, held):
+        start_scoring(plan, child, held)
+        alive.append(child.proc.poll() is None)
+        early.extend(plan.scoring)
+
+    def spied_init(self, scorer, gguf, *a, **kw):
+        started.append(gguf.name)
+        init(self, scorer, gguf, *a, **kw)
+
+    def spied_score(scorer, gguf, quant, ref, *a, **kw):
+        refs.append(ref)
+        return score_file(scorer, gguf, quant, ref, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "_start_scoring", spied_start)
+    monkeypatch.setattr(retention.Scoring, "__init__", spied_init)
+    monkeypatch.setattr(retention, "score_file", spied_score)
+    res = export(color_run, tmp_path / "out", ("q8_0",))
+    made = res.ggufs["q8_0"]
+    assert res.path == "direct" and alive == [True] and early == ["q8_0"]
+    assert started == [made.name]                        # the early process gave the row
+    assert f"llama.cpp started on {made.name} while the direct child" in res.log.read_text()
+    row = res.retention.files[0]
+    afresh = retention.score_file(ensure_scorer(), made, "q8_0", refs[0], tmp_path, 0.0).row
+    assert started == [made.name, made.name]
+    assert (row.loss, row.kl, row.retention) == (afresh.loss, afresh.kl, afresh.retention)
+    assert row.passed
+
+
+@pytest.mark.slow
 def test_each_merged_tensor_reaches_the_quantizer_where_it_was_merged(color_run, llama, reference,
                                                                       tmp_path, monkeypatch):
     """The child hands each adapted tensor to the quantizer as merged, on the merge device (here

@@ -124,13 +124,14 @@ def test_the_scorer_exits_4_when_its_result_cannot_be_written(scorer, q4, refere
         positions=[reference.positions[0][:3]], targets=[reference.targets[0][:3]],
         top_ids=[reference.top_ids[0][:3]])
     request = tmp_path / "request"
-    request.write_bytes(retention._request(one))
+    request.write_bytes(retention._request(one.held, one.positions, one.targets))
+    ids = retention._top_ids(one)
     ok = subprocess.run([str(scorer), str(q4), str(request), str(tmp_path / "result"), "2"],
-                        capture_output=True, timeout=600)
+                        input=ids, capture_output=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert 0 < (tmp_path / "result").stat().st_size < 4096   # buffered whole: fails at fclose
     full = subprocess.run([str(scorer), str(q4), str(request), "/dev/full", "2"],
-                          capture_output=True, timeout=600)
+                          input=ids, capture_output=True, timeout=600)
     assert full.returncode == 4
     assert b"cannot write /dev/full" in full.stderr
 
@@ -340,7 +341,7 @@ def test_the_gate_leaves_a_core_to_each_file_being_hashed(color_run, tmp_path, m
     monkeypatch.setattr(retention.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(retention, "BYTES_PER_THREAD", 1)
     scored, hashing = threading.Event(), []
-    real_hash, real_run = pipeline.sha256_file, retention.subprocess.run
+    real_hash, real_popen = pipeline.sha256_file, retention.subprocess.Popen
 
     def slow_hash(path):                       # still hashing when the gate starts
         if str(path).endswith(".gguf"):
@@ -350,19 +351,19 @@ def test_the_gate_leaves_a_core_to_each_file_being_hashed(color_run, tmp_path, m
 
     given = []
 
-    def run(cmd, *args, **kwargs):
+    def popen(cmd, *args, **kwargs):
         scorer = command_of(cmd)
         if Path(scorer[0]).name == "fastft-score" and len(scorer) == 5:   # GGUF, request, result, threads
             given.append(int(cmd[-1]))
             cmd = [*cmd[:-1], "1"]
             try:
-                return real_run(cmd, *args, **kwargs)
+                return real_popen(cmd, *args, **kwargs)
             finally:
-                scored.set()
-        return real_run(cmd, *args, **kwargs)
+                scored.set()                   # its threads are counted: the hash may end
+        return real_popen(cmd, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "sha256_file", slow_hash)
-    monkeypatch.setattr(retention.subprocess, "run", run)
+    monkeypatch.setattr(retention.subprocess, "Popen", popen)
     result = export_run(ExportOptions(run=str(color_run.run_dir), gguf=("q8_0",), check=False,
                                       out=str(tmp_path / "out")), Console(file=io.StringIO()))
     assert [p.name for p in hashing] == [result.ggufs["q8_0"].name]

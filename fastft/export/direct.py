@@ -62,7 +62,7 @@ from ..core.ahead import ahead
 from ..core.errors import FastftError
 from ..core.models import base_folder, weights_dtype
 from . import checkpoint
-from .gguf_vocab import remembering
+from .gguf_vocab import packed_fast, remembering
 
 # The merged safetensors folder the older path converts is named so; the converter looks at the
 # folder's name (Qwen3's reranker detection), so the direct one carries it too.
@@ -521,8 +521,10 @@ def export(job: Job, result: ChildResult) -> str | None:
         write_config_folder(job.folder, source.base, _tokenizer(job))
     serving = source.kept is not None
     with torch.inference_mode():
-        if (why := _write(job, source, result, t)) is None and serving:
-            _measure_for_gate(job, source, result)
+        if (why := _write(job, source, result, t)) is None:
+            _say_written(result.quantized)
+            if serving:
+                _measure_for_gate(job, source, result)
         return why
 
 
@@ -563,6 +565,7 @@ def _write(job: Job, source: MergeSource, result: ChildResult, t: float) -> str 
         if job.outfile:
             conversion, gguf = stack.enter_context(llama_cpp_modules(job.root))
             stack.enter_context(bf16_by_torch(gguf))
+            stack.enter_context(packed_fast(gguf))
             try:
                 model = _prepared(conversion, gguf, source, job)
             except Exception as e:   # API drift in llama.cpp's converter: the older path still works
@@ -812,14 +815,22 @@ def _prepared(conversion, gguf, source: MergeSource, job: Job):
 DECLINED = 3
 
 
-READY_FD = "FASTFT_DIRECT_READY_FD"   # the pipe the child says "ready" on, once it is writing
+READY_FD = "FASTFT_DIRECT_READY_FD"   # the pipe the child says "ready" and "written" on
 
 
 def _say_ready(reference: bool) -> None:
     """In the child: the adapter and the converter passed every check; writing starts; and
-    whether it will measure the gate's side (`reference`, then it waits for the request)."""
+    whether it will measure the gate's 16-bit side (`reference`, then it waits for the request)."""
     if fd := os.environ.get(READY_FD):
         os.write(int(fd), b"ready reference\n" if reference else b"ready\n")
+
+
+def _say_written(quantized: dict[str, str]) -> None:
+    """In the child: every file is written and closed, the quantized types among them (their
+    files final: the caller may read them while the child measures the gate's side). The last
+    word: the pipe is closed."""
+    if fd := os.environ.pop(READY_FD, None):
+        os.write(int(fd), " ".join(["written", *quantized]).encode() + b"\n")
         os.close(int(fd))
 
 
@@ -827,7 +838,8 @@ class DirectChild:
     """The direct export's child process (`python -m fastft.export.direct`), started first: the
     caller learns within seconds whether it declined (`declined`) and whether it will measure
     the gate's 16-bit side (`measures`: then `send` it the held-out tokens; else the caller
-    loads its own model meanwhile), then `finish`.
+    loads its own model meanwhile), then, if it measures, when its files are `written` (the
+    gate's llama.cpp side may start on them), then `finish`.
 
     A child, not this process: llama.cpp's converter imports transformers, and should the
     older path follow, Unsloth must be imported here before transformers (fastft.core.models).
@@ -852,16 +864,22 @@ class DirectChild:
         finally:
             os.close(said)
             os.close(asked)
-        self.ready = ready
+        self.ready = os.fdopen(ready, "rb")
         self.measures = False
         self.result = ChildResult()
 
     def declined(self) -> str | None:
         """Wait until the child writes (None) or has exited: why it declined, or raise."""
-        with os.fdopen(self.ready, "rb") as pipe:
-            said = pipe.read()      # "ready [reference]", or nothing once the child has exited
+        said = self.ready.readline()   # "ready [reference]", or nothing once the child has exited
         self.measures = said.split()[1:] == [b"reference"]
         return None if said else self.finish()
+
+    def written(self) -> list[str]:
+        """Wait until the child has written its files: the types it quantized (final files, which
+        may be read while it measures the gate's side); [] if it exited without saying so."""
+        said = self.ready.readline().split()
+        self.ready.close()
+        return [w.decode() for w in said[1:]] if said[:1] == [b"written"] else []
 
     def send(self, request: bytes | None) -> None:
         """The held-out tokens for the gate's side (gate_model.encode_request), or (None) none:
@@ -913,6 +931,7 @@ class DirectChild:
     def stop(self) -> None:
         """Ctrl-C or a failure here: a writer must not keep writing into a folder about to go."""
         self.send(None)
+        self.ready.close()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

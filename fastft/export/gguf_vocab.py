@@ -14,6 +14,10 @@ with the same key adds the same keys with the same values and types, in the same
 calling `set_vocab`: the same GGUF, byte for byte (tests/test_export_direct.py). Only values
 that JSON holds exactly (strings, ints, floats, bools and lists of them) are kept; anything else
 is not remembered. A cache that cannot be read or written costs nothing but the time.
+
+Replayed or not, those keys are packed into the GGUF's header by gguf's writer one item at a
+time (`_pack_val`: 0.73 s for the 455,000 items on a 2-core CPU, in the child's prepare);
+`packed_fast` packs each long array of strings or integers in one go, to the same bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import inspect
 import json
 import logging
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -134,3 +139,43 @@ def _prune(folder: Path) -> None:
         with contextlib.suppress(OSError):      # another writer's, renamed meanwhile
             if now - tmp.stat().st_mtime > STALE_S:
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def packed_fast(gguf):
+    """gguf's writer packing arrays of strings or of integers (the vocabulary's tokens, merges
+    and token types) in one go each, for the block; any other value its own way. The bytes
+    are its own: a length-prefixed UTF-8 string per item, or the items in its struct format
+    and byte order (tests/test_export_direct.py compares whole files with the older path's)."""
+    writer, vt = getattr(gguf, "GGUFWriter", None), getattr(gguf, "GGUFValueType", None)
+    original = getattr(writer, "_pack_val", None)
+    formats = getattr(writer, "_simple_value_packing", None)
+    if original is None or vt is None or not isinstance(formats, dict):   # another gguf-py
+        yield
+        return
+
+    def pack_val(self, val, vtype, add_vtype, sub_type=None):
+        if (body := _array_body(self, val, vtype, sub_type)) is None:
+            return original(self, val, vtype, add_vtype, sub_type)
+        return (self._pack("I", vtype) if add_vtype else b"") + body
+
+    def _array_body(self, val, vtype, sub_type) -> bytes | None:
+        if vtype != vt.ARRAY or type(val) is not list or len(val) < 2:
+            return None
+        ltype = vt.get_type(val[0]) if sub_type is None else sub_type
+        order = "<" if self.endianess == gguf.GGUFEndian.LITTLE else ">"
+        if ltype == vt.STRING and all(type(v) is str for v in val):
+            length = struct.Struct(order + "Q").pack
+            body = b"".join([part for v in val for b in (v.encode("utf-8"),)
+                             for part in (length(len(b)), b)])
+        elif formats.get(ltype, "") in tuple("bBhHiIqQ") and all(type(v) is int for v in val):
+            body = struct.pack(f"{order}{len(val)}{formats[ltype]}", *val)
+        else:
+            return None
+        return self._pack("I", ltype) + self._pack("Q", len(val)) + body
+
+    writer._pack_val = pack_val
+    try:
+        yield
+    finally:
+        writer._pack_val = original

@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -187,6 +188,7 @@ class ExportPlan:
     scorer: Path | None = None               # fastft-score, for the retention gate
     reference: retention.Reference | None = None   # the 16-bit model's side of the gate
     scores: dict[str, GGUFRetention] = field(default_factory=dict)   # quant -> its row
+    scoring: dict[str, retention.Scoring] = field(default_factory=dict)   # quant -> started early
     tried: list[GGUFRetention] = field(default_factory=list)         # auto: not kept
     retention: Retention | None = None
     path: str = "detour"                     # how the outputs were merged and made (write_models)
@@ -452,6 +454,8 @@ def scratch_folder(plan: ExportPlan, console):
             plan.work.mkdir()
             yield
         finally:
+            for scoring in plan.scoring.values():   # started, never asked for its result
+                scoring.stop()
             plan.hashes.close()
             shutil.rmtree(plan.scratch, ignore_errors=True)
 
@@ -527,6 +531,10 @@ def _direct_job(plan: ExportPlan, dtype: str | None) -> Job:
 # merges (fastft.export.gate_model), where it can; else this process loads the base again,
 # beside the child, to measure it (as before 2026-12-07's fifteenth session; the A/B).
 REFERENCE_IN_CHILD = True
+# Whether the gate's llama.cpp side starts on the child's quantized file as soon as it is
+# written, while the child measures the 16-bit side (_start_scoring); else once the child is
+# done, as before 2026-12-07's eighteenth session (bench/gate_overlap.py, the A/B).
+SCORE_EARLY = True
 # Where the direct child quantizes: "auto" is fastft.export.gpuquant.device() there (the GPU,
 # or none: then it writes the 16-bit GGUF and llama-quantize quantizes it here).
 DIRECT_QUANTIZE_DEVICE = "auto"
@@ -567,6 +575,8 @@ def _finish_direct(plan: ExportPlan, console, child: DirectChild) -> None:
             _free_gpu()
         with _timed(plan, _direct_stage(plan)), status(
                 console, f"merging and writing {_direct_outputs(child.job)}"):
+            if held is not None and SCORE_EARLY:
+                _start_scoring(plan, child, held)
             if why := child.finish():
                 raise DirectExportError(f"the direct export stopped: {why}")
     finally:
@@ -590,6 +600,23 @@ def _held_out_for_child(plan: ExportPlan, child: DirectChild) -> retention.HeldO
             held = retention.held_out(plan.info, tokenizer, plan.opts.eval_data)
             child.send(gate_model.encode_request(tokenizer.pad_token_id, held.encoded))
     return held
+
+
+def _start_scoring(plan: ExportPlan, child: DirectChild, held: retention.HeldOut) -> None:
+    """Once the child has written the GGUFs it quantized, while it measures the gate's 16-bit
+    side: their hashes, and llama.cpp's side of the gate on the first (retention.Scoring),
+    which then waits only for the reference's top-k ids. The child keeps a core busy."""
+    made = child.written()
+    quant = plan.quants[0]
+    if quant.upper() not in made:
+        return
+    plan.hashes.start(plan.gguf_path(q) for q in plan.quants if q.upper() in made)
+    check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
+    path = plan.gguf_path(quant)
+    plan.scoring[quant] = retention.Scoring(plan.scorer, path, held, plan.work, check,
+                                            busy=plan.hashes.running() + 1)
+    print(f"fastft: llama.cpp started on {path.name} while the direct child measures the "
+          "gate's 16-bit side", file=sys.stderr, flush=True)
 
 
 def _reference_from_child(plan: ExportPlan, console, child: DirectChild,
@@ -641,7 +668,8 @@ def _score(plan: ExportPlan, quant: str, path: Path) -> retention.Scored:
     check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
     # the manifest's hashes of finished files run meanwhile: llama.cpp gets the other cores
     scored = retention.score_file(plan.scorer, path, quant, plan.reference, plan.work,
-                                  plan.opts.min_retention, check, busy=plan.hashes.running())
+                                  plan.opts.min_retention, check, busy=plan.hashes.running(),
+                                  started=plan.scoring.pop(quant, None))
     generating = scored.check.seconds if scored.check else 0.0
     if scored.check:
         plan.timeline.add("check", generating)

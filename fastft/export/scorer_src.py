@@ -20,7 +20,10 @@ file (and llama-simple's fixed 4 threads).
 
 Protocol (little-endian int32 words; floats as float32):
   request: MAGIC, n_texts, {n_bytes, bytes padded to 4}*, n_generate, n_bytes, prompt padded to 4,
-           n_seqs, {n_tokens, ids[n_tokens], n_pos, {pos, target, k, ids[k]}*}*
+           n_seqs, {n_tokens, ids[n_tokens], n_pos, {pos, target}*}*, k
+  stdin:   per seq and scored pos, ids[k]: the reference's top-k, read only once every sequence
+           is decoded, so the export can start the program as soon as the GGUF is written, while
+           its 16-bit side (which gives those ids) is still being measured
   result:  {n_ids, ids[n_ids]} per text (the GGUF's own tokenizer, special tokens parsed),
            n_bytes, the continuation padded to 4 (none when n_generate is 0), its seconds (float),
            then per seq and scored pos: log p(target), log p(ids[j]) for j < k
@@ -28,7 +31,7 @@ Protocol (little-endian int32 words; floats as float32):
 """
 
 SCORER = "fastft-score"
-MAGIC = 0x32534646          # "FFS2": with the check's prompt
+MAGIC = 0x33534646          # "FFS3": the top-k ids on stdin
 
 SCORE_CMAKE = """\
 # Written by fastft (fastft/export/scorer_src.py): its retention gate's scorer, one more target of
@@ -136,22 +139,20 @@ static bool generate(llama_context * ctx, const llama_vocab * vocab,
     return ok;
 }
 
-// log-softmax of the row at the wanted ids, in double: float sums over 150k logits lose digits.
-static void score_row(const float * logits, int32_t n_vocab, int32_t target,
-                      const std::vector<int32_t> & ids, float * row) {
+// The log-sum-exp of a row of logits, in double: float sums over 150k logits lose digits.
+static double log_sum_exp(const float * logits, int32_t n_vocab) {
     double mx = logits[0];
     for (int32_t i = 1; i < n_vocab; i++) mx = logits[i] > mx ? logits[i] : mx;
     double sum = 0;
     for (int32_t i = 0; i < n_vocab; i++) sum += std::exp(logits[i] - mx);
-    double lse = mx + std::log(sum);
-    row[0] = (float) (logits[target] - lse);
-    for (size_t j = 0; j < ids.size(); j++) row[1 + j] = (float) (logits[ids[j]] - lse);
+    return mx + std::log(sum);
 }
 
 struct Seq {
     std::vector<llama_token> tokens;
     std::vector<int32_t> pos, target;
-    std::vector<std::vector<int32_t>> ids;
+    std::vector<double> lse;          // each scored row's log-sum-exp, once decoded
+    std::vector<float> logits;        // ... and the row itself (n_pos x n_vocab): the ids come later
 };
 
 static Seq read_seq(int32_t n_vocab) {
@@ -162,10 +163,6 @@ static Seq read_seq(int32_t n_vocab) {
     for (int32_t p = 0; p < n_pos; p++) {
         s.pos.push_back(next_word());
         s.target.push_back(next_word());
-        int32_t k = next_word();
-        std::vector<int32_t> ids;
-        for (int32_t j = 0; j < k; j++) ids.push_back(next_word());
-        s.ids.push_back(ids);
     }
     for (llama_token t : s.tokens) if (t < 0 || t >= n_vocab) {
         fprintf(stderr, "fastft-score: token id %d outside the GGUF's vocabulary (%d)\n", t, n_vocab);
@@ -174,33 +171,31 @@ static Seq read_seq(int32_t n_vocab) {
     return s;
 }
 
-// Every scored position's row, on `n_threads` threads, then written in order. Each row is one
+// Every scored position's row kept with its log-sum-exp, on `n_threads` threads: each row one
 // thread's loop, the same sums in the same order as on one thread, so the same floats; serially
 // the rows took 0.3 s of 294 positions over Qwen's 151,936-token vocabulary (2-core CPU), while
 // llama.cpp's threads idled. The logits' pointers are taken here first: llama_get_logits_ith
 // synchronizes the context, which is not for several threads at once.
-static void score_rows(llama_context * ctx, const Seq & s, int32_t n_vocab, int32_t n_threads,
-                       FILE * out) {
+static void keep_rows(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_threads) {
     size_t n = s.pos.size();
     std::vector<const float *> logits(n);
-    std::vector<std::vector<float>> rows(n);
-    for (size_t p = 0; p < n; p++) {   // llama_get_logits_ith takes batch indexes
-        logits[p] = llama_get_logits_ith(ctx, s.pos[p]);
-        rows[p].resize(1 + s.ids[p].size());
-    }
+    for (size_t p = 0; p < n; p++) logits[p] = llama_get_logits_ith(ctx, s.pos[p]);  // batch indexes
+    s.lse.resize(n);
+    s.logits.resize(n * (size_t) n_vocab);
     std::atomic<size_t> next{0};
     auto work = [&]() {
-        for (size_t p; (p = next++) < n;) score_row(logits[p], n_vocab, s.target[p], s.ids[p], rows[p].data());
+        for (size_t p; (p = next++) < n;) {
+            std::memcpy(s.logits.data() + p * n_vocab, logits[p], sizeof(float) * n_vocab);
+            s.lse[p] = log_sum_exp(logits[p], n_vocab);
+        }
     };
     std::vector<std::thread> helpers;
     for (int32_t t = 1; t < n_threads && (size_t) t < n; t++) helpers.emplace_back(work);
     work();
     for (std::thread & t : helpers) t.join();
-    for (const std::vector<float> & row : rows) put(out, row.data(), 4 * row.size());
 }
 
-static bool score_seq(llama_context * ctx, const Seq & s, int32_t n_vocab, int32_t n_threads,
-                      FILE * out) {
+static bool decode_seq(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_threads) {
     llama_memory_clear(llama_get_memory(ctx), true);
     int32_t n = (int32_t) s.tokens.size();
     llama_batch batch = llama_batch_init(n, 0, 1);
@@ -214,9 +209,28 @@ static bool score_seq(llama_context * ctx, const Seq & s, int32_t n_vocab, int32
     for (int32_t p : s.pos) batch.logits[p] = true;   // logits only where a trained token follows
     batch.n_tokens = n;
     bool ok = llama_decode(ctx, batch) == 0;
-    if (ok) score_rows(ctx, s, n_vocab, n_threads, out);
+    if (ok) keep_rows(ctx, s, n_vocab, n_threads);
     llama_batch_free(batch);
     return ok;
+}
+
+// Each row's log-probabilities at its target and at the k ids read from stdin for it.
+static void put_rows(const Seq & s, int32_t n_vocab, int32_t k, FILE * out) {
+    std::vector<float> row(1 + k);
+    for (size_t p = 0; p < s.pos.size(); p++) {
+        const float * logits = s.logits.data() + p * n_vocab;
+        row[0] = (float) (logits[s.target[p]] - s.lse[p]);
+        for (int32_t j = 0; j < k; j++) {
+            int32_t id;
+            if (fread(&id, 4, 1, stdin) != 1) { fprintf(stderr, "fastft-score: the ids end early\n"); exit(3); }
+            if (id < 0 || id >= n_vocab) {
+                fprintf(stderr, "fastft-score: id %d outside the GGUF's vocabulary (%d)\n", id, n_vocab);
+                exit(5);
+            }
+            row[1 + j] = (float) (logits[id] - s.lse[p]);
+        }
+        put(out, row.data(), 4 * row.size());
+    }
 }
 
 int main(int argc, char ** argv) {
@@ -247,6 +261,12 @@ int main(int argc, char ** argv) {
         seqs.push_back(read_seq(n_vocab));
         longest = seqs.back().tokens.size() > longest ? seqs.back().tokens.size() : longest;
     }
+    int32_t k = next_word();
+    for (const Seq & s : seqs)
+        for (int32_t t : s.target) if (t < 0 || t >= n_vocab) {
+            fprintf(stderr, "fastft-score: target %d outside the GGUF's vocabulary (%d)\n", t, n_vocab);
+            return 5;
+        }
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = cp.n_batch = longest;
     cp.n_ubatch = longest < 512 ? longest : 512;
@@ -262,11 +282,12 @@ int main(int argc, char ** argv) {
     float seconds = std::chrono::duration<float>(std::chrono::steady_clock::now() - t0).count();
     put_bytes(out, text);
     put(out, &seconds, 4);
-    for (const Seq & s : seqs)
-        if (!score_seq(ctx, s, n_vocab, llama_n_threads(ctx), out)) {
+    for (Seq & s : seqs)
+        if (!decode_seq(ctx, s, n_vocab, llama_n_threads(ctx))) {
             fprintf(stderr, "fastft-score: decode failed\n");
             return 1;
         }
+    for (const Seq & s : seqs) put_rows(s, n_vocab, k, out);   // waits for the ids here
     if (fclose(out) != 0) { fprintf(stderr, "fastft-score: cannot write %s\n", argv[3]); return 4; }
     // Done: the OS takes the memory back at once, where freeing the context and the model (the
     // vocabulary's maps) took 0.1 s of the tiny model's 1.2 s.
