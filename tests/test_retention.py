@@ -113,6 +113,29 @@ def test_the_scorer_gives_the_same_rows_on_one_thread_and_on_several(scorer, q4,
         np.testing.assert_array_equal(a, b)
     assert check1.output == check3.output
 
+def test_a_scoring_started_early_is_used_only_for_the_tokens_it_decodes(scorer, q4, reference,
+                                                                       tmp_path):
+    """fastft-score started before the reference is known (retention.Scoring, as the export
+    starts it once the direct child has written the file) gives the rows when the reference is
+    of the held-out tokens it decodes; when the gate's reference is another (the child gave
+    none and the export measured its own), that process is stopped and fastft-score runs again
+    on the reference's tokens. Both give a fresh run's rows."""
+    import dataclasses
+
+    want_texts, want_rows, _ = retention.run_scorer(scorer, q4, reference, tmp_path)
+    same = retention.Scoring(scorer, q4, reference.held, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = retention.Scoring(scorer, q4, dataclasses.replace(reference.held), elsewhere)
+    for started in (same, other):
+        texts, rows, _ = retention.run_scorer(scorer, q4, reference, tmp_path, started=started)
+        assert texts == want_texts and len(rows) == len(want_rows)
+        for a, b in zip(rows, want_rows):
+            np.testing.assert_array_equal(a, b)
+    assert same.proc.returncode == 0                   # it gave the rows
+    assert other.proc.returncode not in (None, 0)      # stopped while it waited for the ids
+
+
 def test_the_scorer_exits_4_when_its_result_cannot_be_written(scorer, q4, reference, tmp_path):
     """fastft-score checks fclose: a result that fits stdio's buffer is written only there, so a
     full disk (/dev/full) fails at the close and must not exit 0 with nothing written."""
