@@ -12,9 +12,12 @@ examples/favorite_color.jsonl --max-steps 5`), or takes one (--run), then times,
   gguf/gate-beside  as gguf/direct, the gate's 16-bit model loaded by the export's process
                  beside the child (pipeline.REFERENCE_IN_CHILD off, as before 2026-12-07's
                  fifteenth session): the A/B of the child measuring it
-  gguf/score-after  as gguf/direct, the gate's llama.cpp side started once the child is done
-                 (pipeline.SCORE_EARLY off, as before 2026-12-07's eighteenth session), not as
-                 soon as the child has written the file it quantized: the A/B of that overlap
+  gguf/score-early  as gguf/direct, the gate's llama.cpp side started as soon as the child has
+                 written the file it quantized, while the child measures the 16-bit side
+                 (pipeline.SCORE_EARLY on, on half the cores), not once the child is done:
+                 the A/B of that overlap (off since 2026-12-07's eighteenth session)
+  gguf/score-early-all  the same on every core but the child's and the hashes'
+                 (pipeline.EARLY_CORES 1.0, as e5abda8 had it)
 
 --quant Q puts Q in place of q4_k_m; --child-device DEV has the direct child quantize on DEV
 (pipeline.DIRECT_QUANTIZE_DEVICE: "cpu" on a machine without a GPU, where by default llama-
@@ -49,11 +52,14 @@ CASES = {
     "gguf/detour": ["--gguf", "q4_k_m", "--no-direct"],
     "merged": ["--merged", "--gguf", "q4_k_m", "--gguf", "q8_0"],
     "gguf/gate-beside": ["--gguf", "q4_k_m"],
-    "gguf/score-after": ["--gguf", "q4_k_m"],
+    "gguf/score-early": ["--gguf", "q4_k_m"],
+    "gguf/score-early-all": ["--gguf", "q4_k_m"],
 }
-# Cases that run fastft with a module constant set (its A/B toggle), as `module.NAME = value`
-PATCHES = {"gguf/gate-beside": "fastft.export.pipeline.REFERENCE_IN_CHILD = False",
-           "gguf/score-after": "fastft.export.pipeline.SCORE_EARLY = False"}
+# Cases that run fastft with module constants set (their A/B toggles), as `module.NAME = value`
+PATCHES = {"gguf/gate-beside": ["fastft.export.pipeline.REFERENCE_IN_CHILD = False"],
+           "gguf/score-early": ["fastft.export.pipeline.SCORE_EARLY = True"],
+           "gguf/score-early-all": ["fastft.export.pipeline.SCORE_EARLY = True",
+                                    "fastft.export.pipeline.EARLY_CORES = 1.0"]}
 # The issue's targets on an H100 with the 4B shape, warm (seconds).
 TARGETS = {"gguf/direct": 45.0, "merged": 120.0}
 # The export's own timeline (fastft.core.timeline); the direct child's sub-stages are in export.log.
@@ -91,7 +97,7 @@ def train_run(model: Path, work: Path, logfile: Logfile) -> Path:
 def export_once(run: Path, case: str, out: Path, logfile: Logfile, quant: str = "q4_k_m",
                 child_device: str | None = None) -> dict:
     """One export of `case`, timed from outside; its --json result's timings, path, disk."""
-    patches = [PATCHES[case]] if case in PATCHES else []
+    patches = list(PATCHES.get(case, []))
     if child_device:
         patches.append(f"fastft.export.pipeline.DIRECT_QUANTIZE_DEVICE = {child_device!r}")
     args = [quant if a == "q4_k_m" else a for a in CASES[case]]

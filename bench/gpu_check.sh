@@ -36,9 +36,9 @@
 #                     --gguf q4_k_m with the gate's 16-bit side measured in the direct child (the
 #                     product) and loaded beside it (gguf/gate-beside, as before 2026-12-07's
 #                     fifteenth session), alternately, GATEAB_ROUNDS (3) rounds;
-#                     GATEAB_CASES=gguf/direct,gguf/score-after instead times the gate's llama.cpp
-#                     started on the child's file while the child measures (the product since
-#                     2026-12-07's eighteenth session) against started after the child
+#                     GATEAB_CASES=gguf/direct,gguf/score-early,gguf/score-early-all instead times
+#                     the gate's llama.cpp started after the child (the product) against started
+#                     on the child's file while the child measures, on half or nearly all cores
 #   pyc               whether the host's Python libraries have byte-code (on 2026-12-06 a fifth of
 #                     the torch venv's modules had none, and .whl installs with --no-compile), so a
 #                     process compiles their source, which pip's install does once. Times `import

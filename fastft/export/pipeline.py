@@ -532,9 +532,15 @@ def _direct_job(plan: ExportPlan, dtype: str | None) -> Job:
 # beside the child, to measure it (as before 2026-12-07's fifteenth session; the A/B).
 REFERENCE_IN_CHILD = True
 # Whether the gate's llama.cpp side starts on the child's quantized file as soon as it is
-# written, while the child measures the 16-bit side (_start_scoring); else once the child is
-# done, as before 2026-12-07's eighteenth session (bench/gate_overlap.py, the A/B).
-SCORE_EARLY = True
+# written, while the child measures the 16-bit side (_start_scoring), rather than once the child
+# is done. Off: on an H100 host (16 CPUs, 4B, 2026-12-07) it gained nothing (export 24.8 and
+# 25.2 s against 22.0 and 26.6 s): llama.cpp's 4 s of waiting went, but the child's building of
+# the gate's model beside it took 6.1 s against 1.8 s alone. bench/export_paths.py's
+# gguf/score-early cases are the A/B.
+SCORE_EARLY = False
+# The share of the cores llama.cpp gets when started early (the H100 run above had all but the
+# child's and the hash's: 1.0; half, untried on a GPU host, leaves the child more room).
+EARLY_CORES = 0.5
 # Where the direct child quantizes: "auto" is fastft.export.gpuquant.device() there (the GPU,
 # or none: then it writes the 16-bit GGUF and llama-quantize quantizes it here).
 DIRECT_QUANTIZE_DEVICE = "auto"
@@ -613,8 +619,10 @@ def _start_scoring(plan: ExportPlan, child: DirectChild, held: retention.HeldOut
     plan.hashes.start(plan.gguf_path(q) for q in plan.quants if q.upper() in made)
     check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
     path = plan.gguf_path(quant)
-    plan.scoring[quant] = retention.Scoring(plan.scorer, path, held, plan.work, check,
-                                            busy=plan.hashes.running() + 1)
+    cores = retention.threads_for(path.stat().st_size)
+    plan.scoring[quant] = retention.Scoring(
+        plan.scorer, path, held, plan.work, check,
+        busy=max(plan.hashes.running() + 1, cores - int(cores * EARLY_CORES)))
     print(f"fastft: llama.cpp started on {path.name} while the direct child measures the "
           "gate's 16-bit side", file=sys.stderr, flush=True)
 
@@ -666,14 +674,17 @@ def _score(plan: ExportPlan, quant: str, path: Path) -> retention.Scored:
     retention (the rest: llama.cpp's side of the gate; the reference is torch's)."""
     t = time.perf_counter()
     check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
+    started = plan.scoring.pop(quant, None)
     # the manifest's hashes of finished files run meanwhile: llama.cpp gets the other cores
     scored = retention.score_file(plan.scorer, path, quant, plan.reference, plan.work,
                                   plan.opts.min_retention, check, busy=plan.hashes.running(),
-                                  started=plan.scoring.pop(quant, None))
-    generating = scored.check.seconds if scored.check else 0.0
-    if scored.check:
+                                  started=started)
+    waited = time.perf_counter() - t
+    # started early, it generated while the child still worked: only the wait is this stage's
+    generating = scored.check.seconds if scored.check and started is None else 0.0
+    if generating:
         plan.timeline.add("check", generating)
-    plan.timeline.add("retention", time.perf_counter() - t - generating)
+    plan.timeline.add("retention", waited - generating)
     return scored
 
 
