@@ -535,7 +535,7 @@ REFERENCE_IN_CHILD = True
 # written, while the child measures the 16-bit side (_start_scoring), rather than once the child
 # is done. Off: on an H100 host (16 CPUs, 4B, 2026-12-07) it gained nothing (export 24.8 and
 # 25.2 s against 22.0 and 26.6 s): llama.cpp's 4 s of waiting went, but the child's building of
-# the gate's model beside it took 6.1 s against 1.8 s alone. bench/export_paths.py's
+# the gate's model beside it took 6.1 s (1.8 s alone on an H200 host). bench/export_paths.py's
 # gguf/score-early cases are the A/B.
 SCORE_EARLY = False
 # The share of the cores llama.cpp gets when started early (the H100 run above had all but the
