@@ -617,11 +617,10 @@ def _start_scoring(plan: ExportPlan, child: DirectChild, held: retention.HeldOut
     if quant.upper() not in made:
         return
     plan.hashes.start(plan.gguf_path(q) for q in plan.quants if q.upper() in made)
-    check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
     path = plan.gguf_path(quant)
     cores = retention.threads_for(path.stat().st_size)
     plan.scoring[quant] = retention.Scoring(
-        plan.scorer, path, held, plan.work, check,
+        plan.scorer, path, held, plan.work, _check(plan),
         busy=max(plan.hashes.running() + 1, cores - int(cores * EARLY_CORES)))
     print(f"fastft: llama.cpp started on {path.name} while the direct child measures the "
           "gate's 16-bit side", file=sys.stderr, flush=True)
@@ -669,11 +668,16 @@ def gate(plan: ExportPlan, console) -> None:
                                       plan.tried)
 
 
+def _check(plan: ExportPlan) -> retention.Check | None:
+    """The load check asked of fastft-score with the scoring, unless --no-check."""
+    return retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
+
+
 def _score(plan: ExportPlan, quant: str, path: Path) -> retention.Scored:
     """fastft-score on one GGUF, timed as two stages: check (its generation's seconds) and
     retention (the rest: llama.cpp's side of the gate; the reference is torch's)."""
     t = time.perf_counter()
-    check = retention.Check(plan.prompt, CHECK_TOKENS) if plan.opts.check else None
+    check = _check(plan)
     started = plan.scoring.pop(quant, None)
     # the manifest's hashes of finished files run meanwhile: llama.cpp gets the other cores
     scored = retention.score_file(plan.scorer, path, quant, plan.reference, plan.work,

@@ -387,9 +387,10 @@ def trained_targets(held: HeldOut) -> tuple[list, list]:
 class Scoring:
     """fastft-score on one GGUF, started before the reference is known: it loads the file,
     tokenizes the texts, generates the `check` and decodes every held-out example, then waits
-    for the reference's top-k ids (`result`). So the export starts it as soon as the direct
-    child has written the GGUF, while the child still measures the 16-bit side (on an H200
-    host 5.3 s, against llama.cpp's 4.7 s after it, export.log of 2026-12-07)."""
+    for the reference's top-k ids (`result`). So the export can start it as soon as the direct
+    child has written the GGUF, while the child still measures the 16-bit side
+    (pipeline.SCORE_EARLY, off: no gain on an H100 host); else it is started and given the
+    ids at once (run_scorer)."""
 
     def __init__(self, scorer: Path, gguf: Path, held: HeldOut, work: Path,
                  check: Check | None = None, busy: int = 0,
