@@ -2,7 +2,7 @@
 which one llama.cpp process does (fastft.export.scorer_src).
 
     python bench/scorer_threads.py GGUF [--threads 4,8,16] [--tokens 609,295] [--runs 2] [--out FILE]
-                                        [--hashing] [--against OLD_FASTFT_SCORE]
+                                        [--examples 1] [--hashing] [--against OLD_FASTFT_SCORE]
 
 The request is shaped like the gate's on bench/ttfc.py's long-tailed data (one example of
 --tokens tokens, every position scored against 16 reference tokens) plus the check's 8 tokens
@@ -45,20 +45,21 @@ if __package__ in (None, ""):
 PROMPT = "<|im_start|>user\nHello! Who are you?<|im_end|>\n<|im_start|>assistant\n"
 
 
-def request(n: int):
-    """A retention.Reference of one example of `n` random token ids, every position scored."""
+def request(n: int, examples: int = 1):
+    """A retention.Reference of `examples` examples of `n` random token ids each, every position
+    scored."""
     import numpy as np
 
     from fastft.export import retention
 
     rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 20000, n).tolist()
-    example = SimpleNamespace(rendered=SimpleNamespace(text="x", line=1),
-                              tokens=SimpleNamespace(input_ids=ids))
-    held = retention.HeldOut("bench", [example], [], None)
-    top = rng.integers(1000, 20000, (n - 1, retention.TOP_K))
-    return retention.Reference(held, None, None, n - 1, [list(range(n - 1))], [ids[1:]], [top],
-                               [np.zeros(top.shape)])
+    ids = [rng.integers(1000, 20000, n).tolist() for _ in range(examples)]
+    held = retention.HeldOut("bench", [SimpleNamespace(rendered=SimpleNamespace(text="x", line=1),
+                                                       tokens=SimpleNamespace(input_ids=one))
+                                       for one in ids], [], None)
+    top = [rng.integers(1000, 20000, (n - 1, retention.TOP_K)) for _ in ids]
+    return retention.Reference(held, None, None, examples * (n - 1), [list(range(n - 1))] * examples,
+                               [one[1:] for one in ids], top, [np.zeros(t.shape) for t in top])
 
 
 def label(tokens: int, threads: int, hashing: bool, against: bool = False) -> str:
@@ -116,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", default="4,8,16")
     p.add_argument("--tokens", default="609,295", help="the request's length(s), comma-separated")
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--examples", type=int, default=1,
+                   help="examples of --tokens tokens each in the request (the gate's is one; with "
+                        "several, fastft-score keeps a copy of each but the last one's rows)")
     p.add_argument("--out", type=Path)
     p.add_argument("--hashing", action="store_true",
                    help="each count also beside a SHA-256 of the GGUF, as the export's gate runs")
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
     from fastft.export.llamacpp import ensure_scorer
 
     lengths = [int(t) for t in args.tokens.split(",")]
-    scorer, refs = ensure_scorer(), {n: request(n) for n in lengths}
+    scorer, refs = ensure_scorer(), {n: request(n, args.examples) for n in lengths}
     counts = [int(t) for t in args.threads.split(",")]
     runs = [(k, n, h, ag) for k in lengths for n in counts
             for h in ((False, True) if args.hashing else (False,))
@@ -159,7 +163,7 @@ def main(argv=None) -> int:
                               flush=True)
         finally:
             retention.threads_for = real
-    result = {"gguf": str(args.gguf), "tokens": lengths, "seconds": seconds,
+    result = {"gguf": str(args.gguf), "tokens": lengths, "examples": args.examples, "seconds": seconds,
               "export_gives": real(args.gguf.stat().st_size), "cpu": cpu_shape()}
     if args.against:
         result |= {"against": str(args.against), "same_results": same}

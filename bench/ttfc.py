@@ -72,7 +72,8 @@ NOTES = [
     "Python's libraries are installed and byte-compiled before the first timed run (one "
     "import of unsloth, trl, datasets and fastft.cli), as pip leaves them; their files may be "
     "in the OS page cache for both recipes.",
-    "Both recipes use the same llama.cpp (UNSLOTH_LLAMA_CPP_PATH); building it is not timed.",
+    "Both recipes use the same llama.cpp build (UNSLOTH_LLAMA_CPP_PATH), the notebook a copy of "
+    "it made once (Unsloth patches the converter it is given); building and copying are not timed.",
     "fastft train records load_s, train_s and total_s, and auto-batch its probe_s: the rest of "
     "its total (data preparation, LoRA set-up, saving the adapter) is reported as 'save', and "
     "its start-up is its wall time minus total_s (imports, config, data check, loss plot, exit).",
@@ -124,6 +125,24 @@ def run_env(caches: Path, llama: Path) -> dict:
     env.pop("HF_DATASETS_CACHE", None)  # under HF_HOME
     env["UNSLOTH_LLAMA_CPP_PATH"] = str(llama)
     return env
+
+
+def recipe_llama(recipe: str, llama: Path, work: Path) -> Path:
+    """The llama.cpp a recipe's runs use: fastft's the build itself, the notebook's a copy of it
+    made once in `work`. Unsloth's save_pretrained_gguf patches the converter it is given
+    (unsloth_zoo 2026.10.9 writes its branding into conversion/base.py: quantized_by 'Unsloth',
+    its repo_url and tags), so a fastft run after a notebook run on one folder converted with
+    Unsloth's code: its GGUF branded so, and its vocabulary cache missed, the converter's digest
+    changed (2026-12-08, H100: 39355924 cold, ad9d44b2 warm, every input file the same)."""
+    if recipe != "notebook":
+        return llama
+    copy = work / "llama.cpp-notebook"
+    if not copy.is_dir():
+        tmp = work / f".llama.cpp-notebook-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(llama, tmp, symlinks=True)   # its links into build/bin stay relative
+        os.replace(tmp, copy)
+    return copy
 
 
 def drop_page_cache(folder: Path) -> int:
@@ -223,7 +242,7 @@ def run_one(spec: dict, model: Path, data: Path, scenario: dict, a, llama: Path,
     folder = work / "runs" / spec["id"]
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    env, epochs = run_env(caches, llama), scenario["epochs"]
+    env, epochs = run_env(caches, recipe_llama(spec["recipe"], llama, work)), scenario["epochs"]
     out = {"commands": [], "caches": str(caches), "folder": str(folder)}
     t0 = time.perf_counter()
 

@@ -330,6 +330,28 @@ def test_ttfc_makes_every_cache_folder_it_points_a_run_at(tmp_path):
     assert all(Path(f).parent == tmp_path / "caches" and Path(f).is_dir() for f in folders)
 
 
+def test_ttfc_gives_the_notebook_its_own_copy_of_llama_cpp(tmp_path):
+    """Unsloth patches the converter of the llama.cpp it is given; the notebook's copy takes the
+    patch, fastft's build does not see it. The copy is made once, its links kept as links."""
+    llama, work = tmp_path / "llama.cpp", tmp_path / "work"
+    (llama / "conversion").mkdir(parents=True)
+    (llama / "build" / "bin").mkdir(parents=True)
+    (llama / "conversion" / "base.py").write_text("upstream\n")
+    (llama / "build" / "bin" / "llama-quantize").write_text("binary")
+    (llama / "llama-quantize").symlink_to("build/bin/llama-quantize")
+    work.mkdir()
+    assert ttfc.recipe_llama("fastft", llama, work) == llama
+    copy = ttfc.recipe_llama("notebook", llama, work)
+    assert copy != llama and (copy / "llama-quantize").is_symlink()
+    assert (copy / "llama-quantize").resolve() == (copy / "build/bin/llama-quantize").resolve()
+    (copy / "conversion" / "base.py").write_text("upstream\n# UNSLOTH_BRANDING_APPLIED\n")
+    assert (llama / "conversion" / "base.py").read_text() == "upstream\n"
+    assert ttfc.recipe_llama("notebook", llama, work) == copy          # made once: patched stays
+    assert "UNSLOTH" in (copy / "conversion" / "base.py").read_text()
+    env = ttfc.run_env(tmp_path / "caches", ttfc.recipe_llama("notebook", llama, work))
+    assert env["UNSLOTH_LLAMA_CPP_PATH"] == str(copy)
+
+
 def test_ttfc_selection_and_order():
     a = Namespace(only="fastft", scenarios="favorite")
     assert ttfc.select(a) == (["fastft"], ["favorite"])

@@ -113,6 +113,30 @@ def test_the_scorer_gives_the_same_rows_on_one_thread_and_on_several(scorer, q4,
         np.testing.assert_array_equal(a, b)
     assert check1.output == check3.output
 
+
+def test_each_examples_rows_are_its_own_when_scored_with_the_others(scorer, q4, reference,
+                                                                     tmp_path):
+    """fastft-score decodes the examples one after another into one context, so it copies an
+    example's rows before the next decode overwrites them, all but the last one's (nothing
+    decodes after it). Each example scored alone (then it is the last) gives the rows it gets
+    among the others."""
+    import dataclasses
+
+    n = len(reference.held.encoded)
+    assert n >= 3
+    together = retention.run_scorer(scorer, q4, reference, tmp_path)[1]
+    for i in range(n):
+        alone = dataclasses.replace(
+            reference, held=dataclasses.replace(reference.held,
+                                                encoded=[reference.held.encoded[i]],
+                                                messages=[reference.held.messages[i]]),
+            positions=[reference.positions[i]], targets=[reference.targets[i]],
+            top_ids=[reference.top_ids[i]], top_logp=[reference.top_logp[i]])
+        rows = retention.run_scorer(scorer, q4, alone, tmp_path)[1]
+        assert len(rows) == 1
+        np.testing.assert_array_equal(rows[0], together[i])
+
+
 def test_a_scoring_started_early_is_used_only_for_the_tokens_it_decodes(scorer, q4, reference,
                                                                        tmp_path):
     """fastft-score started before the reference is known (retention.Scoring, as the export

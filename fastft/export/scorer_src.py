@@ -152,7 +152,8 @@ struct Seq {
     std::vector<llama_token> tokens;
     std::vector<int32_t> pos, target;
     std::vector<double> lse;          // each scored row's log-sum-exp, once decoded
-    std::vector<float> logits;        // ... and the row itself (n_pos x n_vocab): the ids come later
+    std::vector<const float *> rows;  // ... and the row itself, read when the ids come
+    std::vector<float> kept;          // the rows copied (n_pos x n_vocab), but for the last seq
 };
 
 static Seq read_seq(int32_t n_vocab) {
@@ -175,18 +176,23 @@ static Seq read_seq(int32_t n_vocab) {
 // thread's loop, the same sums in the same order as on one thread, so the same floats; serially
 // the rows took 0.3 s of 294 positions over Qwen's 151,936-token vocabulary (2-core CPU), while
 // llama.cpp's threads idled. The logits' pointers are taken here first: llama_get_logits_ith
-// synchronizes the context, which is not for several threads at once.
-static void keep_rows(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_threads) {
+// synchronizes the context, which is not for several threads at once. A row is copied only when
+// `copy`: the next sequence's decode overwrites the context's logits, but after the last one
+// nothing does, so the gate's usual single example costs no copy (150 MB at 256 rows of Qwen).
+static void keep_rows(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_threads, bool copy) {
     size_t n = s.pos.size();
-    std::vector<const float *> logits(n);
-    for (size_t p = 0; p < n; p++) logits[p] = llama_get_logits_ith(ctx, s.pos[p]);  // batch indexes
+    s.rows.resize(n);
+    for (size_t p = 0; p < n; p++) s.rows[p] = llama_get_logits_ith(ctx, s.pos[p]);  // batch indexes
     s.lse.resize(n);
-    s.logits.resize(n * (size_t) n_vocab);
+    if (copy) s.kept.resize(n * (size_t) n_vocab);
     std::atomic<size_t> next{0};
     auto work = [&]() {
         for (size_t p; (p = next++) < n;) {
-            std::memcpy(s.logits.data() + p * n_vocab, logits[p], sizeof(float) * n_vocab);
-            s.lse[p] = log_sum_exp(logits[p], n_vocab);
+            s.lse[p] = log_sum_exp(s.rows[p], n_vocab);
+            if (!copy) continue;
+            float * row = s.kept.data() + p * n_vocab;
+            std::memcpy(row, s.rows[p], sizeof(float) * n_vocab);
+            s.rows[p] = row;
         }
     };
     std::vector<std::thread> helpers;
@@ -195,7 +201,7 @@ static void keep_rows(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_t
     for (std::thread & t : helpers) t.join();
 }
 
-static bool decode_seq(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_threads) {
+static bool decode_seq(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_threads, bool copy) {
     llama_memory_clear(llama_get_memory(ctx), true);
     int32_t n = (int32_t) s.tokens.size();
     llama_batch batch = llama_batch_init(n, 0, 1);
@@ -209,7 +215,7 @@ static bool decode_seq(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_
     for (int32_t p : s.pos) batch.logits[p] = true;   // logits only where a trained token follows
     batch.n_tokens = n;
     bool ok = llama_decode(ctx, batch) == 0;
-    if (ok) keep_rows(ctx, s, n_vocab, n_threads);
+    if (ok) keep_rows(ctx, s, n_vocab, n_threads, copy);
     llama_batch_free(batch);
     return ok;
 }
@@ -218,7 +224,7 @@ static bool decode_seq(llama_context * ctx, Seq & s, int32_t n_vocab, int32_t n_
 static void put_rows(const Seq & s, int32_t n_vocab, int32_t k, FILE * out) {
     std::vector<float> row(1 + k);
     for (size_t p = 0; p < s.pos.size(); p++) {
-        const float * logits = s.logits.data() + p * n_vocab;
+        const float * logits = s.rows[p];
         row[0] = (float) (logits[s.target[p]] - s.lse[p]);
         for (int32_t j = 0; j < k; j++) {
             int32_t id;
@@ -283,7 +289,7 @@ int main(int argc, char ** argv) {
     put_bytes(out, text);
     put(out, &seconds, 4);
     for (Seq & s : seqs)
-        if (!decode_seq(ctx, s, n_vocab, llama_n_threads(ctx))) {
+        if (!decode_seq(ctx, s, n_vocab, llama_n_threads(ctx), &s != &seqs.back())) {
             fprintf(stderr, "fastft-score: decode failed\n");
             return 1;
         }
