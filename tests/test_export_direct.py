@@ -385,7 +385,10 @@ def test_the_vocabulary_keys_are_named_by_the_tokenizer_files_and_the_converter(
 def test_a_second_export_replays_the_vocabulary_and_writes_the_same_file(run_dir, llama, tmp_path,
                                                                          monkeypatch):
     """The first direct export remembers the converter's vocabulary keys in fastft's cache, the
-    second replays them (the child's log says so) and writes the same GGUF, byte for byte."""
+    second replays them (the child's log says so) and writes the same GGUF, byte for byte. On a
+    copy of the run: every export of the shared one rewrites its export.log, and other test
+    files' exports run beside this one (xdist)."""
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name, symlinks=True))
     cache = tmp_path / "cache"
     monkeypatch.setenv("FASTFT_CACHE", str(cache))              # an empty cache of the keys ...
     monkeypatch.setenv("UNSLOTH_LLAMA_CPP_PATH", str(llama.root))   # ... and the built llama.cpp
