@@ -207,9 +207,12 @@ def _driver_version() -> str:
 
 
 def _llama_cpp() -> Check:
-    from .export.llamacpp import find_llama_cpp, missing_build_tools
+    from .export.llamacpp import branding_note, find_llama_cpp, missing_build_tools
 
     found = find_llama_cpp()
+    if found is not None and found.branded_by_unsloth:
+        return Check("llama.cpp", "warn", f"{found.root} ({found.origin}), its converter patched by "
+                     "Unsloth", branding_note(found, where=False))
     if found is not None:
         return Check("llama.cpp", "ok", f"{found.root} ({found.origin})")
     missing = missing_build_tools()

@@ -217,6 +217,49 @@ def test_an_unexpected_converter_falls_back_and_says_so(run_dir, llama, tmp_path
     assert any(Path(a).name == "convert_hf_to_gguf.py" for p in procs for a in p[:2])
 
 
+# What unsloth_zoo 2026.10.9's save_pretrained_gguf (`_apply_branding_patch_to_base`) inserts
+# after the metadata's load in the conversion/base.py of the llama.cpp it exports with.
+METADATA_LOAD = ("        self.metadata = gguf.Metadata.load(self.metadata_override, "
+                 "self.dir_model_card, self.model_name, total_params)\n")
+UNSLOTH_BRANDING = (
+    "        # UNSLOTH_BRANDING_APPLIED\n"
+    "        if hasattr(self.metadata, 'quantized_by'): self.metadata.quantized_by = 'Unsloth'\n"
+    "        if hasattr(self.metadata, 'repo_url'): self.metadata.repo_url = "
+    "'https://huggingface.co/unsloth'\n"
+    "        if hasattr(self.metadata, 'tags'): self.metadata.tags = ['unsloth', 'llama.cpp']\n")
+
+
+@pytest.mark.slow
+def test_a_converter_unsloth_branded_is_named_in_the_exports_warnings(run_dir, llama, fresh,
+                                                                     tmp_path, monkeypatch):
+    """A llama.cpp that Unsloth's save_pretrained_gguf has exported with carries its branding
+    patch: the GGUFs it converts say Unsloth quantized them. fastft converts with it all the
+    same (it is the user's UNSLOTH_LLAMA_CPP_PATH) and says so in the export's warnings, with
+    the way out; `fastft doctor` warns too. fastft's own llama.cpp (the session's direct
+    export, `fresh`): no branding, no warning."""
+    from fastft import doctor
+    from fastft.export.gguf import read_gguf_metadata
+
+    root = fake_llama_cpp(llama.root, tmp_path / "llama.cpp", METADATA_LOAD,
+                          METADATA_LOAD + UNSLOTH_BRANDING)
+    monkeypatch.setenv("UNSLOTH_LLAMA_CPP_PATH", str(root))
+    res, _ = export(run_dir, tmp_path / "out", ("q8_0",), direct=True)
+    assert res.path == "direct"
+    meta = read_gguf_metadata(res.ggufs["q8_0"])
+    assert meta["general.quantized_by"] == "Unsloth"
+    (note,) = [w for w in res.warnings if "Unsloth" in w]
+    assert f"Unsloth has patched the converter in {root}" in note
+    assert "unset UNSLOTH_LLAMA_CPP_PATH" in note
+    row = doctor._llama_cpp()
+    assert row.status == "warn" and "patched by Unsloth" in row.value
+    assert row.hint.startswith("the GGUFs it writes name Unsloth") and "unset" in row.hint
+    _, plain = fresh["direct"]
+    assert "general.quantized_by" not in read_gguf_metadata(plain["ggufs"]["q8_0"]["path"])
+    assert not [w for w in plain["warnings"] if "Unsloth" in w] and not llama.branded_by_unsloth
+    monkeypatch.setenv("UNSLOTH_LLAMA_CPP_PATH", str(llama.root))
+    assert doctor._llama_cpp().status == "ok"
+
+
 def test_an_adapter_beyond_a_plain_merge_is_declined(run_dir, tmp_path):
     """DoRA, trained biases, extra saved modules: not W + scaling·B·A, so the older path."""
     cases = {"use_dora": True, "modules_to_save": ["lm_head"], "bias": "all"}

@@ -9,6 +9,7 @@ once), and `llama_generate()` runs a GGUF greedily.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -64,6 +65,33 @@ class LlamaCpp:
     @property
     def converter(self) -> Path:
         return self.root / CONVERTER
+
+    @property
+    def branded_by_unsloth(self) -> bool:
+        """Whether Unsloth has patched this converter to brand what it writes: unsloth_zoo's
+        save_pretrained_gguf (2026.10.9, `_apply_branding_patch_to_base`) adds code after the
+        metadata's load that sets the GGUF's general.quantized_by to "Unsloth" and its repo_url
+        and tags to Unsloth's, marked by UNSLOTH_BRANDING, in the llama.cpp it exports with.
+        fastft converts with that code too (both paths), so the user is told."""
+        for name in ("conversion/base.py", CONVERTER):   # llama.cpp's layouts: package, one file
+            with contextlib.suppress(OSError):
+                if UNSLOTH_BRANDING in (self.root / name).read_bytes():
+                    return True
+        return False
+
+
+UNSLOTH_BRANDING = b"UNSLOTH_BRANDING_APPLIED"
+
+
+def branding_note(llama: LlamaCpp, where: bool = True) -> str:
+    """What a user whose converter Unsloth has patched (LlamaCpp.branded_by_unsloth) is told;
+    without `where` when the line already names the folder."""
+    fix = ("unset UNSLOTH_LLAMA_CPP_PATH to convert with fastft's own llama.cpp"
+           if llama.origin == "UNSLOTH_LLAMA_CPP_PATH"
+           else f"delete {llama.root} and the next export builds it afresh")
+    return ((f"Unsloth has patched the converter in {llama.root}: " if where else "")
+            + f"the GGUFs it writes name Unsloth as their quantizer (general.quantized_by, "
+              f"repo_url, tags); {fix}")
 
 
 def _runs(exe: Path) -> bool:

@@ -67,6 +67,7 @@ from .llamacpp import (
     NEEDS_IMATRIX,
     LlamaCpp,
     alias_of,
+    branding_note,
     convert_to_gguf,
     ensure_llama_cpp,
     ensure_scorer,
@@ -437,6 +438,8 @@ def find_tools(plan: ExportPlan, console) -> None:
     if not plan.quants:
         return
     plan.llama = ensure_llama_cpp(console, need_runner=False)
+    if plan.llama.branded_by_unsloth:
+        plan.warnings.append(branding_note(plan.llama))
     plan.scorer = ensure_scorer(console)
 
 
