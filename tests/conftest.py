@@ -228,6 +228,19 @@ def color_run(tmp_path_factory, walkthrough):
     return Run(folder, folder.read())
 
 
+def private_run(run, tmp_path: Path):
+    """A copy of a shared run (`color_run`) in tmp_path/runs/, for a test that reads what an
+    export writes into the run's folder: every export of the shared one rewrites its export.log,
+    and other test files' exports run beside this one (xdist). A run folder can be moved."""
+    import shutil
+
+    from fastft.core.run import Run, RunFolder
+
+    folder = RunFolder.open(Path(shutil.copytree(run.run_dir, tmp_path / "runs" / run.run_dir.name,
+                                                 symlinks=True)))
+    return Run(folder, folder.read())
+
+
 @pytest.fixture(scope="session")
 def color(tmp_path_factory, walkthrough, color_run) -> tuple[Path, Path]:
     """(run folder, export folder) of `color_run` exported to q4_k_m as the demo does, by the

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import private_run
 from fastft.export.direct import merge_source
 from fastft.export.gguf import read_gguf_metadata
 from fastft.export.manifest import ExportManifest
@@ -238,7 +239,6 @@ def test_a_converter_unsloth_branded_is_named_in_the_exports_warnings(run_dir, l
     the way out; `fastft doctor` warns too. fastft's own llama.cpp (the session's direct
     export, `fresh`): no branding, no warning."""
     from fastft import doctor
-    from fastft.export.gguf import read_gguf_metadata
 
     root = fake_llama_cpp(llama.root, tmp_path / "llama.cpp", METADATA_LOAD,
                           METADATA_LOAD + UNSLOTH_BRANDING)
@@ -425,13 +425,12 @@ def test_the_vocabulary_keys_are_named_by_the_tokenizer_files_and_the_converter(
 
 
 @pytest.mark.slow
-def test_a_second_export_replays_the_vocabulary_and_writes_the_same_file(run_dir, llama, tmp_path,
+def test_a_second_export_replays_the_vocabulary_and_writes_the_same_file(color_run, llama, tmp_path,
                                                                          monkeypatch):
     """The first direct export remembers the converter's vocabulary keys in fastft's cache, the
     second replays them (the child's log says so) and writes the same GGUF, byte for byte. On a
-    copy of the run: every export of the shared one rewrites its export.log, and other test
-    files' exports run beside this one (xdist)."""
-    run_dir = Path(shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name, symlinks=True))
+    copy of the run (conftest.private_run): the test reads its export.log."""
+    run_dir = private_run(color_run, tmp_path).run_dir
     cache = tmp_path / "cache"
     monkeypatch.setenv("FASTFT_CACHE", str(cache))              # an empty cache of the keys ...
     monkeypatch.setenv("UNSLOTH_LLAMA_CPP_PATH", str(llama.root))   # ... and the built llama.cpp

@@ -13,11 +13,11 @@ import contextlib
 import filecmp
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from conftest import private_run
 from fastft.export.manifest import ExportManifest
 from test_export import detour_16bit  # noqa: F401  (the session's older-path export)
 
@@ -50,16 +50,6 @@ def export(color_run, out, quants):
 
     return export_run(ExportOptions(run=str(color_run.run_dir), gguf=quants, out=str(out),
                                     name=NAME, check=False), Console(file=io.StringIO()))
-
-
-def private_copy(run, tmp_path: Path):
-    """A copy of the session's run, for a test that reads its export.log: every export of the
-    shared run rewrites that file, and other test files' exports run beside this one (xdist)."""
-    from fastft.core.run import Run, RunFolder
-
-    folder = RunFolder.open(Path(shutil.copytree(run.run_dir, tmp_path / "runs" / run.run_dir.name,
-                                                 symlinks=True)))
-    return Run(folder, folder.read())
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +115,7 @@ def test_the_gate_scores_the_childs_file_while_the_child_measures_its_16_bit_sid
     monkeypatch.setattr(pipeline, "_start_scoring", spied_start)
     monkeypatch.setattr(retention.Scoring, "__init__", spied_init)
     monkeypatch.setattr(retention, "score_file", spied_score)
-    res = export(private_copy(color_run, tmp_path), tmp_path / "out", ("q8_0",))
+    res = export(private_run(color_run, tmp_path), tmp_path / "out", ("q8_0",))
     made = res.ggufs["q8_0"]
     assert res.path == "direct" and alive == [True] and early == ["q8_0"]
     assert started == [made.name]                        # the early process gave the row
