@@ -24,6 +24,10 @@ changed), alternating with this fastft's, on the same requests, and says whether
 the same (the GGUF's token ids, every scored row, the check's continuation). The older build
 must speak the same protocol (fastft.export.scorer_src's MAGIC): since 2026-12-07's eighteenth
 session the reference's top-k ids go to the program on stdin.
+
+--memory also runs each measured one once more, untimed, for the program's peak resident memory
+(its own process's, from wait4 in a small interpreter): since 2026-12-08 it copies no rows of the
+last example.
 """
 
 from __future__ import annotations
@@ -60,6 +64,33 @@ def request(n: int, examples: int = 1):
     top = [rng.integers(1000, 20000, (n - 1, retention.TOP_K)) for _ in ids]
     return retention.Reference(held, None, None, examples * (n - 1), [list(range(n - 1))] * examples,
                                [one[1:] for one in ids], top, [np.zeros(t.shape) for t in top])
+
+
+# Runs the program as a child of a small interpreter and writes its rusage's peak: wait4 on a
+# process this one spawned would report at least this process's own peak, which Linux carries
+# into a vfork'd child's maxrss at its exec (subprocess spawns with vfork).
+PEAK_OF = ("import os, sys\n"
+           "pid = os.fork()\n"
+           "if pid == 0:\n"
+           "    os.execv(sys.argv[2], sys.argv[2:])\n"
+           "_, status, usage = os.wait4(pid, 0)\n"
+           "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+           "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def peak_rss_mib(exe: Path, gguf: Path, ref, work: Path) -> float:
+    """fastft-score's peak resident memory (MiB) on `ref`, started as the export starts it
+    (retention.Scoring), through PEAK_OF."""
+    import shlex
+
+    from fastft.export import retention
+
+    peak, wrapper = work / "peak-kib", work / "peak-of-scorer"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(PEAK_OF)} "
+                       f"{shlex.quote(str(peak))} {shlex.quote(str(exe))} \"$@\"\n")
+    wrapper.chmod(0o755)
+    retention.run_scorer(wrapper, gguf, ref, work, retention.Check(PROMPT, 8))
+    return int(peak.read_text()) / 1024     # KiB on Linux
 
 
 def label(tokens: int, threads: int, hashing: bool, against: bool = False) -> str:
@@ -123,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--hashing", action="store_true",
                    help="each count also beside a SHA-256 of the GGUF, as the export's gate runs")
+    p.add_argument("--memory", action="store_true",
+                   help="also each run's peak resident memory (one more run of each, untimed)")
     p.add_argument("--against", type=Path, metavar="EXE",
                    help="another fastft-score, run alternately with this one, results compared")
     args = p.parse_args(argv)
@@ -137,6 +170,7 @@ def main(argv=None) -> int:
             for h in ((False, True) if args.hashing else (False,))
             for ag in ((False, True) if args.against else (False,))]
     real, seconds = retention.threads_for, {label(*run): [] for run in runs}
+    memory = {label(*run): [] for run in runs} if args.memory else None
     results, same = {}, {}
     with tempfile.TemporaryDirectory() as work:
         try:
@@ -158,6 +192,10 @@ def main(argv=None) -> int:
                             results[key] = got
                     if i:                      # the first round warms the page cache
                         seconds[label(tokens, n, hashing, against)].append(round(took, 3))
+                        if memory is not None:
+                            memory[label(tokens, n, hashing, against)].append(round(peak_rss_mib(
+                                args.against if against else scorer, args.gguf, refs[tokens],
+                                Path(work)), 1))
                         print(f"[bench] {label(tokens, n, hashing, against)}: {took:.2f} s (check "
                               f"{check.seconds:.2f} s{f', {hashes[0]} hashes' if hashing else ''})",
                               flush=True)
@@ -167,6 +205,8 @@ def main(argv=None) -> int:
               "export_gives": real(args.gguf.stat().st_size), "cpu": cpu_shape()}
     if args.against:
         result |= {"against": str(args.against), "same_results": same}
+    if memory is not None:
+        result["peak_rss_mib"] = memory
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

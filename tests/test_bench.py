@@ -482,6 +482,23 @@ def test_scorer_threads_against_another_scorer_compares_their_results(color, tmp
         assert result["same_results"] == {"12 tokens, threads 1": alike}
         assert sorted(result["seconds"]) == ["12 tokens, threads 1", "12 tokens, threads 1 (--against)"]
 
+
+def test_scorer_threads_memory_is_the_programs_peak_with_the_rows_it_keeps(color, tmp_path):
+    """--memory reports fastft-score's own peak resident memory per run: three examples, whose
+    first two the program copies (the next decode would overwrite their rows), peak higher than
+    one by at least those copies (99 rows of 151,936 floats each)."""
+    from bench import scorer_threads
+
+    gguf = next(color[1].glob("*.Q4_K_M.gguf"))
+    peak = {}
+    for examples in (1, 3):
+        out = tmp_path / f"{examples}.json"
+        assert scorer_threads.main([str(gguf), "--threads", "1", "--tokens", "100", "--runs", "1",
+                                    "--examples", str(examples), "--memory", "--out", str(out)]) == 0
+        (peak[examples],) = json.loads(out.read_text())["peak_rss_mib"]["100 tokens, threads 1"]
+    copies = 2 * 99 * 151_936 * 4 / 2**20
+    assert peak[1] > 50 and peak[3] - peak[1] > 0.9 * copies, (peak, copies)
+
 def test_export_paths_runs_a_patched_case_with_its_constant_set():
     """bench/export_paths.py's A/B cases run `fastft` with a module constant set first: the
     process that runs the CLI sees it (here fastft's version, which --version prints)."""
